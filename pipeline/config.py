@@ -1,0 +1,238 @@
+"""``dreamforge.config.json``: the one schema for a curriculum, shared by the runner, the API,
+the CLI, the GitHub Action and the database.
+
+Every field's ``description`` is the single source for the published JSON Schema, the API
+docs and ``--help``. Unknown fields are errors (a typo in a config must never be silently
+ignored) and validation errors name the field path and say how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGES = ("warm_start", "domain", "reward", "evaluate")
+PRESETS = ("generic", "medical-scan", "retail-shelf", "traffic-camera")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StageConfig(_Strict):
+    """Hyperparameters of one training stage."""
+
+    enabled: bool = Field(True, description="Run this stage. A disabled stage passes its input checkpoint on.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the stage's training split.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    max_seconds: float | None = Field(
+        None, gt=0, description="Wall-clock budget for the stage's training loop; training stops cleanly when spent."
+    )
+    lr: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate (linear warm-up, cosine decay).")
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples per optimizer step (completions for RL).")
+    lora: bool = Field(False, description="Train LoRA adapters on the language model instead of all weights.")
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank when lora is on.")
+    compute: str | None = Field(
+        None,
+        description="Compute hint for the stage, a Modal GPU string such as 'T4', 'A10G', 'H100' or 'H100:2'; "
+        "ignored by the local executor.",
+        examples=["A10G", "H100:2"],
+    )
+
+    @field_validator("compute")
+    @classmethod
+    def _gpu_string(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        name, _, count = v.partition(":")
+        if not name or (count and not count.isdigit()):
+            raise ValueError(f"{v!r} is not a GPU string; write a GPU type with an optional count, e.g. 'H100:2'")
+        return v
+
+
+class RLConfig(StageConfig):
+    """The reward stage: TRL GRPO against the job's reward."""
+
+    lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of the policy.")
+    batch_size: int = Field(16, ge=2, description="Completions per step; a multiple of num_generations.")
+    num_generations: int = Field(8, ge=2, le=256, description="Samples per prompt (the GRPO group size).")
+    beta: float = Field(0.0, ge=0, description="KL penalty towards the reference model (0 = none, no reference copy).")
+    temperature: float = Field(1.0, gt=0, le=4, description="Sampling temperature of the rollouts.")
+    max_completion_length: int | None = Field(
+        None, ge=1, description="Token cap of a rollout; default: what the longest valid answer needs."
+    )
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="TRL GRPO loss variant.")
+
+    @model_validator(mode="after")
+    def _group_divides_batch(self) -> RLConfig:
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of num_generations {self.num_generations}; "
+                f"use batch_size {self.num_generations * max(1, self.batch_size // self.num_generations)}"
+            )
+        return self
+
+
+class EvalConfig(_Strict):
+    enabled: bool = Field(True, description="Evaluate and package (always on for a release).")
+    split: Literal["test", "val"] = Field("test", description="Held-out split the metrics are computed on.")
+    max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many held-out images.")
+    batch_size: int = Field(32, ge=1, description="Images per generation batch.")
+    compute: str | None = Field(None, description="Compute hint (Modal GPU string) for evaluation and export.")
+
+
+class ExportConfig(_Strict):
+    quantization: Literal["nf4", "fp4", "none"] = Field("nf4", description="Weight format of the release model.")
+    keep_16bit: list[str] = Field(
+        default_factory=lambda: [
+            "model.visual",
+            "model.vision_tower",
+            "model.vision_model",
+            "model.multi_modal_projector",
+            "model.connector",
+            "lm_head",
+        ],
+        description="Module name prefixes kept in 16-bit (vision tower and projector: fully 4-bit small VLMs break).",
+    )
+    max_metric_drop: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="If the 4-bit model's primary metric falls more than this below full precision, the release "
+        "artifact stays the 16-bit model and the job says so.",
+    )
+
+
+class DataConfig(_Strict):
+    dataset: str = Field(
+        "synthetic://retail-shelf?n=128&seed=1",
+        description="The domain dataset: folder, .zip, s3://, gs://, gridfs:// or synthetic://KIND?n=N&seed=S.",
+    )
+    warm_start_dataset: str = Field(
+        "synthetic://generic?n=4000&seed=7", description="Generic data for the warm-start stage."
+    )
+    split: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train/val/test fractions when the dataset gives no split."
+    )
+    max_objects: int = Field(4, ge=1, le=100, description="Most objects per answer (the decoding cap).")
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"split {list(v)} must be three non-negative fractions summing to 1, e.g. [0.8, 0.1, 0.1]")
+        return v
+
+
+class CurriculumConfig(_Strict):
+    """A DreamForge curriculum: what to train, on what, against which reward."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, title="dreamforge.config.json")
+
+    schema_: str | None = Field(None, alias="$schema", description="Editor hint; ignored.")
+    name: str = Field("dreamforge-job", max_length=200, description="Human name of the job.")
+    preset: str | None = Field(None, description="Preset this config started from (informational).")
+    task: Literal["detect", "segment", "keypoints", "caption"] = Field("detect", description="What the model outputs.")
+    model: str = Field(
+        "dreamforge-tiny",
+        description="Hugging Face model id or local path loaded with AutoModelForImageTextToText, or "
+        "'dreamforge-tiny' (built locally, CPU-sized).",
+    )
+    reward: str = Field(
+        "default",
+        description="Built-in reward name (iou, f1, mask_iou, oks, format, caption), 'default' for the task's "
+        "own, or a path to a JavaScript file defining reward(out, gt).",
+    )
+    seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
+    num_bins: int = Field(32, ge=4, le=4096, description="Location-token bins per axis.")
+    image_size: int = Field(64, ge=16, le=4096, description="Side of the square image the built-in model sees.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    warm_start: StageConfig = Field(default_factory=lambda: StageConfig(lr=2e-3, max_seconds=110))
+    domain: StageConfig = Field(default_factory=lambda: StageConfig(lr=5e-4, epochs=4))
+    rl: RLConfig = Field(default_factory=RLConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    def stage(self, name: str) -> StageConfig | EvalConfig:
+        return {"warm_start": self.warm_start, "domain": self.domain, "reward": self.rl, "evaluate": self.evaluate}[
+            name
+        ]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the field and the fix."""
+
+
+_HINTS = {
+    "extra_forbidden": "remove it, or check its spelling against `dreamforge schema`",
+    "literal_error": "use one of the allowed values",
+    "missing": "add it",
+}
+
+
+def format_validation_error(err: ValidationError, source: str = "dreamforge.config.json") -> str:
+    lines = [f"{source}: {err.error_count()} problem(s):"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        hint = _HINTS.get(e["type"], "")
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {path}: {msg}" + (f" ({hint})" if hint else ""))
+    return "\n".join(lines)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("pipeline.presets").iterdir() if p.name.endswith(".json"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = resources.files("pipeline.presets") / f"{name}.json"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return json.loads(path.read_text())
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(
+    raw: dict[str, Any] | None = None, *, preset: str | None = None, source: str = "dreamforge.config.json"
+) -> CurriculumConfig:
+    """Preset (if any, or the one the config names) deep-merged under the raw config, validated."""
+    raw = dict(raw or {})
+    name = preset or raw.get("preset")
+    merged = deep_merge(load_preset(name), raw) if name else raw
+    if name:
+        merged["preset"] = name
+    try:
+        return CurriculumConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, *, preset: str | None = None) -> CurriculumConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a JSON object, got {type(raw).__name__}")
+    return build_config(raw, preset=preset, source=str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    schema = CurriculumConfig.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

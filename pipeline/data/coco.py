@@ -1,0 +1,849 @@
+"""Load a COCO-format dataset (folder, ZIP, .json, file:// or synthetic://) into a ``Dataset``.
+
+Reading order, and why: all JSON is parsed and checked first (cheap, and structural mistakes
+are fatal ``DataError``s); only then is every image opened, size-checked from its header,
+verified and decoded once into RGB; finally the annotations of each usable image are
+converted to the canonical ``Target`` (xyxy half-open boxes, one polygon per instance, K
+keypoints, first caption). Per-file problems become warnings in ``Dataset.warnings``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import re
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.data.errors import DataError
+from pipeline.data.sources import Source, resolve_source
+from pipeline.data.synthetic import generate
+from pipeline.structures import TASKS, Dataset, Sample, empty_target
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+BOX_TOLERANCE = 1.0  # pixels a box / polygon / keypoint may stick out of the image before it is an error
+# What each task needs from an instance annotation (captions are image-level).
+_REQUIRED = {"detect": "bbox", "segment": "segmentation", "keypoints": "keypoints"}
+_SPLIT_FILE = re.compile(
+    r"^(?:(?P<prefix>[a-z0-9]+(?:_[a-z0-9]+)*)_)?(?P<split>train|training|val|valid|validation|test|testing)"
+    r"(?P<year>\d{4})?$",
+    re.IGNORECASE,
+)
+_SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
+
+
+# ------------------------------------------------------------------------- public entry
+
+
+def load_dataset(
+    source: str | Path,
+    task: str,
+    *,
+    seed: int = 0,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    max_image_pixels: int = 4096 * 4096,
+    name: str | None = None,
+) -> Dataset:
+    """Load ``source`` for ``task`` and split it into train / val / test.
+
+    ``source``: a folder, a ``.zip`` of one, a COCO ``.json`` file, a ``file://`` URI, or
+    ``synthetic://KIND?n=N&seed=S``. Per-split files (``train.json`` / ``val.json`` /
+    ``test.json``, also ``instances_train2017.json`` style, at the root or under
+    ``annotations/``) define the splits; otherwise images are split by a stable hash of
+    ``seed`` and the file name with ``fractions``. A ``synthetic://`` URI without its own
+    ``seed`` parameter is generated with ``seed`` too.
+
+    Raises :class:`DataError` when the dataset cannot be used; per-image problems are
+    appended to ``Dataset.warnings`` (and logged) and that image or annotation is skipped.
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    fractions = _check_fractions(fractions)
+    resolved = resolve_source(source)
+    if resolved.synthetic is not None:
+        return _load_synthetic(resolved, task, seed=seed, fractions=fractions, name=name)
+
+    reader = _CocoReader(resolved, task, max_image_pixels)
+    files = _find_annotation_files(resolved, task)
+    parsed = {split: reader.parse_file(path, split) for split, path in files.items()}
+    categories, keypoint_names = reader.merge_categories(parsed)
+    all_samples = {split: reader.build_samples(part) for split, part in parsed.items()}
+    reader.check_usable(all_samples)
+
+    if "all" in all_samples:
+        splits = split_samples(all_samples["all"], seed=seed, fractions=fractions)
+    else:
+        splits = {split: all_samples.get(split, []) for split in SPLITS}
+    return Dataset(
+        name=name or resolved.name,
+        task=task,
+        categories=categories,
+        splits=splits,
+        keypoint_names=keypoint_names,
+        warnings=list(reader.warnings),
+    )
+
+
+def split_samples(
+    samples: list[Sample], *, seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1)
+) -> dict[str, list[Sample]]:
+    """Split by a stable hash of ``seed`` and each file name (SHA-256, not ``hash()``,
+    which is salted per process).
+
+    The same file lands in the same split on every machine and run, whatever else is in the
+    dataset. Tiny datasets are repaired so that train is never empty, and (when their
+    fraction is not 0) test is non-empty from 2 images on and val from 3 on, by moving the
+    image whose hash is nearest the missing split's range. Order inside a split follows the
+    input order.
+    """
+    fractions = _check_fractions(fractions)
+    scores = [_hash_unit(seed, sample.file_name) for sample in samples]
+    cut_train, cut_val = fractions[0], fractions[0] + fractions[1]
+    assign = ["train" if u < cut_train else "val" if u < cut_val else "test" for u in scores]
+    counts = Counter(assign)
+
+    def move(index: int, split: str) -> None:
+        counts[assign[index]] -= 1
+        counts[split] += 1
+        assign[index] = split
+
+    n = len(samples)
+    if n and not counts["train"]:
+        move(min(range(n), key=scores.__getitem__), "train")  # lowest hash: nearest the train range
+    for split, minimum in (("test", 2), ("val", 3)):
+        # Only repair a split the caller asked for: fractions=(1, 0, 0) means "no test set".
+        if n >= minimum and not counts[split] and fractions[SPLITS.index(split)] > 0:
+            donors = [i for i in range(n) if counts[assign[i]] > 1]
+            if donors:
+                move(max(donors, key=scores.__getitem__), split)  # highest hash: nearest val/test
+    return {split: [s for s, a in zip(samples, assign) if a == split] for split in SPLITS}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(f) for f in fractions)
+    if len(values) != 3 or any(not math.isfinite(f) or f < 0 for f in values) or sum(values) <= 0:
+        raise ValueError(
+            f"fractions={tuple(fractions)!r} must be three non-negative numbers "
+            "(train, val, test), e.g. (0.8, 0.1, 0.1)"
+        )
+    total = sum(values)
+    return values[0] / total, values[1] / total, values[2] / total  # type: ignore[return-value]
+
+
+def _hash_unit(seed: int, file_name: str) -> float:
+    digest = hashlib.sha256(f"{seed}\x00{file_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _load_synthetic(
+    resolved: Source, task: str, *, seed: int, fractions: tuple[float, float, float], name: str | None
+) -> Dataset:
+    params = dict(resolved.synthetic or {})
+    uri_task = params.pop("task", None)
+    if uri_task is not None and uri_task != task:
+        raise DataError(
+            f"{resolved.label}: the URI says task={uri_task} but task {task!r} was requested; drop one"
+        )
+    kind, n = params.pop("kind"), params.pop("n")
+    gen_seed = params.pop("seed", seed)
+    try:
+        dataset = generate(kind, n, seed=gen_seed, task=task, **params)
+    except ValueError as exc:
+        raise DataError(f"{resolved.label}: {exc}") from exc
+    dataset.splits = split_samples(dataset.splits["train"], seed=seed, fractions=fractions)
+    dataset.name = name or dataset.name
+    return dataset
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _polygon_area(flat: Sequence[float]) -> float:
+    xs, ys = flat[0::2], flat[1::2]
+    return abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
+
+
+# -------------------------------------------------------------------- annotation files
+
+
+def _json_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith("."))
+
+
+def _find_annotation_files(resolved: Source, task: str) -> dict[str, Path]:
+    """``{"all": path}`` for one annotation file, or ``{"train": .., "val": .., ...}``."""
+    if resolved.annotation_file is not None:
+        return {"all": resolved.annotation_file}
+    root = resolved.root
+    assert root is not None
+    # A ZIP of a folder usually holds that one folder: step into it.
+    for _ in range(3):
+        inner = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if len(inner) == 1 and inner[0].is_dir() and inner[0].name not in ("annotations", "images"):
+            root = inner[0]
+        else:
+            break
+    resolved.root = root
+    candidates = _json_files(root) + _json_files(root / "annotations")
+    for path in (root / "annotations.json", root / "annotations" / "annotations.json"):
+        if path.is_file():
+            return {"all": path}
+
+    by_split: dict[str, list[Path]] = {}
+    for path in candidates:
+        match = _SPLIT_FILE.match(path.stem)
+        if match:
+            split = match.group("split").lower()
+            by_split.setdefault(_SPLIT_ALIASES.get(split, split), []).append(path)
+    if len(by_split) >= 2:
+        return {
+            split: _pick_for_task(paths, split, task, resolved.label, root)
+            for split, paths in by_split.items()
+        }
+    if len(by_split) == 1 and len(candidates) > 1:
+        # One split file beside other JSON: use the split file, split it by hash.
+        ((split, paths),) = by_split.items()
+        return {"all": _pick_for_task(paths, split, task, resolved.label, root)}
+    if len(candidates) == 1:
+        return {"all": candidates[0]}
+    if not candidates:
+        raise DataError(
+            f"{resolved.label}: no annotation file found; expected annotations.json, "
+            "train.json / val.json / test.json, or a single *.json (at the top or in annotations/)"
+        )
+    names = ", ".join(p.relative_to(root).as_posix() for p in candidates)
+    raise DataError(
+        f"{resolved.label}: several annotation files ({names}) and none is annotations.json; "
+        "rename the one to use to annotations.json, or pass its .json path"
+    )
+
+
+def _pick_for_task(paths: list[Path], split: str, task: str, label: str, root: Path) -> Path:
+    """Among e.g. instances_train2017.json / captions_train2017.json, the one for ``task``."""
+    if len(paths) == 1:
+        return paths[0]
+    hint = {"caption": "caption", "keypoints": "keypoint"}.get(task, "instances")
+    preferred = [p for p in paths if hint in p.stem.lower()]
+    if len(preferred) == 1:
+        return preferred[0]
+    names = ", ".join(p.relative_to(root).as_posix() for p in paths)
+    raise DataError(f"{label}: several annotation files for the {split} split ({names}); keep one")
+
+
+# ------------------------------------------------------------------------------ reader
+
+
+@dataclass
+class _ImageEntry:
+    id: int
+    file_name: str
+    width: int | None
+    height: int | None
+
+
+@dataclass
+class _Parsed:
+    """One annotation file, checked but with no image opened yet."""
+
+    path: Path
+    where: str  # "shelf.zip: annotations.json", the prefix of every message about this file
+    split: str
+    images: list[_ImageEntry]
+    categories: dict[int, tuple[str, list[str]]]  # id -> (name, keypoint names)
+    # image id -> [(annotation id, annotation)], in file order
+    instances: dict[int, list[tuple[Any, dict[str, Any]]]] = field(default_factory=dict)
+    captions: dict[int, list[str]] = field(default_factory=dict)
+
+
+class _CocoReader:
+    def __init__(self, resolved: Source, task: str, max_image_pixels: int) -> None:
+        self.source = resolved
+        self.label = resolved.label
+        self.task = task
+        self.max_image_pixels = int(max_image_pixels)
+        self.warnings: list[str] = []
+        self.instances_kept = 0
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        logger.warning(message)  # logged as it happens, so it shows even if a DataError follows
+
+    # ---- JSON ----------------------------------------------------------------------
+
+    def _rel(self, path: Path) -> str:
+        root = self.source.root
+        try:
+            return path.relative_to(root).as_posix() if root is not None else path.name
+        except ValueError:
+            return path.name
+
+    def parse_file(self, path: Path, split: str) -> _Parsed:
+        where = f"{self.label}: {self._rel(path)}" if self.source.annotation_file is None else str(self.label)
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{where}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from exc
+        except OSError as exc:
+            raise DataError(f"{where}: cannot read the file ({exc})") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; "
+                "fix the file (`python -m json.tool FILE` points at the same place)"
+            ) from exc
+        if not isinstance(data, dict):
+            raise DataError(
+                f'{where}: the top level must be a JSON object with "images", '
+                f'"annotations" and "categories", not {type(data).__name__}'
+            )
+
+        for key in ("images", "annotations") + (() if self.task == "caption" else ("categories",)):
+            if key not in data:
+                raise DataError(
+                    f'{where}: missing the top-level key "{key}"; '
+                    'a COCO file needs "images", "annotations" and "categories"'
+                )
+        for key in ("images", "annotations", "categories"):
+            if key in data and not isinstance(data[key], list):
+                raise DataError(f'{where}: "{key}" must be a list, not {type(data[key]).__name__}')
+
+        parsed = _Parsed(
+            path,
+            where,
+            split,
+            self._images(data["images"], where),
+            self._categories(data.get("categories", []), where),
+        )
+        self._annotations(data["annotations"], parsed)
+        return parsed
+
+    def _images(self, raw: list[Any], where: str) -> list[_ImageEntry]:
+        entries: list[_ImageEntry] = []
+        seen: set[int] = set()
+        for index, item in enumerate(raw):
+            at = f"{where}: images[{index}]"
+            if not isinstance(item, dict):
+                raise DataError(f'{at} must be an object with "id" and "file_name"')
+            image_id, file_name = item.get("id"), item.get("file_name")
+            if not isinstance(image_id, int) or isinstance(image_id, bool):
+                raise DataError(f'{at}: "id" must be an integer, got {image_id!r}')
+            if not isinstance(file_name, str) or not file_name:
+                raise DataError(
+                    f'{at} (image {image_id}): "file_name" must be a non-empty string, got {file_name!r}'
+                )
+            if image_id in seen:
+                raise DataError(f"{at}: image id {image_id} is used twice; give every image its own id")
+            seen.add(image_id)
+            size = []
+            for key in ("width", "height"):
+                value = item.get(key)
+                if value is not None and (
+                    not isinstance(value, int) or isinstance(value, bool) or value <= 0
+                ):
+                    raise DataError(
+                        f"{at} (image {image_id} '{file_name}'): \"{key}\" must be a positive integer, "
+                        f"got {value!r}"
+                    )
+                size.append(value)
+            entries.append(_ImageEntry(image_id, file_name, size[0], size[1]))
+        return entries
+
+    def _categories(self, raw: list[Any], where: str) -> dict[int, tuple[str, list[str]]]:
+        categories: dict[int, tuple[str, list[str]]] = {}
+        names: set[str] = set()
+        for index, item in enumerate(raw):
+            at = f"{where}: categories[{index}]"
+            if not isinstance(item, dict):
+                raise DataError(f'{at} must be an object with "id" and "name"')
+            cid, cname = item.get("id"), item.get("name")
+            if not isinstance(cid, int) or isinstance(cid, bool):
+                raise DataError(f'{at}: "id" must be an integer, got {cid!r}')
+            if not isinstance(cname, str) or not cname:
+                raise DataError(f'{at} (category {cid}): "name" must be a non-empty string, got {cname!r}')
+            if cid in categories:
+                raise DataError(f"{at}: category id {cid} is used twice; give every category its own id")
+            if cname in names:
+                # Labels are category names, so two ids with one name would merge silently.
+                raise DataError(f"{at}: category name {cname!r} is used by two ids; make the names unique")
+            keypoints = item.get("keypoints", [])
+            if not isinstance(keypoints, list) or not all(isinstance(k, str) for k in keypoints):
+                raise DataError(f'{at} (category {cid} {cname!r}): "keypoints" must be a list of names')
+            names.add(cname)
+            categories[cid] = (cname, list(keypoints))
+        return categories
+
+    def _annotations(self, raw: list[Any], parsed: _Parsed) -> None:
+        where = parsed.where
+        images = {entry.id: entry for entry in parsed.images}
+        known = ", ".join(str(c) for c in sorted(parsed.categories)) or "none"
+        crowd = 0
+        for index, ann in enumerate(raw):
+            if not isinstance(ann, dict):
+                raise DataError(f"{where}: annotations[{index}] must be an object, not {type(ann).__name__}")
+            ann_id = ann.get("id", f"#{index}")
+            at = f"{where}: annotation {ann_id}"
+            image_id = ann.get("image_id")
+            if not isinstance(image_id, int) or isinstance(image_id, bool):
+                raise DataError(f'{at}: "image_id" must be an integer, got {image_id!r}')
+            if image_id not in images:
+                self.warn(
+                    f'{at} refers to image {image_id}, which is not in "images"; '
+                    "annotation dropped — add the image or remove the annotation"
+                )
+                continue
+            if "caption" in ann:
+                if not isinstance(ann["caption"], str):
+                    raise DataError(f'{at}: "caption" must be a string, got {type(ann["caption"]).__name__}')
+                parsed.captions.setdefault(image_id, []).append(ann["caption"].strip())
+                continue
+            category_id = ann.get("category_id")
+            if category_id is None:
+                raise DataError(f'{at} (image {image_id}) has neither "category_id" nor "caption"; add one')
+            if category_id not in parsed.categories:
+                raise DataError(
+                    f"{at} (image {image_id} '{images[image_id].file_name}') refers to category "
+                    f'{category_id!r}, which is not in "categories" (known ids: {known}); '
+                    "add the category or fix the annotation"
+                )
+            if ann.get("iscrowd"):
+                crowd += 1  # crowd regions mark "many objects, not counted": the Target has no place for them
+                continue
+            parsed.instances.setdefault(image_id, []).append((ann_id, ann))
+        if crowd:
+            self.warn(
+                f"{where}: {crowd} crowd annotations (iscrowd=1) skipped; "
+                "DreamForge trains on single instances"
+            )
+
+    def merge_categories(self, parsed: dict[str, _Parsed]) -> tuple[list[str], list[str]]:
+        merged: dict[int, tuple[str, list[str]]] = {}
+        for part in parsed.values():
+            for cid, value in part.categories.items():
+                if cid in merged and merged[cid][0] != value[0]:
+                    raise DataError(
+                        f"{part.where}: category {cid} is {value[0]!r} here but {merged[cid][0]!r} in "
+                        "another split file; use the same categories in every split"
+                    )
+                merged.setdefault(cid, value)
+        keypoint_names: list[str] = []
+        for cid in sorted(merged):
+            name, kps = merged[cid]
+            if kps and not keypoint_names:
+                keypoint_names = kps
+            elif kps and kps != keypoint_names and self.task == "keypoints":
+                raise DataError(
+                    f"{self.label}: category {cid} {name!r} has keypoints {kps} but another category has "
+                    f"{keypoint_names}; DreamForge needs the same K named keypoints for every category"
+                )
+        return [merged[cid][0] for cid in sorted(merged)], keypoint_names
+
+    # ---- images ----------------------------------------------------------------------
+
+    def _image_path(self, entry: _ImageEntry, part: _Parsed) -> tuple[Path | None, list[str]]:
+        name = entry.file_name.replace("\\", "/")
+        pure = PurePosixPath(name)
+        if pure.is_absolute() or ".." in pure.parts:
+            return None, []
+        root = self.source.root
+        assert root is not None
+        folders = [root, root / "images", part.path.parent, part.path.parent / "images"]
+        match = _SPLIT_FILE.match(part.path.stem)
+        if match:  # COCO layout: annotations/instances_train2017.json + train2017/xxx.jpg
+            for word in dict.fromkeys([match.group("split") + (match.group("year") or ""), part.split]):
+                folders += [root / word, root / "images" / word]
+        tried: list[str] = []
+        for folder in dict.fromkeys(folders):
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate, tried
+            tried.append(self._rel(candidate))
+        return None, tried
+
+    def _open_image(self, entry: _ImageEntry, part: _Parsed) -> tuple[Image.Image, Path] | None:
+        at = f"{part.where}: image {entry.id} '{entry.file_name}'"
+        path, tried = self._image_path(entry, part)
+        if path is None:
+            if not tried:
+                self.warn(
+                    f"{at}: the file name leaves the dataset folder (absolute or '..'); "
+                    "image skipped — use a path relative to the dataset"
+                )
+            else:
+                self.warn(
+                    f"{at}: file not found (looked for {', '.join(tried[:4])}); "
+                    "image skipped — add the file or remove the image entry"
+                )
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.warn(f"{at}: cannot read the file ({exc}); image skipped")
+            return None
+        # Pillow warns (and raises past 2×) on decompression bombs; as errors here, so a
+        # bomb is refused before its pixels are ever allocated.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as probe:
+                    width, height = probe.size  # from the header only: nothing decoded yet
+                    if width * height > self.max_image_pixels:
+                        self.warn(
+                            f"{at}: the header says {width}×{height} = {width * height} pixels, more than "
+                            f"max_image_pixels={self.max_image_pixels} (a decompression bomb or far too "
+                            "large an image); image skipped, not decoded — resize it"
+                        )
+                        return None
+                    probe.verify()
+                with Image.open(io.BytesIO(data)) as reopened:  # verify() leaves the image unusable
+                    image = reopened.convert("RGB")  # decodes: the one decode this image gets
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            self.warn(
+                f"{at}: refused as a decompression bomb ({exc}); image skipped, not decoded — resize it"
+            )
+            return None
+        except Exception as exc:  # noqa: BLE001 — Pillow raises many types on corrupt data; each becomes a named warning
+            self.warn(
+                f"{at}: cannot be decoded ({type(exc).__name__}: {exc}); image skipped — replace the file"
+            )
+            return None
+        if (entry.width, entry.height) not in ((None, None), (width, height)):
+            self.warn(
+                f"{at}: the JSON says {entry.width}×{entry.height} but the image is {width}×{height}; "
+                'using the real size — fix "width"/"height" in the JSON'
+            )
+        return image, path
+
+    # ---- targets ---------------------------------------------------------------------
+
+    def build_samples(self, part: _Parsed) -> list[Sample]:
+        samples: list[Sample] = []
+        for entry in part.images:
+            captions = [c for c in part.captions.get(entry.id, []) if c]
+            if self.task == "caption" and not captions:
+                self.warn(
+                    f"{part.where}: image {entry.id} '{entry.file_name}' has no caption, "
+                    "which task caption needs; image skipped"
+                )
+                continue
+            opened = self._open_image(entry, part)
+            if opened is None:
+                continue
+            image, path = opened
+            target = empty_target(image.width, image.height)
+            if captions:
+                target["text"] = captions[0]
+            for ann_id, ann in part.instances.get(entry.id, []):
+                at = f"{part.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}')"
+                instance = self._instance(
+                    ann, at, image.width, image.height, part.categories[ann["category_id"]][1]
+                )
+                if instance is None:
+                    continue
+                box, mask, keypoints = instance
+                target["boxes"].append(box)
+                target["labels"].append(part.categories[ann["category_id"]][0])
+                if self.task == "segment":
+                    target["masks"].append(mask)
+                if self.task == "keypoints":
+                    target["keypoints"].append(keypoints)
+                    target["points"].extend([[x, y] for x, y, v in keypoints if v > 0])
+                self.instances_kept += 1
+            samples.append(
+                Sample(
+                    id=entry.id,
+                    file_name=entry.file_name,
+                    width=image.width,
+                    height=image.height,
+                    target=target,
+                    image=image,
+                    path=path,
+                )
+            )
+        return samples
+
+    def _numbers(
+        self, ann: dict[str, Any], key: str, at: str, *, length: int | None = None, multiple: int = 1
+    ) -> list[float]:
+        value = ann[key]
+        if not isinstance(value, list) or not all(_is_number(v) for v in value):
+            raise DataError(
+                f'{at}: "{key}" must be a list of finite numbers, got {str(value)[:80]}; fix the annotation'
+            )
+        if (length is not None and len(value) != length) or len(value) % multiple:
+            expected = f"{length} numbers" if length is not None else f"a multiple of {multiple} numbers"
+            raise DataError(
+                f'{at}: "{key}" has {len(value)} numbers, expected {expected}; fix the annotation'
+            )
+        return [float(v) for v in value]
+
+    def _instance(
+        self, ann: dict[str, Any], at: str, width: int, height: int, keypoint_names: list[str]
+    ) -> tuple[list[float], list[float], list[list[Any]]] | None:
+        """(box, polygon, keypoints) in canonical form, or None when dropped (with a warning)."""
+        needed = _REQUIRED.get(self.task)
+        if needed is not None and ann.get(needed) is None:
+            self.warn(f'{at} has no "{needed}", which task {self.task} needs; annotation dropped')
+            return None
+        mask: list[float] = []
+        keypoints: list[list[Any]] = []
+        if self.task == "segment":
+            mask_or_none = self._mask(ann["segmentation"], at, width, height)
+            if mask_or_none is None:
+                return None
+            mask = mask_or_none
+        if self.task == "keypoints":
+            flat = self._numbers(ann, "keypoints", at, multiple=3)
+            if keypoint_names and len(flat) != 3 * len(keypoint_names):
+                raise DataError(
+                    f'{at}: "keypoints" has {len(flat) // 3} keypoints but its category names '
+                    f"{len(keypoint_names)} ({', '.join(keypoint_names)}); "
+                    "give x, y, v for each named keypoint"
+                )
+            for i in range(0, len(flat), 3):
+                x, y, v = flat[i : i + 3]
+                if v > 0 and not (
+                    -BOX_TOLERANCE <= x <= width + BOX_TOLERANCE
+                    and -BOX_TOLERANCE <= y <= height + BOX_TOLERANCE
+                ):
+                    self.warn(
+                        f"{at}: keypoint {i // 3} at ({x:g}, {y:g}) is outside the {width}×{height} image; "
+                        "annotation dropped — fix the keypoint"
+                    )
+                    return None
+                if v > 0:
+                    x, y = min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))
+                keypoints.append([x, y, int(v)])
+
+        if ann.get("bbox") is not None:
+            x, y, w, h = self._numbers(ann, "bbox", at, length=4)
+            if w <= 0 or h <= 0:
+                self.warn(
+                    f"{at} has a box {_fmt([x, y, w, h])} with non-positive width or height; "
+                    "annotation dropped — fix the box or drop the annotation"
+                )
+                return None
+            box = [x, y, x + w, y + h]
+        elif mask:  # segment: derive the box from the polygon
+            box = [min(mask[0::2]), min(mask[1::2]), max(mask[0::2]), max(mask[1::2])]
+        elif keypoints and any(v > 0 for _, _, v in keypoints):
+            xs = [x for x, _, v in keypoints if v > 0]
+            ys = [y for _, y, v in keypoints if v > 0]
+            box = [min(xs), min(ys), max(xs) + 1, max(ys) + 1]  # +1: a lone keypoint is still a 1-px box
+        elif self.task == "caption":
+            return None  # caption datasets may carry instance annotations without boxes: nothing to keep
+        else:
+            self.warn(f'{at} has no "bbox" and nothing to derive one from; annotation dropped')
+            return None
+
+        x1, y1, x2, y2 = box
+        if (
+            x1 < -BOX_TOLERANCE
+            or y1 < -BOX_TOLERANCE
+            or x2 > width + BOX_TOLERANCE
+            or y2 > height + BOX_TOLERANCE
+        ):
+            self.warn(
+                f"{at} has a box [x, y, w, h] = {_fmt([x1, y1, x2 - x1, y2 - y1])} "
+                f"outside the {width}×{height} image; "
+                "annotation dropped — fix the box or drop the annotation"
+            )
+            return None
+        # Clip the overhang the tolerance allowed (annotation tools often round to x + w = W + 0.5).
+        box = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            self.warn(
+                f"{at} has a box {_fmt(box)} with no area inside the {width}×{height} image; "
+                "annotation dropped"
+            )
+            return None
+        return box, mask, keypoints
+
+    def _mask(self, segmentation: Any, at: str, width: int, height: int) -> list[float] | None:
+        if isinstance(segmentation, dict):
+            polygon = self._rle_polygon(segmentation, at, width, height)
+            if polygon is None:
+                return None
+        else:
+            if not isinstance(segmentation, list) or not segmentation:
+                raise DataError(
+                    f'{at}: "segmentation" must be a list of polygons or an RLE object; fix the annotation'
+                )
+            # COCO nests polygons in a list; some tools write one flat polygon: accept both.
+            polygons = segmentation if isinstance(segmentation[0], list) else [segmentation]
+            valid = []
+            for k, poly in enumerate(polygons):
+                if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                    raise DataError(
+                        f"{at}: segmentation polygon {k} must be a list of numbers; fix the annotation"
+                    )
+                if len(poly) >= 6 and len(poly) % 2 == 0:
+                    valid.append([float(v) for v in poly])
+            if not valid:
+                self.warn(f"{at}: no segmentation polygon has 3 or more points; annotation dropped")
+                return None
+            polygon = max(valid, key=_polygon_area)  # the canonical target keeps one polygon: the largest
+        xs, ys = polygon[0::2], polygon[1::2]
+        if (
+            min(xs) < -BOX_TOLERANCE
+            or min(ys) < -BOX_TOLERANCE
+            or max(xs) > width + BOX_TOLERANCE
+            or max(ys) > height + BOX_TOLERANCE
+        ):
+            self.warn(
+                f"{at}: the segmentation polygon leaves the {width}×{height} image; "
+                "annotation dropped — fix the polygon"
+            )
+            return None
+        return [min(max(v, 0.0), float(width if i % 2 == 0 else height)) for i, v in enumerate(polygon)]
+
+    def _rle_polygon(self, rle: dict[str, Any], at: str, width: int, height: int) -> list[float] | None:
+        from pycocotools import mask as mask_utils  # C extension; only RLE datasets need it
+
+        size, counts = rle.get("size"), rle.get("counts")
+        if not (
+            isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)
+        ) or not isinstance(counts, (str, list)):
+            raise DataError(
+                f'{at}: RLE segmentation needs "size": [height, width] and "counts"; fix the annotation'
+            )
+        if size != [height, width]:
+            self.warn(
+                f"{at}: the RLE mask is {size[1]}×{size[0]} but the image is {width}×{height}; "
+                "annotation dropped"
+            )
+            return None
+        # pycocotools trusts its input (an empty or short "counts" decodes to garbage memory),
+        # so the run lengths are parsed and checked here before it sees them.
+        try:
+            runs = _rle_string_counts(counts) if isinstance(counts, str) else counts
+            if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+                raise ValueError("run lengths must be non-negative integers")
+            if sum(runs) != height * width:
+                raise ValueError(
+                    f"the runs cover {sum(runs)} pixels, not {height}×{width} = {height * width}"
+                )
+        except ValueError as exc:
+            raise DataError(f"{at}: the RLE segmentation is invalid ({exc}); fix the annotation") from exc
+        encoded = mask_utils.frPyObjects({"size": size, "counts": runs}, height, width)
+        with warnings.catch_warnings():  # pycocotools' own NumPy-2 DeprecationWarning is not ours to show
+            warnings.simplefilter("ignore", DeprecationWarning)
+            binary = np.asarray(mask_utils.decode(encoded), dtype=bool)
+        if binary.ndim == 3:
+            binary = binary[:, :, 0]
+        polygon = mask_to_polygon(binary)
+        if not polygon:
+            self.warn(f"{at}: the RLE mask is empty; annotation dropped")
+            return None
+        return polygon
+
+    def check_usable(self, parts: dict[str, list[Sample]]) -> None:
+        total = sum(len(samples) for samples in parts.values())
+        if total == 0:
+            raise DataError(
+                f"{self.label}: no usable image (see the warnings above: {len(self.warnings)}); "
+                "add images, or fix the ones that were skipped"
+                + (f" — first: {self.warnings[0]}" if self.warnings else "")
+            )
+        if self.task in _REQUIRED and self.instances_kept == 0:
+            raise DataError(
+                f'{self.label}: no annotation has a usable "{_REQUIRED[self.task]}", which task '
+                f"{self.task} needs; check the task or the annotations"
+            )
+
+
+# ------------------------------------------------------------------------ RLE -> polygon
+
+
+def _rle_string_counts(text: str) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (the inverse of pycocotools' rleToString:
+    6-bit chunks offset by 48, sign-extended, each count after the second stored as a delta)."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        value = shift = 0
+        more = True
+        while more:
+            if p >= len(text):
+                raise ValueError("the counts string ends in the middle of a number")
+            chunk = ord(text[p]) - 48
+            if not 0 <= chunk < 64:
+                raise ValueError(f"unexpected character {text[p]!r} in the counts string")
+            value |= (chunk & 0x1F) << (5 * shift)
+            more = bool(chunk & 0x20)
+            p += 1
+            shift += 1
+            if not more and chunk & 0x10:
+                value |= -1 << (5 * shift)
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def mask_to_polygon(mask: np.ndarray) -> list[float]:
+    """The outline of the largest 4-connected component of ``mask``, as a flat xy polygon.
+
+    We trace the exact boundary along pixel edges (not a convex hull, which would swallow
+    concave shapes) in half-open pixel coordinates: pixel ``(r, c)`` covers
+    ``[c, c+1) × [r, r+1)``, so the polygon's bounds equal the component's xyxy box. Holes
+    are filled first — the canonical target has one ring per instance — which also removes
+    every pinch point, so the boundary is one simple loop. Collinear vertices are dropped.
+    Returns ``[]`` for an empty mask.
+    """
+    from scipy import ndimage
+
+    labels, count = ndimage.label(np.asarray(mask, dtype=bool))  # default structure: 4-connectivity
+    if count == 0:
+        return []
+    sizes = np.bincount(labels.ravel())[1:]
+    component = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+    padded = np.pad(component, 1)
+    inner = padded[1:-1, 1:-1]
+    # Directed boundary edges, clockwise on screen (y down), as (start x, start y, end x, end y):
+    # a side of a foreground pixel is boundary where the neighbour across it is background.
+    nxt: dict[tuple[int, int], tuple[int, int]] = {}
+    sides = (
+        (~padded[:-2, 1:-1], (0, 0, 1, 0)),  # top edge, left to right
+        (~padded[1:-1, 2:], (1, 0, 1, 1)),  # right edge, downwards
+        (~padded[2:, 1:-1], (1, 1, 0, 1)),  # bottom edge, right to left
+        (~padded[1:-1, :-2], (0, 1, 0, 0)),  # left edge, upwards
+    )
+    for open_side, (sx, sy, ex, ey) in sides:
+        rows, cols = np.nonzero(inner & open_side)
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            nxt[(c + sx, r + sy)] = (c + ex, r + ey)
+    start = min(nxt, key=lambda p: (p[1], p[0]))
+    loop = [start]
+    point = nxt[start]
+    while point != start and len(loop) <= len(nxt):  # the bound only guards against a bug above
+        loop.append(point)
+        point = nxt[point]
+    corners = []
+    for i, (x, y) in enumerate(loop):
+        (px, py), (qx, qy) = loop[i - 1], loop[(i + 1) % len(loop)]
+        if (x - px) * (qy - y) - (y - py) * (qx - x) != 0:  # keep only turns
+            corners.extend((float(x), float(y)))
+    return corners

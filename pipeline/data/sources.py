@@ -1,0 +1,286 @@
+"""Where a dataset comes from: a folder, a ``.zip``, a ``.json`` file, ``file://`` or ``synthetic://``.
+
+``resolve_source`` turns what the user typed into a local folder to read (extracting ZIPs
+safely into a cache) or into the parameters of a synthetic dataset. ZIPs are treated as
+hostile: users upload them through the service, so a crafted archive must not write outside
+its folder (zip-slip), plant symlinks, or fill the disk (zip bomb).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.data.errors import DataError
+
+# Limits for uploaded archives. Module constants (not arguments) so a deployment can tune
+# them in one place and tests can shrink them with monkeypatch.
+MAX_ZIP_MEMBERS = 100_000
+MAX_ZIP_BYTES = 4 * 1024**3  # total uncompressed bytes; the small-image datasets we train on are far below
+_CHUNK = 1 << 20
+
+SYNTHETIC_SCHEME = "synthetic"
+# Query parameters a synthetic:// URI may carry, with the type each must parse as.
+SYNTHETIC_PARAMS: dict[str, type] = {
+    "n": int,
+    "seed": int,
+    "size": int,
+    "min_objects": int,
+    "max_objects": int,
+    "task": str,
+}
+_COMPLETE_MARKER = ".dreamforge-complete"
+
+
+@dataclass
+class Source:
+    """A resolved dataset source."""
+
+    label: str  # how error messages name the source: what the user passed
+    name: str  # default ``Dataset.name``
+    root: Path | None = None  # the folder to read (an extracted ZIP lives in the cache)
+    annotation_file: Path | None = None  # set when the user pointed at one .json file
+    synthetic: dict[str, Any] | None = None  # parameters of a synthetic:// URI
+    is_zip: bool = False
+
+
+def cache_dir() -> Path:
+    """Where extracted ZIPs are kept: ``$DREAMFORGE_CACHE``, else ``$XDG_CACHE_HOME/dreamforge``."""
+    env = os.environ.get("DREAMFORGE_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "dreamforge"
+
+
+def resolve_source(source: str | os.PathLike[str]) -> Source:
+    """Turn a path or URI into a :class:`Source`; ZIPs are extracted (safely) on the way."""
+    text = os.fspath(source)
+    if text.startswith(f"{SYNTHETIC_SCHEME}://"):
+        params = parse_synthetic_uri(text)
+        return Source(label=text, name=params["kind"], synthetic=params)
+    if text.startswith("file://"):
+        parts = urllib.parse.urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise DataError(
+                f"{text}: file:// URIs must point at this machine (got host {parts.netloc!r}); "
+                "copy the data here or use a local path"
+            )
+        path = Path(urllib.request.url2pathname(parts.path))
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        scheme = text.split("://", 1)[0]
+        raise DataError(
+            f"{text}: unsupported scheme {scheme!r}; use a local folder, a .zip, "
+            "a file:// URI or synthetic://KIND?n=N&seed=S"
+        )
+    else:
+        path = Path(text)
+
+    if path.is_dir():
+        return Source(label=text, name=path.resolve().name or text, root=path)
+    if not path.exists():
+        raise DataError(f"{text}: no such file or folder; check the path")
+    if path.suffix.lower() == ".json":
+        return Source(
+            label=text,
+            name=path.resolve().parent.name or path.stem,
+            root=path.parent,
+            annotation_file=path,
+        )
+    if zipfile.is_zipfile(path):
+        return Source(label=text, name=path.stem, root=extract_zip(path, label=text), is_zip=True)
+    raise DataError(
+        f"{text}: not a folder, a .zip archive or a COCO .json file; "
+        "pass the dataset folder, a zip of it, or its annotation file"
+    )
+
+
+def parse_synthetic_uri(uri: str) -> dict[str, Any]:
+    """Parse ``synthetic://KIND?n=N&seed=S[&size=..&min_objects=..&max_objects=..&task=..]``.
+
+    >>> parse_synthetic_uri("synthetic://retail-shelf?n=64&seed=0")
+    {'kind': 'retail-shelf', 'n': 64, 'seed': 0}
+    """
+    from pipeline.data.synthetic import KINDS  # local: synthetic imports this module (circular)
+
+    parts = urllib.parse.urlsplit(uri)
+    kind = parts.netloc or parts.path.strip("/")
+    if kind not in KINDS:
+        raise DataError(f"{uri}: unknown synthetic kind {kind!r}; choose one of {', '.join(KINDS)}")
+    params: dict[str, Any] = {"kind": kind}
+    for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
+        if key not in SYNTHETIC_PARAMS:
+            raise DataError(f"{uri}: unknown parameter {key!r}; allowed: {', '.join(SYNTHETIC_PARAMS)}")
+        if len(values) != 1:
+            raise DataError(f"{uri}: parameter {key!r} is given {len(values)} times; give it once")
+        kind_of = SYNTHETIC_PARAMS[key]
+        try:
+            params[key] = kind_of(values[0])
+        except ValueError:
+            raise DataError(
+                f"{uri}: parameter {key}={values[0]!r} is not an integer; e.g. {key}=64"
+            ) from None
+    params.setdefault("n", 64)
+    if params["n"] < 1:
+        raise DataError(f"{uri}: n={params['n']} must be at least 1")
+    return params
+
+
+def synthetic_uri(kind: str, n: int, seed: int, task: str | None = None) -> str:
+    """The URI ``load_dataset`` accepts for a synthetic dataset.
+
+    >>> synthetic_uri("retail-shelf", 64, 0)
+    'synthetic://retail-shelf?n=64&seed=0'
+    """
+    query = {"n": int(n), "seed": int(seed)}
+    if task is not None:
+        query["task"] = task  # type: ignore[assignment]
+    return f"{SYNTHETIC_SCHEME}://{kind}?{urllib.parse.urlencode(query)}"
+
+
+# ---------------------------------------------------------------------------- ZIP archives
+
+
+def _member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a member must not be extracted, or None when it is safe."""
+    name = info.filename
+    if "\x00" in name:
+        return "has a NUL byte in its name"
+    norm = name.replace("\\", "/")
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
+        return "has an absolute path"
+    if ".." in norm.split("/"):
+        return "has '..' in its path and would be written outside the archive folder (zip-slip)"
+    mode = info.external_attr >> 16  # Unix mode bits; 0 for archives made on Windows
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: type bits unset (Python's writestr)
+        return "is not a regular file or folder (device, FIFO or socket)"
+    if info.flag_bits & 0x1:
+        return "is encrypted"
+    return None
+
+
+def _declared_size(infos: list[zipfile.ZipInfo]) -> int:
+    """Total uncompressed size the archive's directory claims (which a crafted archive can fake)."""
+    return sum(info.file_size for info in infos)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extract_zip(zip_path: Path, *, label: str | None = None, dest_root: Path | None = None) -> Path:
+    """Safely extract ``zip_path`` into the cache and return the folder.
+
+    The folder is keyed by the archive's SHA-256, so loading the same ZIP twice reuses it and
+    ``Sample.path`` stays valid after loading. Raises :class:`DataError` naming the archive
+    and the member for zip-slip paths, symlinks, too many members, or too many bytes.
+    """
+    label = label or str(zip_path)
+    try:
+        digest = _sha256(zip_path)
+    except OSError as exc:
+        raise DataError(f"{label}: cannot read the archive ({exc}); check the file") from exc
+    parent = dest_root or cache_dir() / "zips"
+    dest = parent / f"{zip_path.stem}-{digest[:16]}"
+    if (dest / _COMPLETE_MARKER).exists():
+        return dest
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"{label}: cannot create the extraction folder {parent} ({exc}); "
+            "set DREAMFORGE_CACHE to a writable folder"
+        ) from exc
+
+    # Extract into a private temporary folder and rename it into place only when complete,
+    # so a crash or a rejected archive never leaves a half-extracted dataset in the cache.
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=parent))
+    try:
+        _extract_into(zip_path, tmp, label)
+        (tmp / _COMPLETE_MARKER).write_text(digest)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            # Another process finished the same archive first; theirs is as good as ours.
+            if not (dest / _COMPLETE_MARKER).exists():
+                shutil.rmtree(dest, ignore_errors=True)
+                os.rename(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _extract_into(zip_path: Path, dest: Path, label: str) -> None:
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{label}: not a readable ZIP archive ({exc}); re-create the archive") from exc
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_ZIP_MEMBERS:
+            raise DataError(
+                f"{label}: the archive has {len(infos)} members, more than the {MAX_ZIP_MEMBERS} "
+                "allowed; split the dataset or remove unneeded files"
+            )
+        # Check every name before writing anything.
+        for info in infos:
+            problem = _member_problem(info)
+            if problem:
+                raise DataError(
+                    f"{label}: member {info.filename!r} {problem}; rebuild the archive with "
+                    "plain relative paths (e.g. `cd dataset && zip -r ../dataset.zip .`)"
+                )
+        declared = _declared_size(infos)
+        if declared > MAX_ZIP_BYTES:
+            biggest = max(infos, key=lambda i: i.file_size)
+            raise DataError(
+                f"{label}: the archive would expand to {declared} bytes, more than the "
+                f"{MAX_ZIP_BYTES} allowed (largest member {biggest.filename!r}: "
+                f"{biggest.file_size} bytes); this looks like a zip bomb — upload a smaller dataset"
+            )
+        # Declared sizes can lie, so count the bytes actually written as well.
+        written = 0
+        base = dest.resolve()
+        for info in infos:
+            target = (dest / info.filename.replace("\\", "/")).resolve()
+            if target != base and base not in target.parents:  # defence in depth after the name check
+                raise DataError(f"{label}: member {info.filename!r} resolves outside the archive folder")
+            try:
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(_CHUNK):
+                        written += len(chunk)
+                        if written > MAX_ZIP_BYTES:
+                            raise DataError(
+                                f"{label}: member {info.filename!r} expands past the "
+                                f"{MAX_ZIP_BYTES}-byte limit for the whole archive; this looks "
+                                "like a zip bomb — upload a smaller dataset"
+                            )
+                        out.write(chunk)
+            except DataError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as exc:
+                raise DataError(
+                    f"{label}: member {info.filename!r} cannot be extracted ({exc}); re-create the archive"
+                ) from exc

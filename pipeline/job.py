@@ -1,0 +1,273 @@
+"""Run a curriculum: the four stages in order, resuming at the first unfinished one.
+
+Each stage reads the previous stage's checkpoint and writes its own under
+``OUTPUT/stages/<stage>/`` with a ``DONE.json`` marker written last, so a job that dies
+anywhere resumes at its first unfinished stage. The service (``dreamforge``) drives this same
+function with a MongoDB reporter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.codec import Codec
+from pipeline.config import STAGES, ConfigError, CurriculumConfig
+from pipeline.data import load_dataset
+from pipeline.device import pick_device
+from pipeline.models.loading import TINY_MODEL
+from pipeline.reporter import BaseReporter, Reporter
+from pipeline.rewards.builtin import DEFAULT_REWARD, get_reward
+from pipeline.stages.common import Context, fresh_dir, is_done, mark_done, read_done
+from pipeline.structures import Dataset
+
+STAGE_NUMBERS = {i + 1: s for i, s in enumerate(STAGES)}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def config_hash(cfg: CurriculumConfig) -> str:
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
+def resolve_reward(cfg: CurriculumConfig):
+    name = DEFAULT_REWARD[cfg.task] if cfg.reward == "default" else cfg.reward
+    if name.endswith(".js"):
+        raise ConfigError(
+            f"reward: {name!r} is a JavaScript reward; the JavaScript sandbox is not available in this build, "
+            "use a built-in reward (iou, f1, mask_iou, oks, format, caption)"
+        )
+    try:
+        return get_reward(name)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"reward: {e}") from None
+
+
+def make_codec(cfg: CurriculumConfig, ds: Dataset) -> Codec:
+    return Codec(
+        cfg.task,
+        ds.categories,
+        num_bins=cfg.num_bins,
+        max_objects=cfg.data.max_objects,
+        keypoint_names=ds.keypoint_names or None,
+    )
+
+
+def _vocabulary(*datasets: Dataset | None) -> list[str]:
+    words: set[str] = set()
+    for ds in datasets:
+        if ds is None:
+            continue
+        words.update(w for c in ds.categories for w in c.split())
+        for split in ds.splits.values():
+            for s in split[:2000]:
+                words.update(re.findall(r"[a-z]+", s.target.get("text", "").lower()))
+    return sorted(words)
+
+
+def prepare_base_model(ctx: Context) -> Path:
+    cfg = ctx.cfg
+    if cfg.model != TINY_MODEL:
+        return Path(cfg.model) if Path(cfg.model).exists() else cfg.model  # type: ignore[return-value]
+    base = ctx.out / "base-model"
+    if (base / "dreamforge_model.json").exists():
+        return base
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from pipeline.models.tiny import build_tiny_vlm, init_spatial_priors
+
+    tokens = list(dict.fromkeys(ctx.domain_codec.special_tokens() + (ctx.warm_codec.special_tokens() if ctx.warm_codec else [])))
+    tmp = base.with_name("base-model.partial")
+    fresh_dir(tmp)
+    build_tiny_vlm(
+        tmp,
+        family="llava",
+        special_tokens=tokens,
+        extra_words=_vocabulary(ctx.domain, ctx.warm),
+        image_size=cfg.image_size,
+        patch=16 if cfg.image_size <= 64 else 32,
+        seed=cfg.seed,
+    )
+    model = AutoModelForImageTextToText.from_pretrained(tmp)
+    processor = AutoProcessor.from_pretrained(tmp)
+    init_spatial_priors(model, processor.tokenizer, ctx.domain_codec.location_tokens())
+    model.save_pretrained(tmp)
+    if base.exists():
+        fresh_dir(base).rmdir()
+    tmp.rename(base)
+    return base
+
+
+def load_data(cfg: CurriculumConfig, stages: set[str], reporter: Reporter) -> tuple[Dataset, Dataset | None]:
+    domain = load_dataset(cfg.data.dataset, cfg.task, seed=cfg.seed, fractions=tuple(cfg.data.split))
+    for w in domain.warnings:
+        reporter.log(w, level="warning")
+    warm = None
+    if "warm_start" in stages and cfg.warm_start.enabled:
+        warm = load_dataset(cfg.data.warm_start_dataset, cfg.task, seed=cfg.seed, fractions=(1.0, 0.0, 0.0))
+        for w in warm.warnings:
+            reporter.log(w, level="warning")
+    return domain, warm
+
+
+def run_job(
+    cfg: CurriculumConfig,
+    out: str | Path,
+    *,
+    stages: list[int] | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the curriculum into ``out``; return the metrics record."""
+    t_start = time.monotonic()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    reporter = reporter or BaseReporter()
+    wanted = {STAGE_NUMBERS[i] for i in (stages or [1, 2, 3, 4])}
+    chash = config_hash(cfg)
+    cfg_file = out / "config.json"
+    if cfg_file.exists():
+        previous = json.loads(cfg_file.read_text())
+        if previous.get("_hash") != chash and any(is_done(out / "stages" / s) for s in STAGES):
+            raise ConfigError(
+                f"{out} holds a job with a different config; resume needs the same config "
+                "(use a new --output, or delete the folder to start over)"
+            )
+    cfg_file.write_text(json.dumps({**cfg.model_dump(mode="json", by_alias=True), "_hash": chash}, indent=1))
+    seed_everything(cfg.seed)
+    device = pick_device()
+    reporter.log(f"device {device.kind}, precision {str(device.dtype).removeprefix('torch.')}")
+    reward = resolve_reward(cfg)
+    domain, warm = load_data(cfg, wanted, reporter)
+    reporter.log(
+        f"dataset {domain.name}: " + ", ".join(f"{k} {len(v)}" for k, v in domain.splits.items()) + " images"
+    )
+    ctx = Context(
+        cfg=cfg,
+        device=device,
+        reporter=reporter,
+        out=out,
+        domain=domain,
+        domain_codec=make_codec(cfg, domain),
+        warm=warm,
+        warm_codec=make_codec(cfg, warm) if warm else None,
+        reward=reward,
+    )
+    base = prepare_base_model(ctx)
+    checkpoints: dict[str, Path] = {"base": base}
+    stage_info: dict[str, Any] = {}
+    previous = base
+    for stage in STAGES:
+        sdir = ctx.stage_dir(stage)
+        if is_done(sdir):
+            info = read_done(sdir)
+            stage_info[stage] = {**info, "resumed": True}
+            if stage != "evaluate" and (sdir / "model").exists():
+                checkpoints[stage] = previous = sdir / "model"
+            reporter.stage_state(stage, "skipped", reason="already finished")
+            reporter.progress(stage, 1.0)
+            continue
+        cfg_stage = cfg.stage(stage)
+        if stage not in wanted or not cfg_stage.enabled:
+            stage_info[stage] = {"state": "skipped"}
+            reporter.stage_state(stage, "skipped", reason="not requested")
+            continue
+        reporter.stage_state(stage, "running")
+        reporter.progress(stage, 0.0)
+        fresh_dir(sdir)
+        t0 = time.monotonic()
+        if stage == "evaluate":
+            info = {"evaluation": _evaluate(ctx, checkpoints)}
+        else:
+            info = _train(ctx, stage, previous)
+            checkpoints[stage] = previous = sdir / "model"
+        info.update(state="completed", seconds=round(time.monotonic() - t0, 2))
+        mark_done(sdir, info)
+        stage_info[stage] = info
+        reporter.stage_state(stage, "completed", seconds=info["seconds"])
+        reporter.progress(stage, 1.0)
+    record = {
+        "name": cfg.name,
+        "task": cfg.task,
+        "model": cfg.model,
+        "dataset": cfg.data.dataset,
+        "reward": reward.name,
+        "device": device.kind,
+        "stages": stage_info,
+        "wall_seconds": round(time.monotonic() - t_start, 2),
+    }
+    evaluation = stage_info.get("evaluate", {}).get("evaluation")
+    if evaluation:
+        record["evaluation"] = evaluation
+        write_model_card(out, cfg, record)
+    (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
+    cfg = ctx.cfg
+    out_model = ctx.checkpoint(stage)
+    if stage == "warm_start":
+        from pipeline.stages.sft import train_sft
+
+        assert ctx.warm is not None and ctx.warm_codec is not None
+        return train_sft(ctx, stage, previous, ctx.warm.splits["train"], ctx.warm_codec, cfg.warm_start, out_model)
+    if stage == "domain":
+        from pipeline.stages.sft import train_sft
+
+        return train_sft(ctx, stage, previous, ctx.domain.splits["train"], ctx.domain_codec, cfg.domain, out_model)
+    from pipeline.stages.grpo import train_grpo
+
+    return train_grpo(ctx, stage, previous, ctx.domain.splits["train"], ctx.domain_codec, cfg.rl, out_model)
+
+
+def _evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
+    from pipeline.stages.evaluate import run_evaluate
+
+    return run_evaluate(ctx, checkpoints)
+
+
+def write_model_card(out: Path, cfg: CurriculumConfig, record: dict[str, Any]) -> None:
+    ev = record["evaluation"]
+    key = ev["primary_metric"]
+    rows = "\n".join(
+        f"| {name} | {m.get(key, 0):.3f} | {m.get('parse_rate', 0):.2f} |" for name, m in ev["models"].items()
+    )
+    rel = ev.get("release", {})
+    card = f"""---
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [dreamforge, {cfg.task}]
+---
+# {cfg.name}
+
+Fine-tuned by DreamForge from `{cfg.model}` for **{cfg.task}** on `{cfg.data.dataset}`
+with the `{record['reward']}` reward.
+
+Held-out split `{ev['split']}` ({ev['n']} images):
+
+| model | {key} | parse rate |
+|---|---|---|
+{rows}
+
+Release artifact: `{Path(rel.get('release_dir', 'model')).name}` ({rel.get('release_format', '16-bit')}).
+4-bit size ratio: {rel.get('size_ratio', 'n/a')}, metric drop: {rel.get('metric_drop', 'n/a')}.
+
+Outputs are location tokens (`<loc_0>`…`<loc_{cfg.num_bins - 1}>`) over the original image;
+decode them with `pipeline.codec.Codec` or run `dreamforge predict`.
+"""
+    for d in ("model", "model-4bit"):
+        if (out / d).exists():
+            (out / d / "README.md").write_text(card)
+    (out / "MODEL_CARD.md").write_text(card)

@@ -1,0 +1,173 @@
+"""Dataset-level evaluation of parsed predictions against ground truth.
+
+All inputs are canonical targets in ORIGINAL-image pixels (``pipeline.codec.Codec.decode``
+gives them for model text). Per task:
+
+* detect: ``mean_iou`` (mean over images of the ``iou`` reward), ``map50`` (COCO mAP at IoU
+  0.5, pycocotools), ``f1_50`` (pooled over the dataset: 2·TP / (#pred + #gt), class-aware),
+  ``parse_rate``, ``mean_count_error`` (mean |#pred − #gt| per image);
+* segment: the detect metrics plus ``mask_iou`` (mean of the ``mask_iou`` reward);
+* keypoints: the detect metrics plus ``oks`` (mean of the ``oks`` reward);
+* caption: ``caption_f1`` (mean of the ``caption`` reward), ``parse_rate``.
+
+mAP without confidences: a VLM's answer has no scores, so every prediction gets score 1.0.
+pycocotools sorts detections with a stable sort, so ties keep the input order: images in
+dataset order, objects in the order the model emitted them (reading order). The precision–
+recall curve therefore has a single operating point per category, and mAP@0.5 is 1.0 only
+when every object is found with no extra. Categories with no ground truth are left out of
+the mean (COCO's rule); predictions with labels outside ``categories`` are false positives
+in ``f1_50`` and ignored by ``map50`` (they have no category to be evaluated in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pipeline.rewards.builtin import (
+    caption_f1,
+    f1_counts,
+    soft_iou,
+    soft_mask_iou,
+    soft_oks,
+)
+from pipeline.structures import TASKS
+
+Target = dict[str, Any]
+
+PRIMARY_METRIC = {
+    "detect": "mean_iou",
+    "segment": "mask_iou",
+    "keypoints": "oks",
+    "caption": "caption_f1",
+}
+
+
+def primary_metric(task: str) -> str:
+    """The metric a run is judged (and checkpoints chosen) by, for ``task``."""
+    if task not in PRIMARY_METRIC:
+        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    return PRIMARY_METRIC[task]
+
+
+def evaluate(
+    preds: list[Target],
+    gts: list[Target],
+    parsed: list[bool],
+    task: str,
+    categories: list[str],
+    sigmas: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """Metrics of ``preds[i]`` against ``gts[i]`` (see the module docstring).
+
+    ``sigmas`` are the OKS sigmas per keypoint (default 0.05 each).
+
+    >>> gt = {"boxes": [[0, 0, 8, 8]], "labels": ["a"], "image": {"width": 16, "height": 16}}
+    >>> m = evaluate([gt], [gt], [True], "detect", ["a"])
+    >>> m["mean_iou"], m["map50"], m["f1_50"], m["parse_rate"], m["mean_count_error"]
+    (1.0, 1.0, 1.0, 1.0, 0.0)
+    """
+    if task not in PRIMARY_METRIC:
+        raise ValueError(f"evaluate: unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if not (len(preds) == len(gts) == len(parsed)):
+        raise ValueError(
+            f"evaluate: {len(preds)} predictions, {len(gts)} ground truths and {len(parsed)} "
+            "parsed flags; pass one of each per image"
+        )
+    if not gts:
+        raise ValueError("evaluate: no images to evaluate")
+    parse_rate = float(np.mean([bool(p) for p in parsed]))
+    if task == "caption":
+        return {
+            "caption_f1": _mean(caption_f1(p, g) for p, g in zip(preds, gts, strict=True)),
+            "parse_rate": parse_rate,
+        }
+    tp = n_pred = n_gt = 0
+    for p, g in zip(preds, gts, strict=True):
+        t, a, b = f1_counts(p, g, 0.5, class_aware=True)
+        tp, n_pred, n_gt = tp + t, n_pred + a, n_gt + b
+    out = {
+        "mean_iou": _mean(soft_iou(p, g) for p, g in zip(preds, gts, strict=True)),
+        "map50": map50(preds, gts, categories),
+        "f1_50": 1.0 if n_pred + n_gt == 0 else 2.0 * tp / (n_pred + n_gt),
+        "parse_rate": parse_rate,
+        "mean_count_error": _mean(
+            abs(len(p.get("boxes") or []) - len(g.get("boxes") or []))
+            for p, g in zip(preds, gts, strict=True)
+        ),
+    }
+    if task == "segment":
+        out["mask_iou"] = _mean(soft_mask_iou(p, g) for p, g in zip(preds, gts, strict=True))
+    elif task == "keypoints":
+        out["oks"] = _mean(soft_oks(p, g, sigmas) for p, g in zip(preds, gts, strict=True))
+    return out
+
+
+def _mean(values: Any) -> float:
+    return float(np.mean(list(values)))
+
+
+def map50(preds: list[Target], gts: list[Target], categories: list[str]) -> float:
+    """COCO box mAP at IoU 0.5 with pycocotools, every prediction scored 1.0 (see module).
+
+    With no ground-truth object at all: 1.0 if there is no prediction either, else 0.0.
+    """
+    names = list(categories)
+    for g in gts:
+        names += [lab for lab in g.get("labels") or [] if lab not in names]
+    cat_id = {name: i + 1 for i, name in enumerate(names)}
+    images, gt_anns, dets = [], [], []
+    max_per_image = 1
+    for img_id, (p, g) in enumerate(zip(preds, gts, strict=True), start=1):
+        size = g.get("image") or {}
+        w_img, h_img = size.get("width", 0), size.get("height", 0)
+        images.append({"id": img_id, "width": w_img, "height": h_img})
+        for box, label in zip(g.get("boxes") or [], g.get("labels") or [], strict=True):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            w, h = max(x2 - x1, 0.0), max(y2 - y1, 0.0)
+            gt_anns.append({
+                "id": len(gt_anns) + 1, "image_id": img_id, "category_id": cat_id[label],
+                "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0,
+            })  # fmt: skip
+        boxes = p.get("boxes") or []
+        max_per_image = max(max_per_image, len(boxes))
+        for box, label in zip(boxes, p.get("labels") or [], strict=False):
+            if label not in cat_id:
+                continue
+            x1, y1, x2, y2 = (float(v) for v in box)
+            dets.append({
+                "image_id": img_id, "category_id": cat_id[label],
+                "bbox": [x1, y1, max(x2 - x1, 0.0), max(y2 - y1, 0.0)], "score": 1.0,
+            })  # fmt: skip
+    if not gt_anns:
+        return 1.0 if not any(p.get("boxes") for p in preds) else 0.0
+    if not dets:
+        return 0.0  # pycocotools' loadRes cannot take an empty list
+    # pycocotools prints progress ("creating index...", "Running per image evaluation...").
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {
+            "images": images,
+            "annotations": gt_anns,
+            "categories": [{"id": i, "name": n} for n, i in cat_id.items()],
+        }
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(dets)
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.params.iouThrs = np.array([0.5])
+        ev.params.maxDets = [max(100, max_per_image)]
+        ev.params.areaRng = [ev.params.areaRng[0]]  # "all" only
+        ev.params.areaRngLbl = ["all"]
+        ev.evaluate()
+        ev.accumulate()
+    precision = ev.eval["precision"][0, :, :, 0, 0]  # [recall thresholds, categories]
+    per_cat = [precision[:, k] for k in range(precision.shape[1])]
+    aps = [float(np.mean(p)) for p in per_cat if (p > -1).all()]
+    # COCOeval divides by (tp + fp + spacing(1)), so a perfect answer scores 1 − 2e-16.
+    return round(float(np.mean(aps)), 10) if aps else 0.0

@@ -1,0 +1,53 @@
+"""Generation + decoding: model output text → canonical structures in original pixels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pipeline.codec import Codec
+from pipeline.stages.common import user_prompt
+
+
+@torch.no_grad()
+def generate_texts(
+    model, processor, images: list[Any], codec: Codec, *, batch_size: int = 32, max_new_tokens: int | None = None
+) -> list[str]:
+    """Greedy answers for ``images`` (PIL), in order."""
+    model.eval()
+    tok = processor.tokenizer
+    tok.padding_side = "left"  # generation appends on the right; pad the prompt on the left
+    prompt = processor.apply_chat_template(user_prompt(codec), add_generation_prompt=True)
+    device = next(model.parameters()).device
+    texts: list[str] = []
+    cap = max_new_tokens or codec.max_new_tokens()
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        inputs = processor(
+            text=[prompt] * len(chunk), images=[[im] for im in chunk], return_tensors="pt", padding=True
+        )
+        inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype if model.dtype.is_floating_point else torch.float32)
+        out = model.generate(
+            **inputs,
+            max_new_tokens=cap,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        new = out[:, inputs["input_ids"].shape[1] :]
+        texts.extend(tok.batch_decode(new, skip_special_tokens=True))
+    return texts
+
+
+def predict_targets(model, processor, samples, codec: Codec, *, batch_size: int = 32):
+    """(targets, parsed flags, raw texts) for a list of ``Sample``."""
+    texts = generate_texts(model, processor, [s.image for s in samples], codec, batch_size=batch_size)
+    targets, parsed = [], []
+    for s, t in zip(samples, texts, strict=True):
+        tgt, ok = codec.decode(t, s.width, s.height)
+        targets.append(tgt)
+        parsed.append(ok)
+    return targets, parsed, texts

@@ -1,0 +1,128 @@
+"""The reward interface, and its adapter to TRL's reward-function signature.
+
+A reward scores a batch of parsed outputs against their ground truths, both canonical
+``Target`` dicts (see ``pipeline.structures``), one float per pair. Built-in rewards
+(``pipeline.rewards.builtin``) and user rewards (a JavaScript sandbox, later) implement the
+same protocol, so the trainer and the evaluator never care which kind they hold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from pipeline.codec import Codec
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Scores ``outs[i]`` against ``gts[i]``; returns ``len(outs)`` floats."""
+
+    name: str
+
+    def score(self, outs: list[dict], gts: list[dict]) -> list[float]: ...
+
+
+class RewardError(Exception):
+    """A reward failed on one sample (``index``) or on the whole batch (``index is None``)."""
+
+    def __init__(self, reward: str, index: int | None, message: str) -> None:
+        self.reward = reward
+        self.index = index
+        self.message = message
+        where = "the batch" if index is None else f"sample {index}"
+        super().__init__(f"reward {reward!r} failed on {where}: {message}")
+
+
+def completion_text(completion: Any) -> str:
+    """The assistant text of a TRL completion: a string, or conversational messages
+    ``[{"role": "assistant", "content": str | [{"type": "text", "text": ...}, ...]}]``."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if isinstance(completion, Sequence):
+        msgs = [m for m in completion if isinstance(m, dict)]
+        assistant = [m for m in msgs if m.get("role", "assistant") == "assistant"] or msgs
+        if assistant:
+            content = assistant[-1].get("content", "")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, Sequence):
+                return "".join(
+                    str(p.get("text", "")) for p in content
+                    if isinstance(p, dict) and p.get("type", "text") == "text"
+                )  # fmt: skip
+    return ""
+
+
+def _as_target(gt: Any, index: int, name: str) -> dict:
+    if isinstance(gt, dict):
+        return gt
+    try:
+        return json.loads(gt)
+    except (TypeError, ValueError) as e:
+        raise RewardError(name, index, f"gt is not a canonical Target nor its JSON: {e}") from e
+
+
+class TrlReward:
+    """A picklable TRL reward function wrapping a :class:`Reward` and a :class:`Codec`.
+
+    Called as TRL calls rewards, ``f(completions, gt=[...], width=[...], height=[...], **kw)``
+    where ``gt`` holds canonical targets as JSON strings (or dicts) and ``width``/``height``
+    the ORIGINAL image sizes (taken from ``gt["image"]`` when the columns are absent).
+    Returns ``reward + parsed_bonus`` for outputs that parsed cleanly, ``reward`` otherwise.
+    ``__name__`` is the reward's name, so TRL logs it under a stable ``rewards/<name>`` key.
+    """
+
+    def __init__(self, reward: Reward, codec: Codec, parsed_bonus: float = 0.0) -> None:
+        self.reward = reward
+        self.codec = codec
+        self.parsed_bonus = float(parsed_bonus)
+        self.__name__ = reward.name
+
+    def __call__(
+        self,
+        completions: list[Any],
+        gt: list[Any],
+        width: list[int] | None = None,
+        height: list[int] | None = None,
+        **kwargs: Any,
+    ) -> list[float]:
+        name = self.reward.name
+        if len(gt) != len(completions):
+            raise RewardError(name, None, f"{len(completions)} completions, {len(gt)} gt rows")
+        gts = [_as_target(g, i, name) for i, g in enumerate(gt)]
+        outs, parsed = [], []
+        for i, (c, g) in enumerate(zip(completions, gts, strict=True)):
+            w = width[i] if width is not None else g["image"]["width"]
+            h = height[i] if height is not None else g["image"]["height"]
+            out, ok = self.codec.decode(completion_text(c), w, h)
+            outs.append(out)
+            parsed.append(ok)
+        if getattr(self.reward, "needs_parsed", False):
+            scores = self.reward.score(outs, gts, parsed=parsed)  # type: ignore[call-arg]
+        else:
+            scores = self.reward.score(outs, gts)
+        if len(scores) != len(outs):
+            raise RewardError(name, None, f"returned {len(scores)} scores for {len(outs)} outputs")
+        return [
+            float(s) + (self.parsed_bonus if ok else 0.0)
+            for s, ok in zip(scores, parsed, strict=True)
+        ]
+
+
+def as_trl_reward(reward: Reward, codec: Codec, parsed_bonus: float = 0.0) -> TrlReward:
+    """Wrap ``reward`` as a TRL reward function (see :class:`TrlReward`).
+
+    >>> from pipeline.rewards.builtin import get_reward
+    >>> codec = Codec("detect", ["cola"])
+    >>> f = as_trl_reward(get_reward("iou"), codec)
+    >>> gt = '{"boxes": [[0, 0, 32, 32]], "labels": ["cola"], "image": {"width": 64, "height": 64}}'
+    >>> f([[{"role": "assistant", "content": "cola<loc_0><loc_0><loc_15><loc_15>"}]], gt=[gt])
+    [1.0]
+    >>> f.__name__
+    'iou'
+    """
+    return TrlReward(reward, codec, parsed_bonus)

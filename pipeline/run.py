@@ -1,0 +1,107 @@
+"""The standalone runner: ``python -m pipeline.run --preset retail-shelf --output models/job-1``.
+
+Runs in a GPU container with nothing but the job's config, data and reward, so it never
+imports the service. Rerunning on the same output resumes at the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from pipeline.config import ConfigError, build_config, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__)
+    p.add_argument("--config", type=Path, help="dreamforge.config.json")
+    p.add_argument("--preset", help="generic, medical-scan, retail-shelf or traffic-camera")
+    p.add_argument("--dataset", help="dataset URI (folder, .zip, synthetic://…)")
+    p.add_argument("--reward", help="built-in reward name or a .js file")
+    p.add_argument("--model", help="model id or path (default dreamforge-tiny)")
+    p.add_argument("--epochs", type=float, nargs="+", metavar="N", help="epochs of stage 1, 2 and 3")
+    p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
+    p.add_argument("--output", type=Path, required=True, help="output folder (resumes if it exists)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace):
+    over: dict = {}
+    if args.dataset:
+        over.setdefault("data", {})["dataset"] = args.dataset
+    if args.reward:
+        over["reward"] = args.reward
+    if args.model:
+        over["model"] = args.model
+    if args.epochs:
+        if len(args.epochs) > 3:
+            raise ConfigError("--epochs takes at most three numbers: stage 1, stage 2 and the RL stage")
+        for key, n in zip(("warm_start", "domain", "rl"), args.epochs, strict=False):
+            over[key] = {"epochs": n}
+    if args.config:
+        base = load_config(args.config, preset=args.preset).model_dump(by_alias=True, exclude_none=True)
+        from pipeline.config import deep_merge
+
+        return build_config(deep_merge(base, over), source=str(args.config))
+    return build_config(over, preset=args.preset or ("retail-shelf" if not over.get("data") else None))
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except Exception:  # noqa: BLE001 — cosmetics only
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_libraries()
+    from pipeline.data.errors import DataError
+    from pipeline.job import run_job
+    from pipeline.reporter import ConsoleReporter, MetricsFileReporter, MultiReporter
+
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)  # noqa: T201
+        return 2
+    console = ConsoleReporter(quiet=args.quiet)
+    reporter = MultiReporter(console, MetricsFileReporter(args.output / "events.jsonl"))
+    try:
+        record = run_job(cfg, args.output, stages=args.stages, reporter=reporter)
+    except (ConfigError, DataError) as e:
+        reporter.close()
+        print(f"error: {e}", file=sys.stderr)  # noqa: T201
+        return 2
+    finally:
+        reporter.close()
+    summary = {"output": str(args.output), "wall_seconds": record["wall_seconds"]}
+    ev = record.get("evaluation")
+    if ev:
+        key = ev["primary_metric"]
+        summary[key] = {name: round(m[key], 4) for name, m in ev["models"].items()}
+        summary["release"] = ev["release"].get("release_dir")
+    print(json.dumps(summary))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

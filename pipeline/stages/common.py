@@ -1,0 +1,167 @@
+"""What every stage shares: the stage context, dataset rows, the reporter callback, the
+time-based schedule and checkpoint bookkeeping. Kept here so each stage module reads like its
+algorithm."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from pipeline.codec import Codec
+from pipeline.config import CurriculumConfig, StageConfig
+from pipeline.device import Device
+from pipeline.reporter import Reporter
+from pipeline.structures import Dataset, Sample
+
+
+class StageCancelled(RuntimeError):
+    """The reporter asked the stage to stop (job cancelled)."""
+
+
+@dataclass
+class Context:
+    cfg: CurriculumConfig
+    device: Device
+    reporter: Reporter
+    out: Path
+    domain: Dataset
+    domain_codec: Codec
+    warm: Dataset | None = None
+    warm_codec: Codec | None = None
+    reward: Any = None  # pipeline.rewards.base.Reward
+    base_model: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.out / "stages" / stage
+
+    def checkpoint(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "model"
+
+
+def user_prompt(codec: Codec) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": codec.prompt()}]}]
+
+
+def sft_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
+    prompt = user_prompt(codec)
+    return [
+        {
+            "image": s.image,
+            "prompt": prompt,
+            "completion": [{"role": "assistant", "content": codec.encode(s.target)}],
+        }
+        for s in samples
+    ]
+
+
+def grpo_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
+    prompt = user_prompt(codec)
+    return [
+        {"prompt": prompt, "image": s.image, "gt": json.dumps(s.target), "width": s.width, "height": s.height}
+        for s in samples
+    ]
+
+
+def time_cosine(optimizer, *, max_seconds: float | None, total_steps: int, warmup_steps: int):
+    """Linear warm-up then cosine decay, over wall-clock time when the stage has a time budget.
+
+    A budget stops training mid-schedule; a step-based cosine would then end at a high
+    learning rate. Decaying over elapsed time lands the schedule exactly on the budget.
+    """
+    start = [None]
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if max_seconds:
+            if start[0] is None:
+                start[0] = time.monotonic()
+            frac = min((time.monotonic() - start[0]) / max_seconds, 1.0)
+        else:
+            frac = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class ReporterCallback(TrainerCallback):
+    """Streams trainer logs to the reporter, enforces the time budget and cancellation."""
+
+    def __init__(self, reporter: Reporter, stage: str, max_seconds: float | None, step_offset: int = 0) -> None:
+        self.reporter = reporter
+        self.stage = stage
+        self.max_seconds = max_seconds
+        self.t0 = time.monotonic()
+        self.cancelled = False
+        self.step_offset = step_offset
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.monotonic()
+
+    def _fraction(self, state) -> float:
+        parts = [state.global_step / max(state.max_steps, 1)]
+        if self.max_seconds:
+            parts.append((time.monotonic() - self.t0) / self.max_seconds)
+        return min(max(parts), 1.0)
+
+    def on_step_end(self, args, state, control, **kw):
+        self.reporter.progress(self.stage, self._fraction(state))
+        if self.reporter.should_stop():
+            self.cancelled = True
+            control.should_training_stop = True
+        if self.max_seconds and time.monotonic() - self.t0 >= self.max_seconds:
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs:
+            return
+        values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        values = {("lr" if k == "learning_rate" else k): v for k, v in values.items()}
+        if values:
+            self.reporter.metric(self.stage, state.global_step + self.step_offset, values)
+
+
+def mark_done(stage_dir: Path, info: dict[str, Any]) -> None:
+    (stage_dir / "DONE.json").write_text(json.dumps(info, indent=1))
+
+
+def is_done(stage_dir: Path) -> bool:
+    return (stage_dir / "DONE.json").exists()
+
+
+def read_done(stage_dir: Path) -> dict[str, Any]:
+    return json.loads((stage_dir / "DONE.json").read_text())
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty folder: a stage that died mid-way left partial files there."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def save_model(model, processor, path: Path) -> None:
+    if hasattr(model, "merge_and_unload"):  # LoRA: every checkpoint is a plain, loadable model
+        model = model.merge_and_unload()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+
+
+def lora_wrap(model, stage_cfg: StageConfig):
+    """LoRA on the language model's projections only (the vision tower stays frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    target = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    cfg = LoraConfig(r=stage_cfg.lora_r, lora_alpha=2 * stage_cfg.lora_r, lora_dropout=0.0, target_modules=target)
+    return get_peft_model(model, cfg)

@@ -1,0 +1,152 @@
+"""Stage 4: held-out metrics for the base model and every stage's checkpoint, then packaging.
+
+Packaging = merged full-precision weights (``model/``), the NF4 4-bit model (``model-4bit/``,
+vision tower and projector kept in 16-bit), a model card, and ``metrics.json``. The 4-bit
+export is gated: if its primary metric drops more than ``export.max_metric_drop`` below full
+precision, the job says so loudly and the 16-bit model stays the release artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.metrics import evaluate as compute_metrics
+from pipeline.metrics import primary_metric
+from pipeline.models.loading import load_model
+from pipeline.predict import predict_targets
+from pipeline.stages.common import Context
+
+TRAINED = ("warm_start", "domain", "reward")
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+def held_out(ctx: Context):
+    split = ctx.cfg.evaluate.split
+    samples = ctx.domain.splits.get(split) or ctx.domain.splits.get("val") or []
+    if not samples:
+        raise ValueError(f"dataset {ctx.domain.name}: the held-out split '{split}' is empty")
+    if ctx.cfg.evaluate.max_samples:
+        samples = samples[: ctx.cfg.evaluate.max_samples]
+    return samples
+
+
+def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_config=None) -> tuple[dict, list]:
+    model, processor = load_model(model_dir, ctx.device, quantization_config=quantization_config)
+    t0 = time.monotonic()
+    preds, parsed, texts = predict_targets(
+        model, processor, samples, ctx.domain_codec, batch_size=ctx.cfg.evaluate.batch_size
+    )
+    metrics = compute_metrics(
+        preds, [s.target for s in samples], parsed, ctx.cfg.task, ctx.domain.categories
+    )
+    metrics["eval_seconds"] = round(time.monotonic() - t0, 2)
+    examples = [
+        {"file_name": s.file_name, "text": t, "pred": p, "gt": s.target}
+        for s, t, p in list(zip(samples, texts, preds, strict=True))[:16]
+    ]
+    del model
+    return metrics, examples
+
+
+def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
+    """Evaluate every checkpoint, export the release model, return the evaluation record."""
+    samples = held_out(ctx)
+    key = primary_metric(ctx.cfg.task)
+    record: dict[str, Any] = {"split": ctx.cfg.evaluate.split, "n": len(samples), "primary_metric": key, "models": {}}
+    examples: dict[str, Any] = {}
+    names = [n for n in ("base", *TRAINED) if n in checkpoints]
+    for i, name in enumerate(names):
+        metrics, ex = evaluate_model(ctx, checkpoints[name], samples)
+        record["models"][name] = metrics
+        examples[name] = ex
+        ctx.reporter.log(f"{name}: {key} {metrics[key]:.3f} (parse rate {metrics.get('parse_rate', 0):.2f})", stage="evaluate")
+        ctx.reporter.progress("evaluate", (i + 1) / (len(names) + 2))
+    final_name = next(n for n in reversed(names))
+    release = export(ctx, checkpoints[final_name], record, samples, examples)
+    record["release"] = release
+    record["final_stage"] = final_name
+    (ctx.out / "predictions.json").write_text(json.dumps(examples))
+    ctx.reporter.progress("evaluate", 1.0)
+    return record
+
+
+def export(ctx: Context, final_dir: Path, record: dict, samples, examples: dict) -> dict[str, Any]:
+    key = record["primary_metric"]
+    out_full = ctx.out / "model"
+    if out_full.exists():
+        shutil.rmtree(out_full)
+    shutil.copytree(final_dir, out_full)
+    full_bytes = dir_bytes(out_full)
+    full_metric = record["models"][record_final(record)][key]
+    info: dict[str, Any] = {"full_dir": str(out_full), "full_bytes": full_bytes, "quantization": ctx.cfg.export.quantization}
+    if ctx.cfg.export.quantization == "none":
+        info.update(release_dir=str(out_full), release_format="16-bit")
+        return info
+    q_dir = ctx.out / "model-4bit"
+    try:
+        q_metric_rec = quantize_and_eval(ctx, out_full, q_dir, samples, examples)
+    except Exception as e:  # noqa: BLE001 — a failed export must not lose the trained model
+        ctx.reporter.log(f"4-bit export failed ({type(e).__name__}: {e}); releasing the 16-bit model", level="warning", stage="evaluate")
+        info.update(release_dir=str(out_full), release_format="16-bit", quantization_error=str(e))
+        return info
+    record["models"]["4bit"] = q_metric_rec
+    q_bytes = dir_bytes(q_dir)
+    drop = full_metric - q_metric_rec[key]
+    info.update(
+        quantized_dir=str(q_dir),
+        quantized_bytes=q_bytes,
+        size_ratio=round(full_bytes / max(q_bytes, 1), 3),
+        metric_full=full_metric,
+        metric_4bit=q_metric_rec[key],
+        metric_drop=round(drop, 4),
+        max_metric_drop=ctx.cfg.export.max_metric_drop,
+    )
+    if drop > ctx.cfg.export.max_metric_drop:
+        ctx.reporter.log(
+            f"4-bit model loses {drop:.3f} {key} (limit {ctx.cfg.export.max_metric_drop}); "
+            "the 16-bit model is the release artifact",
+            level="warning",
+            stage="evaluate",
+        )
+        info.update(release_dir=str(out_full), release_format="16-bit", gate="failed")
+    else:
+        info.update(release_dir=str(q_dir), release_format=ctx.cfg.export.quantization, gate="passed")
+    return info
+
+
+def record_final(record: dict) -> str:
+    return next(n for n in reversed(list(record["models"])) if n != "4bit")
+
+
+def quantize_and_eval(ctx: Context, full_dir: Path, q_dir: Path, samples, examples: dict) -> dict:
+    from transformers import BitsAndBytesConfig
+
+    qcfg = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=ctx.cfg.export.quantization,
+        bnb_4bit_compute_dtype=torch.float32 if ctx.device.use_cpu else ctx.device.dtype,
+        # Prefixes match from the start of the full module name (FACTS.md): "model.vision_tower",
+        # not "vision_tower".
+        llm_int8_skip_modules=list(ctx.cfg.export.keep_16bit),
+    )
+    model, processor = load_model(full_dir, ctx.device, quantization_config=qcfg)
+    if q_dir.exists():
+        shutil.rmtree(q_dir)
+    model.save_pretrained(q_dir)
+    processor.save_pretrained(q_dir)
+    for meta in ("dreamforge_model.json",):
+        if (full_dir / meta).exists():
+            shutil.copy(full_dir / meta, q_dir / meta)
+    del model
+    metrics, ex = evaluate_model(ctx, q_dir, samples)
+    examples["4bit"] = ex
+    return metrics

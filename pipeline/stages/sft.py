@@ -1,0 +1,125 @@
+"""Stages 1 and 2: supervised fine-tuning with TRL's SFTTrainer.
+
+Prompt/completion rows with ``completion_only_loss`` so only the answer carries loss, and
+``max_length=None`` because truncation must never cut image tokens (FACTS.md). The one change
+to TRL's loss: location tokens get a Gaussian target over neighbouring bins
+(``loc_loss.py``), which is what lets a tiny model learn geometry within minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import PrinterCallback
+from trl import SFTConfig, SFTTrainer
+
+from pipeline.codec import Codec
+from pipeline.config import StageConfig
+from pipeline.models.loading import ensure_tokens, load_model
+from pipeline.stages.common import (
+    Context,
+    ReporterCallback,
+    StageCancelled,
+    lora_wrap,
+    save_model,
+    sft_rows,
+    time_cosine,
+)
+from pipeline.stages.loc_loss import soft_location_loss
+from pipeline.structures import Sample
+
+
+class LocationAwareSFTTrainer(SFTTrainer):
+    def __init__(self, *args, loc_ids: list[int], loc_sigma: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loc_ids = torch.tensor(loc_ids)
+        self._loc_sigma = loc_sigma
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loc_ids = self._loc_ids.to(outputs.logits.device)
+        loss = soft_location_loss(outputs.logits, labels, loc_ids, self._loc_sigma)
+        return (loss, outputs) if return_outputs else loss
+
+
+def train_sft(
+    ctx: Context,
+    stage: str,
+    in_model: Path,
+    samples: list[Sample],
+    codec: Codec,
+    stage_cfg: StageConfig,
+    out_model: Path,
+    *,
+    loc_sigma: float = 1.0,
+) -> dict:
+    """Fine-tune ``in_model`` on ``samples``; save the merged model to ``out_model``."""
+    if not samples:
+        raise ValueError(f"stage {stage}: the training split is empty")
+    model, processor = load_model(in_model, ctx.device)
+    ensure_tokens(model, processor, codec.special_tokens())
+    if stage_cfg.lora:
+        model = lora_wrap(model, stage_cfg)
+    rows = sft_rows(samples, codec)
+    train = datasets.Dataset.from_list(rows)
+    bs = min(stage_cfg.batch_size, len(rows))
+    steps_per_epoch = math.ceil(len(rows) / bs)
+    max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch))
+    if stage_cfg.max_seconds and not stage_cfg.max_steps:
+        # With a time budget the epochs are a ceiling; leave room so time, not data, ends it.
+        max_steps = max(max_steps, 100_000)
+    args = SFTConfig(
+        output_dir=str(ctx.stage_dir(stage) / "trainer"),
+        per_device_train_batch_size=bs,
+        learning_rate=stage_cfg.lr,
+        max_steps=max_steps,
+        num_train_epochs=max(stage_cfg.epochs, 1),
+        weight_decay=0.0,
+        bf16=ctx.device.bf16,
+        fp16=ctx.device.fp16,
+        use_cpu=ctx.device.use_cpu,
+        gradient_checkpointing=False,  # the CPU default in TRL costs 8x for nothing (FACTS.md)
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        max_length=None,
+        completion_only_loss=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=ctx.cfg.seed,
+        data_seed=ctx.cfg.seed,
+    )
+    loc_ids = processor.tokenizer.convert_tokens_to_ids(codec.location_tokens())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage_cfg.lr, weight_decay=0.0)
+    warmup = min(50, max(1, max_steps // 20)) if not stage_cfg.max_seconds else 20
+    scheduler = time_cosine(optimizer, max_seconds=stage_cfg.max_seconds, total_steps=max_steps, warmup_steps=warmup)
+    callback = ReporterCallback(ctx.reporter, stage, stage_cfg.max_seconds)
+    trainer = LocationAwareSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=processor,
+        optimizers=(optimizer, scheduler),
+        callbacks=[callback],
+        loc_ids=loc_ids,
+        loc_sigma=loc_sigma,
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes through the reporter
+    t0 = time.monotonic()
+    result = trainer.train()
+    seconds = time.monotonic() - t0
+    if callback.cancelled:
+        raise StageCancelled(f"stage {stage} cancelled")
+    save_model(trainer.model, processor, out_model)
+    return {
+        "train_seconds": round(seconds, 2),
+        "steps": trainer.state.global_step,
+        "train_loss": round(float(result.training_loss), 4),
+        "examples": len(rows),
+    }

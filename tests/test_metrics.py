@@ -1,0 +1,108 @@
+"""Dataset metrics: perfect answers score 1, empty answers 0, and a hand-computed case."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from pipeline.metrics import evaluate, primary_metric
+from pipeline.structures import empty_target
+
+CATS = ["a", "b"]
+
+
+def tgt(boxes=(), labels=(), w=16, h=16, **extra):
+    t = empty_target(w, h)
+    t["boxes"], t["labels"] = [list(b) for b in boxes], list(labels)
+    t.update(extra)
+    return t
+
+
+def dataset():
+    sq = [0, 0, 8, 0, 8, 8, 0, 8]
+    sq2 = [8, 8, 16, 8, 16, 16, 8, 16]
+    return [
+        tgt([[0, 0, 8, 8], [8, 8, 16, 16]], ["a", "b"], masks=[sq, sq2],
+            keypoints=[[[2, 2, 2], [0, 0, 0]], [[10, 10, 2], [12, 12, 2]]], text="two squares"),
+        tgt([[4, 0, 12, 6]], ["a"], masks=[[4, 0, 12, 0, 12, 6, 4, 6]],
+            keypoints=[[[5, 1, 2], [6, 2, 2]]], text="one box"),
+        tgt(text="nothing here"),  # an image with no object
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["detect", "segment", "keypoints", "caption"])
+def test_perfect_predictions_score_one(task):
+    gts = dataset()
+    m = evaluate(copy.deepcopy(gts), gts, [True] * 3, task, CATS)
+    expected = {
+        "detect": {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error"},
+        "segment": {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error", "mask_iou"},
+        "keypoints": {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error", "oks"},
+        "caption": {"caption_f1", "parse_rate"},
+    }[task]
+    assert set(m) == expected
+    for key, value in m.items():
+        assert value == (0.0 if key == "mean_count_error" else 1.0), key
+    assert primary_metric(task) in m
+
+
+def test_empty_predictions_score_zero_except_on_empty_images():
+    gts = dataset()[:2]  # both images have objects
+    preds = [empty_target(16, 16) for _ in gts]
+    m = evaluate(preds, gts, [False, False], "segment", CATS)
+    assert m == {
+        "mean_iou": 0.0, "map50": 0.0, "f1_50": 0.0, "parse_rate": 0.0,
+        "mean_count_error": 1.5, "mask_iou": 0.0,
+    }  # fmt: skip
+    caption = evaluate(preds, gts, [True, False], "caption", CATS)
+    assert caption == {"caption_f1": 0.0, "parse_rate": 0.5}
+
+
+def test_hand_computed_detection_case():
+    gt = tgt([[0, 0, 8, 8], [8, 8, 16, 16]], ["a", "b"])
+    # An extra "a" emitted first, then both objects exactly.
+    pred = tgt([[0, 8, 8, 16], [0, 0, 8, 8], [8, 8, 16, 16]], ["a", "a", "b"])
+    m = evaluate([pred], [gt], [True], "detect", CATS)
+    # soft IoU: (1 + 1) / max(3, 2); F1: 2·2 / (3 + 2); count error |3 − 2|
+    assert m["mean_iou"] == pytest.approx(2 / 3)
+    assert m["f1_50"] == pytest.approx(0.8)
+    assert m["mean_count_error"] == 1.0
+    # AP(a): ranked FP then TP → precision 1/2 at recall 1 → 0.5; AP(b) = 1 → mAP 0.75
+    assert m["map50"] == pytest.approx(0.75)
+    # the same answer with the extra last: every recall reached at precision 1 (see module doc)
+    pred_last = tgt([[0, 0, 8, 8], [8, 8, 16, 16], [0, 8, 8, 16]], ["a", "b", "a"])
+    assert evaluate([pred_last], [gt], [True], "detect", CATS)["map50"] == pytest.approx(1.0)
+
+
+def test_pooled_f1_and_a_wrong_label():
+    gts = [tgt([[0, 0, 8, 8]], ["a"]), tgt([[0, 0, 8, 8]], ["b"])]
+    preds = [tgt([[0, 0, 8, 8]], ["a"]), tgt([[0, 0, 8, 8]], ["a"])]  # second label wrong
+    m = evaluate(preds, gts, [True, True], "detect", CATS)
+    assert m["f1_50"] == pytest.approx(2 * 1 / 4)
+    assert m["mean_iou"] == 1.0  # localisation only
+    # AP(a): TP (image 1), FP (image 2) → 1.0; AP(b): never found → 0.0
+    assert m["map50"] == pytest.approx(0.5)
+
+
+def test_no_objects_anywhere():
+    gts = [tgt()]
+    assert evaluate([tgt()], gts, [True], "detect", CATS)["map50"] == 1.0
+    m = evaluate([tgt([[0, 0, 4, 4]], ["a"])], gts, [True], "detect", CATS)
+    assert m["map50"] == 0.0 and m["mean_iou"] == 0.0 and m["f1_50"] == 0.0
+
+
+def test_pycocotools_prints_nothing(capsys):
+    gts = dataset()
+    evaluate(copy.deepcopy(gts), gts, [True] * 3, "detect", CATS)
+    assert capsys.readouterr().out == ""
+
+
+def test_bad_inputs_say_what_to_pass():
+    with pytest.raises(ValueError, match="one of each per image"):
+        evaluate([tgt()], [tgt(), tgt()], [True], "detect", CATS)
+    with pytest.raises(ValueError, match="unknown task"):
+        primary_metric("track")
+    assert [primary_metric(t) for t in ("detect", "segment", "keypoints", "caption")] == [
+        "mean_iou", "mask_iou", "oks", "caption_f1",
+    ]  # fmt: skip
