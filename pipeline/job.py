@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import time
@@ -97,7 +98,10 @@ def prepare_base_model(ctx: Context) -> Path:
         special_tokens=tokens,
         extra_words=_vocabulary(ctx.domain, ctx.warm),
         image_size=cfg.image_size,
-        patch=16 if cfg.image_size <= 64 else 32,
+        patch=int(os.environ.get("DF_PATCH", 16 if cfg.image_size <= 64 else 32)),
+        hidden=int(os.environ.get("DF_HIDDEN", 128)),
+        layers=int(os.environ.get("DF_LAYERS", 3)),
+        vision_layers=int(os.environ.get("DF_VLAYERS", 2)),
         seed=cfg.seed,
     )
     model = AutoModelForImageTextToText.from_pretrained(tmp)

@@ -146,17 +146,24 @@ def _generic(
     rng: np.random.Generator, size: int, count: int, min_count: int
 ) -> tuple[np.ndarray, list[_Obj]]:
     scale = size / _BASE
-    base = _rint(rng, 95, 145)
-    background = np.clip(base + rng.integers(-15, 16, size=3), 0, 255)
+    base = _rint(rng, 70, 190)
+    background = np.clip(base + rng.integers(-25, 26, size=3), 0, 255)
     pixels = background[None, None, :].astype(np.int16) + _noise(rng, (size, size, 1), 4)
     image = Image.fromarray(_to_uint8(pixels), "RGB")
     draw = ImageDraw.Draw(image)
-    lo, hi = _s(12, scale), _s(30, scale)
+    # Clutter that is not an object (lines like shelf edges or lane marks), so the warm-start
+    # learns to localise objects rather than "anything that differs from the background";
+    # this is what makes it transfer to the domain presets.
+    for _ in range(_rint(rng, 0, 2)):
+        y = _rint(rng, 0, size - 1)
+        shade = tuple(int(v) for v in np.clip(background + _rint(rng, -60, 60), 0, 255))
+        draw.line([(0, y), (size - 1, y)], fill=shade, width=max(1, int(scale * _rint(rng, 1, 2))))
+    lo, hi = _s(10, scale), _s(30, scale)
     objects: list[_Obj] = []
     for index in range(count):
         label = CATEGORIES["generic"][_rint(rng, 0, 2)]
         colour_name, colour = _PALETTE[_rint(rng, 0, len(_PALETTE) - 1)]
-        box = _place(rng, [o.box for o in objects], size, size, (lo, hi), (lo, hi), square=True)
+        box = _place(rng, [o.box for o in objects], size, size, (lo, hi), (lo, hi), square=label != "square" and rng.random() < 0.3)
         if box is None:
             if index < min_count:
                 raise _NoRoom()

@@ -85,6 +85,7 @@ def export(ctx: Context, final_dir: Path, record: dict, samples, examples: dict)
     if out_full.exists():
         shutil.rmtree(out_full)
     shutil.copytree(final_dir, out_full)
+    write_codec(ctx, out_full)
     full_bytes = dir_bytes(out_full)
     full_metric = record["models"][record_final(record)][key]
     info: dict[str, Any] = {"full_dir": str(out_full), "full_bytes": full_bytes, "quantization": ctx.cfg.export.quantization}
@@ -123,6 +124,26 @@ def export(ctx: Context, final_dir: Path, record: dict, samples, examples: dict)
     return info
 
 
+CODEC_FILE = "dreamforge_codec.json"
+
+
+def write_codec(ctx: Context, model_dir: Path) -> None:
+    """What ``dreamforge predict`` needs to turn the model's text back into structures."""
+    c = ctx.domain_codec
+    (model_dir / CODEC_FILE).write_text(
+        json.dumps(
+            {
+                "task": c.task,
+                "categories": list(c.categories),
+                "num_bins": c.num_bins,
+                "max_objects": c.max_objects,
+                "keypoint_names": list(c.keypoint_names or []),
+            },
+            indent=1,
+        )
+    )
+
+
 def record_final(record: dict) -> str:
     return next(n for n in reversed(list(record["models"])) if n != "4bit")
 
@@ -143,6 +164,7 @@ def quantize_and_eval(ctx: Context, full_dir: Path, q_dir: Path, samples, exampl
         shutil.rmtree(q_dir)
     model.save_pretrained(q_dir)
     processor.save_pretrained(q_dir)
+    write_codec(ctx, q_dir)
     for meta in ("dreamforge_model.json",):
         if (full_dir / meta).exists():
             shutil.copy(full_dir / meta, q_dir / meta)

@@ -1,0 +1,40 @@
+# The commands a person types; CI (.ci/run) calls the same targets.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench lint clean
+
+# torch first: `torch==2.13.0` takes the CPU build lying on CPU machines; on a GPU machine set
+# TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128").
+TORCH_SPEC ?= torch==2.13.0
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The demo: retail-shelf synthetic detection, default curriculum, dreamforge-tiny, all 4 stages.
+demo: install
+	$(BIN)/python -m pipeline.run --preset retail-shelf --output models/demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/curriculum.py
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf models test-artifacts .pytest_cache

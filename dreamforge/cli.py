@@ -1,0 +1,123 @@
+"""The ``dreamforge`` command line.
+
+Thin Typer commands over one private function each; a user's mistake ends with a clear
+message and exit code 1 (2 for bad config or data), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="DreamForge: fine-tune a vision-language model on your own images.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the schema to this file.")] = None,
+) -> None:
+    """Print the JSON Schema of dreamforge.config.json (for editors and CI)."""
+    from pipeline.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if out:
+        out.write_text(text + "\n")
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def presets() -> None:
+    """List the curriculum presets and what they set."""
+    from pipeline.config import load_preset, preset_names
+
+    for name in preset_names():
+        p = load_preset(name)
+        typer.echo(f"{name:16} task={p.get('task', 'detect'):9} dataset={p.get('data', {}).get('dataset', '-')}")
+
+
+@app.command()
+def train(
+    dataset: Annotated[str | None, typer.Option(help="Dataset: folder, .zip or synthetic://KIND?n=N&seed=S.")] = None,
+    reward: Annotated[str | None, typer.Option(help="Built-in reward name or a .js file.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Curriculum preset.")] = None,
+    config: Annotated[Path | None, typer.Option(help="dreamforge.config.json")] = None,
+    epochs: Annotated[list[float] | None, typer.Option(help="Epochs of stage 1, 2 and 3 (repeat or space-separate).")] = None,
+    output: Annotated[Path, typer.Option(help="Output folder; rerun to resume.")] = Path("models/job"),
+    stages: Annotated[list[int] | None, typer.Option(help="Stages to run (1-4).")] = None,
+) -> None:
+    """Train locally: the four stages in this process, with a progress bar."""
+    from pipeline.run import main as run_main
+
+    argv = ["--output", str(output)]
+    for flag, value in (("--dataset", dataset), ("--reward", reward), ("--preset", preset), ("--config", config)):
+        if value:
+            argv += [flag, str(value)]
+    if epochs:
+        argv += ["--epochs", *[str(e) for e in epochs]]
+    if stages:
+        argv += ["--stages", *[str(s) for s in stages]]
+    raise typer.Exit(run_main(argv))
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="An exported model folder (model/ or model-4bit/).")],
+    image: Annotated[Path, typer.Argument(help="An image file.")],
+    prompt: Annotated[str | None, typer.Option(help="Override the task prompt.")] = None,
+    draw: Annotated[Path | None, typer.Option(help="Write the image with the prediction drawn on it.")] = None,
+) -> None:
+    """Run an exported model on one image and print the parsed structure as JSON."""
+    try:
+        result = _predict(model_dir, image, prompt, draw)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(json.dumps(result))
+
+
+def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None) -> dict:
+    from PIL import Image, UnidentifiedImageError
+
+    from pipeline.codec import Codec
+    from pipeline.device import pick_device
+    from pipeline.draw import draw_target
+    from pipeline.models.loading import load_model
+    from pipeline.predict import generate_texts
+    from pipeline.run import quiet_libraries
+    from pipeline.stages.evaluate import CODEC_FILE
+
+    quiet_libraries()
+    meta = model_dir / CODEC_FILE
+    if not meta.exists():
+        raise FileNotFoundError(f"{model_dir}: no {CODEC_FILE}; point at an exported model folder (OUTPUT/model)")
+    if not image.exists():
+        raise FileNotFoundError(f"{image}: no such image")
+    try:
+        im = Image.open(image).convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(f"{image}: not an image Pillow can read") from None
+    c = json.loads(meta.read_text())
+    codec = Codec(c["task"], c["categories"], c["num_bins"], c["max_objects"], c.get("keypoint_names") or None)
+    if prompt:
+        codec.prompt = lambda: prompt  # type: ignore[method-assign]
+    quantized = (model_dir / "config.json").exists() and "quantization_config" in (model_dir / "config.json").read_text()
+    device = pick_device()
+    model, processor = load_model(model_dir, device)
+    text = generate_texts(model, processor, [im], codec, batch_size=1)[0]
+    target, ok = codec.decode(text, im.width, im.height)
+    if draw:
+        draw_target(im, target).save(draw)
+    return {"text": text, "parsed": ok, "quantized": quantized, "prediction": target}
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,52 @@
+"""The pipeline is architecture-generic: stages 2-4 on tiny random models of real VLM families
+(loaded by path through the Auto classes, exactly as a hub id would be)."""
+
+import pytest
+
+from pipeline.config import build_config
+from pipeline.data import load_dataset
+from pipeline.job import make_codec, run_job
+from pipeline.models.tiny import build_tiny_vlm
+from tests.conftest import tiny_job_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+def test_stages_2_to_4_run_on_another_vlm_family(family, tmp_path):
+    raw = tiny_job_config()
+    cfg = build_config(raw)
+    ds = load_dataset(cfg.data.dataset, cfg.task)
+    codec = make_codec(cfg, ds)
+    model_dir = build_tiny_vlm(
+        tmp_path / family, family=family, special_tokens=codec.special_tokens(), extra_words=ds.categories
+    )
+    cfg = build_config({**raw, "model": str(model_dir)})
+    record = run_job(cfg, tmp_path / "out", stages=[2, 3, 4])
+    assert record["stages"]["warm_start"]["state"] == "skipped"
+    assert [s for s in ("domain", "reward", "evaluate") if record["stages"][s]["state"] == "completed"] == [
+        "domain", "reward", "evaluate"
+    ]
+    models = record["evaluation"]["models"]
+    assert set(models) >= {"base", "domain", "reward"}
+    assert models["reward"]["parse_rate"] >= 0.0
+    from transformers import AutoModelForImageTextToText
+
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "out" / "model")
+    assert type(reloaded).__name__.lower().startswith(family.replace("_", "").split("vl")[0][:5])
+
+
+def test_lora_stage_trains_adapters_and_saves_a_merged_model(tmp_path):
+    raw = tiny_job_config(domain={"lora": True, "lora_r": 4, "max_steps": 3, "lr": 0.01})
+    cfg = build_config(raw)
+    record = run_job(cfg, tmp_path / "out", stages=[2, 4])
+    assert record["stages"]["domain"]["state"] == "completed"
+    model_dir = tmp_path / "out" / "stages" / "domain" / "model"
+    assert not (model_dir / "adapter_config.json").exists()  # merged: a plain model
+    import torch
+    from safetensors.torch import load_file
+
+    base = load_file(next((tmp_path / "out" / "base-model").glob("*.safetensors")))
+    tuned = load_file(next(model_dir.glob("*.safetensors")))
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all("language_model" in k for k in changed)  # vision untouched by LoRA

@@ -1,0 +1,175 @@
+"""End-to-end: the runner trains a tiny model through all four stages, resumes, and exports."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import PY, ROOT, tiny_job_config
+
+pytestmark = pytest.mark.slow
+
+
+def run(args, cwd=ROOT, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([PY, "-m", "pipeline.run", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+@pytest.fixture(scope="module")
+def detect_job(tmp_path_factory):
+    d = tmp_path_factory.mktemp("job")
+    cfg = d / "dreamforge.config.json"
+    cfg.write_text(json.dumps(tiny_job_config()))
+    res = run(["--config", str(cfg), "--stages", "1", "2", "3", "4", "--output", str(d / "out"), "--quiet"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return d / "out", res
+
+
+def test_four_stage_job_writes_metrics_checkpoints_and_both_exports(detect_job):
+    out, res = detect_job
+    m = json.loads((out / "metrics.json").read_text())
+    assert [s for s in m["stages"] if m["stages"][s]["state"] == "completed"] == [
+        "warm_start", "domain", "reward", "evaluate"
+    ]
+    ev = m["evaluation"]
+    assert set(ev["models"]) == {"base", "warm_start", "domain", "reward", "4bit"}
+    for metrics in ev["models"].values():
+        for key in ("mean_iou", "map50", "f1_50", "parse_rate"):
+            assert 0.0 <= metrics[key] <= 1.0
+    rel = ev["release"]
+    assert rel["size_ratio"] > 1.2  # the language model shrank; vision stays 16-bit
+    assert rel["release_format"] in ("nf4", "16-bit")
+    for stage in ("warm_start", "domain", "reward"):
+        assert (out / "stages" / stage / "model" / "config.json").exists()
+        assert m["stages"][stage]["train_seconds"] > 0
+    assert (out / "model" / "README.md").read_text().startswith("---")
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["mean_iou"]["reward"] == ev["models"]["reward"]["mean_iou"]
+
+
+def test_every_stage_changes_the_weights(detect_job):
+    out, _ = detect_job
+    chain = [out / "base-model", *(out / "stages" / s / "model" for s in ("warm_start", "domain", "reward"))]
+    for before, after in zip(chain, chain[1:]):
+        a, b = weights(before), weights(after)
+        changed = [k for k in a if not torch.equal(a[k], b[k])]
+        assert len(changed) > len(a) // 2, f"{after.parent.name} changed only {len(changed)}/{len(a)} tensors"
+
+
+def test_exports_reload_through_the_auto_classes(detect_job):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out, _ = detect_job
+    full = AutoModelForImageTextToText.from_pretrained(out / "model")
+    AutoProcessor.from_pretrained(out / "model")
+    a, b = weights(out / "model"), weights(out / "stages" / "reward" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    q = AutoModelForImageTextToText.from_pretrained(out / "model-4bit", device_map="cpu")
+    kinds = {type(m).__name__ for n, m in q.named_modules() if "language_model" in n}
+    assert "Linear4bit" in kinds
+    vision = {type(m).__name__ for n, m in q.named_modules() if "vision_tower" in n}
+    assert "Linear4bit" not in vision  # vision tower kept in 16-bit
+    del full, q
+
+
+def test_rerun_resumes_and_retrains_nothing(detect_job, tmp_path):
+    out, _ = detect_job
+    marks = {s: (out / "stages" / s / "DONE.json").stat().st_mtime for s in ("warm_start", "domain", "reward")}
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_job_config()))
+    res = run(["--config", str(cfg), "--output", str(out), "--quiet"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {s: (out / "stages" / s / "DONE.json").stat().st_mtime for s in marks} == marks
+    assert "already finished" not in res.stdout  # logs go to stderr / events, stdout is the summary
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    skipped = [e["stage"] for e in events if e.get("type") == "stage" and e["state"] == "skipped"]
+    assert {"warm_start", "domain", "reward", "evaluate"} <= set(skipped)
+
+
+def test_resume_with_a_different_config_is_refused(detect_job, tmp_path):
+    out, _ = detect_job
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_job_config(seed=5)))
+    res = run(["--config", str(cfg), "--output", str(out), "--quiet"])
+    assert res.returncode == 2
+    assert "different config" in res.stderr
+
+
+def test_worker_killed_mid_stage_resumes_at_that_stage(tmp_path):
+    cfg = tmp_path / "c.json"
+    # a long RL stage so the kill lands inside it
+    cfg.write_text(json.dumps(tiny_job_config(rl={"max_steps": 400})))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [PY, "-m", "pipeline.run", "--config", str(cfg), "--output", str(out), "--quiet"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "stages" / "reward" / "trainer").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, "the job ended before the kill"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {s: (out / "stages" / s / "DONE.json").exists() for s in ("warm_start", "domain", "reward")}
+    assert done == {"warm_start": True, "domain": True, "reward": False}
+    marks = {s: (out / "stages" / s / "DONE.json").stat().st_mtime for s in ("warm_start", "domain")}
+    cfg.write_text(json.dumps(tiny_job_config(rl={"max_steps": 400})))
+    res = run(["--config", str(cfg), "--output", str(out), "--quiet", "--stages", "1", "2", "3"])
+    # the killed stage is retrained from the domain checkpoint; the finished ones are kept
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {s: (out / "stages" / s / "DONE.json").stat().st_mtime for s in marks} == marks
+    assert (out / "stages" / "reward" / "DONE.json").exists()
+
+
+def test_predict_cli_prints_the_structure_and_draws_it(detect_job, tmp_path):
+    out, _ = detect_job
+    from pipeline.data import generate
+
+    img = tmp_path / "shelf.png"
+    generate("retail-shelf", 1, seed=99).splits["train"][0].image.save(img)
+    drawn = tmp_path / "drawn.png"
+    res = subprocess.run(
+        [PY, "-m", "dreamforge.cli_entry", "predict", str(out / "model-4bit"), str(img), "--draw", str(drawn)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["quantized"] is True
+    assert set(result["prediction"]) >= {"boxes", "labels", "image"}
+    assert result["prediction"]["image"] == {"width": 64, "height": 64}
+    from PIL import Image
+
+    assert Image.open(drawn).size == (256, 256)
+
+
+def test_predict_cli_names_a_missing_model(tmp_path):
+    res = subprocess.run(
+        [PY, "-m", "dreamforge.cli_entry", "predict", str(tmp_path), str(tmp_path / "x.png")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 1
+    assert "dreamforge_codec.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_dataset_fails_with_a_message_naming_it(tmp_path):
+    bad = tmp_path / "ds"
+    bad.mkdir()
+    (bad / "annotations.json").write_text('{"images": [], "annotations": [')
+    res = run(["--dataset", str(bad), "--output", str(tmp_path / "out"), "--quiet"])
+    assert res.returncode == 2
+    assert "annotations.json" in res.stderr and "Traceback" not in res.stderr
