@@ -6,7 +6,7 @@ took, from the same stage-2 checkpoint, evaluated on the same held-out split. Al
 free fix a user gets without RL: stage 2 decoded with a cap of as many objects as the domain
 ever has. Prints one JSON object on its last line.
 
-    python benchmarks/curriculum.py [--preset retail-shelf] [--seed 0] [--output DIR]
+    python benchmarks/curriculum.py [--preset retail-shelf] [--seed 0] [--dataset URI] [--output DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--preset", default="retail-shelf")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", type=Path, default=None)
+    ap.add_argument("--dataset", default=None, help="override the preset's domain dataset, e.g. a few-label set")
     args = ap.parse_args()
     quiet_libraries()
 
@@ -37,7 +38,10 @@ def main() -> None:
     from pipeline.stages.sft import train_sft
 
     out = args.output or Path(tempfile.mkdtemp(prefix="df-bench-"))
-    cfg = build_config({"seed": args.seed}, preset=args.preset)
+    over: dict = {"seed": args.seed}
+    if args.dataset:
+        over["data"] = {"dataset": args.dataset}
+    cfg = build_config(over, preset=args.preset)
     t0 = time.monotonic()
     reporter = ConsoleReporter()
     record = run_job(cfg, out / "job", reporter=reporter)
@@ -73,6 +77,8 @@ def main() -> None:
     key = ev["primary_metric"]
     result = {
         "preset": args.preset,
+        "dataset": cfg.data.dataset,
+        "n_train": len(domain.splits["train"]),
         "seed": args.seed,
         "n_heldout": ev["n"],
         "iou_base": models["base"][key],

@@ -85,9 +85,7 @@ def prepare_base_model(ctx: Context) -> Path:
     base = ctx.out / "base-model"
     if (base / "dreamforge_model.json").exists():
         return base
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from pipeline.models.tiny import build_tiny_vlm, init_spatial_priors
+    from pipeline.models.tiny import build_tiny_vlm
 
     tokens = list(dict.fromkeys(ctx.domain_codec.special_tokens() + (ctx.warm_codec.special_tokens() if ctx.warm_codec else [])))
     tmp = base.with_name("base-model.partial")
@@ -104,10 +102,6 @@ def prepare_base_model(ctx: Context) -> Path:
         vision_layers=int(os.environ.get("DF_VLAYERS", 2)),
         seed=cfg.seed,
     )
-    model = AutoModelForImageTextToText.from_pretrained(tmp)
-    processor = AutoProcessor.from_pretrained(tmp)
-    init_spatial_priors(model, processor.tokenizer, ctx.domain_codec.location_tokens())
-    model.save_pretrained(tmp)
     if base.exists():
         fresh_dir(base).rmdir()
     tmp.rename(base)

@@ -68,9 +68,11 @@ def test_boxes_round_trip_within_one_bin_in_reading_order(target, n):
         want = target["boxes"][i]
         for k, step in enumerate((bw, bh, bw, bh)):
             assert abs(got[k] - want[k]) < step + TOL
-        # the decoded box contains the original one
-        assert got[0] <= want[0] + TOL and got[1] <= want[1] + TOL
-        assert got[2] >= want[2] - TOL and got[3] >= want[3] - TOL
+        # rounding to the nearest bin edge: each edge of a box wider than a bin moves by at
+        # most half a bin, so boxes do not grow on average
+        if want[2] - want[0] >= 2 * bw and want[3] - want[1] >= 2 * bh:
+            for k, step in enumerate((bw, bh, bw, bh)):
+                assert abs(got[k] - want[k]) <= step / 2 + TOL
     # reading order: top edge, then left edge
     tops = [(b[1], b[0]) for b in out["boxes"]]
     assert tops == sorted(tops)

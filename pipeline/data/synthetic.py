@@ -139,6 +139,12 @@ _PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
 )
 
 
+_GENERIC_COLOURS = {
+    "square": (_PALETTE[0], _PALETTE[6]),  # red, orange
+    "circle": (_PALETTE[2], _PALETTE[5]),  # blue, cyan
+    "triangle": (_PALETTE[1], _PALETTE[3]),  # green, yellow
+}
+
 # --------------------------------------------------------------------------------- kinds
 
 
@@ -146,24 +152,29 @@ def _generic(
     rng: np.random.Generator, size: int, count: int, min_count: int
 ) -> tuple[np.ndarray, list[_Obj]]:
     scale = size / _BASE
-    base = _rint(rng, 70, 190)
-    background = np.clip(base + rng.integers(-25, 26, size=3), 0, 255)
+    # Varied backgrounds (dark, mid, light, with or without straight edges) so the warm-start
+    # learns "coloured object on anything", which is what transfers to the domain presets.
+    base = _rint(rng, 60, 215)
+    background = np.clip(base + rng.integers(-20, 21, size=3), 0, 255)
     pixels = background[None, None, :].astype(np.int16) + _noise(rng, (size, size, 1), 4)
+    if rng.random() < 0.3:  # vertical grain, like wood or fabric
+        pixels = pixels + rng.integers(-12, 13, size=(1, size, 1))
     image = Image.fromarray(_to_uint8(pixels), "RGB")
     draw = ImageDraw.Draw(image)
-    # Clutter that is not an object (lines like shelf edges or lane marks), so the warm-start
-    # learns to localise objects rather than "anything that differs from the background";
-    # this is what makes it transfer to the domain presets.
     for _ in range(_rint(rng, 0, 2)):
         y = _rint(rng, 0, size - 1)
-        shade = tuple(int(v) for v in np.clip(background + _rint(rng, -60, 60), 0, 255))
-        draw.line([(0, y), (size - 1, y)], fill=shade, width=max(1, int(scale * _rint(rng, 1, 2))))
-    lo, hi = _s(10, scale), _s(30, scale)
+        shade = tuple(int(v) for v in np.clip(background - _rint(rng, 40, 90), 0, 255))
+        draw.line([(0, y), (size - 1, y)], fill=shade, width=max(1, round(2 * scale)))
+    lo, hi = _s(14, scale), _s(30, scale)
     objects: list[_Obj] = []
     for index in range(count):
         label = CATEGORIES["generic"][_rint(rng, 0, 2)]
-        colour_name, colour = _PALETTE[_rint(rng, 0, len(_PALETTE) - 1)]
-        box = _place(rng, [o.box for o in objects], size, size, (lo, hi), (lo, hi), square=label != "square" and rng.random() < 0.3)
+        # Each shape has its own colour family: a tiny model learns "what" from colour within
+        # seconds, which is what pulls it out of the image-blind start (it otherwise predicts
+        # the average box for every image). Shapes still differ, for the segment task.
+        colour_name, colour = _GENERIC_COLOURS[label][_rint(rng, 0, 1)]
+        colour = tuple(int(v) for v in np.clip(np.asarray(colour) + rng.integers(-20, 21, size=3), 0, 255))
+        box = _place(rng, [o.box for o in objects], size, size, (lo, hi), (lo, hi), square=label == "square" and rng.random() < 0.5)
         if box is None:
             if index < min_count:
                 raise _NoRoom()
