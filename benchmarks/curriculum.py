@@ -45,7 +45,6 @@ def main() -> None:
     t0 = time.monotonic()
     reporter = ConsoleReporter()
     record = run_job(cfg, out / "job", reporter=reporter)
-    wall = time.monotonic() - t0
     ev = record["evaluation"]
     models = ev["models"]
     rl_seconds = record["stages"]["reward"]["train_seconds"]
