@@ -1,0 +1,65 @@
+"""Load any supported VLM by Hugging Face id or local path through the Auto classes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from pipeline.device import Device
+
+log = logging.getLogger("dreamforge")
+
+TINY_MODEL = "dreamforge-tiny"
+
+
+def _register_compat(path: Path) -> None:
+    cfg = path / "processor_config.json"
+    if cfg.exists() and "Qwen2VLImageOnlyProcessor" in cfg.read_text():
+        import transformers
+
+        from pipeline.models import qwen_compat
+
+        # AutoProcessor resolves the class by name from the transformers namespace.
+        transformers.Qwen2VLImageOnlyProcessor = qwen_compat.Qwen2VLImageOnlyProcessor
+
+
+def load_model(path: str | Path, device: Device, *, quantization_config: Any = None):
+    """Model + processor from a folder or hub id, on the device, in the device's precision."""
+    p = Path(path)
+    if p.exists():
+        _register_compat(p)
+    kwargs: dict[str, Any] = {}
+    if quantization_config is not None:
+        kwargs.update(quantization_config=quantization_config, device_map="cpu" if device.use_cpu else "auto")
+    else:
+        kwargs["dtype"] = torch.float32 if device.use_cpu else device.dtype
+    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    processor = AutoProcessor.from_pretrained(str(path))
+    if quantization_config is None and not device.use_cpu:
+        model.to(device.kind)
+    return model, processor
+
+
+def ensure_tokens(model, processor, tokens: list[str]) -> int:
+    """Add the codec's tokens to a pretrained model's tokenizer (as normal, unsplittable tokens)."""
+    tok = processor.tokenizer
+    missing = [t for t in tokens if t not in tok.get_vocab()]
+    if missing:
+        tok.add_tokens(missing)
+        model.resize_token_embeddings(len(tok), mean_resizing=True)
+    return len(missing)
+
+
+def model_family(path: str | Path) -> str:
+    meta = Path(path) / "dreamforge_model.json"
+    if meta.exists():
+        return json.loads(meta.read_text()).get("family", "unknown")
+    cfg = Path(path) / "config.json"
+    if cfg.exists():
+        return json.loads(cfg.read_text()).get("model_type", "unknown")
+    return "unknown"
