@@ -45,27 +45,43 @@ def presets() -> None:
         typer.echo(f"{name:16} task={p.get('task', 'detect'):9} dataset={p.get('data', {}).get('dataset', '-')}")
 
 
-@app.command()
+def parse_epochs(first: str | None, extra: list[str]) -> list[str]:
+    """``--epochs 5 3 2`` (as the docs write it), ``--epochs 5,3,2`` or ``--epochs "5 3 2"``."""
+    words = ([first] if first else []) + list(extra)
+    out = [w for word in words for w in word.replace(",", " ").split()]
+    for w in out:
+        try:
+            float(w)
+        except ValueError:
+            raise ValueError(f"--epochs takes numbers (stage 1, 2 and RL), got {w!r}") from None
+    if len(out) > 3:
+        raise ValueError(f"--epochs takes at most three numbers (stage 1, 2 and RL), got {len(out)}")
+    return out
+
+
+@app.command(context_settings={"allow_extra_args": True})
 def train(
+    ctx: typer.Context,
     dataset: Annotated[str | None, typer.Option(help="Dataset: folder, .zip or synthetic://KIND?n=N&seed=S.")] = None,
     reward: Annotated[str | None, typer.Option(help="Built-in reward name or a .js file.")] = None,
     preset: Annotated[str | None, typer.Option(help="Curriculum preset.")] = None,
     config: Annotated[Path | None, typer.Option(help="dreamforge.config.json")] = None,
-    epochs: Annotated[list[float] | None, typer.Option(help="Epochs of stage 1, 2 and 3 (repeat or space-separate).")] = None,
+    epochs: Annotated[str | None, typer.Option(help="Epochs of stage 1, 2 and RL: --epochs 5 3 2.")] = None,
     output: Annotated[Path, typer.Option(help="Output folder; rerun to resume.")] = Path("models/job"),
-    stages: Annotated[list[int] | None, typer.Option(help="Stages to run (1-4).")] = None,
 ) -> None:
     """Train locally: the four stages in this process, with a progress bar."""
     from pipeline.run import main as run_main
 
+    try:
+        epoch_list = parse_epochs(epochs, ctx.args)
+    except ValueError as e:
+        raise _fail(str(e), 2) from None
     argv = ["--output", str(output)]
     for flag, value in (("--dataset", dataset), ("--reward", reward), ("--preset", preset), ("--config", config)):
         if value:
             argv += [flag, str(value)]
-    if epochs:
-        argv += ["--epochs", *[str(e) for e in epochs]]
-    if stages:
-        argv += ["--stages", *[str(s) for s in stages]]
+    if epoch_list:
+        argv += ["--epochs", *epoch_list]
     raise typer.Exit(run_main(argv))
 
 

@@ -151,7 +151,7 @@ class CurriculumConfig(_Strict):
     num_bins: int = Field(32, ge=4, le=4096, description="Location-token bins per axis.")
     image_size: int = Field(64, ge=16, le=4096, description="Side of the square image the built-in model sees.")
     data: DataConfig = Field(default_factory=DataConfig)
-    warm_start: StageConfig = Field(default_factory=lambda: StageConfig(lr=2e-3, max_seconds=110))
+    warm_start: StageConfig = Field(default_factory=lambda: StageConfig(lr=2e-3, max_steps=900))
     domain: StageConfig = Field(default_factory=lambda: StageConfig(lr=5e-4, epochs=4))
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
