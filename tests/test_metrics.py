@@ -106,3 +106,13 @@ def test_bad_inputs_say_what_to_pass():
     assert [primary_metric(t) for t in ("detect", "segment", "keypoints", "caption")] == [
         "mean_iou", "mask_iou", "oks", "caption_f1",
     ]  # fmt: skip
+
+
+def test_4bit_gate_keeps_16bit_when_the_metric_drops_too_far():
+    from pipeline.stages.evaluate import quantized_release_ok
+
+    assert quantized_release_ok(0.60, 0.60, 0.02)
+    assert quantized_release_ok(0.60, 0.59, 0.02)
+    assert quantized_release_ok(0.60, 0.62, 0.0)  # a gain is never a drop
+    assert not quantized_release_ok(0.60, 0.57, 0.02)
+    assert not quantized_release_ok(0.60, 0.5999, 0.0)

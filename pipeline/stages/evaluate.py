@@ -111,7 +111,7 @@ def export(ctx: Context, final_dir: Path, record: dict, samples, examples: dict)
         metric_drop=round(drop, 4),
         max_metric_drop=ctx.cfg.export.max_metric_drop,
     )
-    if drop > ctx.cfg.export.max_metric_drop:
+    if not quantized_release_ok(full_metric, q_metric_rec[key], ctx.cfg.export.max_metric_drop):
         ctx.reporter.log(
             f"4-bit model loses {drop:.3f} {key} (limit {ctx.cfg.export.max_metric_drop}); "
             "the 16-bit model is the release artifact",
@@ -122,6 +122,11 @@ def export(ctx: Context, final_dir: Path, record: dict, samples, examples: dict)
     else:
         info.update(release_dir=str(q_dir), release_format=ctx.cfg.export.quantization, gate="passed")
     return info
+
+
+def quantized_release_ok(full_metric: float, quantized_metric: float, max_drop: float) -> bool:
+    """The export gate: ship the 4-bit model only if it loses at most ``max_drop`` of the metric."""
+    return full_metric - quantized_metric <= max_drop + 1e-12
 
 
 CODEC_FILE = "dreamforge_codec.json"
