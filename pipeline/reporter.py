@@ -9,7 +9,6 @@ to the artifacts. ``should_stop`` lets the service cancel a running stage within
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +18,6 @@ from pipeline.config import STAGES
 # Share of the overall progress bar each stage takes; roughly its share of the demo's time.
 STAGE_WEIGHTS = {"warm_start": 45.0, "domain": 10.0, "reward": 25.0, "evaluate": 20.0}
 
-log = logging.getLogger("dreamforge")
 
 
 def overall_progress(stage: str, fraction: float) -> float:

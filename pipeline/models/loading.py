@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,6 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from pipeline.device import Device
-
-log = logging.getLogger("dreamforge")
 
 TINY_MODEL = "dreamforge-tiny"
 

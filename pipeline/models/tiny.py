@@ -143,19 +143,24 @@ def _text_kwargs(tok, hidden: int, layers: int) -> dict:
     )
 
 
+def _siglip_kwargs(hidden: int, layers: int, image_size: int, patch: int) -> dict:
+    """The SigLIP vision tower Llava and Idefics3 share."""
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch,
+    )
+
+
 def _build_llava(*, special_tokens, extra_words, image_size, hidden, layers, vision_hidden, vision_layers, patch):
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, SiglipVisionConfig
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     tok = train_tokenizer(extra_words, ["<image>"], added_tokens=special_tokens)
-    vision = SiglipVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch,
-    )
+    vision = SiglipVisionConfig(**_siglip_kwargs(vision_hidden, vision_layers, image_size, patch))
     text = LlamaConfig(**_text_kwargs(tok, hidden, layers))
     config = LlavaConfig(
         vision_config=vision,
@@ -189,14 +194,7 @@ def _build_idefics3(*, special_tokens, extra_words, image_size, hidden, layers, 
     tok = train_tokenizer(extra_words, extra, added_tokens=special_tokens)
     seq_len = (image_size // patch) ** 2 // scale**2
     config = Idefics3Config(
-        vision_config=dict(
-            hidden_size=vision_hidden,
-            intermediate_size=vision_hidden * 2,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=patch,
-        ),
+        vision_config=_siglip_kwargs(vision_hidden, vision_layers, image_size, patch),
         text_config=dict(model_type="llama", **_text_kwargs(tok, hidden, layers)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=scale,

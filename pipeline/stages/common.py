@@ -8,7 +8,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,6 @@ class Context:
     warm: Dataset | None = None
     warm_codec: Codec | None = None
     reward: Any = None  # pipeline.rewards.base.Reward
-    base_model: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def stage_dir(self, stage: str) -> Path:
         return self.out / "stages" / stage
