@@ -164,7 +164,14 @@ class CurriculumConfig(_Strict):
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the field and the fix."""
+    """A config that cannot be used; the message names the field and the fix.
+
+    ``errors`` lists ``{"loc": "rl.beta", "msg": …}`` per problem for machine readers (the API's 422).
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [{"loc": "", "msg": message}]
 
 
 _HINTS = {
@@ -214,7 +221,16 @@ def build_config(
     try:
         return CurriculumConfig.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source), validation_errors(err)) from None
+
+
+def validation_errors(err: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for e in err.errors():
+        hint = _HINTS.get(e["type"], "")
+        msg = e["msg"].removeprefix("Value error, ") + (f" ({hint})" if hint else "")
+        out.append({"loc": ".".join(str(p) for p in e["loc"]), "msg": msg})
+    return out
 
 
 def load_config(path: str | Path, *, preset: str | None = None) -> CurriculumConfig:

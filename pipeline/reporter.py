@@ -95,6 +95,7 @@ class MetricsFileReporter(BaseReporter):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = path.open("a", encoding="utf-8")
+        self._last_progress: tuple[str, float] = ("", -1.0)
 
     def _write(self, obj: dict[str, Any]) -> None:
         self._fh.write(json.dumps(obj) + "\n")
@@ -108,6 +109,12 @@ class MetricsFileReporter(BaseReporter):
 
     def stage_state(self, stage: str, state: str, **info: Any) -> None:
         self._write({"t": time.time(), "type": "stage", "stage": stage, "state": state, **info})
+
+    def progress(self, stage: str, fraction: float) -> None:
+        # Stages report progress every step; the service needs it to about a percent.
+        if stage != self._last_progress[0] or abs(fraction - self._last_progress[1]) >= 0.01 or fraction >= 1.0:
+            self._last_progress = (stage, fraction)
+            self._write({"t": time.time(), "type": "progress", "stage": stage, "fraction": round(fraction, 4)})
 
     def close(self) -> None:
         self._fh.close()

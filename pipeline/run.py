@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from pipeline.data.errors import DataError
     from pipeline.job import run_job
+    from pipeline.rewards.base import RewardError
     from pipeline.reporter import ConsoleReporter, MetricsFileReporter, MultiReporter
 
     try:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = MultiReporter(console, MetricsFileReporter(args.output / "events.jsonl"))
     try:
         record = run_job(cfg, args.output, stages=args.stages, reporter=reporter)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, RewardError) as e:  # the user's to fix: exit 2, never retried
         reporter.close()
         print(f"error: {e}", file=sys.stderr)  # noqa: T201
         return 2

@@ -1,0 +1,359 @@
+"""The HTTP API (FastAPI): submit, watch and cancel jobs; upload datasets; store rewards.
+
+Every route but ``/healthz`` and ``/api/presets`` needs ``Authorization: Bearer <API key>``;
+a project sees only its own jobs, datasets and rewards, and anything else is a 404, so ids
+from other tenants cannot even be probed. The same app runs under uvicorn locally and under
+``@modal.asgi_app`` in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from dreamforge import auth, queue
+from dreamforge.schemas import (
+    FINAL_STATUSES,
+    DatasetView,
+    JobPage,
+    JobView,
+    LogLine,
+    MetricPoint,
+    RewardIn,
+    RewardView,
+    TrainRequest,
+)
+from dreamforge.settings import Settings
+from dreamforge.store import DATASETS, GRIDFS_BUCKET, JOBS, LOGS, METRICS, REWARDS, async_client, ensure_indexes_async
+from dreamforge.submit import NotFound, submit
+from pipeline.config import ConfigError
+
+log = logging.getLogger("dreamforge.api")
+
+
+def job_view(doc: dict[str, Any]) -> JobView:
+    return JobView(
+        jobId=doc["_id"], status=doc["status"], stage=doc.get("stage"), progress=doc.get("progress", 0.0),
+        stages=doc["stages"], metrics=doc.get("metrics") or {}, error=doc.get("error"), source=doc.get("source") or {},
+        preset=doc.get("preset"), task=doc.get("task", "detect"), attempt=doc.get("attempt", 0),
+        created_at=doc["created_at"], updated_at=doc["updated_at"], finished_at=doc.get("finished_at"),
+        result=doc.get("result"), cancel_requested=doc.get("cancel_requested", False),
+    )  # fmt: skip
+
+
+class BodyLimit:
+    """Caps request bodies (413) while they stream, whatever Content-Length claims."""
+
+    def __init__(self, app, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cap = self.settings.max_upload_bytes if scope["path"] == "/api/datasets" else self.settings.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            return await _too_large(send, cap)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > cap:
+                    raise _TooLarge(cap)
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, cap)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send, cap: int) -> None:
+    body = json.dumps({"detail": f"request body over the {cap} byte limit"}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def current_project(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The project of the request's API key (cached 30 s: one lookup per key, not per request)."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise HTTPException(401, "missing API key: send Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
+    token = authorization.removeprefix("Bearer ").strip()
+    cache = request.app.state.key_cache
+    hit = cache.get(token)
+    if hit and hit[1] > time.monotonic():
+        return hit[0]
+    pid = await auth.project_for_key(request.app.state.db, token)
+    if pid is None:
+        raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    cache[token] = (pid, time.monotonic() + 30)
+    return pid
+
+
+Project = Annotated[str, Depends(current_project)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.client = async_client(settings.require_uri(), timeout_ms=2000)
+        app.state.db = app.state.client[settings.db_name]
+        try:
+            await ensure_indexes_async(app.state.db)
+        except PyMongoError as e:  # start anyway: routes answer 503 until the database is back
+            log.warning("database unavailable at start-up (%s); indexes will be created by the worker", e)
+        yield
+        await app.state.client.close()
+
+    app = FastAPI(
+        title="DreamForge API", version="0.1.0", lifespan=lifespan,
+        description="Fine-tune a vision-language model on your own images: submit a curriculum, watch it train, get a 4-bit model.",
+    )  # fmt: skip
+    app.add_middleware(BodyLimit, settings=settings)
+    app.state.key_cache = {}
+
+    @app.exception_handler(PyMongoError)
+    async def db_down(request: Request, exc: PyMongoError):
+        if isinstance(exc, ConnectionFailure):
+            return JSONResponse({"detail": "the database is unavailable; retry shortly"}, status_code=503,
+                                headers={"Retry-After": "2"})  # fmt: skip
+        raise exc
+
+    def db(request: Request):
+        return request.app.state.db
+
+
+    async def own_job(request: Request, job_id: str, pid: str, projection: dict | None = None) -> dict[str, Any]:
+        doc = await request.app.state.db[JOBS].find_one({"_id": job_id, "project_id": pid}, projection)
+        if doc is None:
+            raise HTTPException(404, f"job {job_id} not found")
+        return doc
+
+    @app.get("/healthz", tags=["meta"])
+    async def healthz(request: Request):
+        await db(request).command("ping")
+        return {"ok": True, "db": "up"}
+
+    @app.get("/api/presets", tags=["meta"])
+    async def presets():
+        from pipeline.config import load_preset, preset_names
+
+        return {name: load_preset(name) for name in preset_names()}
+
+    @app.post("/api/train", status_code=201, tags=["jobs"])
+    async def train(request: Request, body: TrainRequest, pid: Project,
+                    idempotency_key: Annotated[str | None, Header(max_length=200)] = None):  # fmt: skip
+        """Validate and enqueue a training job; answers its ``jobId``. The same
+        ``Idempotency-Key`` returns the first job (200) instead of a second one."""
+        try:
+            doc, created = await submit(db(request), pid, body, idempotency_key=idempotency_key)
+        except ConfigError as e:
+            raise HTTPException(422, [{"loc": e_["loc"].split(".") if e_["loc"] else [], "msg": e_["msg"]}
+                                      for e_ in e.errors]) from None  # fmt: skip
+        except NotFound as e:
+            raise HTTPException(404, str(e)) from None
+        return JSONResponse({"jobId": doc["_id"], "status": doc["status"], "created": created},
+                            status_code=201 if created else 200)  # fmt: skip
+
+    @app.get("/api/train/status", response_model=JobView, tags=["jobs"])
+    async def status(request: Request, pid: Project, jobId: str = Query(...)):  # noqa: N803 — the seed's API name
+        return job_view(await own_job(request, jobId, pid))
+
+    @app.get("/api/jobs", response_model=JobPage, tags=["jobs"])
+    async def jobs(request: Request, pid: Project, repo: str | None = None, branch: str | None = None,
+                   status: str | None = None, limit: int = Query(50, ge=1, le=200), cursor: str | None = None):  # fmt: skip
+        flt: dict[str, Any] = {"project_id": pid}
+        if repo:
+            flt["source.repo"] = repo
+        if branch:
+            flt["source.branch"] = branch
+        if status:
+            flt["status"] = {"$in": status.split(",")}
+        if cursor:
+            flt["created_at"] = {"$lt": datetime.fromisoformat(cursor)}
+        docs = await db(request)[JOBS].find(flt).sort("created_at", -1).limit(limit).to_list(limit)
+        nxt = docs[-1]["created_at"].astimezone(UTC).isoformat() if len(docs) == limit else None
+        return JobPage(jobs=[job_view(d) for d in docs], next_cursor=nxt)
+
+    @app.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+    async def get_job(request: Request, job_id: str, pid: Project):
+        return job_view(await own_job(request, job_id, pid))
+
+    async def tail(request: Request, coll: str, job_id: str, after: int, limit: int, extra: dict | None = None):
+        flt = {"job_id": job_id, "seq": {"$gt": after}, **(extra or {})}
+        rows = await db(request)[coll].find(flt, {"_id": 0, "job_id": 0, "attempt": 0}).limit(limit).to_list(limit)
+        rows.sort(key=lambda r: r["seq"])
+        return rows
+
+    @app.get("/api/jobs/{job_id}/logs", tags=["jobs"])
+    async def logs(request: Request, job_id: str, pid: Project, after: int = 0, limit: int = Query(1000, ge=1, le=5000)):
+        """Log lines with ``seq > after``, oldest first; pass the last ``seq`` back to follow."""
+        await own_job(request, job_id, pid, {"_id": 1})
+        rows = await tail(request, LOGS, job_id, after, limit)
+        return {"lines": [LogLine(**r).model_dump() for r in rows], "next": rows[-1]["seq"] if rows else after}
+
+    @app.get("/api/jobs/{job_id}/logs/stream", tags=["jobs"])
+    async def logs_stream(request: Request, job_id: str, pid: Project, after: int = 0):
+        """Server-sent events: one ``log`` event per line, a ``status`` event on each change,
+        and ``end`` when the job has finished and every line was sent."""
+        await own_job(request, job_id, pid, {"_id": 1})
+
+        async def events():
+            seq, last_status = after, None
+            while True:
+                rows = await tail(request, LOGS, job_id, seq, 1000)
+                for r in rows:
+                    seq = r["seq"]
+                    yield f"id: {seq}\nevent: log\ndata: {json.dumps(LogLine(**r).model_dump())}\n\n"
+                doc = await db(request)[JOBS].find_one({"_id": job_id}, {"status": 1, "progress": 1, "stage": 1})
+                state = (doc["status"], doc.get("progress"), doc.get("stage"))
+                if state != last_status:
+                    last_status = state
+                    yield f"event: status\ndata: {json.dumps({'status': state[0], 'progress': state[1], 'stage': state[2]})}\n\n"
+                if doc["status"] in FINAL_STATUSES and not rows:
+                    yield "event: end\ndata: {}\n\n"
+                    return
+                if await request.is_disconnected():
+                    return
+                if not rows:
+                    await asyncio.sleep(0.5)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/jobs/{job_id}/metrics", tags=["jobs"])
+    async def metrics(request: Request, job_id: str, pid: Project, after: int = 0, stage: str | None = None,
+                      limit: int = Query(5000, ge=1, le=20000)):  # fmt: skip
+        """Metric points (loss, reward, lr … per step) with ``seq > after``; the job's latest
+        metrics and final per-stage evaluation are on the job itself."""
+        await own_job(request, job_id, pid, {"_id": 1})
+        rows = await tail(request, METRICS, job_id, after, limit, {"stage": stage} if stage else None)
+        return {"points": [MetricPoint(**r).model_dump() for r in rows], "next": rows[-1]["seq"] if rows else after}
+
+    @app.post("/api/jobs/{job_id}/cancel", status_code=202, tags=["jobs"])
+    async def cancel(request: Request, job_id: str, pid: Project):
+        """A queued job is cancelled at once; a running one stops within seconds."""
+        coll = db(request)[JOBS]
+        t = queue.now()
+        res = await coll.update_one(
+            {"_id": job_id, "project_id": pid, "status": "queued"},
+            {"$set": {"status": "cancelled", "cancel_requested": True, "finished_at": t, "updated_at": t,
+                      "error": {"kind": "cancelled", "message": "cancelled by the user"}}, "$unset": {"queue_key": ""}},
+        )  # fmt: skip
+        if not res.modified_count:
+            await coll.update_one({"_id": job_id, "project_id": pid, "status": "running"},
+                                  {"$set": {"cancel_requested": True, "updated_at": t}})  # fmt: skip
+        return job_view(await own_job(request, job_id, pid))
+
+    @app.post("/api/jobs/{job_id}/requeue", tags=["jobs"])
+    async def requeue(request: Request, job_id: str, pid: Project):
+        """Put a dead, failed or cancelled job back in the queue; its finished stages are kept."""
+        doc = await own_job(request, job_id, pid)
+        if doc["status"] not in ("dead", "failed", "cancelled"):
+            raise HTTPException(409, f"job {job_id} is {doc['status']}; only dead, failed or cancelled jobs can be requeued")
+        t = queue.now()
+        await db(request)[JOBS].update_one(
+            {"_id": job_id, "project_id": pid, "status": doc["status"]},
+            {"$set": {"status": "queued", "queue_key": queue.queue_key(t, job_id), "infra_failures": {}, "error": None,
+                      "cancel_requested": False, "updated_at": t}, "$unset": {"finished_at": ""}},
+        )  # fmt: skip
+        return job_view(await own_job(request, job_id, pid))
+
+    # -- datasets ------------------------------------------------------------------------
+    @app.post("/api/datasets", status_code=201, response_model=DatasetView, tags=["datasets"])
+    async def upload_dataset(request: Request, pid: Project, name: str = Query(..., max_length=100),
+                             task: str = Query("detect")):  # fmt: skip
+        """Upload a COCO dataset as a ZIP (the raw request body). It is checked like any
+        hostile archive (zip-slip, symlinks, bombs, images) before anything is stored."""
+        with tempfile.TemporaryDirectory(prefix="df-upload-") as tmp:
+            path = Path(tmp) / "upload.zip"
+            size = 0
+            with path.open("wb") as fh:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    fh.write(chunk)
+            summary = await asyncio.to_thread(_validate_zip, path, task)
+            from gridfs import AsyncGridFSBucket
+
+            bucket = AsyncGridFSBucket(db(request), GRIDFS_BUCKET)
+            with path.open("rb") as fh:
+                gid = await bucket.upload_from_stream(f"{pid}/{name}.zip", fh, metadata={"project_id": pid})
+        doc = {"_id": "ds_" + secrets.token_hex(8), "project_id": pid, "name": name, "gridfs_id": str(gid),
+               "created_at": queue.now(), "size": size, **summary}  # fmt: skip
+        await db(request)[DATASETS].insert_one(doc)
+        return DatasetView(id=doc["_id"], **{k: doc[k] for k in ("name", "created_at", "size", "images", "categories", "warnings")})
+
+    @app.get("/api/datasets", response_model=list[DatasetView], tags=["datasets"])
+    async def list_datasets(request: Request, pid: Project):
+        docs = await db(request)[DATASETS].find({"project_id": pid}).sort("created_at", -1).to_list(200)
+        return [DatasetView(id=d["_id"], **{k: d[k] for k in ("name", "created_at", "size", "images", "categories", "warnings")})
+                for d in docs]  # fmt: skip
+
+    # -- rewards -------------------------------------------------------------------------
+    @app.post("/api/rewards", status_code=201, response_model=RewardView, tags=["rewards"])
+    async def create_reward(request: Request, body: RewardIn, pid: Project):
+        """Store a JavaScript reward after checking it compiles, defines ``reward`` and returns
+        a finite number on a sample; a broken reward is a 422 naming the line."""
+        from pipeline.rewards.base import RewardError
+
+        try:
+            from pipeline.rewards.js import check_js_reward
+        except ImportError:
+            raise HTTPException(501, "JavaScript rewards are not available in this build") from None
+        try:
+            await asyncio.to_thread(check_js_reward, body.source, body.name)
+        except RewardError as e:
+            raise HTTPException(422, [{"loc": ["source"], "msg": str(e)}]) from None
+        doc = {"_id": "rw_" + secrets.token_hex(8), "project_id": pid, "name": body.name, "source": body.source,
+               "created_at": queue.now()}  # fmt: skip
+        try:
+            await db(request)[REWARDS].insert_one(doc)
+        except DuplicateKeyError:  # pragma: no cover — random ids
+            raise HTTPException(409, "retry") from None
+        return RewardView(id=doc["_id"], name=body.name, created_at=doc["created_at"], size=len(body.source))
+
+    @app.get("/api/rewards", response_model=list[RewardView], tags=["rewards"])
+    async def list_rewards(request: Request, pid: Project):
+        docs = await db(request)[REWARDS].find({"project_id": pid}).sort("created_at", -1).to_list(200)
+        return [RewardView(id=d["_id"], name=d["name"], created_at=d["created_at"], size=len(d["source"])) for d in docs]
+
+    return app
+
+
+def _validate_zip(path: Path, task: str) -> dict[str, Any]:
+    """Open the upload exactly as a job will (safe extraction, image checks); 422 on failure."""
+    from pipeline.data.coco import load_dataset
+    from pipeline.data.errors import DataError
+
+    try:
+        ds = load_dataset(path, task)
+    except DataError as e:
+        raise HTTPException(422, f"upload rejected: {e}") from None
+    n = sum(len(v) for v in ds.splits.values())
+    return {"images": n, "categories": list(ds.categories), "warnings": [str(w) for w in ds.warnings][:50]}
+
+
+def main() -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(), host="127.0.0.1", port=8000)

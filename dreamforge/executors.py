@@ -1,0 +1,168 @@
+"""Executors run one stage of a job somewhere and report how it ended.
+
+``LocalExecutor`` runs the stage as ``python -m pipeline.run --stages N`` in a child process;
+the child's reporter appends events to ``events.jsonl`` (``pipeline.reporter``), which the
+worker tails into MongoDB through a fenced sink. ``ModalExecutor`` (``modal_app``) spawns the
+stage's Modal function instead. Both answer with a :class:`StageOutcome`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pipeline.config import STAGES
+
+STAGE_NUMBER = {s: i + 1 for i, s in enumerate(STAGES)}
+# pipeline.run's exit code for a user's mistake (bad config, data or reward): never retried.
+USER_ERROR_EXIT = 2
+
+
+@dataclass
+class StageOutcome:
+    kind: Literal["done", "user_error", "infra_error", "cancelled", "timeout", "lost"]
+    message: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class EventSink(Protocol):
+    def event(self, ev: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+
+
+class Executor(Protocol):
+    def run_stage(self, job: dict[str, Any], stage: str, workdir: Path, sink: EventSink,
+                  check: Callable[[], str | None], timeout_s: float) -> StageOutcome: ...  # fmt: skip
+
+
+class EventTail:
+    """Reads complete new lines of ``events.jsonl`` from where the last read stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self._partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        self.offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the worker dies, so a SIGKILLed worker never leaves an
+    orphan training the same stage while another worker takes it over."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setpgrp()
+
+
+def stage_info(out: Path, stage: str) -> dict[str, Any]:
+    done = out / "stages" / stage / "DONE.json"
+    info: dict[str, Any] = json.loads(done.read_text()) if done.exists() else {}
+    model = out / "stages" / stage / "model"
+    result: dict[str, Any] = {"seconds": info.get("train_seconds") or info.get("seconds"),
+                              "artifact": str(model) if model.exists() else None}  # fmt: skip
+    metrics = {k: v for k, v in info.items() if isinstance(v, int | float) and k not in ("train_seconds", "seconds")}
+    if metrics:
+        result["metrics"] = metrics
+    return result
+
+
+class LocalExecutor:
+    """Each stage in a child process on this machine (CPU or a local GPU)."""
+
+    def __init__(self, python: str = sys.executable, poll_s: float = 0.2) -> None:
+        self.python = python
+        self.poll_s = poll_s
+
+    def run_stage(self, job, stage, workdir, sink, check, timeout_s):
+        out = workdir / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        cfg_path = workdir / "config.json"
+        cmd = [self.python, "-m", "pipeline.run", "--config", str(cfg_path), "--stages", str(STAGE_NUMBER[stage]),
+               "--output", str(out), "--quiet"]  # fmt: skip
+        tail = EventTail(out / "events.jsonl")
+        err_path = workdir / "logs" / f"{stage}-attempt{job['attempt']}.log"
+        err_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with err_path.open("wb") as err:
+            proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            started = time.monotonic()
+            outcome: StageOutcome | None = None
+            while proc.poll() is None:
+                for ev in tail.read():
+                    sink.event(ev)
+                sink.flush()
+                reason = check()
+                if reason in ("cancelled", "lost"):
+                    _stop(proc)
+                    outcome = StageOutcome(reason, "cancelled by the user" if reason == "cancelled" else "lease lost")
+                    break
+                if time.monotonic() - started > timeout_s:
+                    _stop(proc)
+                    outcome = StageOutcome("timeout", f"stage {stage} ran past its {timeout_s:.0f} s limit")
+                    break
+                time.sleep(self.poll_s)
+        for ev in tail.read():
+            sink.event(ev)
+        sink.flush()
+        if outcome is not None:
+            return outcome
+        code = proc.returncode
+        if code == 0:
+            return StageOutcome("done", info=stage_info(out, stage))
+        message = _error_line(err_path) or f"stage {stage} exited with code {code}"
+        if code == USER_ERROR_EXIT:
+            return StageOutcome("user_error", message)
+        return StageOutcome("infra_error", message)
+
+
+def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the stage's process group, SIGKILL after ``grace`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+def _error_line(path: Path) -> str | None:
+    """The user-facing ``error: …`` line pipeline.run prints, else the last traceback line."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ")
+    tail = [ln for ln in lines if ln.strip()]
+    return tail[-1][:2000] if tail else None

@@ -1,0 +1,129 @@
+"""The service's schemas over the pipeline's curriculum config: one pydantic model per concept,
+shared by the API, the CLI, the worker and the documents in MongoDB."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.config import STAGES
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "dead"]
+StageStatus = Literal["pending", "running", "done", "failed", "skipped", "cancelled"]
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "dead")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobSource(_Strict):
+    """Where a job came from: a git push (GitHub Action / webhook), the CLI, the dashboard."""
+
+    kind: Literal["api", "cli", "dashboard", "github"] = "api"
+    repo: str | None = None
+    branch: str | None = None
+    sha: str | None = None
+    pr: int | None = None
+    run_id: str | None = None
+
+
+class TrainRequest(_Strict):
+    """``POST /api/train``: a full config, or a preset plus overrides, plus shortcuts."""
+
+    config: dict[str, Any] | None = Field(None, description="A whole dreamforge.config.json.")
+    preset: str | None = Field(None, description="Curriculum preset the config is merged over.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Deep-merged over preset and config.")
+    dataset: str | None = Field(
+        None, description="Dataset URI (s3://, gs://, https://, synthetic://, a server path) or a stored dataset id (ds_…)."
+    )
+    reward: str | None = Field(None, description="Built-in reward name or a stored reward id (rw_…).")
+    reward_js: str | None = Field(None, description="Inline JavaScript defining reward(out, gt).", max_length=200_000)
+    epochs: list[float] | None = Field(None, max_length=3, description="Epochs of stage 1, 2 and the RL stage.")
+    source: JobSource = Field(default_factory=JobSource)
+
+
+class StageState(BaseModel):
+    status: StageStatus = "pending"
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    seconds: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    artifact: str | None = None
+
+
+class JobError(BaseModel):
+    kind: Literal["user", "infra", "timeout", "cancelled"]
+    message: str
+    stage: str | None = None
+
+
+class JobView(BaseModel):
+    """What ``GET /api/train/status`` and ``GET /api/jobs`` answer."""
+
+    jobId: str
+    status: JobStatus
+    stage: str | None = None
+    progress: float = 0.0
+    stages: dict[str, StageState]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: JobError | None = None
+    source: JobSource
+    preset: str | None = None
+    task: str
+    attempt: int = 0
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    cancel_requested: bool = False
+
+
+class JobPage(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None = None
+
+
+class LogLine(BaseModel):
+    seq: int
+    t: float
+    level: str = "info"
+    stage: str | None = None
+    message: str
+
+
+class MetricPoint(BaseModel):
+    seq: int
+    t: float
+    stage: str
+    step: int
+    values: dict[str, float]
+
+
+class RewardIn(_Strict):
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\- ]+$")
+    source: str = Field(..., min_length=1, max_length=200_000)
+
+
+class RewardView(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    size: int
+
+
+class DatasetView(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    size: int
+    images: int
+    categories: list[str]
+    warnings: list[str] = Field(default_factory=list)
+
+
+def new_stages() -> dict[str, dict[str, Any]]:
+    return {s: StageState().model_dump() for s in STAGES}

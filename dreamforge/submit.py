@@ -1,0 +1,92 @@
+"""Turn a train request into a validated config and one queued job (shared by every entry point:
+the API, the GitHub webhooks and the dashboard all submit through here)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from dreamforge import queue
+from dreamforge.schemas import TrainRequest
+from dreamforge.store import DATASETS, JOBS, REWARDS
+from pipeline.config import ConfigError, build_config, deep_merge
+from pipeline.job import config_hash
+
+REMOTE_SCHEMES = ("s3://", "gs://", "https://", "synthetic://", "gridfs://")
+
+
+class NotFound(Exception):
+    """A dataset or reward the request names does not exist for this project."""
+
+
+def allow_local_paths() -> bool:
+    """Server paths as datasets: on for the embedded default (your own machine), off in production."""
+    return os.environ.get("DREAMFORGE_ALLOW_LOCAL_PATHS", "0") == "1"
+
+
+async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict[str, Any], str | None]:
+    """Returns ``(config as a JSON dict, stored reward id or None)``; raises ConfigError / NotFound."""
+    raw = deep_merge(req.config or {}, req.overrides)
+    reward_ref = None
+    if req.dataset:
+        raw = deep_merge(raw, {"data": {"dataset": req.dataset}})
+    if req.epochs:
+        for key, n in zip(("warm_start", "domain", "rl"), req.epochs, strict=False):
+            raw = deep_merge(raw, {key: {"epochs": n}})
+    reward = req.reward
+    if req.reward_js is not None:
+        raise ConfigError("reward_js: store the JavaScript with POST /api/rewards first and pass its id as reward",
+                          [{"loc": "reward_js", "msg": "store it with POST /api/rewards and pass the id as reward"}])  # fmt: skip
+    if reward and reward.startswith("rw_"):
+        if not await db[REWARDS].find_one({"_id": reward, "project_id": project_id}, {"_id": 1}):
+            raise NotFound(f"reward {reward} not found")
+        reward_ref = reward
+        raw["reward"] = "stored.js"
+    elif reward:
+        raw["reward"] = reward
+    cfg = build_config(raw, preset=req.preset, source="request")
+    dataset = cfg.data.dataset
+    if dataset.startswith("ds_"):
+        doc = await db[DATASETS].find_one({"_id": dataset, "project_id": project_id}, {"gridfs_id": 1})
+        if not doc:
+            raise NotFound(f"dataset {dataset} not found")
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": f"gridfs://{doc['gridfs_id']}"})})
+    elif not dataset.startswith(REMOTE_SCHEMES) and not allow_local_paths():
+        raise ConfigError(
+            f"data.dataset: {dataset!r} is a server path; use s3://, gs://, https://, a stored dataset id (ds_…) or upload one",
+            [{"loc": "data.dataset", "msg": "server paths are not allowed here; use s3://, gs://, https:// or a dataset id"}],
+        )
+    if reward_ref is None and cfg.reward.endswith(".js"):
+        raise ConfigError("reward: upload JavaScript rewards with POST /api/rewards and pass the returned id",
+                          [{"loc": "reward", "msg": "a .js path is not readable by the service; pass a stored reward id"}])  # fmt: skip
+    if reward_ref is None:
+        from pipeline.job import resolve_reward
+
+        resolve_reward(cfg)  # an unknown built-in name fails here, before anything is queued
+    return cfg.model_dump(mode="json", by_alias=True, exclude_none=True), reward_ref
+
+
+async def submit(db, project_id: str, req: TrainRequest, *, idempotency_key: str | None = None,
+                 dedupe_key: str | None = None, status: str = "queued") -> tuple[dict[str, Any], bool]:  # fmt: skip
+    """Validate and enqueue; returns ``(job document, created)``. The same idempotency or
+    dedupe key returns the existing job instead of a second one."""
+    if idempotency_key or dedupe_key:
+        key = {"idempotency_key": idempotency_key} if idempotency_key else {"dedupe_key": dedupe_key}
+        existing = await db[JOBS].find_one({"project_id": project_id, **key})
+        if existing:
+            return existing, False
+    config, reward_ref = await build_job_config(db, project_id, req)
+    from pipeline.config import CurriculumConfig
+
+    chash = config_hash(CurriculumConfig.model_validate(config))
+    doc = queue.new_job(project_id, config, chash, source=req.source.model_dump(exclude_none=True),
+                        idempotency_key=idempotency_key, dedupe_key=dedupe_key, reward_ref=reward_ref,
+                        status=status)  # fmt: skip
+    try:
+        await db[JOBS].insert_one(doc)
+    except DuplicateKeyError:  # a concurrent twin won the race
+        key = {"idempotency_key": idempotency_key} if idempotency_key else {"dedupe_key": dedupe_key}
+        return await db[JOBS].find_one({"project_id": project_id, **key}), False
+    return doc, True
