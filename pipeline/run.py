@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from pipeline.data.errors import DataError
     from pipeline.job import run_job
-    from pipeline.rewards.base import RewardError
     from pipeline.reporter import ConsoleReporter, MetricsFileReporter, MultiReporter
+    from pipeline.rewards.base import RewardError
 
     try:
         cfg = config_from_args(args)
