@@ -1,0 +1,111 @@
+"""The queue's guarantees against a real MongoDB-wire server (SecantusDB): atomic claims,
+fenced writes after a takeover, reaping, retry budgets, dead letters and requeue."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from dreamforge import embedded_db, queue
+from dreamforge.store import JOBS, LOGS, client, ensure_indexes
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    with embedded_db.running(tmp_path_factory.mktemp("qdb")) as server, client(server.uri) as c:
+        ensure_indexes(c["q"])
+        yield c["q"]
+
+
+@pytest.fixture(autouse=True)
+def empty(db):
+    db[JOBS].delete_many({})
+    db[LOGS].delete_many({})
+
+
+def add_jobs(db, n: int) -> list[str]:
+    docs = [queue.new_job("p", {"task": "detect"}, "h", source={}) for _ in range(n)]
+    db[JOBS].insert_many(docs)
+    return [d["_id"] for d in docs]
+
+
+def test_four_racing_workers_claim_each_job_exactly_once(db):
+    ids = add_jobs(db, 40)
+    claimed: dict[str, list[str]] = {f"w{i}": [] for i in range(4)}
+
+    def work(name: str) -> None:
+        while (job := queue.claim(db, name, 30)) is not None:
+            claimed[name].append(job["_id"])
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = [j for js in claimed.values() for j in js]
+    assert sorted(got) == sorted(ids)  # every job once, none twice
+    assert sum(bool(js) for js in claimed.values()) >= 2  # they really raced
+    assert db[JOBS].count_documents({"attempt": 1, "status": "running"}) == 40
+
+
+def test_claims_in_submission_order_and_respect_backoff(db):
+    first, second = add_jobs(db, 2)
+    job = queue.claim(db, "w", 30)
+    assert job["_id"] == first
+    queue.retry_later(db, first, job["attempt"], "warm_start", "node lost", limit=3, backoff_s=60)
+    assert queue.claim(db, "w", 30)["_id"] == second  # the failed one waits for its backoff
+    assert queue.claim(db, "w", 30) is None
+
+
+def test_a_stale_worker_cannot_write_after_a_takeover(db):
+    (job_id,) = add_jobs(db, 1)
+    old = queue.claim(db, "old", 0.2)
+    queue.append(db, job_id, old["attempt"], "logs", [{"t": 0, "message": "from old"}])
+    time.sleep(0.3)
+    assert queue.reap(db, limit=3) == [job_id]
+    new = queue.claim(db, "new", 30)
+    assert new["attempt"] == old["attempt"] + 1
+    # the old worker wakes up: every kind of write is refused and changes nothing
+    for write in (
+        lambda: queue.heartbeat(db, job_id, old["attempt"], 30),
+        lambda: queue.stage_started(db, job_id, old["attempt"], "domain"),
+        lambda: queue.set_progress(db, job_id, old["attempt"], "domain", 50),
+        lambda: queue.finish(db, job_id, old["attempt"], "succeeded"),
+        lambda: queue.append(db, job_id, old["attempt"], "logs", [{"t": 0, "message": "stale"}]),
+    ):
+        with pytest.raises(queue.LostLease):
+            write()
+    doc = db[JOBS].find_one({"_id": job_id})
+    assert doc["status"] == "running" and doc["worker"] == "new" and doc["progress"] == 0.0
+    assert [r["message"] for r in db[LOGS].find({"job_id": job_id})] == ["from old"]
+    queue.append(db, job_id, new["attempt"], "logs", [{"t": 1, "message": "from new"}])
+    assert sorted(r["seq"] for r in db[LOGS].find({"job_id": job_id})) == [1, 2]
+
+
+def test_infra_failures_back_off_then_dead_letter_then_requeue(db):
+    (job_id,) = add_jobs(db, 1)
+    for n in range(1, 4):
+        job = queue.claim(db, "w", 30)
+        assert job is not None, n
+        assert queue.retry_later(db, job_id, job["attempt"], "reward", "preempted", limit=2, backoff_s=0) == (
+            "queued" if n <= 2 else "dead"
+        )
+    doc = db[JOBS].find_one({"_id": job_id})
+    assert doc["status"] == "dead" and "3 times" in doc["error"]["message"] and doc["error"]["stage"] == "reward"
+    assert queue.claim(db, "w", 30) is None
+    assert queue.requeue(db, job_id, "other-project") is False  # tenants again
+    assert queue.requeue(db, job_id, "p") is True
+    assert queue.claim(db, "w", 30)["_id"] == job_id
+
+
+def test_expired_leases_count_against_the_running_stage(db):
+    (job_id,) = add_jobs(db, 1)
+    for _ in range(2):
+        job = queue.claim(db, "w", 0.05)
+        queue.stage_started(db, job_id, job["attempt"], "domain")
+        time.sleep(0.1)
+        queue.reap(db, limit=1)
+    doc = db[JOBS].find_one({"_id": job_id})
+    assert doc["status"] == "dead" and doc["infra_failures"] == {"domain": 2}
