@@ -1,9 +1,10 @@
-"""Where a dataset comes from: a folder, a ``.zip``, a ``.json`` file, ``file://`` or ``synthetic://``.
+"""Where a dataset comes from: a folder, a ``.zip``, a ``.json`` file, ``file://``, ``synthetic://`` or remote.
 
 ``resolve_source`` turns what the user typed into a local folder to read (extracting ZIPs
 safely into a cache) or into the parameters of a synthetic dataset. ZIPs are treated as
 hostile: users upload them through the service, so a crafted archive must not write outside
-its folder (zip-slip), plant symlinks, or fill the disk (zip bomb).
+its folder (zip-slip), plant symlinks, or fill the disk (zip bomb). Remote URIs (``s3://``,
+``gs://``, ``https://``, ``gridfs://``) are downloaded by :mod:`pipeline.data.remote` first.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ MAX_ZIP_BYTES = 4 * 1024**3  # total uncompressed bytes; the small-image dataset
 _CHUNK = 1 << 20
 
 SYNTHETIC_SCHEME = "synthetic"
+# Handled by pipeline.data.remote (downloaded into the cache, then read like a local copy).
+# http:// is listed so that remote can explain when it is allowed (local stack and tests only).
+REMOTE_SCHEMES = ("s3", "gs", "https", "http", "gridfs")
 # Query parameters a synthetic:// URI may carry, with the type each must parse as.
 SYNTHETIC_PARAMS: dict[str, type] = {
     "n": int,
@@ -79,10 +83,14 @@ def resolve_source(source: str | os.PathLike[str]) -> Source:
             )
         path = Path(urllib.request.url2pathname(parts.path))
     elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
-        scheme = text.split("://", 1)[0]
+        scheme = text.split("://", 1)[0].lower()
+        if scheme in REMOTE_SCHEMES:
+            from pipeline.data.remote import resolve_remote  # local: imports aiohttp, and this module
+
+            return resolve_remote(text)
         raise DataError(
-            f"{text}: unsupported scheme {scheme!r}; use a local folder, a .zip, "
-            "a file:// URI or synthetic://KIND?n=N&seed=S"
+            f"{text}: unsupported scheme {scheme!r}; use a local folder, a .zip, a file:// URI, "
+            "synthetic://KIND?n=N&seed=S, or a remote s3://, gs://, https:// or gridfs:// URI"
         )
     else:
         path = Path(text)
