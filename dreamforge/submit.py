@@ -14,7 +14,8 @@ from dreamforge.store import DATASETS, JOBS, REWARDS
 from pipeline.config import ConfigError, build_config, deep_merge
 from pipeline.job import config_hash
 
-REMOTE_SCHEMES = ("s3://", "gs://", "https://", "synthetic://", "gridfs://")
+# gridfs:// is not among them: a raw GridFS id would bypass the project check that ds_ ids get.
+REMOTE_SCHEMES = ("s3://", "gs://", "https://", "synthetic://")
 
 
 class NotFound(Exception):
@@ -53,6 +54,9 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict
         if not doc:
             raise NotFound(f"dataset {dataset} not found")
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": f"gridfs://{doc['gridfs_id']}"})})
+    elif dataset.startswith("gridfs://"):
+        raise ConfigError("data.dataset: refer to uploaded datasets by their id (ds_…)",
+                          [{"loc": "data.dataset", "msg": "use the dataset id (ds_…) that POST /api/datasets returned"}])  # fmt: skip
     elif not dataset.startswith(REMOTE_SCHEMES) and not allow_local_paths():
         raise ConfigError(
             f"data.dataset: {dataset!r} is a server path; use s3://, gs://, https://, a stored dataset id (ds_…) or upload one",

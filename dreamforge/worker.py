@@ -22,7 +22,7 @@ from pymongo.errors import PyMongoError
 from dreamforge import queue
 from dreamforge.executors import Executor, LocalExecutor, StageOutcome
 from dreamforge.settings import Settings
-from dreamforge.store import GRIDFS_BUCKET, REWARDS, client, ensure_indexes
+from dreamforge.store import REWARDS, client, ensure_indexes
 from pipeline.config import STAGES
 from pipeline.reporter import overall_progress
 
@@ -150,26 +150,7 @@ class Worker:
                 raise _UserError(f"reward {job['reward_ref']} no longer exists")
             (workdir / "reward.js").write_text(doc["source"])
             cfg["reward"] = str(workdir / "reward.js")
-        dataset = cfg.get("data", {}).get("dataset", "")
-        if dataset.startswith("gridfs://"):
-            cfg["data"] = {**cfg["data"], "dataset": str(self._fetch_gridfs(dataset, workdir))}
         (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
-
-    def _fetch_gridfs(self, uri: str, workdir: Path) -> Path:
-        from bson import ObjectId
-        from gridfs import GridFSBucket
-        from gridfs.errors import NoFile
-
-        dest = workdir / "dataset.zip"
-        if not dest.exists():
-            tmp = dest.with_suffix(".part")
-            try:
-                with tmp.open("wb") as fh:
-                    GridFSBucket(self.db, GRIDFS_BUCKET).download_to_stream(ObjectId(uri.removeprefix("gridfs://")), fh)
-            except NoFile:
-                raise _UserError(f"dataset {uri} is not in the database") from None
-            tmp.rename(dest)
-        return dest
 
     def _run_stages(self, job: dict[str, Any], state: dict) -> None:
         db, job_id, attempt = self.db, job["_id"], job["attempt"]

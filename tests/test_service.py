@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import zipfile
 
@@ -102,6 +103,9 @@ def test_invalid_config_is_422_with_field_paths_and_nothing_queued(stack, db):
         assert r.status_code == 404
         r = c.post("/api/train", json={"preset": "retail-shelf", "bogus": 1})
         assert r.status_code == 422
+        # a raw GridFS id would skip the tenant check that dataset ids get
+        r = c.post("/api/train", json={"preset": "retail-shelf", "dataset": "gridfs://65a000000000000000000000"})
+        assert r.status_code == 422 and "ds_" in r.text
     assert db.jobs.count_documents({}) == before
 
 
@@ -176,7 +180,10 @@ def test_dataset_upload_and_hostile_archives(stack, db, tmp_path):
         # a job can train on the stored dataset
         job_id = c.post("/api/train", json={**tiny(), "dataset": ds["id"]}).json()["jobId"]
         assert db.jobs.find_one({"_id": job_id})["config"]["data"]["dataset"].startswith("gridfs://")
-        c.post(f"/api/jobs/{job_id}/cancel")
+        job = wait_job(c, job_id)
+        assert job["status"] == "succeeded", job["error"]
+        line = next(ln["message"] for ln in all_logs(c, job_id) if ln["message"].startswith("dataset "))
+        assert sum(int(n) for n in re.findall(r"(\d+)(?:,| images)", line)) == 8, line  # the 8 uploaded images
     assert db["datasets.files"].count_documents({}) == n_files + 1
 
 
