@@ -23,9 +23,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# The demo: retail-shelf synthetic detection, default curriculum, dreamforge-tiny, all 4 stages.
+# The demo through the real stack: embedded DB + API + worker; submits the retail-shelf job
+# (dreamforge-tiny, all 4 stages) over HTTP, follows it, prints metrics and the model path.
 demo: install
-	$(BIN)/python -m pipeline.run --preset retail-shelf --output models/demo
+	$(BIN)/dreamforge demo
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -59,32 +59,6 @@ def parse_epochs(first: str | None, extra: list[str]) -> list[str]:
     return out
 
 
-@app.command(context_settings={"allow_extra_args": True})
-def train(
-    ctx: typer.Context,
-    dataset: Annotated[str | None, typer.Option(help="Dataset: folder, .zip or synthetic://KIND?n=N&seed=S.")] = None,
-    reward: Annotated[str | None, typer.Option(help="Built-in reward name or a .js file.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Curriculum preset.")] = None,
-    config: Annotated[Path | None, typer.Option(help="dreamforge.config.json")] = None,
-    epochs: Annotated[str | None, typer.Option(help="Epochs of stage 1, 2 and RL: --epochs 5 3 2.")] = None,
-    output: Annotated[Path, typer.Option(help="Output folder; rerun to resume.")] = Path("models/job"),
-) -> None:
-    """Train locally: the four stages in this process, with a progress bar."""
-    from pipeline.run import main as run_main
-
-    try:
-        epoch_list = parse_epochs(epochs, ctx.args)
-    except ValueError as e:
-        raise _fail(str(e), 2) from None
-    argv = ["--output", str(output)]
-    for flag, value in (("--dataset", dataset), ("--reward", reward), ("--preset", preset), ("--config", config)):
-        if value:
-            argv += [flag, str(value)]
-    if epoch_list:
-        argv += ["--epochs", *epoch_list]
-    raise typer.Exit(run_main(argv))
-
-
 @app.command()
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="An exported model folder (model/ or model-4bit/).")],
@@ -133,6 +107,11 @@ def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None
     if draw:
         draw_target(im, target).save(draw)
     return {"text": text, "parsed": ok, "quantized": quantized, "prediction": target}
+
+
+from dreamforge import cli_service  # noqa: E402 — registers up, worker, train, status, logs, cancel, jobs, init, demo
+
+cli_service.register(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,309 @@
+"""``dreamforge`` commands that talk to the service: up, worker, train, status, logs, cancel,
+jobs, init, demo. Registered on the main Typer app by ``dreamforge.cli``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dreamforge.client import STACK_FILE, ApiError, Client
+
+STAGE_TITLES = {"warm_start": "1 warm-start", "domain": "2 domain SFT", "reward": "3 RL (GRPO)", "evaluate": "4 evaluate"}
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _client() -> Client:
+    try:
+        return Client()
+    except ApiError as e:
+        raise _fail(str(e)) from None
+
+
+def follow_job(c: Client, job_id: str, *, show_logs: bool = True) -> dict[str, Any]:
+    """A rich progress bar across the four stages, with log lines printed above it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    job: dict[str, Any] = {}
+    with Progress(TextColumn("[bold]{task.fields[stage]:<14}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console) as bar:  # fmt: skip
+        task = bar.add_task("job", total=100, stage="queued", info="")
+        for job, lines in c.follow(job_id):
+            if show_logs:
+                for ln in lines:
+                    style = "red" if ln["level"] == "error" else "yellow" if ln["level"] == "warning" else "dim"
+                    stage = f"[{ln['stage']}] " if ln.get("stage") else ""
+                    bar.console.print(f"{stage}{ln['message']}", style=style, markup=False, highlight=False)
+            stage = job.get("stage") or job["status"]
+            latest = (job.get("metrics") or {}).get(job.get("stage") or "", {})
+            info = " ".join(f"{k}={v:.4g}" for k, v in latest.items() if k in ("loss", "reward", "train_loss"))
+            bar.update(task, completed=job["progress"], stage=STAGE_TITLES.get(stage, stage), info=info)
+    return job
+
+
+def print_summary(job: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    colour = {"succeeded": "green", "failed": "red", "dead": "red", "cancelled": "yellow"}.get(job["status"], "white")
+    console.print(f"job {job['jobId']}: [{colour}]{job['status']}[/]")
+    if job.get("error"):
+        err = job["error"]
+        console.print(f"  {err['kind']} error" + (f" in stage {err['stage']}" if err.get("stage") else "") + f": {err['message']}",
+                      markup=False)  # fmt: skip
+    result = job.get("result") or {}
+    models = result.get("models") or {}
+    if models:
+        key = result.get("primary_metric", "mean_iou")
+        table = Table("model", key, "f1_50", "parse_rate", title="held-out metrics")
+        for name, m in models.items():
+            table.add_row(name, *(f"{m[k]:.3f}" if isinstance(m.get(k), int | float) else "-" for k in (key, "f1_50", "parse_rate")))
+        console.print(table)
+        release = result.get("release") or {}
+        console.print(f"model: {release.get('release_dir') or result.get('artifacts', {}).get('model')}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def up(
+        workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+        dashboard: Annotated[bool, typer.Option(help="Start the Streamlit dashboard too.")] = True,
+        home: Annotated[Path | None, typer.Option(help="Data directory (default $DREAMFORGE_HOME or ./.dreamforge).")] = None,
+    ) -> None:
+        """Start the local stack: embedded database, API, workers and dashboard, until Ctrl-C."""
+        from dreamforge.settings import Settings
+
+        home = home or Settings().home
+        stack = _start(home, workers, dashboard)
+        typer.echo(f"DreamForge is up.\n  API:       {stack.api_url}  (docs at {stack.api_url}/docs)")
+        if stack.dashboard_url:
+            typer.echo(f"  dashboard: {stack.dashboard_url}")
+        typer.echo(f"  API key:   {stack.dev_key}  (dev project; also in {home / 'dev-api-key'})")
+        typer.echo(f"  database:  {stack.uri}\nPress Ctrl-C to stop.")
+        done = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            typer.echo("stopping…")
+            stack.stop()
+            (home / STACK_FILE).unlink(missing_ok=True)
+
+    @app.command()
+    def worker() -> None:
+        """Run a worker: claim jobs from MongoDB ($MONGODB_URI, else the local stack's) and train them."""
+        from dreamforge.client import stack_info
+        from dreamforge.worker import main as worker_main
+
+        if not os.environ.get("MONGODB_URI"):
+            info = stack_info()
+            if not info:
+                raise _fail("set MONGODB_URI or start the local stack with `dreamforge up`")
+            os.environ["MONGODB_URI"] = info["uri"]
+        worker_main()
+
+    @app.command(context_settings={"allow_extra_args": True})
+    def train(
+        ctx: typer.Context,
+        dataset: Annotated[str | None, typer.Option(
+            help="s3://, gs://, https://, synthetic://, a stored dataset id, or a local .zip/folder (uploaded).")] = None,
+        reward: Annotated[str | None, typer.Option(help="Built-in reward name, stored reward id, or a .js file (uploaded).")] = None,
+        preset: Annotated[str | None, typer.Option(help="Curriculum preset.")] = None,
+        config: Annotated[Path | None, typer.Option(help="dreamforge.config.json")] = None,
+        epochs: Annotated[str | None, typer.Option(help="Epochs of stage 1, 2 and RL: --epochs 5 3 2.")] = None,
+        follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f", help="Show progress and logs until it ends.")] = False,
+        local: Annotated[bool, typer.Option(help="Train in this process instead of through the service.")] = False,
+        output: Annotated[Path, typer.Option(help="With --local: output folder; rerun to resume.")] = Path("models/job"),
+    ) -> None:
+        """Submit a training job to DreamForge (or, with --local, train right here)."""
+        from dreamforge.cli import parse_epochs
+
+        try:
+            epoch_list = parse_epochs(epochs, ctx.args)
+        except ValueError as e:
+            raise _fail(str(e), 2) from None
+        if local:
+            from pipeline.run import main as run_main
+
+            argv = ["--output", str(output)]
+            for flag, value in (("--dataset", dataset), ("--reward", reward), ("--preset", preset), ("--config", config)):
+                if value:
+                    argv += [flag, str(value)]
+            if epoch_list:
+                argv += ["--epochs", *epoch_list]
+            raise typer.Exit(run_main(argv))
+        body: dict[str, Any] = {"source": {"kind": "cli"}}
+        if config:
+            try:
+                body["config"] = json.loads(config.read_text())
+            except (OSError, ValueError) as e:
+                raise _fail(f"{config}: {e}", 2) from None
+        if preset:
+            body["preset"] = preset
+        if epoch_list:
+            body["epochs"] = [float(x) for x in epoch_list]
+        with _client() as c:
+            try:
+                if dataset:
+                    body["dataset"] = _dataset_ref(c, dataset, (body.get("config") or {}).get("task", "detect"))
+                if reward:
+                    body["reward"] = c.store_reward(Path(reward))["id"] if reward.endswith(".js") else reward
+                if not (config or preset or dataset):
+                    body["preset"] = "retail-shelf"
+                job_id = c.submit(body)["jobId"]
+                typer.echo(f"submitted {job_id}")
+                if follow:
+                    job = follow_job(c, job_id)
+                    print_summary(job)
+                    raise typer.Exit(0 if job["status"] == "succeeded" else 1)
+            except ApiError as e:
+                raise _fail(str(e), 2 if e.status == 422 else 1) from None
+
+    @app.command()
+    def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+        """Show a job: status, stages, progress, metrics."""
+        with _client() as c:
+            try:
+                job = c.status(job_id)
+            except ApiError as e:
+                raise _fail(str(e)) from None
+        if as_json:
+            typer.echo(json.dumps(job, indent=1))
+            return
+        typer.echo(f"{job['jobId']}  {job['status']}  {job['progress']:.0f}%  stage={job.get('stage') or '-'}")
+        for s, st in job["stages"].items():
+            secs = f"{st['seconds']:.1f}s" if st.get("seconds") else ""
+            typer.echo(f"  {STAGE_TITLES[s]:<14} {st['status']:<9} attempts={st['attempts']} {secs}")
+        print_summary(job)
+
+    @app.command()
+    def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False) -> None:
+        """Print a job's log lines (with -f, follow them until the job ends)."""
+        with _client() as c:
+            try:
+                if follow:
+                    for _, lines in c.follow(job_id):
+                        for ln in lines:
+                            typer.echo(_fmt(ln))
+                    return
+                after = 0
+                while lines := (body := c.logs(job_id, after))["lines"]:
+                    for ln in lines:
+                        typer.echo(_fmt(ln))
+                    after = body["next"]
+            except ApiError as e:
+                raise _fail(str(e)) from None
+
+    @app.command()
+    def cancel(job_id: str) -> None:
+        """Cancel a job: a queued one at once, a running one within seconds."""
+        with _client() as c:
+            try:
+                job = c.cancel(job_id)
+            except ApiError as e:
+                raise _fail(str(e)) from None
+        typer.echo(f"{job_id}: {'cancelled' if job['status'] == 'cancelled' else 'cancelling'}")
+
+    @app.command()
+    def jobs(
+        repo: Annotated[str | None, typer.Option()] = None,
+        branch: Annotated[str | None, typer.Option()] = None,
+        status: Annotated[str | None, typer.Option(help="e.g. running or failed,dead")] = None,
+        limit: Annotated[int, typer.Option()] = 20,
+    ) -> None:
+        """List jobs, newest first."""
+        from rich.console import Console
+        from rich.table import Table
+
+        with _client() as c:
+            try:
+                page = c.jobs(repo=repo, branch=branch, status=status, limit=limit)
+            except ApiError as e:
+                raise _fail(str(e)) from None
+        table = Table("job", "status", "progress", "stage", "repo", "branch", "created")
+        for j in page["jobs"]:
+            src = j.get("source") or {}
+            table.add_row(j["jobId"], j["status"], f"{j['progress']:.0f}%", j.get("stage") or "-", src.get("repo") or "-",
+                          src.get("branch") or "-", j["created_at"][:19])  # fmt: skip
+        Console().print(table)
+
+    @app.command()
+    def init(
+        preset: Annotated[str, typer.Option(help="Preset to start from.")] = "retail-shelf",
+        out: Annotated[Path, typer.Option("--out", "-o")] = Path("dreamforge.config.json"),
+        force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    ) -> None:
+        """Write dreamforge.config.json from a preset (every field explicit, ready to edit)."""
+        from pipeline.config import ConfigError, build_config
+
+        if out.exists() and not force:
+            raise _fail(f"{out} exists; pass --force to overwrite it")
+        try:
+            cfg = build_config({}, preset=preset)
+        except ConfigError as e:
+            raise _fail(str(e), 2) from None
+        out.write_text(json.dumps(cfg.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2) + "\n")
+        typer.echo(f"wrote {out} (preset {preset}); check it with `dreamforge schema` in your editor")
+
+    @app.command()
+    def demo(
+        home: Annotated[Path | None, typer.Option(help="Data directory (default ./.dreamforge).")] = None,
+        preset: Annotated[str, typer.Option()] = "retail-shelf",
+    ) -> None:
+        """The demo through the real stack: start it, submit the retail-shelf job over the API,
+        follow it to the end, print the metrics and where the model is, stop the stack."""
+        from dreamforge.settings import Settings
+
+        home = home or Settings().home
+        stack = _start(home, workers=1, dashboard=False)
+        typer.echo(f"local stack up: API {stack.api_url}, database {stack.uri}")
+        try:
+            with Client(stack.api_url, stack.dev_key) as c:
+                job_id = c.submit({"preset": preset, "source": {"kind": "cli"}})["jobId"]
+                typer.echo(f"submitted {job_id} (preset {preset})")
+                job = follow_job(c, job_id)
+                print_summary(job)
+        finally:
+            stack.stop()
+            (home / STACK_FILE).unlink(missing_ok=True)
+        raise typer.Exit(0 if job["status"] == "succeeded" else 1)
+
+
+def _start(home: Path, workers: int, dashboard: bool):
+    from dreamforge.stack import start_stack
+
+    try:
+        stack = start_stack(home, workers=workers, dashboard=dashboard and (Path(__file__).parent.parent / "dashboard" / "app.py").exists())
+    except RuntimeError as e:
+        raise _fail(str(e)) from None
+    (home / STACK_FILE).write_text(json.dumps({"url": stack.api_url, "key": stack.dev_key, "uri": stack.uri,
+                                               "dashboard": stack.dashboard_url, "pid": os.getpid()}))  # fmt: skip
+    (home / STACK_FILE).chmod(0o600)
+    return stack
+
+
+def _dataset_ref(c: Client, dataset: str, task: str) -> str:
+    """A local file or folder is uploaded (the API may run elsewhere); anything else passes through."""
+    path = Path(dataset)
+    if "://" in dataset or dataset.startswith("ds_") or not path.exists():
+        return dataset
+    return c.upload_dataset(path, task=task)["id"]
+
+
+def _fmt(ln: dict[str, Any]) -> str:
+    stage = f"[{ln['stage']}] " if ln.get("stage") else ""
+    return f"{ln['seq']:>6} {ln['level']:<7} {stage}{ln['message']}"

@@ -1,0 +1,81 @@
+"""The CLI against the real local stack: `dreamforge up` in one process, the other commands in
+others, exactly as a user types them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from conftest import tiny_job_config
+
+from pipeline.data.coco import load_dataset
+from pipeline.data.synthetic import write_coco
+
+
+def df(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dreamforge.cli_entry", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    env = {**os.environ, "DREAMFORGE_HOME": str(home), "COLUMNS": "200"}
+    env.pop("DREAMFORGE_URL", None), env.pop("DREAMFORGE_API_KEY", None), env.pop("MONGODB_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "dreamforge.cli_entry", "up", "--no-dashboard"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not (home / "stack.json").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "dreamforge up did not start"
+        time.sleep(0.2)
+    yield proc, home, env
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
+def test_train_follow_status_logs_jobs_init(up, tmp_path):
+    proc, home, env = up
+    info = json.loads((home / "stack.json").read_text())
+    assert httpx.get(info["url"] + "/healthz").status_code == 200
+    # a local folder is uploaded as a dataset, then the job trains on it
+    folder = write_coco(load_dataset("synthetic://retail-shelf?n=16&seed=4", "detect"), tmp_path / "shelves")
+    cfg = tmp_path / "dreamforge.config.json"
+    cfg.write_text(json.dumps(tiny_job_config()))
+    r = df("train", "--config", str(cfg), "--dataset", str(folder), "--follow", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job_id = r.stdout.split("submitted ")[1].split()[0]
+    assert "succeeded" in r.stdout and "held-out metrics" in r.stdout
+    assert "stage reward completed" in r.stderr  # the followed log lines
+    s = df("status", job_id, "--json", env=env)
+    job = json.loads(s.stdout)
+    assert job["status"] == "succeeded" and job["source"]["kind"] == "cli"
+    assert job["stages"]["domain"]["status"] == "done"
+    logs = df("logs", job_id, env=env).stdout.splitlines()
+    assert len(logs) > 5 and "job succeeded" in logs[-1]
+    assert job_id in df("jobs", env=env).stdout
+    out = tmp_path / "init.json"
+    assert df("init", "--preset", "medical-scan", "--out", str(out), env=env).returncode == 0
+    assert json.loads(out.read_text())["preset"] == "medical-scan"
+    bad = df("train", "--preset", "retail-shelf", "--reward", "nope", env=env)
+    assert bad.returncode == 2 and "reward" in bad.stderr
+
+
+def test_up_stops_everything_on_ctrl_c(up):
+    proc, home, env = up
+    info = json.loads((home / "stack.json").read_text())
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    assert "stopping" in proc.stdout.read()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(info["url"] + "/healthz", timeout=2)
+    assert not (home / "stack.json").exists()
+    r = df("jobs", env=env)
+    assert r.returncode == 1 and "dreamforge up" in r.stderr
