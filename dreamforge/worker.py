@@ -83,7 +83,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.client = client(self.settings.require_uri())
         self.db = self.client[self.settings.db_name]
-        ensure_indexes(self.db)
+        self._indexed = False
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -91,12 +91,18 @@ class Worker:
 
     def run_forever(self) -> None:
         """Claim and run jobs until stopped; survives the database going away and coming back."""
-        last_reap = 0.0
+        last_reap = last_cleanup = 0.0
         while not self._stop.is_set():
             try:
+                if not self._indexed:
+                    ensure_indexes(self.db)
+                    self._indexed = True
                 if time.monotonic() - last_reap > self.settings.lease_s / 3:
                     queue.reap(self.db, limit=self.settings.infra_retries)
                     last_reap = time.monotonic()
+                if time.monotonic() - last_cleanup > 600:
+                    cleanup_temporary(self.settings, self.db)
+                    last_cleanup = time.monotonic()
                 if not self.run_once():
                     self._stop.wait(self.settings.poll_s)
             except PyMongoError as e:

@@ -109,3 +109,22 @@ def test_expired_leases_count_against_the_running_stage(db):
         queue.reap(db, limit=1)
     doc = db[JOBS].find_one({"_id": job_id})
     assert doc["status"] == "dead" and doc["infra_failures"] == {"domain": 2}
+
+
+def test_temporary_artifacts_expire_final_models_stay(db, tmp_path):
+    from dreamforge.settings import Settings
+    from dreamforge.worker import cleanup_temporary
+
+    settings = Settings(mongodb_uri="unused", home=tmp_path, temp_retention_s=0)
+    done, running = add_jobs(db, 2)
+    queue.finish(db, done, queue.claim(db, "w", 30)["attempt"], "succeeded")
+    queue.claim(db, "w", 30)
+    for job_id in (done, running):
+        for sub in ("out/stages/domain/model", "out/model", "out/model-4bit"):
+            (tmp_path / "artifacts" / job_id / sub).mkdir(parents=True)
+        (tmp_path / "artifacts" / job_id / "dataset.zip").write_bytes(b"zip")
+    removed = cleanup_temporary(settings, db)
+    job_dir = tmp_path / "artifacts" / done
+    assert sorted(removed) == sorted([str(job_dir / "out" / "stages"), str(job_dir / "dataset.zip")])
+    assert (tmp_path / "artifacts" / done / "out" / "model-4bit").exists()
+    assert (tmp_path / "artifacts" / running / "out" / "stages").exists()  # a running job keeps everything

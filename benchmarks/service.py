@@ -1,0 +1,155 @@
+"""Service throughput on the embedded database (SecantusDB), over real HTTP.
+
+- ``submit_per_s`` / ``submit_p99_ms``: ``POST /api/train`` (validate, enqueue) from an aiohttp
+  load generator with 32 connections in a child process, against the API under uvicorn.
+  Baseline, same run: bare ``insert_one`` of the same job documents from one client
+  (``ratio_submit_vs_raw_insert``: how much of the database's own rate the API keeps).
+- ``pickup_p50_ms``: queued → running, with a claimer polling at the worker's interval
+  (``dreamforge.queue.claim``, the worker's own claim) while jobs arrive.
+- ``claim_ms_10k_queued``: one claim with 10,000 jobs queued (the planner scans what the filter
+  matches, so this proves the claim's filter stays narrow).
+- ``log_lines_per_s``: lines written through the worker's fenced ``append`` in batches of 500
+  and read back through ``GET /api/jobs/{id}/logs``, end to end.
+
+    python benchmarks/service.py [--submits 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+LOADGEN = r"""
+import asyncio, json, sys, time
+import aiohttp
+url, key, n, conc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+body = json.loads(sys.stdin.read())
+async def main():
+    lat = []
+    conn = aiohttp.TCPConnector(limit=conc)
+    async with aiohttp.ClientSession(connector=conn, headers={"Authorization": "Bearer " + key}) as s:
+        todo = iter(range(n))
+        async def w():
+            for _ in todo:
+                t = time.perf_counter()
+                async with s.post(url + "/api/train", json=body) as r:
+                    await r.read()
+                    assert r.status == 201, (r.status, await r.text())
+                lat.append(time.perf_counter() - t)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(w() for _ in range(conc)))
+        wall = time.perf_counter() - t0
+    print(json.dumps({"n": n, "wall": wall, "lat": sorted(lat)}))
+asyncio.run(main())
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--submits", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+
+    from dreamforge import queue
+    from dreamforge.stack import start_stack
+    from dreamforge.store import JOBS, LOGS, client
+
+    home = Path(tempfile.mkdtemp(prefix="df-svc-bench-"))
+    stack = start_stack(home, workers=0)
+    out: dict = {"submits": args.submits, "concurrency": args.concurrency}
+    try:
+        c = client(stack.uri)
+        db = c["dreamforge"]
+        body = {"preset": "retail-shelf", "overrides": {"name": "bench"}}
+        # warm the API (imports on first use) before timing
+        with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {stack.dev_key}"}) as h:
+            for _ in range(20):
+                assert h.post("/api/train", json=body).status_code == 201
+        template = db[JOBS].find_one({"project_id": "prj_dev"})
+
+        # -- pickup latency, measured while submits arrive --------------------------------
+        pickups: list[float] = []
+        stop = threading.Event()
+        db[JOBS].update_many({"status": "queued"}, {"$set": {"status": "cancelled"}, "$unset": {"queue_key": ""}})
+
+        def claimer() -> None:
+            while not stop.is_set():
+                job = queue.claim(db, "bench", 60)
+                if job is None:
+                    stop.wait(0.2)  # the worker's default poll interval
+                    continue
+                pickups.append((job["claimed_at"] - job["created_at"]).total_seconds() * 1000)
+
+        # -- submits over HTTP --------------------------------------------------------------
+        th = threading.Thread(target=claimer)
+        th.start()
+        r = subprocess.run([sys.executable, "-c", LOADGEN, stack.api_url, stack.dev_key, str(args.submits), str(args.concurrency)],
+                           input=json.dumps(body), capture_output=True, text=True, check=True)  # fmt: skip
+        stop.set()
+        th.join()
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        lat = res["lat"]
+        out["submit_per_s"] = round(res["n"] / res["wall"], 1)
+        out["submit_p50_ms"] = round(statistics.median(lat) * 1000, 1)
+        out["submit_p99_ms"] = round(lat[int(len(lat) * 0.99) - 1] * 1000, 1)
+        out["pickup_p50_ms"] = round(statistics.median(pickups), 1)
+        out["pickup_p95_ms"] = round(sorted(pickups)[int(len(pickups) * 0.95) - 1], 1)
+
+        # -- baseline: the database's own insert rate for the same documents ----------------
+        n_raw = min(args.submits, 1000)
+        docs = [{**template, "_id": f"raw_{i}", "status": "done"} for i in range(n_raw)]
+        for d in docs:
+            d.pop("queue_key", None)
+            d.pop("idempotency_key", None)
+        t = time.perf_counter()
+        for d in docs:
+            db[JOBS].insert_one(d)
+        raw = n_raw / (time.perf_counter() - t)
+        out["raw_insert_per_s"] = round(raw, 1)
+        out["ratio_submit_vs_raw_insert"] = round(out["submit_per_s"] / raw, 3)
+
+        # -- claim with 10k queued ------------------------------------------------------------
+        batch = [queue.new_job("prj_dev", template["config"], "h", source={}) for _ in range(10_000)]
+        db[JOBS].insert_many(batch, ordered=False)
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            assert queue.claim(db, "bench", 60) is not None
+            times.append((time.perf_counter() - t) * 1000)
+        out["claim_ms_10k_queued"] = round(statistics.median(times), 2)
+        db[JOBS].update_many({"status": "queued"}, {"$set": {"status": "cancelled"}, "$unset": {"queue_key": ""}})
+
+        # -- log lines: fenced writes in, HTTP reads out ------------------------------------
+        job = db[JOBS].find_one({"status": "running"})
+        n_lines = 20_000
+        lines = [{"t": time.time(), "level": "info", "stage": "reward", "message": f"step {i} loss=0.{i % 997:03d} reward=0.5"}
+                 for i in range(n_lines)]  # fmt: skip
+        t = time.perf_counter()
+        for i in range(0, n_lines, 500):
+            queue.append(db, job["_id"], job["attempt"], "logs", lines[i:i + 500])
+        read, after = 0, 0
+        with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {stack.dev_key}"}) as h:
+            while read < n_lines:
+                b = h.get(f"/api/jobs/{job['_id']}/logs", params={"after": after, "limit": 5000}).json()
+                read += len(b["lines"])
+                after = b["next"]
+        out["log_lines_per_s"] = round(n_lines / (time.perf_counter() - t), 1)
+        assert db[LOGS].count_documents({"job_id": job["_id"]}) == n_lines
+    finally:
+        stack.stop()
+    out["cpu_count"] = os.cpu_count()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
