@@ -15,7 +15,6 @@ import secrets
 import tempfile
 import time
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,6 +40,9 @@ from dreamforge.submit import NotFound, submit
 from pipeline.config import ConfigError
 
 log = logging.getLogger("dreamforge.api")
+
+
+JOB_FIELDS = {"config": 0, "infra_failures": 0}
 
 
 def job_view(doc: dict[str, Any]) -> JobView:
@@ -183,28 +185,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/jobs", response_model=JobPage, tags=["jobs"])
     async def jobs(request: Request, pid: Project, repo: str | None = None, branch: str | None = None,
                    status: str | None = None, limit: int = Query(50, ge=1, le=200), cursor: str | None = None):  # fmt: skip
-        flt: dict[str, Any] = {"project_id": pid}
+        want: dict[str, Any] = {}
         if repo:
-            flt["source.repo"] = repo
+            want["repo"] = repo
         if branch:
-            flt["source.branch"] = branch
-        if status:
-            flt["status"] = {"$in": status.split(",")}
-        if cursor:
-            flt["created_at"] = {"$lt": datetime.fromisoformat(cursor)}
-        docs = await db(request)[JOBS].find(flt).sort("created_at", -1).limit(limit).to_list(limit)
-        nxt = docs[-1]["created_at"].astimezone(UTC).isoformat() if len(docs) == limit else None
+            want["branch"] = branch
+        statuses = set(status.split(",")) if status else None
+
+        def keep(d: dict[str, Any]) -> bool:
+            src = d.get("source") or {}
+            return all(src.get(k) == v for k, v in want.items()) and (statuses is None or d["status"] in statuses)
+
+        # One range on one indexed field per page (see store.py); filters run on bounded pages.
+        upper = cursor or f"{pid}|~"
+        docs: list[dict[str, Any]] = []
+        for _ in range(20):
+            page = await db(request)[JOBS].find({"list_key": {"$gt": f"{pid}|", "$lt": upper}}, JOB_FIELDS) \
+                .sort("list_key", -1).limit(200).to_list(200)
+            docs += [d for d in page if keep(d)]
+            if len(page) < 200 or len(docs) >= limit:
+                break
+            upper = page[-1]["list_key"]
+        docs = docs[:limit]
+        nxt = docs[-1]["list_key"] if len(docs) == limit else None
         return JobPage(jobs=[job_view(d) for d in docs], next_cursor=nxt)
 
     @app.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"])
     async def get_job(request: Request, job_id: str, pid: Project):
         return job_view(await own_job(request, job_id, pid))
 
-    async def tail(request: Request, coll: str, job_id: str, after: int, limit: int, extra: dict | None = None):
-        flt = {"job_id": job_id, "seq": {"$gt": after}, **(extra or {})}
-        rows = await db(request)[coll].find(flt, {"_id": 0, "job_id": 0, "attempt": 0}).limit(limit).to_list(limit)
-        rows.sort(key=lambda r: r["seq"])
-        return rows
+    async def tail(request: Request, coll: str, job_id: str, after: int, limit: int, stage: str | None = None):
+        """Rows with ``seq > after``: chunks are keyed by their last seq, so ``seq > after``
+        selects exactly the chunks holding newer rows; read a few chunks at a time."""
+        rows: list[dict[str, Any]] = []
+        cursor_seq = after
+        while len(rows) < limit:
+            n_chunks = max(1, min(50, limit // queue.CHUNK + 2))
+            chunks = await db(request)[coll].find({"job_id": job_id, "seq": {"$gt": cursor_seq}}, {"rows": 1, "seq": 1}) \
+                .limit(n_chunks).to_list(n_chunks)
+            if not chunks:
+                break
+            got = queue.read_rows(chunks, cursor_seq, 10**9)
+            cursor_seq = max(c["seq"] for c in chunks)
+            rows += [r for r in got if stage is None or r.get("stage") == stage]
+            if len(chunks) < n_chunks:
+                break
+        return rows[:limit]
 
     @app.get("/api/jobs/{job_id}/logs", tags=["jobs"])
     async def logs(request: Request, job_id: str, pid: Project, after: int = 0, limit: int = Query(1000, ge=1, le=5000)):
@@ -247,7 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Metric points (loss, reward, lr … per step) with ``seq > after``; the job's latest
         metrics and final per-stage evaluation are on the job itself."""
         await own_job(request, job_id, pid, {"_id": 1})
-        rows = await tail(request, METRICS, job_id, after, limit, {"stage": stage} if stage else None)
+        rows = await tail(request, METRICS, job_id, after, limit, stage)
         return {"points": [MetricPoint(**r).model_dump() for r in rows], "next": rows[-1]["seq"] if rows else after}
 
     @app.post("/api/jobs/{job_id}/cancel", status_code=202, tags=["jobs"])

@@ -112,7 +112,7 @@ def start_dashboard(stack: Stack) -> None:
     stack.dashboard_url = f"http://127.0.0.1:{port}"
 
 
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

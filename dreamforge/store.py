@@ -8,7 +8,8 @@ on the same single indexed field:
   filters and sorts on that one field;
 - reaper: ``lease_expires`` exists only while a job runs;
 - log/metric tails: ``(job_id, seq)`` unique, read as ``seq > n`` with a limit;
-- job lists: ``(project_id, created)`` plus narrow filters.
+- job lists: ``list_key`` = project id, creation time and job id in one sortable string, so a
+  page is one range on one field; other filters are applied to bounded pages of it.
 """
 
 from __future__ import annotations
@@ -23,18 +24,14 @@ GRIDFS_BUCKET = "datasets"
 
 INDEXES: dict[str, list[IndexModel]] = {
     JOBS: [
-        IndexModel([("queue_key", ASCENDING)], name="claim", partialFilterExpression={"queue_key": {"$exists": True}}),
-        IndexModel([("lease_expires", ASCENDING)], name="reap", partialFilterExpression={"lease_expires": {"$exists": True}}),
-        IndexModel([("project_id", ASCENDING), ("created_at", DESCENDING)], name="list"),
-        IndexModel([("project_id", ASCENDING), ("source.repo", ASCENDING), ("source.branch", ASCENDING)], name="branch"),
-        IndexModel(
-            [("project_id", ASCENDING), ("idempotency_key", ASCENDING)], name="idempotency", unique=True,
-            partialFilterExpression={"idempotency_key": {"$type": "string"}},
-        ),
-        IndexModel(
-            [("project_id", ASCENDING), ("dedupe_key", ASCENDING)], name="dedupe", unique=True,
-            partialFilterExpression={"dedupe_key": {"$type": "string"}},
-        ),
+        # Sparse single-field indexes: SecantusDB's planner uses them for range + sort + limit on
+        # the same field, and it ignores partial indexes (a claim took 0.5 s at 5k jobs).
+        IndexModel([("queue_key", ASCENDING)], name="claim", sparse=True),
+        IndexModel([("lease_expires", ASCENDING)], name="reap", sparse=True),
+        IndexModel([("list_key", ASCENDING)], name="list", sparse=True),
+        # Keys are stored prefixed with the project id, so one field serves the lookup and uniqueness.
+        IndexModel([("idempotency_key", ASCENDING)], name="idempotency", unique=True, sparse=True),
+        IndexModel([("dedupe_key", ASCENDING)], name="dedupe", unique=True, sparse=True),
     ],
     LOGS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
     METRICS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
@@ -45,9 +42,18 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 
 def ensure_indexes(db: pymongo.database.Database) -> None:
-    """Create every index; idempotent, run at each start-up of the API and the worker."""
+    """Create every index; idempotent, run at each start-up of the API and the worker. An index
+    whose definition changed between versions is dropped and built again."""
     for name, models in INDEXES.items():
-        db[name].create_indexes(models)
+        try:
+            db[name].create_indexes(models)
+        except pymongo.errors.OperationFailure:
+            for m in models:
+                try:
+                    db[name].create_indexes([m])
+                except pymongo.errors.OperationFailure:
+                    db[name].drop_index(m.document["name"])
+                    db[name].create_indexes([m])
 
 
 async def ensure_indexes_async(db) -> None:

@@ -11,8 +11,7 @@ from pymongo.errors import DuplicateKeyError
 from dreamforge import queue
 from dreamforge.schemas import TrainRequest
 from dreamforge.store import DATASETS, JOBS, REWARDS
-from pipeline.config import ConfigError, build_config, deep_merge
-from pipeline.job import config_hash
+from pipeline.config import ConfigError, build_config, config_hash, deep_merge
 
 # gridfs:// is not among them: a raw GridFS id would bypass the project check that ds_ ids get.
 REMOTE_SCHEMES = ("s3://", "gs://", "https://", "synthetic://")
@@ -65,10 +64,14 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict
     if reward_ref is None and cfg.reward.endswith(".js"):
         raise ConfigError("reward: upload JavaScript rewards with POST /api/rewards and pass the returned id",
                           [{"loc": "reward", "msg": "a .js path is not readable by the service; pass a stored reward id"}])  # fmt: skip
-    if reward_ref is None:
-        from pipeline.job import resolve_reward
+    if reward_ref is None and cfg.reward != "default":
+        # light import: the API process never loads torch
+        from pipeline.rewards.builtin import get_reward
 
-        resolve_reward(cfg)  # an unknown built-in name fails here, before anything is queued
+        try:
+            get_reward(cfg.reward)  # an unknown built-in name fails here, before anything is queued
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"reward: {e}", [{"loc": "reward", "msg": str(e).strip("'")}]) from None
     return cfg.model_dump(mode="json", by_alias=True, exclude_none=True), reward_ref
 
 
@@ -76,9 +79,11 @@ async def submit(db, project_id: str, req: TrainRequest, *, idempotency_key: str
                  dedupe_key: str | None = None, status: str = "queued") -> tuple[dict[str, Any], bool]:  # fmt: skip
     """Validate and enqueue; returns ``(job document, created)``. The same idempotency or
     dedupe key returns the existing job instead of a second one."""
+    key = None
     if idempotency_key or dedupe_key:
-        key = {"idempotency_key": idempotency_key} if idempotency_key else {"dedupe_key": dedupe_key}
-        existing = await db[JOBS].find_one({"project_id": project_id, **key})
+        key = ({"idempotency_key": queue.scoped(project_id, idempotency_key)} if idempotency_key
+               else {"dedupe_key": queue.scoped(project_id, dedupe_key)})  # fmt: skip
+        existing = await db[JOBS].find_one(key)
         if existing:
             return existing, False
     config, reward_ref = await build_job_config(db, project_id, req)
@@ -91,6 +96,5 @@ async def submit(db, project_id: str, req: TrainRequest, *, idempotency_key: str
     try:
         await db[JOBS].insert_one(doc)
     except DuplicateKeyError:  # a concurrent twin won the race
-        key = {"idempotency_key": idempotency_key} if idempotency_key else {"dedupe_key": dedupe_key}
-        return await db[JOBS].find_one({"project_id": project_id, **key}), False
+        return await db[JOBS].find_one(key), False
     return doc, True

@@ -8,6 +8,7 @@ ignored) and validation errors name the field path and say how to fix it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -252,3 +253,8 @@ def json_schema() -> dict[str, Any]:
     schema = CurriculumConfig.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+def config_hash(cfg: CurriculumConfig) -> str:
+    """A stable short hash of a validated config (resume checks, dedupe of pushes)."""
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.codec import Codec
-from pipeline.config import STAGES, ConfigError, CurriculumConfig
+from pipeline.config import STAGES, ConfigError, CurriculumConfig, config_hash  # noqa: F401 — re-exported
 from pipeline.data import load_dataset
 from pipeline.device import pick_device
 from pipeline.models.loading import TINY_MODEL
@@ -36,10 +36,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def config_hash(cfg: CurriculumConfig) -> str:
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
 
 
 def resolve_reward(cfg: CurriculumConfig):

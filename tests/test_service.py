@@ -117,7 +117,7 @@ def test_idempotency_key_gives_one_job(stack, db):
         b = c.post("/api/train", json=body, headers=h)
         assert a.status_code == 201 and b.status_code == 200
         assert a.json()["jobId"] == b.json()["jobId"]
-        assert db.jobs.count_documents({"idempotency_key": "push-123"}) == 1
+        assert db.jobs.count_documents({"idempotency_key": "prj_dev|push-123"}) == 1
         c.post(f"/api/jobs/{a.json()['jobId']}/cancel")
 
 
