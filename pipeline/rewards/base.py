@@ -24,15 +24,22 @@ class Reward(Protocol):
     def score(self, outs: list[dict], gts: list[dict]) -> list[float]: ...
 
 
+LOADING = -1  # RewardError.index of a reward that does not compile or load
+
+
 class RewardError(Exception):
     """A reward failed on one sample (``index``) or on the whole batch (``index is None``)."""
 
-    def __init__(self, reward: str, index: int | None, message: str) -> None:
+    def __init__(self, reward: str, index: int | None, message: str, line: int | None = None,
+                 column: int | None = None) -> None:  # fmt: skip
         self.reward = reward
         self.index = index
         self.message = message
-        where = "the batch" if index is None else f"sample {index}"
-        super().__init__(f"reward {reward!r} failed on {where}: {message}")
+        self.line, self.column = line, column  # in the reward's source, for JavaScript rewards
+        where = "on the batch" if index is None else f"on sample {index}"
+        if index == LOADING:
+            where = "to load"
+        super().__init__(f"reward {reward!r} failed {where}: {message}")
 
 
 def completion_text(completion: Any) -> str:
