@@ -307,3 +307,26 @@ def test_reward_test_cli_prints_the_table_and_fails_on_errors(tmp_path, root):
                          capture_output=True, text=True, cwd=root)  # fmt: skip
     assert run.returncode == 1
     assert "reward 'bad.js' failed on sample 0: TypeError" in run.stderr and "at line 2" in run.stderr
+
+
+# -- the RL stage trains against a JavaScript reward -------------------------------------
+def test_rl_stage_trains_against_a_javascript_reward_and_a_broken_one_fails_first(tmp_path):
+    from conftest import tiny_job_config
+
+    from pipeline.config import build_config
+    from pipeline.job import run_job
+    from pipeline.reporter import MetricsFileReporter
+
+    cfg = build_config(tiny_job_config(reward="example:iou"))
+    reporter = MetricsFileReporter(tmp_path / "job" / "events.jsonl")
+    rec = run_job(cfg, tmp_path / "job", stages=[3], reporter=reporter)
+    reporter.close()
+    st = rec["stages"]["reward"]
+    assert rec["reward"] == "iou.js" and st["steps"] == 2 and st["reward_errors"] == 0 and st["reward_seconds"] > 0
+    events = [json.loads(x) for x in (tmp_path / "job" / "events.jsonl").read_text().splitlines()]
+    assert any("rewards/iou.js/mean" in e for e in events if e["type"] == "metric")
+    bad = tmp_path / "bad.js"
+    bad.write_text("function reward(out, gt) {\n  return out.boxes[0].x.y;\n}\n")
+    with pytest.raises(RewardError, match=r"failed on sample 0: TypeError: .* at line 2"):
+        run_job(build_config(tiny_job_config(reward=str(bad))), tmp_path / "bad", stages=[3])
+    assert not (tmp_path / "bad" / "stages" / "reward" / "model").exists()  # nothing trained

@@ -9,6 +9,7 @@ same protocol, so the trainer and the evaluator never care which kind they hold.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -88,6 +89,7 @@ class TrlReward:
         self.codec = codec
         self.parsed_bonus = float(parsed_bonus)
         self.__name__ = reward.name
+        self.seconds = 0.0  # spent in this reward (decode + score), reported by the RL stage
 
     def __call__(
         self,
@@ -97,6 +99,13 @@ class TrlReward:
         height: list[int] | None = None,
         **kwargs: Any,
     ) -> list[float]:
+        t0 = time.perf_counter()
+        try:
+            return self._score(completions, gt, width, height)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _score(self, completions: list[Any], gt: list[Any], width: list[int] | None, height: list[int] | None) -> list[float]:
         name = self.reward.name
         if len(gt) != len(completions):
             raise RewardError(name, None, f"{len(completions)} completions, {len(gt)} gt rows")

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pipeline.rewards.base import LOADING, RewardError
 
 WORKER = Path(__file__).with_name("js_worker.py")
@@ -227,17 +229,16 @@ class JsReward:
                                         f"{self.limits.max_sample_bytes // 1024} KiB per-sample limit")  # fmt: skip
             else:
                 pending.append(i)
-        compact = [[_compact(outs[i]), _compact(gts[i])] for i in range(len(outs))]
         retried_unknown = False
         while pending:
             try:
                 self._ensure()
-                payload = _dumps([compact[i] for i in pending])
+                payload = _dumps([[outs[i], gts[i]] for i in pending])
                 head, body = self._request(
                     {"op": "score", "sample_ms": self.limits.sample_timeout_ms, "timeout_s": self.limits.batch_timeout_s},
                     payload, self.limits.batch_timeout_s + 5,
                 )  # fmt: skip
-            except (TypeError, ValueError) as e:  # NaN or a non-JSON value in a target
+            except (TypeError, ValueError) as e:  # a value JSON cannot carry
                 raise RewardError(self.name, None, f"a sample cannot be passed to JavaScript: {e}") from None
             except _WorkerDied as d:
                 head, body = {"ok": False, "kind": d.kind, "message": d.message, "index": d.index, "fatal": True}, None
@@ -301,24 +302,21 @@ class JsReward:
         return RewardError(self.name, index, f"{message}{where}", line, column)
 
 
-_EMPTY = ([], "", None)
-
-
-def _compact(t: dict) -> dict:
-    """Without empty fields: a third fewer bytes to encode and parse; the JS side fills them in."""
-    return {k: v for k, v in t.items() if v not in _EMPTY}
-
-
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+    # orjson: ten times faster than json here (float formatting dominates a batch of boxes);
+    # it writes NaN and Infinity as null, which the reward then sees as missing numbers.
+    return orjson.dumps(obj)
 
 
 def _approx_bytes(t: dict) -> int:
     """About the JSON size of a target, without encoding it (a runaway output has thousands
     of boxes, points or polygon vertices)."""
     n = 4 * len(t.get("boxes") or ()) + 2 * len(t.get("points") or ())
-    n += sum(len(m) for m in t.get("masks") or ()) + sum(3 * len(k) for k in t.get("keypoints") or ())
-    chars = len(t.get("text") or "") + sum(len(str(lb)) for lb in t.get("labels") or ())
+    if t.get("masks"):
+        n += sum(len(m) for m in t["masks"])
+    if t.get("keypoints"):
+        n += sum(3 * len(k) for k in t["keypoints"])
+    chars = len(t.get("text") or "") + 16 * len(t.get("labels") or ())
     return 8 * n + chars
 
 

@@ -93,14 +93,21 @@
   // Like geometry.match_matrix: entries below thr are unmatchable; returns the assigned pairs
   // with similarity > 0 and >= thr as {pred, gt, score}, sorted by pred.
   function matchMatrix(sim, thr) {
-    const work = sim.map((row) => row.map((s) => (s >= thr ? s : 0)));
-    return hungarian(work)
-      .filter(([i, j]) => work[i][j] > 0)
-      .map(([i, j]) => ({ pred: i, gt: j, score: sim[i][j] }));
+    // similarities are >= 0, so with thr <= 0 the thresholded copy is the matrix itself
+    const work = thr > 0 ? sim.map((row) => row.map((s) => (s >= thr ? s : 0))) : sim;
+    const out = [];
+    for (const [i, j] of hungarian(work)) if (work[i][j] > 0) out.push({ pred: i, gt: j, score: sim[i][j] });
+    return out;
   }
 
   function iouMatrix(pred, gt) {
-    return pred.map((p) => gt.map((q) => iou(p, q)));
+    const rows = new Array(pred.length);
+    for (let i = 0; i < pred.length; i++) {
+      const row = new Array(gt.length);
+      for (let j = 0; j < gt.length; j++) row[j] = iou(pred[i], gt[j]);
+      rows[i] = row;
+    }
+    return rows;
   }
 
   function restrict(sim, out, gt, classAware) {

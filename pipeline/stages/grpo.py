@@ -106,4 +106,5 @@ def train_grpo(
         "steps": trainer.state.global_step,
         "train_loss": round(float(result.training_loss), 4),
         "examples": len(rows),
+        "reward_seconds": round(reward_fn.seconds, 3),
     }
