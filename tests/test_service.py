@@ -150,8 +150,8 @@ def test_javascript_rewards_are_checked_stored_tried_and_private(stack, db):
         assert table.status_code == 200, table.text
         cases = {row["case"]: row for row in table.json()["cases"]}
         assert table.json()["samples"] == 4 and cases["exact"]["mean"] == 1.0 and cases["missing"]["mean"] < 1.0
-        thrown = c.post("/api/rewards/test", json={"source": "function reward(o, g) {\n  if (o.boxes.length > 1) throw new Error('x');\n  return 1\n}",
-                                                   "dataset": ds, "samples": 4})  # fmt: skip
+        src = "function reward(o, g) {\n  if (o.boxes.length > 1) throw new Error('x');\n  return 1\n}"
+        thrown = c.post("/api/rewards/test", json={"source": src, "dataset": ds, "samples": 4})
         assert thrown.status_code == 422 and thrown.json()["detail"][0]["line"] == 2
         # another project can neither list, try nor train with it
         assert rid not in [x["id"] for x in theirs.get("/api/rewards").json()]
