@@ -12,6 +12,7 @@ import threading
 
 import pytest
 from conftest import tiny_job_config
+from service_helpers import wait_for
 
 from dreamforge import modal_calls, queue
 from dreamforge.modal_executor import ModalExecutor
@@ -248,3 +249,69 @@ def test_cancelling_a_job_cancels_its_modal_call(env):
     assert call.get(timeout=30)["kind"] == "cancelled"
     assert 0 < db[JOBS].find_one({"_id": job_id})["progress"] < 45  # warm_start is the first 45 %
     queue.finish(db, job_id, job["attempt"], "cancelled")
+
+
+# -- the web endpoint and the sweep (last: they leave a queued job behind) -----------------
+def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
+    import asyncio
+
+    import httpx
+    import uvicorn
+    from dbserver import free_port
+
+    from dreamforge.api import create_app
+    from dreamforge.auth import create_project
+    from modal_app.app import spawn_on_queue
+
+    settings, db = env
+    _, key = create_project(db, "modal-web")
+    spawned = []
+
+    async def spawn():
+        spawned.append(1)
+
+    api = create_app(settings)
+    spawn_on_queue(api, spawn)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=30, what="uvicorn")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as c:
+            assert c.post("/api/train", json={"config": {"rl": {"beta": -1}}}).status_code == 422
+            assert c.get("/api/jobs").status_code == 200
+            assert spawned == []  # nothing was queued
+            r = c.post("/api/train", json={"config": tiny_job_config()})
+            assert r.status_code == 201, r.text
+            assert spawned == [1]
+            assert db[JOBS].find_one({"_id": r.json()["jobId"]})["status"] == "queued"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_sweep_reaps_expired_leases_counts_ready_jobs_and_deletes_old_temporaries(env):
+    import modal_app.app as deployed
+
+    settings, db = env
+    stale = new_job(db, tiny_job_config())
+    job = queue.claim(db, "dead-orchestrator", settings.lease_s)
+    while job["_id"] != stale:  # older queued jobs of this module go first
+        queue.finish(db, job["_id"], job["attempt"], "cancelled")
+        job = queue.claim(db, "dead-orchestrator", settings.lease_s)
+    db[JOBS].update_one({"_id": stale}, {"$set": {"lease_expires": queue.now()}})
+    old = new_job(db, tiny_job_config())
+    db[JOBS].update_one({"_id": old}, {"$set": {"status": "succeeded", "finished_at": queue.now()},
+                                       "$unset": {"queue_key": ""}})  # fmt: skip
+    tmp = settings.artifacts / old / "out" / "stages"
+    tmp.mkdir(parents=True)
+    os.environ["DREAMFORGE_TEMP_RETENTION_S"] = "0"
+    try:
+        report = deployed.sweep.local()
+    finally:
+        os.environ.pop("DREAMFORGE_TEMP_RETENTION_S")
+    assert report["reaped"] == [stale]
+    assert report["ready"] == 1 and report["spawned"] == 1  # one orchestrator for the requeued job
+    assert str(tmp) in report["removed"] and not tmp.exists()
+    assert db[JOBS].find_one({"_id": stale})["status"] == "queued"
