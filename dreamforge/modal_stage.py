@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from dreamforge import queue
 from dreamforge.executors import STAGE_NUMBER, EventTail, LocalExecutor, StageOutcome, stage_info
 from dreamforge.modal_calls import owner
@@ -79,7 +81,10 @@ class FollowingSink(MongoSink):
         at most every ``check_every_s`` seconds."""
         t, reason = self._checked
         if time.monotonic() - t >= self.check_every_s:
-            state = self._follow()
+            try:
+                state = self._follow()
+            except PyMongoError:  # a database outage must not stop a paid GPU run: ask again later
+                state = "run"
             reason = {"cancelled": "cancelled", "superseded": "lost"}.get(state)
             self._checked = (time.monotonic(), reason)
         return reason
@@ -165,9 +170,12 @@ def _in_process(cfg_dict: dict[str, Any], stage: str, out: Path, sink: Following
 
     def pump() -> None:
         while not stop.wait(1.0):
-            for ev in tail.read():
-                sink.event(ev)
-            sink.flush()
+            try:
+                for ev in tail.read():
+                    sink.event(ev)
+                sink.flush()
+            except PyMongoError as e:  # rows stay buffered in the sink until the database is back
+                log.warning("job %s: cannot report to the database (%s)", sink.job_id, type(e).__name__)
 
     pumping = threading.Thread(target=pump, daemon=True)
     pumping.start()

@@ -66,7 +66,8 @@ def test_orchestrator_sweep_and_web_endpoint(deployed):
     web = deployed.web.info()
     assert web.gpus == [] and web.web_info is not None
     assert sorted(web.secrets) == ["modal.Secret.from_name('dreamforge-github')",
-                                   "modal.Secret.from_name('dreamforge-mongodb')"]  # fmt: skip
+                                   "modal.Secret.from_name('dreamforge-mongodb')",
+                                   "modal.Secret.from_name('dreamforge-webhook')"]  # fmt: skip
 
 
 def test_image_installs_the_projects_own_dependencies_with_cuda_torch(deployed):
