@@ -2,8 +2,8 @@
 
 ``LocalExecutor`` runs the stage as ``python -m pipeline.run --stages N`` in a child process;
 the child's reporter appends events to ``events.jsonl`` (``pipeline.reporter``), which the
-worker tails into MongoDB through a fenced sink. ``ModalExecutor`` (``modal_app``) spawns the
-stage's Modal function instead. Both answer with a :class:`StageOutcome`.
+worker tails into MongoDB through a fenced sink. ``ModalExecutor`` (``dreamforge.modal_executor``)
+spawns the stage's Modal function instead. Both answer with a :class:`StageOutcome`.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # ## Image
 # The project's own dependencies from pyproject.toml, so the container runs what the tests ran.
 # PyPI's Linux torch wheel is the CUDA build (the range in pyproject admits it); the embedded
-# database is for local use only. Read only where the image is built: inside a container the
-# image already exists and pyproject.toml is not there.
+# database is for local use only. Read where the image is built: inside a container the image
+# already exists and pyproject.toml is not there.
 TORCH = "torch==2.13.0"
 LOCAL_ONLY = ("torch", "secantusdb")
 
@@ -41,7 +41,7 @@ def project_dependencies(pyproject: Path = ROOT / "pyproject.toml") -> list[str]
 image = (
     modal.Image.debian_slim(python_version="3.11")
     .uv_pip_install(TORCH)
-    .uv_pip_install(*(project_dependencies() if modal.is_local() else []))
+    .uv_pip_install(*(project_dependencies() if (ROOT / "pyproject.toml").exists() else []))
     .env({
         "DREAMFORGE_HOME": "/data",  # Settings.artifacts = /data/artifacts, the artifacts Volume
         "HF_HOME": "/hf",
