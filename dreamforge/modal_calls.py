@@ -55,7 +55,7 @@ def forget(db: Database, job_id: str, attempt: int, stage: str) -> None:
 
 def owner(db: Database, job_id: str, stage: str, token: str) -> tuple[str, int | None]:
     """From the function's side: ``("run", attempt)`` while the call is still the job's,
-    ``("wait", None)`` while the job waits for a worker to take it over, ``("cancelled", …)``
+    ``("wait", attempt)`` while the job waits for a worker to take it over, ``("cancelled", …)``
     when the user cancelled, ``("superseded", None)`` when another call replaced this one or
     the job is over."""
     doc = db[JOBS].find_one({"_id": job_id}, {"status": 1, "attempt": 1, "cancel_requested": 1, f"modal_calls.{stage}": 1})
@@ -66,6 +66,5 @@ def owner(db: Database, job_id: str, stage: str, token: str) -> tuple[str, int |
         return "cancelled", call.get("attempt")
     if call.get("token") != token or doc["status"] in FINAL_STATUSES:
         return "superseded", None
-    if doc["status"] != "running":
-        return "wait", None
-    return "run", int(call.get("attempt", doc["attempt"]))
+    attempt = int(call.get("attempt", doc["attempt"]))
+    return ("run" if doc["status"] == "running" else "wait"), attempt

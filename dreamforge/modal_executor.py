@@ -126,7 +126,11 @@ class ModalExecutor:
                         return StageOutcome("timeout", f"stage {stage} ran past its Modal timeout")
                     return StageOutcome("infra_error", f"stage {stage} on Modal: {type(e).__name__}: {e}"[:2000])
             else:
-                return self._ended(result, job, stage)
+                outcome = self._ended(result, job, stage)
+                if outcome.kind == "lost" and check() != "lost":
+                    # The call gave up on a job this worker still owns: spawn a new one.
+                    return StageOutcome("infra_error", f"stage {stage}: the Modal call stopped: {outcome.message}")
+                return outcome
             reason = check()
             if reason == "cancelled":
                 call.cancel()

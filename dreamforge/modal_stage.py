@@ -25,7 +25,7 @@ from dreamforge import queue
 from dreamforge.executors import STAGE_NUMBER, EventTail, LocalExecutor, StageOutcome, stage_info
 from dreamforge.modal_calls import owner
 from dreamforge.settings import Settings
-from dreamforge.store import client
+from dreamforge.store import JOBS, client
 from dreamforge.worker import MongoSink
 from pipeline.reporter import BaseReporter, MetricsFileReporter, MultiReporter
 
@@ -100,18 +100,18 @@ class _StopWhenAsked(BaseReporter):
 
 def _wait_for_ownership(db, job_id: str, stage: str, token: str, call_id: str | None,
                         wait_s: float) -> tuple[str, int | None]:  # fmt: skip
-    """On Modal, also wait until the worker has recorded this call's id: a call whose id never
-    appears belongs to a worker that died right after spawning, and its successor's call runs."""
+    """On Modal, wait until the worker has recorded this call's id: a call whose id never
+    appears belongs to a worker that died right after spawning, and its successor's call runs.
+    A job waiting for a takeover is no reason to wait: the next worker adopts this call."""
     deadline = time.monotonic() + wait_s
     while True:
         state, attempt = owner(db, job_id, stage, token)
-        if state == "superseded" or state == "cancelled":
+        if state in ("superseded", "cancelled"):
             return state, attempt
-        if state == "run" and call_id is not None:
-            doc = db["jobs"].find_one({"_id": job_id}, {f"modal_calls.{stage}.call_id": 1})
-            if ((doc or {}).get("modal_calls") or {}).get(stage, {}).get("call_id") == call_id:
-                return state, attempt
-        elif state == "run":
+        if call_id is None:
+            return state, attempt
+        doc = db[JOBS].find_one({"_id": job_id}, {f"modal_calls.{stage}.call_id": 1})
+        if ((doc or {}).get("modal_calls") or {}).get(stage, {}).get("call_id") == call_id:
             return state, attempt
         if time.monotonic() > deadline:
             return "superseded", None

@@ -16,6 +16,7 @@ from service_helpers import wait_for
 
 from dreamforge import modal_calls, queue
 from dreamforge.modal_executor import ModalExecutor
+from dreamforge.modal_stage import run_stage
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS, LOGS, METRICS, client, ensure_indexes
 from dreamforge.worker import MongoSink, Worker
@@ -140,6 +141,11 @@ def test_a_stage_function_whose_call_was_replaced_trains_nothing(env):
     job = queue.claim(db, "test-worker", lease_s=600)
     modal_calls.record_token(db, job_id, job["attempt"], "warm_start", "the-new-token", None)
     result = deployed.warm_start.local(job_id, "the-old-token", cfg)
+    assert result["kind"] == "lost"
+    # On Modal the call also waits for its own id on the job: one whose spawner died before
+    # recording it gives up, even holding the current token.
+    modal_calls.record_call(db, job_id, job["attempt"], "warm_start", "the-new-token", "fc-recorded")
+    result = run_stage(job_id, "warm_start", "the-new-token", cfg, call_id="fc-never-recorded", own_wait_s=1.0)
     assert result["kind"] == "lost"
     assert logs_of(db, job_id) == [] and not (settings.artifacts / job_id / "out").exists()
     queue.finish(db, job_id, job["attempt"], "failed")
