@@ -28,6 +28,17 @@ class Settings:
     # Intermediate checkpoints and unpacked datasets of finished jobs older than this are deleted.
     temp_retention_s: float = field(default_factory=lambda: _f("DREAMFORGE_TEMP_RETENTION_S", 7 * 86400))
     poll_s: float = field(default_factory=lambda: _f("DREAMFORGE_POLL_S", 0.2))
+    # GitHub integration (dreamforge/webhooks.py, github_status.py, oidc.py)
+    github_api_url: str = field(default_factory=lambda: os.environ.get("GITHUB_API_URL", "https://api.github.com"))
+    github_token: str | None = field(default_factory=lambda: os.environ.get("GITHUB_TOKEN"))
+    dashboard_url: str | None = field(default_factory=lambda: os.environ.get("DREAMFORGE_DASHBOARD_URL"))
+    oidc_issuer: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_OIDC_ISSUER",
+                                                                    "https://token.actions.githubusercontent.com"))
+    oidc_audience: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_OIDC_AUDIENCE", "dreamforge"))
+    # GitHub asks integrations to space writes (secondary rate limits); tests set 0.
+    github_write_interval_s: float = field(default_factory=lambda: _f("DREAMFORGE_GITHUB_WRITE_INTERVAL_S", 1.0))
+    # Signed Action requests older (or newer) than this are refused as replays.
+    webhook_tolerance_s: float = field(default_factory=lambda: _f("DREAMFORGE_WEBHOOK_TOLERANCE_S", 300))
 
     @property
     def artifacts(self) -> Path:
