@@ -110,7 +110,7 @@ def request_with_retries(http: httpx.Client, method: str, url: str, **kw) -> htt
             why = f"{type(e).__name__}: {e}"
         if attempt == RETRIES:
             raise fail(f"DreamForge API unreachable at {url} after {RETRIES} attempts; last: {why}")
-        annotate("warning", f"attempt {attempt} of {RETRIES} failed ({why}); retrying in {delay:.0f} s")
+        annotate("warning", f"attempt {attempt} of {RETRIES} failed ({why}); retrying in {delay:g} s")
         time.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")
