@@ -29,7 +29,7 @@ COMMENTS = "github_comments"  # _id "project|owner/name#pr" -> the PR's comment 
 COMMENT_MARK = "<!-- dreamforge:preview -->"
 LOOK_EVERY_S = 2.0  # how often an unfinished job's state is compared with what GitHub shows
 CLAIM_S = 60.0  # a sync that dies mid-post is retried after this
-MAX_FAILURES = 12  # 2 s doubling to a 30 min cap: about 3 hours of GitHub outage
+MAX_FAILURES = 16  # 2 s doubling to a 30 min cap: 1 h for the first 11 tries, then 4 more: ~3 h of outage
 STAGE_TITLES = {"warm_start": "1/4 warm-start", "domain": "2/4 domain", "reward": "3/4 reward (RL)",
                 "evaluate": "4/4 evaluate & package"}  # fmt: skip
 

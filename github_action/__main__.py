@@ -121,7 +121,9 @@ def oidc_token(audience: str) -> str:
     if not url or not token:
         raise fail("no credentials: set the `secret` and `api-key` inputs, or let the job request an OIDC token "
                    f"with\n{PERMISSIONS_FIX}")  # fmt: skip
-    r = httpx.get(url, params={"audience": audience}, headers={"Authorization": f"bearer {token}"}, timeout=30)
+    # The URL already carries a query (api-version); add the audience to it, as @actions/core does.
+    r = httpx.get(httpx.URL(url).copy_merge_params({"audience": audience}), headers={"Authorization": f"bearer {token}"},
+                  timeout=30)  # fmt: skip
     if r.status_code != 200:
         raise fail(f"GitHub refused an OIDC token (HTTP {r.status_code}); the job needs\n{PERMISSIONS_FIX}")
     return r.json()["value"]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+from conftest import ROOT
 
 from dreamforge.webhooks import signature
 
@@ -59,3 +63,52 @@ def pull_request_event(base_repo: str, head_repo: str, number: int, branch: str,
         "repository": {"full_name": base_repo, "id": 4242, "name": base_repo.split("/")[1]},
         "sender": {"login": owner},
     }  # fmt: skip
+
+
+class Run:
+    def __init__(self, proc: subprocess.CompletedProcess, tmp: Path) -> None:
+        self.rc, self.stdout = proc.returncode, proc.stdout + proc.stderr
+        self.summary = (tmp / "summary.md").read_text() if (tmp / "summary.md").exists() else ""
+        self.outputs = parse_outputs((tmp / "output.txt").read_text() if (tmp / "output.txt").exists() else "")
+
+
+def parse_outputs(text: str) -> dict[str, str]:
+    """``$GITHUB_OUTPUT`` as the runner reads it (``name<<DELIM`` … ``DELIM`` blocks)."""
+    out, lines = {}, iter(text.splitlines())
+    for ln in lines:
+        name, _, delim = ln.partition("<<")
+        body = []
+        for b in lines:
+            if b == delim:
+                break
+            body.append(b)
+        out[name] = "\n".join(body)
+    return out
+
+
+def run_action(tmp: Path, *, endpoint: str, event_name: str, event: dict | Path, config: dict | str | None,
+               inputs: dict[str, str], env: dict[str, str] | None = None, timeout: float = 60) -> Run:  # fmt: skip
+    tmp.mkdir(parents=True, exist_ok=True)
+    workspace = tmp / "workspace"
+    workspace.mkdir(exist_ok=True)
+    if config is not None:
+        (workspace / "dreamforge.config.json").write_text(config if isinstance(config, str) else json.dumps(config, indent=2))
+    event_path = event if isinstance(event, Path) else tmp / "event.json"
+    if not isinstance(event, Path):
+        event_path.write_text(json.dumps(event))
+    ev = json.loads(event_path.read_text())
+    ref = ev.get("ref") or f"refs/pull/{ev.get('number')}/merge"
+    runner = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp), "PYTHONPATH": str(ROOT),  # action.yml: PYTHONPATH=action_path
+        "GITHUB_ACTIONS": "true", "CI": "true", "GITHUB_EVENT_NAME": event_name, "GITHUB_EVENT_PATH": str(event_path),
+        "GITHUB_REPOSITORY": ev["repository"]["full_name"], "GITHUB_REPOSITORY_ID": str(ev["repository"]["id"]),
+        "GITHUB_REF": ref, "GITHUB_SHA": ev.get("after") or "f" * 40, "GITHUB_RUN_ID": "9001", "GITHUB_RUN_ATTEMPT": "1",
+        "GITHUB_WORKSPACE": str(workspace), "GITHUB_OUTPUT": str(tmp / "output.txt"),
+        "GITHUB_STEP_SUMMARY": str(tmp / "summary.md"), "DREAMFORGE_ACTION_BACKOFF_S": "0.05",
+        "INPUT_ENDPOINT": endpoint, "INPUT_CONFIG": "dreamforge.config.json", "INPUT_WAIT": "false",
+        "INPUT_TIMEOUT_MINUTES": "5",
+        **{f"INPUT_{k.upper().replace('-', '_')}": v for k, v in inputs.items()}, **(env or {}),
+    }  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "github_action"], cwd=workspace, env=runner, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    return Run(proc, tmp)

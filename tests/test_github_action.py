@@ -6,19 +6,15 @@ live local API. The last test lets a worker train the job and follows it with ``
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, tiny_job_config
+from conftest import tiny_job_config
 from fake_github import FakeGitHub
-from github_helpers import PUSH_FIXTURE, SECRET, link, pull_request_event, sha
+from github_helpers import PUSH_FIXTURE, SECRET, link, pull_request_event, run_action, sha
 from service_helpers import wait_for
 
 from dreamforge import queue
@@ -59,57 +55,25 @@ def key(stack, db):
     return k
 
 
-class Run:
-    def __init__(self, proc: subprocess.CompletedProcess, tmp: Path) -> None:
-        self.rc, self.stdout = proc.returncode, proc.stdout + proc.stderr
-        self.summary = (tmp / "summary.md").read_text() if (tmp / "summary.md").exists() else ""
-        self.outputs = parse_outputs((tmp / "output.txt").read_text() if (tmp / "output.txt").exists() else "")
-
-
-def parse_outputs(text: str) -> dict[str, str]:
-    """``$GITHUB_OUTPUT`` as the runner reads it (``name<<DELIM`` … ``DELIM`` blocks)."""
-    out, lines = {}, iter(text.splitlines())
-    for ln in lines:
-        name, _, delim = ln.partition("<<")
-        body = []
-        for b in lines:
-            if b == delim:
-                break
-            body.append(b)
-        out[name] = "\n".join(body)
-    return out
-
-
-def run_action(tmp: Path, *, endpoint: str, event_name: str, event: dict | Path, config: dict | str | None,
-               inputs: dict[str, str], env: dict[str, str] | None = None, timeout: float = 60) -> Run:  # fmt: skip
-    tmp.mkdir(parents=True, exist_ok=True)
-    workspace = tmp / "workspace"
-    workspace.mkdir(exist_ok=True)
-    if config is not None:
-        (workspace / "dreamforge.config.json").write_text(config if isinstance(config, str) else json.dumps(config, indent=2))
-    event_path = event if isinstance(event, Path) else tmp / "event.json"
-    if not isinstance(event, Path):
-        event_path.write_text(json.dumps(event))
-    ev = json.loads(event_path.read_text())
-    ref = ev.get("ref") or f"refs/pull/{ev.get('number')}/merge"
-    runner = {
-        "PATH": os.environ["PATH"], "HOME": str(tmp), "PYTHONPATH": str(ROOT),  # action.yml: PYTHONPATH=action_path
-        "GITHUB_ACTIONS": "true", "CI": "true", "GITHUB_EVENT_NAME": event_name, "GITHUB_EVENT_PATH": str(event_path),
-        "GITHUB_REPOSITORY": ev["repository"]["full_name"], "GITHUB_REPOSITORY_ID": str(ev["repository"]["id"]),
-        "GITHUB_REF": ref, "GITHUB_SHA": ev.get("after") or "f" * 40, "GITHUB_RUN_ID": "9001", "GITHUB_RUN_ATTEMPT": "1",
-        "GITHUB_WORKSPACE": str(workspace), "GITHUB_OUTPUT": str(tmp / "output.txt"),
-        "GITHUB_STEP_SUMMARY": str(tmp / "summary.md"), "DREAMFORGE_ACTION_BACKOFF_S": "0.05",
-        "INPUT_ENDPOINT": endpoint, "INPUT_CONFIG": "dreamforge.config.json", "INPUT_WAIT": "false",
-        "INPUT_TIMEOUT_MINUTES": "5",
-        **{f"INPUT_{k.upper().replace('-', '_')}": v for k, v in inputs.items()}, **(env or {}),
-    }  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "github_action"], cwd=workspace, env=runner, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
-    return Run(proc, tmp)
-
-
 def creds(stack, key: str) -> dict[str, str]:
     return {"secret": SECRET, "api-key": key}
+
+
+def test_action_yml_passes_every_input_and_output(root):
+    import yaml
+
+    action = yaml.safe_load((root / "action.yml").read_text())
+    assert action["runs"]["using"] == "composite"
+    step = next(s for s in action["runs"]["steps"] if s.get("id") == "run")
+    assert step["run"] == "python -m github_action" and step["env"]["PYTHONPATH"] == "${{ github.action_path }}"
+    for name, spec in action["inputs"].items():
+        assert spec["description"] and ("default" in spec or spec.get("required")), name
+        assert step["env"][f"INPUT_{name.upper().replace('-', '_')}"] == f"${{{{ inputs.{name} }}}}", name
+    assert {n: o["value"] for n, o in action["outputs"].items()} == {
+        n: f"${{{{ steps.run.outputs.{n} }}}}" for n in ("job-id", "status", "dashboard-url", "metrics")}
+    workflow = yaml.safe_load((root / ".github" / "workflows" / "dreamforge.yml").read_text())
+    uses = [s.get("uses") for s in workflow["jobs"]["preview"]["steps"]]
+    assert "./" in uses and "pull_request_target" not in workflow[True]  # YAML reads the key `on` as True
 
 
 def test_push_event_creates_the_job_with_outputs_and_summary(stack, db, key, tmp_path):
