@@ -199,11 +199,11 @@ def github_router(settings: Settings) -> APIRouter:
                 raise HTTPException(401, str(e)) from None
         elif push.repository not in (project.get("github_repos") or []):
             raise HTTPException(403, f"repository {push.repository} is not linked to this project: add it with PUT /api/github")
-        fork = bool(push.pr) and push.head_repository not in (None, push.repository)
+        fork = bool(push.pr) and push.head_repository != push.repository
         return await create_preview(
             db(request), settings, project["_id"], config=push.config, config_path=push.config_path, delivery=push.delivery,
-            source=JobSource(kind="github", repo=push.repository, branch=push.branch, sha=push.sha, pr=push.pr,
-                             run_id=push.run_id),
+            source=JobSource(kind="github", repo=push.repository, branch=fork_branch(push.branch, push.head_repository, fork),
+                             sha=push.sha, pr=push.pr, run_id=push.run_id),
             fork=fork,
         )  # fmt: skip
 
@@ -303,8 +303,17 @@ def push_target(kind: str | None, event: dict[str, Any]) -> tuple[str, str, int 
             return f"pull_request {event.get('action')}"
         pr = event["pull_request"]
         head_repo = (pr["head"].get("repo") or {}).get("full_name")  # None when the fork was deleted
-        return pr["head"]["ref"], pr["head"]["sha"], int(pr["number"]), head_repo != pr["base"]["repo"]["full_name"]
+        fork = head_repo != pr["base"]["repo"]["full_name"]
+        return fork_branch(pr["head"]["ref"], head_repo, fork), pr["head"]["sha"], int(pr["number"]), fork
     return f"event {kind} is not used; subscribe to push and pull_request"
+
+
+def fork_branch(branch: str, head_repo: str | None, fork: bool) -> str:
+    """A fork's branch as ``owner:branch`` (GitHub's head label), so a fork's ``main`` never
+    supersedes the repository's own ``main`` preview."""
+    if not fork or ":" in branch:
+        return branch
+    return f"{(head_repo or 'deleted-fork').split('/')[0]}:{branch}"
 
 
 def fetch_config(settings: Settings, repo: str, sha: str) -> str | None:
@@ -348,6 +357,11 @@ async def create_preview(db, settings: Settings, pid: str, *, config: dict[str, 
         raise HTTPException(404, f"{config_path}: {e}") from None
     await db[DELIVERIES].update_one({"_id": queue.scoped(pid, delivery)}, {"$set": {"job_id": doc["_id"]}})
     superseded: list[str] = []
+    if not created and source.pr and not (doc.get("source") or {}).get("pr"):
+        # The push event made the job; the pull request's event for the same commit names the
+        # PR: attach it so the PR gets its comment (the outbox looks at the job again).
+        await db[JOBS].update_one({"_id": doc["_id"]}, {"$set": {"source.pr": source.pr, "github_outbox": due(queue.now())}})
+        await db[COMMENTS].update_one({"_id": f"{pid}|{source.repo}#{source.pr}"}, {"$set": {"job_id": doc["_id"]}}, upsert=True)
     if created:
         await db[JOBS].update_one({"_id": doc["_id"]}, {"$set": {"github_outbox": due(queue.now())}})
         if source.pr:

@@ -187,6 +187,7 @@ def test_fork_pull_request_waits_for_approval(stack, db, key, gh, settings):
     job_id = r.json()["jobId"]
     doc = db.jobs.find_one({"_id": job_id})
     assert "queue_key" not in doc  # not claimable
+    assert doc["source"]["branch"] == "mallory:fork-idea"  # never the repository's own branch of that name
     github_status.sync_once(db, settings, now=Clock()())
     assert gh.statuses(head)[-1]["state"] == "pending"
     assert gh.statuses(head)[-1]["description"].startswith("awaiting approval")
@@ -257,6 +258,19 @@ def test_commit_status_and_one_pr_comment_follow_the_job(stack, db, key, gh, set
     assert gh.requests[mark]["json"]["state"] == "failure"
     assert gh.requests[mark]["json"]["description"] == "failed in domain: dataset has no images"
     assert "dataset has no images" in gh.requests[mark + 1]["json"]["body"]
+
+
+def test_the_pull_request_event_of_a_pushed_commit_attaches_the_pr(stack, db, key, gh, settings):
+    commit = sha()
+    pushed = post_action(stack, key, action_body(REPO, "both-events", commit, cfg("both"))).json()
+    opened = post_action(stack, key, action_body(REPO, "both-events", commit, cfg("both"), pr=31, head_repo=REPO,
+                                                 event="pull_request"))  # fmt: skip
+    assert opened.status_code == 200 and opened.json()["jobId"] == pushed["jobId"]
+    assert db.jobs.find_one({"_id": pushed["jobId"]})["source"]["pr"] == 31
+    _run(db, pushed["jobId"], "evaluate")
+    queue.finish(db, pushed["jobId"], 1, "succeeded", result=RESULT)
+    github_status.sync_once(db, settings, now=Clock()())
+    assert ("POST", f"/repos/{REPO}/issues/31/comments") in gh.calls()
 
 
 def test_github_down_never_touches_the_job_and_is_retried(stack, db, key, gh, settings):
