@@ -6,7 +6,10 @@ live local API. The last test lets a worker train the job and follows it with ``
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -74,6 +77,15 @@ def test_action_yml_passes_every_input_and_output(root):
     workflow = yaml.safe_load((root / ".github" / "workflows" / "dreamforge.yml").read_text())
     uses = [s.get("uses") for s in workflow["jobs"]["preview"]["steps"]]
     assert "./" in uses and "pull_request_target" not in workflow[True]  # YAML reads the key `on` as True
+
+
+def test_the_action_imports_neither_torch_nor_the_service(root):
+    # A bare runner installs only pydantic and httpx (action.yml); the step must not need more.
+    code = ("import sys, github_action.__main__; from pipeline.config import build_config; build_config({}, preset='generic'); "
+            "print(sorted(m for m in ('torch', 'transformers', 'dreamforge', 'pymongo', 'fastapi') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], env={"PATH": os.environ["PATH"], "PYTHONPATH": str(root)},
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert out.strip() == "[]"
 
 
 def test_push_event_creates_the_job_with_outputs_and_summary(stack, db, key, tmp_path):
