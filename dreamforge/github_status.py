@@ -104,11 +104,11 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, int | float) else ""
 
 
-def github_client(settings: Settings):
+def github_client(settings: Settings, timeout: int = 10):
     from github import Auth, Github
 
     # retry=None: the outbox retries with its own backoff and never sleeps inside a request.
-    return Github(base_url=settings.github_api_url, auth=Auth.Token(settings.github_token or ""), retry=None, timeout=10,
+    return Github(base_url=settings.github_api_url, auth=Auth.Token(settings.github_token or ""), retry=None, timeout=timeout,
                   lazy=True, seconds_between_requests=0, seconds_between_writes=settings.github_write_interval_s)  # fmt: skip
 
 

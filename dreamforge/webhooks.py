@@ -323,7 +323,8 @@ def fetch_config(settings: Settings, repo: str, sha: str) -> str | None:
     from dreamforge.github_status import github_client
 
     try:
-        return github_client(settings).get_repo(repo).get_contents(CONFIG_FILE, ref=sha).decoded_content.decode()
+        # 5 s: the whole delivery must be answered within GitHub's 10 s.
+        return github_client(settings, timeout=5).get_repo(repo).get_contents(CONFIG_FILE, ref=sha).decoded_content.decode()
     except UnknownObjectException:
         return None
 
