@@ -93,7 +93,9 @@ def comment_body(job: dict[str, Any], settings: Settings) -> str:
         lines += ["", f"[Open the preview in the dashboard]({link})"]
     models = (job.get("result") or {}).get("models") or {}
     if models:
-        keys = sorted({k for m in models.values() for k, v in m.items() if isinstance(v, int | float)})
+        primary = (job.get("result") or {}).get("primary_metric")
+        keys = sorted({k for m in models.values() for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_seconds")},
+                      key=lambda k: (k != primary, k))  # the primary metric first; timings are not metrics
         lines += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for name, vals in models.items():
             lines.append(f"| {name} | " + " | ".join(_fmt(vals.get(k)) for k in keys) + " |")

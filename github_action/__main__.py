@@ -205,13 +205,24 @@ def summary(push: dict[str, Any], answer: dict[str, Any], job: dict[str, Any] | 
             out.append(f"| {s} | {st.get('status', '')} | {st.get('attempts', 0)} | {secs} |")
         models = (job.get("result") or {}).get("models") or {}
         if models:
-            keys = sorted({k for m in models.values() for k, v in m.items() if isinstance(v, int | float)})
+            primary = (job.get("result") or {}).get("primary_metric")
+            trained = [n for n in ("reward", "domain", "warm_start") if isinstance((models.get(n) or {}).get(primary), int | float)]
+            final = trained[0] if trained else None
+            if final:
+                out += ["", f"**{primary}** of the trained model ({final}): **{models[final][primary]:.4g}**"]
+            keys = table_keys(models, primary)
             out += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
             out += [f"| {n} | " + " | ".join(f"{m[k]:.4g}" if isinstance(m.get(k), int | float) else "" for k in keys) + " |"
                     for n, m in models.items()]  # fmt: skip
         if job.get("error"):
             out += ["", f"**Error** ({job['error'].get('kind')}): {job['error'].get('message')}"]
     return "\n".join(out) + "\n"
+
+
+def table_keys(models: dict[str, dict[str, Any]], primary: str | None) -> list[str]:
+    """Metric columns: the primary metric first; timings are not metrics."""
+    keys = sorted({k for m in models.values() for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_seconds")})
+    return sorted(keys, key=lambda k: k != primary)
 
 
 def run() -> None:

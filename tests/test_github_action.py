@@ -250,6 +250,8 @@ def test_wait_follows_the_job_to_its_metrics_and_github_shows_them(stack, db, ke
     assert isinstance(metrics["models"]["reward"][key_name], float)
     assert "| domain | done | 1 |" in r.summary and "| model | " in r.summary and "| reward | " in r.summary
     assert "PR #5" in r.summary
+    assert f"**{key_name}** of the trained model (reward): **{metrics['models']['reward'][key_name]:.4g}**" in r.summary
+    assert "eval_seconds" not in r.summary and f"| model | {key_name} | " in r.summary
     # the worker's status thread posted pending → success, then the PR comment with the same numbers
     wait_for(lambda: any(c == ("POST", f"/repos/{REPO}/issues/5/comments") for c in gh.calls()), timeout=30,
              what="the PR comment")  # fmt: skip
