@@ -39,6 +39,7 @@ from dreamforge.schemas import (
 from dreamforge.settings import Settings
 from dreamforge.store import DATASETS, GRIDFS_BUCKET, JOBS, LOGS, METRICS, REWARDS, async_client, ensure_indexes_async
 from dreamforge.submit import NotFound, resolve_dataset, store_reward, submit
+from dreamforge.webhooks import github_router
 from pipeline.config import ConfigError
 from pipeline.rewards.base import RewardError
 
@@ -403,6 +404,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs = await db(request)[REWARDS].find({"project_id": pid}).sort("created_at", -1).to_list(200)
         return [RewardView(id=d["_id"], name=d["name"], created_at=d["created_at"], size=len(d["source"])) for d in docs]
 
+    app.include_router(github_router(settings))  # GitHub: webhooks, approvals, previews (webhooks.py)
     return app
 
 

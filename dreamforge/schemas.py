@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import STAGES
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "dead"]
+# awaiting_approval: a pull request from a fork, held (not claimable) until a project member approves it.
+JobStatus = Literal["awaiting_approval", "queued", "running", "succeeded", "failed", "cancelled", "dead"]
 StageStatus = Literal["pending", "running", "done", "failed", "skipped", "cancelled"]
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "dead")
 

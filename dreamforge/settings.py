@@ -31,6 +31,17 @@ class Settings:
     # Where stages run: "local" (child processes here) or "modal" (the deployed app's GPU functions).
     executor: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_EXECUTOR", "local"))
     modal_app: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_MODAL_APP", "dreamforge"))
+    # GitHub integration (dreamforge/webhooks.py, github_status.py, oidc.py)
+    github_api_url: str = field(default_factory=lambda: os.environ.get("GITHUB_API_URL", "https://api.github.com"))
+    github_token: str | None = field(default_factory=lambda: os.environ.get("GITHUB_TOKEN"))
+    dashboard_url: str | None = field(default_factory=lambda: os.environ.get("DREAMFORGE_DASHBOARD_URL"))
+    oidc_issuer: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_OIDC_ISSUER",
+                                                                    "https://token.actions.githubusercontent.com"))
+    oidc_audience: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_OIDC_AUDIENCE", "dreamforge"))
+    # GitHub asks integrations to space writes (secondary rate limits); tests set 0.
+    github_write_interval_s: float = field(default_factory=lambda: _f("DREAMFORGE_GITHUB_WRITE_INTERVAL_S", 1.0))
+    # Signed Action requests older (or newer) than this are refused as replays.
+    webhook_tolerance_s: float = field(default_factory=lambda: _f("DREAMFORGE_WEBHOOK_TOLERANCE_S", 300))
 
     @property
     def artifacts(self) -> Path:

@@ -32,7 +32,14 @@ INDEXES: dict[str, list[IndexModel]] = {
         # Keys are stored prefixed with the project id, so one field serves the lookup and uniqueness.
         IndexModel([("idempotency_key", ASCENDING)], name="idempotency", unique=True, sparse=True),
         IndexModel([("dedupe_key", ASCENDING)], name="dedupe", unique=True, sparse=True),
+        # GitHub status outbox (github_status.py): present only while a change may be unposted.
+        IndexModel([("github_outbox", ASCENDING)], name="github_outbox", sparse=True),
     ],
+    # GitHub (webhooks.py, oidc.py): repository -> project lookups; replay records expire.
+    PROJECTS: [IndexModel([("github_repos", ASCENDING)], name="github_repos", sparse=True),
+               IndexModel([("github_repo_ids", ASCENDING)], name="github_repo_ids", sparse=True)],
+    "github_deliveries": [IndexModel([("created_at", ASCENDING)], name="ttl", expireAfterSeconds=86400)],
+    "github_oidc_jti": [IndexModel([("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0)],
     LOGS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
     METRICS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
     KEYS: [IndexModel([("project_id", ASCENDING)], name="project")],

@@ -21,6 +21,7 @@ from pymongo.errors import PyMongoError
 
 from dreamforge import queue
 from dreamforge.executors import Executor, LocalExecutor, StageOutcome
+from dreamforge.github_status import start_sync_thread
 from dreamforge.settings import Settings
 from dreamforge.store import REWARDS, client, ensure_indexes
 from pipeline.config import STAGES
@@ -98,6 +99,7 @@ class Worker:
     def run_forever(self) -> None:
         """Claim and run jobs until stopped; survives the database going away and coming back."""
         last_reap = last_cleanup = 0.0
+        start_sync_thread(self.db, self.settings, self._stop)  # commit statuses to GitHub (github_status.py)
         while not self._stop.is_set():
             try:
                 if not self._indexed:

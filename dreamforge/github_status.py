@@ -1,0 +1,212 @@
+"""Job state back to GitHub: the commit status ``dreamforge/train`` and one comment per pull request.
+
+An outbox, so that GitHub being slow or down never blocks or fails training: a job from GitHub
+carries ``github_outbox``, the time (a sortable string) its state is next due to be compared
+with what was last posted. :func:`sync_once` takes the due jobs (one range on one sparse
+index, like the queue's claim), claims each by moving that time forward with a conditional
+update (so two workers never post the same job twice), posts what changed, and either schedules
+the next look, backs off after a failure, or removes the field once the final state and the
+pull request comment are on GitHub. The worker runs it in a daemon thread
+(:func:`start_sync_thread`); without ``GITHUB_TOKEN`` it does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from dreamforge.settings import Settings
+from dreamforge.store import JOBS
+
+log = logging.getLogger("dreamforge.github")
+
+CONTEXT = "dreamforge/train"
+COMMENTS = "github_comments"  # _id "project|owner/name#pr" -> the PR's comment id and latest job
+COMMENT_MARK = "<!-- dreamforge:preview -->"
+LOOK_EVERY_S = 2.0  # how often an unfinished job's state is compared with what GitHub shows
+CLAIM_S = 60.0  # a sync that dies mid-post is retried after this
+MAX_FAILURES = 16  # 2 s doubling to a 30 min cap: 1 h for the first 11 tries, then 4 more: ~3 h of outage
+STAGE_TITLES = {"warm_start": "1/4 warm-start", "domain": "2/4 domain", "reward": "3/4 reward (RL)",
+                "evaluate": "4/4 evaluate & package"}  # fmt: skip
+
+
+def due(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def dashboard_link(settings: Settings, job_id: str) -> str | None:
+    return f"{settings.dashboard_url.rstrip('/')}/?job={job_id}" if settings.dashboard_url else None
+
+
+def key_metric(job: dict[str, Any]) -> tuple[str, float] | None:
+    """The primary held-out metric of the last trained stage, else the latest training value."""
+    result = job.get("result") or {}
+    key, models = result.get("primary_metric"), result.get("models") or {}
+    for name in ("reward", "domain", "warm_start"):
+        if key and isinstance((models.get(name) or {}).get(key), int | float):
+            return key, float(models[name][key])
+    for stage in ("reward", "domain", "warm_start"):
+        values = (job.get("metrics") or {}).get(stage) or {}
+        for k in ("reward", "loss", "train_loss"):
+            if isinstance(values.get(k), int | float):
+                return f"{stage} {k}", float(values[k])
+    return None
+
+
+def desired_status(job: dict[str, Any]) -> tuple[str, str]:
+    """(GitHub state, description ≤ 140 chars) for the job as it stands."""
+    status, stage = job["status"], job.get("stage")
+    metric = key_metric(job)
+    m = f"{metric[0]} {metric[1]:.3f}" if metric else ""
+    err = (job.get("error") or {}).get("message") or ""
+    if status == "awaiting_approval":
+        state, text = "pending", "awaiting approval: a fork's pull request trains once a project member approves it"
+    elif status == "queued":
+        state, text = "pending", "queued"
+    elif status == "running":
+        state, text = "pending", f"training: stage {STAGE_TITLES.get(stage or '', stage or 'starting')}"
+    elif status == "succeeded":
+        fmt = ((job.get("result") or {}).get("release") or {}).get("release_format")
+        state, text = "success", "trained" + (f": {m}" if m else "") + (f", {fmt} release" if fmt else "")
+    elif status == "failed":
+        state, text = "failure", f"failed in {stage or 'setup'}: {err}"
+    elif status == "cancelled":
+        state, text = "error", job.get("superseded_by") or err or "cancelled"
+    else:  # dead
+        state, text = "error", f"infrastructure failure in {stage}: {err}"
+    return state, text if len(text) <= 140 else text[:139] + "…"
+
+
+def comment_body(job: dict[str, Any], settings: Settings) -> str:
+    """The pull request comment: outcome, link and the held-out metrics of each model."""
+    state, text = desired_status(job)
+    src = job.get("source") or {}
+    link = dashboard_link(settings, job["_id"])
+    icon = {"success": "✅", "failure": "❌", "error": "⚠️"}.get(state, "⏳")
+    lines = [COMMENT_MARK, f"### {icon} DreamForge preview: `{job['_id']}`", "",
+             f"Commit `{(src.get('sha') or '')[:12]}` on `{src.get('branch')}`: {text}."]  # fmt: skip
+    if link:
+        lines += ["", f"[Open the preview in the dashboard]({link})"]
+    models = (job.get("result") or {}).get("models") or {}
+    if models:
+        primary = (job.get("result") or {}).get("primary_metric")
+        keys = sorted({k for m in models.values() for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_seconds")},
+                      key=lambda k: (k != primary, k))  # the primary metric first; timings are not metrics
+        lines += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for name, vals in models.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(vals.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, int | float) else ""
+
+
+def github_client(settings: Settings, timeout: int = 10):
+    from github import Auth, Github
+
+    # retry=None: the outbox retries with its own backoff and never sleeps inside a request.
+    return Github(base_url=settings.github_api_url, auth=Auth.Token(settings.github_token or ""), retry=None, timeout=timeout,
+                  lazy=True, seconds_between_requests=0, seconds_between_writes=settings.github_write_interval_s)  # fmt: skip
+
+
+def sync_once(db, settings: Settings, *, now: datetime | None = None, gh=None) -> int:
+    """Post every due change; returns how many jobs were looked at. Never raises for GitHub."""
+    if not settings.github_token:
+        return 0
+    t = now or datetime.now(UTC)
+    cands = list(db[JOBS].find({"github_outbox": {"$lte": due(t)}}).sort("github_outbox", 1).limit(50))
+    for job in cands:
+        claimed = db[JOBS].update_one({"_id": job["_id"], "github_outbox": job["github_outbox"]},
+                                      {"$set": {"github_outbox": due(t + timedelta(seconds=CLAIM_S))}})  # fmt: skip
+        if not claimed.modified_count:
+            continue  # another worker has it
+        gh = gh or github_client(settings)
+        _sync_job(db, settings, gh, job, t)
+    return len(cands)
+
+
+def _sync_job(db, settings: Settings, gh, job: dict[str, Any], t: datetime) -> None:
+    from github import GithubException
+
+    src = job.get("source") or {}
+    state, text = desired_status(job)
+    posted = f"{state}|{text}"
+    final = job["status"] in ("succeeded", "failed", "cancelled", "dead")
+    sets: dict[str, Any] = {}
+    try:
+        repo = gh.get_repo(src["repo"])
+        if job.get("github_posted") != posted:
+            repo.get_commit(src["sha"]).create_status(state, target_url=dashboard_link(settings, job["_id"]) or _unset(),
+                                                      description=text, context=CONTEXT)  # fmt: skip
+            sets["github_posted"] = posted
+        # Cancelled (superseded) jobs leave the PR's comment to the newer job.
+        if final and job["status"] != "cancelled" and src.get("pr") and not job.get("github_commented"):
+            _comment(db, settings, repo, job)
+            sets["github_commented"] = True
+    except (GithubException, OSError, KeyError) as e:
+        failures = int(job.get("github_failures", 0)) + 1
+        log.warning("job %s: posting to GitHub failed (%s: %s), attempt %d", job["_id"], type(e).__name__, e, failures)
+        if failures >= MAX_FAILURES:
+            db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_failures": failures,
+                                "github_error": f"{type(e).__name__}: {e}"[:500]}, "$unset": {"github_outbox": ""}})  # fmt: skip
+        else:
+            delay = min(1800.0, LOOK_EVERY_S * 2 ** (failures - 1))
+            db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_failures": failures,
+                                "github_outbox": due(t + timedelta(seconds=delay))}})  # fmt: skip
+        return
+    sets["github_failures"] = 0
+    if final:
+        db[JOBS].update_one({"_id": job["_id"]}, {"$set": sets, "$unset": {"github_outbox": ""}})
+    else:
+        db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_outbox": due(t + timedelta(seconds=LOOK_EVERY_S))}})
+
+
+def _unset():
+    from github.GithubObject import NotSet
+
+    return NotSet
+
+
+def _comment(db, settings: Settings, repo, job: dict[str, Any]) -> None:
+    """Create the PR's comment once, then edit it in place; only the PR's latest job writes it."""
+    src = job["source"]
+    cid = f"{job['project_id']}|{src['repo']}#{src['pr']}"
+    doc = db[COMMENTS].find_one({"_id": cid}) or {}
+    if doc.get("job_id") not in (None, job["_id"]):
+        return  # a newer push of this PR owns the comment
+    from github import UnknownObjectException
+
+    body = comment_body(job, settings)
+    issue = repo.get_issue(int(src["pr"]))
+    if doc.get("comment_id"):
+        try:
+            issue.get_comment(int(doc["comment_id"])).edit(body)
+            return
+        except UnknownObjectException:
+            pass  # someone deleted it: write a new one
+    c = issue.create_comment(body)
+    db[COMMENTS].update_one({"_id": cid}, {"$set": {"comment_id": c.id}}, upsert=True)
+
+
+def start_sync_thread(db, settings: Settings, stop: threading.Event) -> threading.Thread | None:
+    """A daemon thread that syncs every second while the worker runs (a job can run for hours;
+    the worker's own loop only turns between jobs)."""
+    if not settings.github_token:
+        return None
+
+    def loop() -> None:
+        gh = github_client(settings)
+        while not stop.wait(1.0):
+            try:
+                sync_once(db, settings, gh=gh)
+            except PyMongoError as e:
+                log.warning("GitHub status sync: database unavailable (%s)", type(e).__name__)
+
+    th = threading.Thread(target=loop, name="github-status", daemon=True)
+    th.start()
+    return th

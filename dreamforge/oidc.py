@@ -1,0 +1,65 @@
+"""GitHub Actions OIDC tokens as the credential of ``POST /api/webhooks/github-action``.
+
+A workflow with ``permissions: id-token: write`` can ask GitHub for a short-lived JWT naming the
+repository, the event and the run. Verifying it needs no shared secret: the signature is checked
+against GitHub's published keys (JWKS, fetched over HTTP and cached), then issuer, audience,
+expiry, the event (``pull_request_target`` and ``workflow_run`` run a base repository's
+privileges next to code a fork controls, so they are refused) and that the ``jti`` was never
+used before. The caller maps ``repository_id`` (numeric: a repository deleted and re-created
+under the same name gets a new id) to the project that pinned it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from pymongo.errors import DuplicateKeyError
+
+JTIS = "github_oidc_jti"  # one document per token seen; a TTL index drops it once the token expired
+REFUSED_EVENTS = ("pull_request_target", "workflow_run")
+LEEWAY_S = 30  # clock skew between GitHub and us
+_CLIENTS: dict[str, jwt.PyJWKClient] = {}
+
+
+class OidcError(Exception):
+    """The token is not acceptable; the message says why (it is shown to the caller)."""
+
+
+def looks_like_jwt(token: str) -> bool:
+    return token.startswith("eyJ") and token.count(".") == 2
+
+
+def jwks_client(issuer: str) -> jwt.PyJWKClient:
+    # PyJWKClient caches the key set (5 min) and refetches when a token names an unknown kid.
+    if issuer not in _CLIENTS:
+        _CLIENTS[issuer] = jwt.PyJWKClient(issuer.rstrip("/") + "/.well-known/jwks", cache_keys=True, lifespan=300, timeout=5)
+    return _CLIENTS[issuer]
+
+
+def verify(token: str, *, issuer: str, audience: str) -> dict[str, Any]:
+    """The token's claims if signature, issuer, audience, expiry and event are right (blocking: JWKS over HTTP)."""
+    try:
+        key = jwks_client(issuer).get_signing_key_from_jwt(token)
+        claims = jwt.decode(token, key.key, algorithms=["RS256"], audience=audience, issuer=issuer, leeway=LEEWAY_S,
+                            options={"require": ["exp", "iat", "iss", "aud", "jti", "repository_id", "repository"]})  # fmt: skip
+    except jwt.PyJWKClientError as e:
+        raise OidcError(f"OIDC token: cannot get the issuer's signing key ({e})") from None
+    except jwt.InvalidAudienceError:
+        raise OidcError(f"OIDC token: wrong audience; request the token with audience {audience!r}") from None
+    except jwt.InvalidTokenError as e:
+        raise OidcError(f"OIDC token rejected: {e}") from None
+    if claims.get("event_name") in REFUSED_EVENTS:
+        raise OidcError(f"OIDC token from a {claims['event_name']} workflow: refused, since such workflows run with the "
+                        "base repository's rights next to code a fork controls; use on: push or pull_request")  # fmt: skip
+    return claims
+
+
+async def spend_jti(db, claims: dict[str, Any]) -> None:
+    """Record the token's ``jti``; a second use of the same token is a replay."""
+    expires = datetime.fromtimestamp(int(claims["exp"]) + LEEWAY_S, UTC)
+    try:
+        await db[JTIS].insert_one({"_id": str(claims["jti"]), "expires_at": expires})
+    except DuplicateKeyError:
+        raise OidcError("OIDC token already used (jti seen before): request a fresh token for each call") from None

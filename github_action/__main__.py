@@ -1,0 +1,285 @@
+"""``python -m github_action``: the DreamForge Action's step.
+
+Reads and validates ``dreamforge.config.json`` with the server's own schema (``pipeline.config``),
+POSTs it with the push's repository, branch, sha, pull request and run to
+``/api/webhooks/github-action`` (signed, or with a GitHub OIDC token), then writes the outputs
+and the job summary; with ``wait: true`` it follows the job and fails the step if the job fails.
+Imports nothing heavier than pydantic and httpx: it runs on a bare runner in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from github_action.workflow import annotate, event, get_input, key_lines, line_of, set_output, write_summary
+
+FINAL = ("succeeded", "failed", "cancelled", "dead")
+STAGES = ("warm_start", "domain", "reward", "evaluate")
+RETRIES = 5
+PERMISSIONS_FIX = "permissions:\n  id-token: write\n  contents: read"
+
+
+class StepFailed(Exception):
+    """Ends the step with exit code 1; the message was already annotated."""
+
+
+def fail(message: str, file: str | None = None, line: int | None = None, col: int | None = None) -> StepFailed:
+    annotate("error", message, file=file, line=line, col=col, title="DreamForge")
+    return StepFailed(message)
+
+
+# -- the push ------------------------------------------------------------------------------
+def describe_push() -> dict[str, Any] | None:
+    """Repository, branch, sha and pull request of this run, from the runner's variables and
+    the event payload; None for an event that trains nothing (a tag push, a deleted branch)."""
+    name = os.environ.get("GITHUB_EVENT_NAME", "")
+    ev = event()
+    repo = os.environ.get("GITHUB_REPOSITORY") or (ev.get("repository") or {}).get("full_name", "")
+    repo_id = os.environ.get("GITHUB_REPOSITORY_ID") or (ev.get("repository") or {}).get("id")
+    info: dict[str, Any] = {"repository": repo, "repository_id": int(repo_id) if repo_id else None, "event": name,
+                            "run_id": os.environ.get("GITHUB_RUN_ID"),
+                            "run_attempt": int(os.environ.get("GITHUB_RUN_ATTEMPT") or 1)}  # fmt: skip
+    if name in ("pull_request_target", "workflow_run"):
+        raise fail(f"DreamForge does not run on {name}: such workflows hold the base repository's secrets next to a "
+                   "fork's code. Use `on: [push, pull_request]`; forks' pull requests wait for a project member's approval.")  # fmt: skip
+    if name == "pull_request":
+        pr = ev["pull_request"]
+        info.update(ref=os.environ.get("GITHUB_REF") or f"refs/pull/{ev['number']}/merge", branch=pr["head"]["ref"],
+                    sha=pr["head"]["sha"], pr=int(ev.get("number") or pr["number"]),
+                    head_repository=(pr["head"].get("repo") or {}).get("full_name"))  # fmt: skip
+        return info
+    ref = os.environ.get("GITHUB_REF") or ev.get("ref") or ""
+    if not ref.startswith("refs/heads/") or ev.get("deleted"):
+        return None
+    sha = ev.get("after") or os.environ.get("GITHUB_SHA", "")
+    info.update(ref=ref, branch=ref.removeprefix("refs/heads/"), sha=sha)
+    return info
+
+
+# -- the config ----------------------------------------------------------------------------
+def read_config(path: Path, shown: str) -> dict[str, Any]:
+    """The config as JSON, validated by the server's schema; each problem annotated at its line."""
+    from pipeline.config import ConfigError, build_config
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise fail(f"{shown}: cannot read the config ({e.strerror})", file=shown) from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise fail(f"{shown}: not valid JSON: {e.msg}", file=shown, line=e.lineno, col=e.colno) from None
+    if not isinstance(raw, dict):
+        raise fail(f"{shown}: the config must be a JSON object", file=shown, line=1)
+    try:
+        build_config(raw, source=shown)
+    except ConfigError as e:
+        annotate_config_errors(shown, text, e.errors)
+        raise StepFailed(str(e)) from None
+    return raw
+
+
+def annotate_config_errors(shown: str, text: str, errors: list[dict[str, Any]]) -> None:
+    lines = key_lines(text)
+    for err in errors:
+        loc = err["loc"] if isinstance(err["loc"], str) else ".".join(str(p) for p in err["loc"])
+        annotate("error", f"{loc or '(top level)'}: {err['msg']}", file=shown, line=line_of(lines, loc), title="DreamForge config")
+
+
+# -- the API -------------------------------------------------------------------------------
+def request_with_retries(http: httpx.Client, method: str, url: str, **kw) -> httpx.Response:
+    """5xx and network errors are retried with exponential backoff (1, 2, 4, 8 s); 4xx are answers."""
+    delay = float(os.environ.get("DREAMFORGE_ACTION_BACKOFF_S", "1"))
+    for attempt in range(1, RETRIES + 1):
+        try:
+            r = http.request(method, url, **kw)
+            if r.status_code < 500:
+                return r
+            why = f"HTTP {r.status_code}: {r.text[:200]}"
+        except httpx.HTTPError as e:
+            why = f"{type(e).__name__}: {e}"
+        if attempt == RETRIES:
+            raise fail(f"DreamForge API unreachable at {url} after {RETRIES} attempts; last: {why}")
+        annotate("warning", f"attempt {attempt} of {RETRIES} failed ({why}); retrying in {delay:g} s")
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+def oidc_token(audience: str) -> str:
+    url, token = os.environ.get("ACTIONS_ID_TOKEN_REQUEST_URL"), os.environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+    if not url or not token:
+        raise fail("no credentials: set the `secret` and `api-key` inputs, or let the job request an OIDC token "
+                   f"with\n{PERMISSIONS_FIX}")  # fmt: skip
+    # The URL already carries a query (api-version); add the audience to it, as @actions/core does.
+    r = httpx.get(httpx.URL(url).copy_merge_params({"audience": audience}), headers={"Authorization": f"bearer {token}"},
+                  timeout=30)  # fmt: skip
+    if r.status_code != 200:
+        raise fail(f"GitHub refused an OIDC token (HTTP {r.status_code}); the job needs\n{PERMISSIONS_FIX}")
+    return r.json()["value"]
+
+
+def post_push(endpoint: str, payload: dict[str, Any], secret: str, api_key: str, audience: str,
+              config_path: str, config_text: str) -> dict[str, Any]:  # fmt: skip
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", "X-DreamForge-Delivery": payload["delivery"]}
+    if secret:
+        if not api_key:
+            raise fail("the `secret` input needs the `api-key` input too (the key names the project, the secret signs)")
+        headers["Authorization"] = f"Bearer {api_key}"
+        headers["X-DreamForge-Signature-256"] = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    else:
+        headers["Authorization"] = f"Bearer {oidc_token(audience)}"
+    with httpx.Client(timeout=30) as http:
+        r = request_with_retries(http, "POST", f"{endpoint}/api/webhooks/github-action", content=body, headers=headers)
+    if r.status_code == 422:
+        detail = r.json().get("detail")
+        if isinstance(detail, list):  # the server's own checks (dataset, reward): point at the field too
+            annotate_config_errors(config_path, config_text, [{"loc": ".".join(str(p) for p in e["loc"][1:]) if
+                                   e["loc"] and e["loc"][0] == config_path else ".".join(map(str, e["loc"])),
+                                   "msg": e["msg"]} for e in detail])  # fmt: skip
+            raise StepFailed("the DreamForge API refused the config")
+        raise fail(f"{config_path}: {detail}", file=config_path)
+    if r.status_code >= 400:
+        raise fail(f"the DreamForge API answered HTTP {r.status_code}: {_detail(r)}")
+    return r.json()
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("detail", r.text))
+    except ValueError:
+        return r.text[:500]
+
+
+def wait_for_job(endpoint: str, api_key: str, job_id: str, timeout_s: float) -> dict[str, Any]:
+    poll = float(os.environ.get("DREAMFORGE_ACTION_POLL_S", "10"))
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=endpoint, headers={"Authorization": f"Bearer {api_key}"}, timeout=30) as http:
+        while True:
+            r = request_with_retries(http, "GET", f"/api/jobs/{job_id}")
+            if r.status_code != 200:
+                raise fail(f"cannot read job {job_id}: HTTP {r.status_code} {_detail(r)}")
+            job = r.json()
+            if job["status"] in FINAL or time.monotonic() > deadline:
+                return job
+            time.sleep(poll)
+
+
+# -- outputs -------------------------------------------------------------------------------
+def metrics_of(job: dict[str, Any]) -> dict[str, Any]:
+    result = job.get("result") or {}
+    return {"primary_metric": result.get("primary_metric"), "models": result.get("models") or {},
+            "training": job.get("metrics") or {}}  # fmt: skip
+
+
+def summary(push: dict[str, Any], answer: dict[str, Any], job: dict[str, Any] | None) -> str:
+    link = answer.get("dashboard_url")
+    head = f"## DreamForge preview `{answer['jobId']}`: {job['status'] if job else answer['status']}"
+    out = [head, "", f"`{push['repository']}` · branch `{push['branch']}` · commit `{push['sha'][:12]}`"
+           + (f" · PR #{push['pr']}" if push.get("pr") else "")]  # fmt: skip
+    if link:
+        out += ["", f"[Open the preview in the dashboard]({link})"]
+    if answer.get("superseded"):
+        out += ["", "Superseded: " + ", ".join(f"`{j}`" for j in answer["superseded"])]
+    if answer.get("duplicate") or answer.get("created") is False:
+        out += ["", "This push and config already have a job; it is reused."]
+    if answer["status"] == "awaiting_approval":
+        out += ["", "A pull request from a fork: it trains once a project member approves it "
+                f"(`POST /api/jobs/{answer['jobId']}/approve`)."]  # fmt: skip
+    if job:
+        out += ["", "| stage | status | attempts | seconds |", "|---|---|---|---|"]
+        for s in STAGES:
+            st = job["stages"].get(s) or {}
+            secs = f"{st['seconds']:.1f}" if isinstance(st.get("seconds"), int | float) else ""
+            out.append(f"| {s} | {st.get('status', '')} | {st.get('attempts', 0)} | {secs} |")
+        models = (job.get("result") or {}).get("models") or {}
+        if models:
+            primary = (job.get("result") or {}).get("primary_metric")
+            trained = [n for n in ("reward", "domain", "warm_start") if isinstance((models.get(n) or {}).get(primary), int | float)]
+            final = trained[0] if trained else None
+            if final:
+                out += ["", f"**{primary}** of the trained model ({final}): **{models[final][primary]:.4g}**"]
+            keys = table_keys(models, primary)
+            out += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+            out += [f"| {n} | " + " | ".join(f"{m[k]:.4g}" if isinstance(m.get(k), int | float) else "" for k in keys) + " |"
+                    for n, m in models.items()]  # fmt: skip
+        if job.get("error"):
+            out += ["", f"**Error** ({job['error'].get('kind')}): {job['error'].get('message')}"]
+    return "\n".join(out) + "\n"
+
+
+def table_keys(models: dict[str, dict[str, Any]], primary: str | None) -> list[str]:
+    """Metric columns: the primary metric first; timings are not metrics."""
+    keys = sorted({k for m in models.values() for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_seconds")})
+    return sorted(keys, key=lambda k: k != primary)
+
+
+def run() -> None:
+    endpoint = get_input("endpoint").rstrip("/")
+    if not endpoint:
+        raise fail("the `endpoint` input is required: the DreamForge API's URL, e.g. https://dreamforge.example.com")
+    secret, api_key = get_input("secret"), get_input("api-key")
+    wait = get_input("wait", "false").lower() in ("true", "1", "yes")
+    timeout_s = float(get_input("timeout-minutes", "60")) * 60
+    workspace = Path(os.environ.get("GITHUB_WORKSPACE") or ".")
+    config_path = get_input("config", "dreamforge.config.json")
+    push = describe_push()
+    if push is None:
+        annotate("notice", f"{os.environ.get('GITHUB_REF')}: not a branch push; nothing to train")
+        set_output("status", "skipped")
+        return
+    path = workspace / config_path
+    if not path.is_file():
+        annotate("notice", f"no {config_path} in this commit; nothing to train")
+        set_output("status", "skipped")
+        return
+    raw = read_config(path, config_path)
+    payload = {**push, "delivery": str(uuid.uuid4()), "timestamp": time.time(), "config": raw, "config_path": config_path}
+    answer = post_push(endpoint, payload, secret, api_key, get_input("audience", "dreamforge"), config_path,
+                       path.read_text(encoding="utf-8"))  # fmt: skip
+    job_id = answer["jobId"]
+    set_output("job-id", job_id)
+    set_output("dashboard-url", answer.get("dashboard_url") or "")
+    job = None
+    if wait:
+        if not api_key:
+            raise fail("`wait: true` reads the job with the `api-key` input; add it (a project API key)")
+        job = wait_for_job(endpoint, api_key, job_id, timeout_s)
+    elif api_key:
+        with httpx.Client(base_url=endpoint, headers={"Authorization": f"Bearer {api_key}"}, timeout=30) as http:
+            r = request_with_retries(http, "GET", f"/api/jobs/{job_id}")
+            job = r.json() if r.status_code == 200 else None
+    status = job["status"] if job else answer["status"]
+    set_output("status", status)
+    set_output("metrics", json.dumps(metrics_of(job) if job else {}))
+    write_summary(summary(push, answer, job))
+    if wait and status not in FINAL:
+        raise fail(f"job {job_id} still {status} after {timeout_s / 60:.0f} minutes (timeout-minutes)")
+    if wait and status != "succeeded":
+        err = (job or {}).get("error") or {}
+        raise fail(f"job {job_id} {status}" + (f" in stage {err.get('stage')}" if err.get("stage") else "")
+                   + (f": {err.get('message')}" if err.get("message") else ""))  # fmt: skip
+
+
+def main() -> int:
+    try:
+        run()
+    except StepFailed as e:
+        write_summary(f"## DreamForge: the step failed\n\n```\n{e}\n```\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""GitHub Actions OIDC as the Action's credential: tokens signed with a locally generated RSA key,
+its JWKS (and the runner's token endpoint) served on loopback, the API pointed at that issuer."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import jwt
+import pytest
+from conftest import tiny_job_config
+from cryptography.hazmat.primitives.asymmetric import rsa
+from github_helpers import PUSH_FIXTURE, action_body, link, run_action, sha
+
+from dreamforge.auth import create_project
+from dreamforge.stack import start_stack
+from dreamforge.store import client
+
+REPO, REPO_ID = "acme/oidc", 555
+REQUEST_TOKEN = "runner-request-token"
+
+
+class Issuer:
+    """GitHub's token service in miniature: ``/.well-known/jwks`` and the runner's token URL."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = "test-kid-1"
+        self.jwks_hits = 0
+        self.claims: dict = {}  # extra claims for tokens from the runner endpoint
+        issuer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                url = urlsplit(self.path)
+                if url.path == "/.well-known/jwks":
+                    issuer.jwks_hits += 1
+                    jwk = {**jwt.algorithms.RSAAlgorithm.to_jwk(issuer.key.public_key(), as_dict=True),
+                           "kid": issuer.kid, "alg": "RS256", "use": "sig"}  # fmt: skip
+                    return self._json(200, {"keys": [jwk]})
+                if url.path == "/token":
+                    q = parse_qs(url.query)
+                    if self.headers.get("Authorization") != f"bearer {REQUEST_TOKEN}" or q.get("api-version") != ["2.0"]:
+                        return self._json(401, {"message": "bad request token"})
+                    return self._json(200, {"value": issuer.token(aud=q["audience"][0], **issuer.claims)})
+                return self._json(404, {})
+
+            def _json(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self, key=None, kid=None, **over) -> str:
+        """A token shaped like GitHub's (claims per docs.github.com "About security hardening with OpenID Connect")."""
+        now = int(time.time())
+        claims = {"iss": self.url, "aud": "dreamforge", "sub": f"repo:{REPO}:ref:refs/heads/main", "repository": REPO,
+                  "repository_id": str(REPO_ID), "repository_owner": "acme", "event_name": "push", "ref": "refs/heads/main",
+                  "sha": "a" * 40, "run_id": "77", "jti": str(uuid.uuid4()), "iat": now, "nbf": now, "exp": now + 300, **over}  # fmt: skip
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": kid or self.kid})
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    i = Issuer()
+    yield i
+    i.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, issuer):
+    s = start_stack(tmp_path_factory.mktemp("oidc-stack"), workers=0, extra_env={"DREAMFORGE_OIDC_ISSUER": issuer.url})
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def db(stack):
+    with client(stack.uri) as c:
+        yield c["dreamforge"]
+
+
+@pytest.fixture(scope="module")
+def project(stack, db):
+    pid, k = create_project(db, "acme-oidc")
+    assert link(stack, k, [{"name": REPO, "id": REPO_ID}], secret=None).json()["webhook_secret_set"] is False
+    return pid
+
+
+def post(stack, token: str, body: dict) -> httpx.Response:
+    return httpx.post(stack.api_url + "/api/webhooks/github-action", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
+
+def test_a_valid_token_needs_no_secret_and_works_once(stack, db, project, issuer):
+    token = issuer.token()
+    r = post(stack, token, action_body(REPO, "main", sha(), tiny_job_config(name="oidc")))
+    assert r.status_code == 201, r.text
+    job = db.jobs.find_one({"_id": r.json()["jobId"]})
+    assert job["project_id"] == project and job["source"]["repo"] == REPO
+    again = post(stack, token, action_body(REPO, "main", sha(), tiny_job_config(name="oidc-replay")))
+    assert again.status_code == 401 and "already used" in again.json()["detail"]
+    assert db.jobs.count_documents({"config.name": "oidc-replay"}) == 0
+
+
+def test_bad_tokens_are_refused_and_create_nothing(stack, db, project, issuer):
+    before = db.jobs.count_documents({})
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    cases = {
+        "wrong audience": (issuer.token(aud="someone-else"), 401, "audience"),
+        "expired": (issuer.token(iat=now - 900, nbf=now - 900, exp=now - 600), 401, "expired"),
+        "other issuer": (issuer.token(iss="https://token.actions.example.com"), 401, "issuer"),
+        "forged signature": (issuer.token(key=other_key), 401, "Signature"),
+        "unknown key id": (issuer.token(key=other_key, kid="nobody"), 401, "signing key"),
+        "no jti": (issuer.token(jti=None), 401, "jti"),
+        "pull_request_target": (issuer.token(event_name="pull_request_target"), 401, "pull_request_target"),
+        "workflow_run": (issuer.token(event_name="workflow_run"), 401, "workflow_run"),
+        "repository not pinned": (issuer.token(repository="acme/other", repository_id="556"), 403, "not linked"),
+        "token for another repository": (issuer.token(repository="acme/other"), 403, "for acme/other"),
+        "unsigned": (jwt.encode({"iss": issuer.url, "aud": "dreamforge", "repository_id": str(REPO_ID)}, None, algorithm="none"),
+                     401, ""),
+    }  # fmt: skip
+    for what, (token, status, says) in cases.items():
+        r = post(stack, token, action_body(REPO, "main", sha(), tiny_job_config(name="bad-token")))
+        assert r.status_code == status, (what, r.text)
+        assert says in r.json()["detail"], (what, r.text)
+    assert db.jobs.count_documents({}) == before
+    # the key set was fetched once and cached; only the unknown key id made it look again
+    assert issuer.jwks_hits <= 2
+
+
+def test_the_action_uses_the_runners_oidc_token(stack, db, project, issuer, tmp_path):
+    ev = json.loads(PUSH_FIXTURE.read_text())
+    ev["repository"] = {**ev["repository"], "full_name": REPO, "id": REPO_ID}
+    ev["after"] = sha()
+    r = run_action(tmp_path, endpoint=stack.api_url, event_name="push", event=ev, config=tiny_job_config(name="via-oidc"),
+                   inputs={}, env={"ACTIONS_ID_TOKEN_REQUEST_URL": f"{issuer.url}/token?api-version=2.0",
+                                   "ACTIONS_ID_TOKEN_REQUEST_TOKEN": REQUEST_TOKEN})  # fmt: skip
+    assert r.rc == 0, r.stdout
+    job = db.jobs.find_one({"_id": r.outputs["job-id"]})
+    assert job["project_id"] == project and job["source"]["sha"] == ev["after"] and job["config"]["name"] == "via-oidc"
+    assert r.outputs["status"] == "queued" and "## DreamForge preview" in r.summary
+    # wait: true reads the job with an API key; without one the step says so
+    r = run_action(tmp_path / "w", endpoint=stack.api_url, event_name="push", event={**ev, "after": sha()},
+                   config=tiny_job_config(), inputs={"wait": "true"},
+                   env={"ACTIONS_ID_TOKEN_REQUEST_URL": f"{issuer.url}/token?api-version=2.0",
+                        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": REQUEST_TOKEN})  # fmt: skip
+    assert r.rc == 1 and "`wait: true` reads the job with the `api-key` input" in r.stdout
