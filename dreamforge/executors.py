@@ -9,6 +9,7 @@ spawns the stage's Modal function instead. Both answer with a :class:`StageOutco
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pipeline.config import STAGES
+
+log = logging.getLogger("dreamforge.executors")
 
 STAGE_NUMBER = {s: i + 1 for i, s in enumerate(STAGES)}
 # pipeline.run's exit code for a user's mistake (bad config, data or reward): never retried.
@@ -108,10 +111,31 @@ def stage_command(python: str, cfg_path: Path, stage: str, out: Path, *, num_pro
 class LocalExecutor:
     """Each stage in a child process on this machine (CPU or a local GPU)."""
 
-    def __init__(self, python: str = sys.executable, poll_s: float = 0.2, num_processes: int = 1) -> None:
+    def __init__(self, python: str = sys.executable, poll_s: float = 0.2, num_processes: int = 1,
+                 fork: bool | None = None) -> None:  # fmt: skip
         self.python = python
         self.poll_s = poll_s
         self.num_processes = num_processes
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Stages forked from a warm template (dreamforge/forkserver.py) skip 8-13 s of imports
+        # each; started now, so it is warm by the time a job arrives.
+        if fork is None:
+            fork = os.environ.get("DREAMFORGE_FORK_STAGES", "1") == "1"
+        self.forkserver = None
+        if fork and num_processes <= 1:
+            from dreamforge.forkserver import ForkServer
+
+            self.forkserver = ForkServer(python, self.env)
+
+    def _start(self, cmd: list[str], err_path: Path):
+        fs = self.forkserver
+        if fs is not None and fs.alive() and cmd[1:3] == ["-m", "pipeline.run"]:
+            try:
+                return fs.spawn(cmd[3:], err_path)
+            except RuntimeError as e:  # the template died: fall back to a cold start
+                log.warning("stage template unavailable (%s); starting the stage cold", e)
+        with err_path.open("ab") as err:
+            return subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self.env, preexec_fn=_die_with_parent)
 
     def run_stage(self, job, stage, workdir, sink, check, timeout_s):
         out = workdir / "out"
@@ -121,25 +145,24 @@ class LocalExecutor:
         tail = EventTail(out / "events.jsonl")
         err_path = workdir / "logs" / f"{stage}-attempt{job['attempt']}.log"
         err_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with err_path.open("wb") as err:
-            proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
-            started = time.monotonic()
-            outcome: StageOutcome | None = None
-            while proc.poll() is None:
-                for ev in tail.read():
-                    sink.event(ev)
-                sink.flush()
-                reason = check()
-                if reason in ("cancelled", "lost"):
-                    _stop(proc)
-                    outcome = StageOutcome(reason, "cancelled by the user" if reason == "cancelled" else "lease lost")
-                    break
-                if time.monotonic() - started > timeout_s:
-                    _stop(proc)
-                    outcome = StageOutcome("timeout", f"stage {stage} ran past its {timeout_s:.0f} s limit")
-                    break
-                time.sleep(self.poll_s)
+        err_path.write_bytes(b"")
+        proc = self._start(cmd, err_path)
+        started = time.monotonic()
+        outcome: StageOutcome | None = None
+        while proc.poll() is None:
+            for ev in tail.read():
+                sink.event(ev)
+            sink.flush()
+            reason = check()
+            if reason in ("cancelled", "lost"):
+                _stop(proc)
+                outcome = StageOutcome(reason, "cancelled by the user" if reason == "cancelled" else "lease lost")
+                break
+            if time.monotonic() - started > timeout_s:
+                _stop(proc)
+                outcome = StageOutcome("timeout", f"stage {stage} ran past its {timeout_s:.0f} s limit")
+                break
+            time.sleep(self.poll_s)
         for ev in tail.read():
             sink.event(ev)
         sink.flush()
