@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from dreamforge import auth, queue
+from dreamforge.routes_samples import router as samples_router
 from dreamforge.schemas import (
     FINAL_STATUSES,
     DatasetView,
@@ -363,6 +364,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs = await db(request)[REWARDS].find({"project_id": pid}).sort("created_at", -1).to_list(200)
         return [RewardView(id=d["_id"], name=d["name"], created_at=d["created_at"], size=len(d["source"])) for d in docs]
 
+    app.include_router(samples_router)
     return app
 
 

@@ -287,7 +287,7 @@ def _start(home: Path, workers: int, dashboard: bool):
     from dreamforge.stack import start_stack
 
     try:
-        stack = start_stack(home, workers=workers, dashboard=dashboard and (Path(__file__).parent.parent / "dashboard" / "app.py").exists())
+        stack = start_stack(home, workers=workers, dashboard=dashboard and (Path(__file__).parent.parent / "dashboard" / "streamlit_app.py").exists())
     except RuntimeError as e:
         raise _fail(str(e)) from None
     (home / STACK_FILE).write_text(json.dumps({"url": stack.api_url, "key": stack.dev_key, "uri": stack.uri,
