@@ -40,10 +40,10 @@ def dataset_section(task: str, preset_dataset: str) -> str | None:
         return None
     if how == "Upload a ZIP":
         up = st.file_uploader("COCO dataset as a .zip (annotations JSON + images)", type=["zip"], key="ds_zip")
-        name = st.text_input("Dataset name", key="ds_name", value=(up.name.rsplit(".", 1)[0] if up else ""))
+        name = st.text_input("Dataset name", key="ds_name", placeholder="the file's name")
         if up is not None and st.button("Upload and validate", key="ds_upload"):
             try:
-                ds = c.upload_dataset(up.getvalue(), name or "dataset", task)
+                ds = c.upload_dataset(up.getvalue(), name.strip() or up.name.rsplit(".", 1)[0], task)
             except ApiError as e:
                 st.session_state.pop("uploaded", None)
                 st.error(f"{up.name}: {e}")
