@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from service_helpers import api, wait_job
 
 from dreamforge import queue
 from dreamforge.auth import create_project
-from dreamforge.stack import start_stack
+from dreamforge.stack import start_dashboard, start_stack
 from dreamforge.store import client
 
 REPO = "acme/shelves"
@@ -339,3 +340,47 @@ def test_dreamforge_up_starts_the_dashboard_and_prints_its_url(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
+
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def test_browser_renders_the_finished_job_page(stack, finished, root):
+    """Headless Chromium (Debian's, installed by .ci/run) opens the job page as a person would;
+    the screenshot lands in test-artifacts/."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run installs it with apt-get install -y chromium")
+        pytest.skip("chromium is not installed (apt-get install -y chromium); CI runs this test")
+    from playwright.sync_api import sync_playwright
+
+    start_dashboard(stack)
+    shots = root / "test-artifacts"
+    shots.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        # Playwright gives each launch a fresh temporary profile (the fresh --user-data-dir).
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            # tall: Streamlit scrolls inside its own container, so a full-page shot is one viewport
+            page = browser.new_page(viewport={"width": 1400, "height": 2800})
+            page.goto(f"{stack.dashboard_url}/job?job={finished['jobId']}", timeout=60_000)
+            page.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
+            try:
+                page.wait_for_selector('.st-key-charts [data-testid="stVegaLiteChart"] canvas, '
+                                       '.st-key-charts [data-testid="stVegaLiteChart"] svg', timeout=30_000)  # fmt: skip
+                page.wait_for_selector('.st-key-metrics-table [data-testid="stDataFrame"]', timeout=30_000)
+                page.wait_for_selector('[data-testid="stImage"] img', timeout=30_000)
+            finally:
+                page.screenshot(path=str(shots / "dashboard-job.png"), full_page=True)
+            charts = page.locator('.st-key-charts [data-testid="stVegaLiteChart"]')
+            assert charts.count() == 2
+            assert "loss vs step" in charts.first.inner_text() and "reward vs step" in charts.last.inner_text()
+            table = page.locator('.st-key-metrics-table [data-testid="stDataFrame"]')
+            assert table.bounding_box()["height"] > 100  # the five model rows, not an empty frame
+            assert page.locator('[data-testid="stImage"] img').count() == 12
+            assert page.get_by_text("Held-out metrics per stage").is_visible()
+        finally:
+            browser.close()
+    assert (shots / "dashboard-job.png").stat().st_size > 20_000

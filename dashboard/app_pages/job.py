@@ -129,7 +129,8 @@ def live(job_id: str) -> None:
     progress_panel(job)
     loss = curves(stream.points, ("loss", "train_loss"))
     reward = curves(stream.points, ("reward", "rewards/mean", "reward_mean"))
-    left, right = st.columns(2)
+    # keyed containers get a CSS class (st-key-…): the browser test finds the charts by it
+    left, right = st.container(key="charts").columns(2)
     with left:
         if len(loss):
             chart(loss, "loss vs step", "loss")
@@ -161,7 +162,7 @@ def results(job: dict[str, Any]) -> None:
     if rows:
         key = result.get("primary_metric")
         st.caption(f"{key} is the primary metric; split of held-out images never trained on" if key else "")
-        st.dataframe(pd.DataFrame(rows), hide_index=True, key="metrics_table")
+        st.container(key="metrics-table").dataframe(pd.DataFrame(rows), hide_index=True, key="metrics_table")
     else:
         st.info("This job has no evaluation record.")
     stage_rows = [{"stage": ui.STAGE_TITLES[s], **{k: v for k, v in (job["stages"][s].get("metrics") or {}).items()
