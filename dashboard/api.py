@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+LOG_PAGE, METRIC_PAGE = 5000, 20000  # the API's largest pages
 
 
 class ApiError(Exception):
@@ -78,10 +79,11 @@ class Api:
         params = {k: v for k, v in {"repo": repo, "branch": branch, "status": status, "cursor": cursor}.items() if v}
         return self._call("GET", "/api/jobs", params={**params, "limit": limit})
 
-    def logs(self, job_id: str, after: int = 0, limit: int = 5000) -> dict[str, Any]:
-        return self._call("GET", f"/api/jobs/{job_id}/logs", params={"after": after, "limit": limit})
+    def logs(self, job_id: str, after: int = 0, limit: int = LOG_PAGE, last: int | None = None) -> dict[str, Any]:
+        params = {"after": after, "limit": limit, **({"last": last} if last else {})}
+        return self._call("GET", f"/api/jobs/{job_id}/logs", params=params)
 
-    def metrics(self, job_id: str, after: int = 0, limit: int = 20000) -> dict[str, Any]:
+    def metrics(self, job_id: str, after: int = 0, limit: int = METRIC_PAGE) -> dict[str, Any]:
         return self._call("GET", f"/api/jobs/{job_id}/metrics", params={"after": after, "limit": limit})
 
     def cancel(self, job_id: str) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Each refresh asks only for rows after the last sequence number seen (``after=next``), so a job
 with 20,000 log lines costs one small request per refresh instead of re-reading everything.
-The buffer lives in ``st.session_state`` (one per job), so it survives reruns and page
-switches.
+Opening a job reads only its last :data:`PANEL_LINES` log lines (``last=``), since that is all
+the log panel shows; metric points are all read once, for the curves. The buffer lives in
+``st.session_state`` (one per job), so it survives reruns and page switches.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dashboard.api import Api
+from dashboard.api import LOG_PAGE, METRIC_PAGE, Api
 
-# Lines shown in the log panel: the browser renders a few hundred fast, 20k slowly; all lines
-# stay in the buffer and the CLI's `dreamforge logs` prints everything.
+# Lines shown in the log panel: the browser renders a few hundred fast, 20k slowly; the CLI's
+# `dreamforge logs JOB` prints them all.
 PANEL_LINES = 400
 
 
@@ -24,28 +25,31 @@ class JobStream:
     job_id: str
     logs: list[dict[str, Any]] = field(default_factory=list)
     points: list[dict[str, Any]] = field(default_factory=list)
-    log_next: int = 0
+    log_next: int = 0  # the last log seq held; seqs are dense per job, so also the line count
     metric_next: int = 0
-    requests: int = 0  # how many HTTP requests the buffer cost (the benchmark and tests read it)
+    requests: int = 0  # HTTP requests this buffer cost (the benchmark and the tests read it)
 
     def refresh(self, api: Api, *, max_pages: int = 50) -> tuple[int, int]:
         """Fetch rows newer than what is held; returns (new log lines, new metric points)."""
         new_logs = new_points = 0
+        first = self.requests == 0
         for _ in range(max_pages):
-            body = api.logs(self.job_id, after=self.log_next)
+            body = api.logs(self.job_id, after=self.log_next, last=PANEL_LINES if first else None)
+            first = False
             self.requests += 1
             self.logs += body["lines"]
             new_logs += len(body["lines"])
             self.log_next = body["next"]
-            if len(body["lines"]) < 5000:
+            if len(body["lines"]) < LOG_PAGE:
                 break
+        del self.logs[:-PANEL_LINES]  # the panel never shows more; the buffer stays small
         for _ in range(max_pages):
             body = api.metrics(self.job_id, after=self.metric_next)
             self.requests += 1
             self.points += body["points"]
             new_points += len(body["points"])
             self.metric_next = body["next"]
-            if len(body["points"]) < 20000:
+            if len(body["points"]) < METRIC_PAGE:
                 break
         return new_logs, new_points
 

@@ -150,6 +150,9 @@ def test_running_job_page_shows_progress_and_fetches_only_new_rows(stack, db, jo
     assert "domain line 104" in at.code[0].value
     assert len(chart_data(at, "loss vs step")) == 28
     assert [b for b in at.button if b.key == "cancel"]
+    with api(stack) as c:  # opening a long log starts at its tail
+        tail = c.get(f"/api/jobs/{job_id}/logs", params={"last": 10}).json()
+        assert [ln["seq"] for ln in tail["lines"]] == list(range(26, 36)) and tail["next"] == 35
 
 
 def test_failed_job_page_names_the_stage_and_the_problem(stack, jobs):

@@ -141,10 +141,10 @@ def live(job_id: str) -> None:
             chart(reward, "reward vs step", "reward")
         else:
             st.info("No reward points yet (the RL stage reports them).")
-    n = len(stream.logs)
+    n = stream.log_next
     with st.expander(f"Logs ({n} lines)", expanded=job["status"] not in ui.FINAL):
         tail = stream.logs[-PANEL_LINES:]
-        if n > PANEL_LINES:
+        if n > len(tail):
             st.caption(f"the last {PANEL_LINES} of {n} lines; `dreamforge logs {job_id}` prints them all")
         text = "\n".join(f"{ln['seq']:>6} {ln['level']:<7} {('[' + ln['stage'] + '] ') if ln.get('stage') else ''}{ln['message']}"
                          for ln in tail)  # fmt: skip
