@@ -349,9 +349,9 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
-def test_browser_renders_the_finished_job_page(stack, finished, root):
-    """Headless Chromium (Debian's, installed by .ci/run) opens the job page as a person would;
-    the screenshot lands in test-artifacts/."""
+@pytest.fixture(scope="module")
+def browser(stack):
+    """Headless Debian Chromium driven by Playwright, and the stack's dashboard server."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         if os.environ.get("CI"):
@@ -360,30 +360,49 @@ def test_browser_renders_the_finished_job_page(stack, finished, root):
     from playwright.sync_api import sync_playwright
 
     start_dashboard(stack)
-    shots = root / "test-artifacts"
-    shots.mkdir(exist_ok=True)
     with sync_playwright() as p:
         # Playwright gives each launch a fresh temporary profile (the fresh --user-data-dir).
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
         try:
-            # tall: Streamlit scrolls inside its own container, so a full-page shot is one viewport
-            page = browser.new_page(viewport={"width": 1400, "height": 2800})
-            page.goto(f"{stack.dashboard_url}/job?job={finished['jobId']}", timeout=60_000)
-            page.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
-            try:
-                page.wait_for_selector('.st-key-charts [data-testid="stVegaLiteChart"] canvas, '
-                                       '.st-key-charts [data-testid="stVegaLiteChart"] svg', timeout=30_000)  # fmt: skip
-                page.wait_for_selector('.st-key-metrics-table [data-testid="stDataFrame"]', timeout=30_000)
-                page.wait_for_selector('[data-testid="stImage"] img', timeout=30_000)
-            finally:
-                page.screenshot(path=str(shots / "dashboard-job.png"), full_page=True)
-            charts = page.locator('.st-key-charts [data-testid="stVegaLiteChart"]')
-            assert charts.count() == 2
-            assert "loss vs step" in charts.first.inner_text() and "reward vs step" in charts.last.inner_text()
-            table = page.locator('.st-key-metrics-table [data-testid="stDataFrame"]')
-            assert table.bounding_box()["height"] > 100  # the five model rows, not an empty frame
-            assert page.locator('[data-testid="stImage"] img').count() == 12
-            assert page.get_by_text("Held-out metrics per stage").is_visible()
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+def test_browser_renders_the_finished_job_page(stack, finished, browser, root):
+    """The job page as a person sees it; the screenshot lands in test-artifacts/."""
+    shots = root / "test-artifacts"
+    shots.mkdir(exist_ok=True)
+    # tall: Streamlit scrolls inside its own container, so a full-page shot is one viewport
+    page = browser.new_page(viewport={"width": 1400, "height": 2800})
+    page.goto(f"{stack.dashboard_url}/job?job={finished['jobId']}", timeout=60_000)
+    page.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
+    try:
+        page.wait_for_selector('.st-key-charts [data-testid="stVegaLiteChart"] canvas, '
+                               '.st-key-charts [data-testid="stVegaLiteChart"] svg', timeout=30_000)  # fmt: skip
+        page.wait_for_selector('.st-key-metrics-table [data-testid="stDataFrame"]', timeout=30_000)
+        page.wait_for_selector('[data-testid="stImage"] img', timeout=30_000)
+    finally:
+        page.screenshot(path=str(shots / "dashboard-job.png"), full_page=True)
+    charts = page.locator('.st-key-charts [data-testid="stVegaLiteChart"]')
+    assert charts.count() == 2
+    assert "loss vs step" in charts.first.inner_text() and "reward vs step" in charts.last.inner_text()
+    table = page.locator('.st-key-metrics-table [data-testid="stDataFrame"]')
+    assert table.bounding_box()["height"] > 100  # the five model rows, not an empty frame
+    assert page.locator('[data-testid="stImage"] img').count() == 12
+    assert page.get_by_text("Held-out metrics per stage").is_visible()
     assert (shots / "dashboard-job.png").stat().st_size > 20_000
+    page.close()
+
+
+def test_browser_follows_a_running_job_without_reloading(stack, db, jobs, browser):
+    """The live part refreshes on its own (st.fragment(run_every=…)): new lines appear."""
+    job_id, attempt = jobs["running"], jobs["attempt"]
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(f"{stack.dashboard_url}/job?job={job_id}", timeout=60_000)
+    n = db.jobs.find_one({"_id": job_id})["log_seq"]
+    page.get_by_text(f"Logs ({n} lines)").wait_for(timeout=60_000)
+    queue.append(db, job_id, attempt, "logs", log_rows(3, "domain", start=900))
+    page.get_by_text(f"Logs ({n + 3} lines)").wait_for(timeout=15_000)
+    page.wait_for_function("document.body.innerText.includes('domain line 902')", timeout=15_000)
+    page.close()

@@ -11,6 +11,7 @@ from dashboard import ui
 from dashboard.api import ApiError
 
 BUILTIN_REWARDS = ("default", "iou", "f1", "mask_iou", "oks", "format", "caption")
+TASK_REWARDS = {"detect": "iou", "segment": "mask_iou", "keypoints": "oks", "caption": "caption"}  # what "default" means
 SYNTHETIC_KINDS = ("retail-shelf", "medical-scan", "traffic-camera", "generic")
 LINK_SCHEMES = ("s3://", "gs://", "https://")
 JS_TEMPLATE = """// out and gt: {boxes: [[x1,y1,x2,y2]...], labels: [...], image: {width, height}}
@@ -95,6 +96,8 @@ def reward_section(preset_reward: str) -> tuple[str | None, str | None, str]:
 def test_reward(builtin: str | None, source: str | None, dataset: str, task: str) -> None:
     """Score the reward on samples of the chosen dataset: an exact answer, a shifted one, a
     missing one and an extra one should score in that order, or the reward has a bug."""
+    if builtin == "default":
+        builtin = TASK_REWARDS.get(task, "iou")
     try:
         body = ui.api().test_reward(source=source, reward=None if source else builtin, dataset=dataset, task=task)
     except ApiError as e:
