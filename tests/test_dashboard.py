@@ -131,7 +131,7 @@ def test_running_job_page_shows_progress_and_fetches_only_new_rows(stack, db, jo
     assert at.progress[0].value == 38  # 37.5 % rounded
     shown = {m.label: m.value for m in at.metric}
     assert shown["Status"] == "running" and shown["Stage"] == "2 · domain SFT"
-    assert shown["Elapsed"] != "–"
+    assert shown["Elapsed"] != "–" and shown["Remaining"].endswith("s")  # extrapolated from 37.5 %
     assert list(frame(at, "attempts")["status"]) == ["done", "running", "pending", "pending"]
     assert at.expander[0].label == "Logs (30 lines)"
     assert "warm_start line 29" in at.code[0].value
