@@ -24,7 +24,7 @@ st.set_page_config(page_title="DreamForge", page_icon="🔥", layout="wide")
 st.session_state.setdefault("api_key", os.environ.get("DREAMFORGE_API_KEY", ""))
 
 pages = [
-    st.Page("app_pages/train.py", title="Train", icon="🚀", url_path="train", default=True),
+    st.Page("app_pages/train.py", title="Train", icon="🚀", default=True),
     st.Page("app_pages/job.py", title="Job", icon="📈", url_path="job"),
     st.Page("app_pages/jobs.py", title="Jobs", icon="📋", url_path="jobs"),
     st.Page("app_pages/previews.py", title="Previews", icon="🌿", url_path="previews"),

@@ -20,6 +20,7 @@ from dashboard.api import ApiError
 from dashboard.stream import PANEL_LINES, job_stream
 
 REFRESH_S = 2.0
+TAIL_LINES = 30
 # Points drawn per curve: a browser draws 5,000-point lines fine, but the spec travels on every
 # refresh, so long runs are thinned evenly (first and last points kept).
 MAX_CHART_POINTS = 2000
@@ -143,12 +144,15 @@ def live(job_id: str) -> None:
             st.info("No reward points yet (the RL stage reports them).")
     n = stream.log_next
     with st.expander(f"Logs ({n} lines)", expanded=job["status"] not in ui.FINAL):
-        tail = stream.logs[-PANEL_LINES:]
-        if n > len(tail):
-            st.caption(f"the last {PANEL_LINES} of {n} lines; `dreamforge logs {job_id}` prints them all")
+        # The newest TAIL_LINES in order, always in view: the panel follows the log like
+        # `tail -f` without any scrolling; the longer view scrolls.
+        more = st.toggle(f"show the last {PANEL_LINES}", key=f"more_logs_{job_id}")
+        shown = stream.logs[-(PANEL_LINES if more else TAIL_LINES):]
+        if n > len(shown):
+            st.caption(f"the last {len(shown)} of {n} lines; `dreamforge logs {job_id}` prints them all")
         text = "\n".join(f"{ln['seq']:>6} {ln['level']:<7} {('[' + ln['stage'] + '] ') if ln.get('stage') else ''}{ln['message']}"
-                         for ln in tail)  # fmt: skip
-        st.code(text or "(no log lines yet)", language=None)
+                         for ln in shown)  # fmt: skip
+        st.code(text or "(no log lines yet)", language=None, height=420 if more else "content")
     if job["status"] in ui.FINAL and st.session_state.get("_was_live") == job_id:
         st.session_state.pop("_was_live")
         st.rerun()  # the job just ended: draw the final sections once, and stop refreshing
