@@ -147,7 +147,11 @@ def test_running_job_page_shows_progress_and_fetches_only_new_rows(stack, db, jo
     assert stream.log_next == 35 and stream.metric_next == 28
     assert stream.requests - first_requests == 2  # one logs and one metrics request per refresh
     assert at.expander[0].label == "Logs (35 lines)"
-    assert "domain line 104" in at.code[0].value
+    assert "domain line 104" in at.code[0].value  # the panel follows: the newest 30 lines
+    assert "warm_start line 4" not in at.code[0].value
+    assert any(c.startswith("the last 30 of 35 lines") for c in texts(at, "caption"))
+    at.toggle(key=f"more_logs_{job_id}").set_value(True).run()
+    assert "warm_start line 0" in at.code[0].value
     assert len(chart_data(at, "loss vs step")) == 28
     assert [b for b in at.button if b.key == "cancel"]
     with api(stack) as c:  # opening a long log starts at its tail
