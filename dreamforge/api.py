@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from dreamforge import auth, queue
 from dreamforge.routes_samples import router as samples_router
@@ -32,13 +32,16 @@ from dreamforge.schemas import (
     LogLine,
     MetricPoint,
     RewardIn,
+    RewardTestIn,
+    RewardTestResult,
     RewardView,
     TrainRequest,
 )
 from dreamforge.settings import Settings
 from dreamforge.store import DATASETS, GRIDFS_BUCKET, JOBS, LOGS, METRICS, REWARDS, async_client, ensure_indexes_async
-from dreamforge.submit import NotFound, submit
+from dreamforge.submit import NotFound, resolve_dataset, store_reward, submit
 from pipeline.config import ConfigError
+from pipeline.rewards.base import RewardError
 
 log = logging.getLogger("dreamforge.api")
 
@@ -344,23 +347,60 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def create_reward(request: Request, body: RewardIn, pid: Project):
         """Store a JavaScript reward after checking it compiles, defines ``reward`` and returns
         a finite number on a sample; a broken reward is a 422 naming the line."""
-        from pipeline.rewards.base import RewardError
+        try:
+            rid = await store_reward(db(request), pid, body.name, body.source)
+        except RewardError as e:
+            raise HTTPException(422, [_reward_problem(e)]) from None
+        doc = await db(request)[REWARDS].find_one({"_id": rid})
+        return RewardView(id=rid, name=body.name, created_at=doc["created_at"], size=len(body.source))
+
+    @app.post("/api/rewards/test", response_model=RewardTestResult, tags=["rewards"])
+    async def test_reward(request: Request, body: RewardTestIn, pid: Project):
+        """Run a reward (JavaScript source, a stored ``rw_…`` id, or a built-in name) on ground
+        truths of a dataset against exact, shifted, missing and extra predictions: the score
+        table a user checks before paying for a GPU job. Errors are a 422 naming the line."""
+        from pipeline.data.errors import DataError
+        from pipeline.rewards.probe import dataset_targets, load_any_reward, probe_reward
+
+        source, name = body.source, "reward.js"
+        if body.reward and body.reward.startswith("rw_"):
+            doc = await db(request)[REWARDS].find_one({"_id": body.reward, "project_id": pid}, {"source": 1, "name": 1})
+            if doc is None:
+                raise HTTPException(404, f"reward {body.reward} not found")
+            source, name = doc["source"], doc["name"]
+        try:
+            uri = await resolve_dataset(db(request), pid, body.dataset)
+        except ConfigError as e:
+            raise HTTPException(422, [{"loc": ["dataset"], "msg": str(e)}]) from None
+        except NotFound as e:
+            raise HTTPException(404, str(e)) from None
+
+        def run() -> list[dict[str, Any]]:
+            targets = dataset_targets(uri, body.task, body.samples)
+            if not targets:
+                raise DataError(f"{body.dataset}: no labelled images to test the reward on")
+            if source is not None:
+                from pipeline.rewards.js import JsReward, check_reward
+
+                reward = JsReward(source, name)
+                check_reward(reward, body.task)
+            else:
+                reward = load_any_reward(body.reward or "default", body.task)
+            try:
+                return probe_reward(reward, targets)
+            finally:
+                if hasattr(reward, "close"):
+                    reward.close()
 
         try:
-            from pipeline.rewards.js import check_js_reward
-        except ImportError:
-            raise HTTPException(501, "JavaScript rewards are not available in this build") from None
-        try:
-            await asyncio.to_thread(check_js_reward, body.source, body.name)
+            rows = await asyncio.to_thread(run)
         except RewardError as e:
-            raise HTTPException(422, [{"loc": ["source"], "msg": str(e)}]) from None
-        doc = {"_id": "rw_" + secrets.token_hex(8), "project_id": pid, "name": body.name, "source": body.source,
-               "created_at": queue.now()}  # fmt: skip
-        try:
-            await db(request)[REWARDS].insert_one(doc)
-        except DuplicateKeyError:  # pragma: no cover — random ids
-            raise HTTPException(409, "retry") from None
-        return RewardView(id=doc["_id"], name=body.name, created_at=doc["created_at"], size=len(body.source))
+            raise HTTPException(422, [_reward_problem(e)]) from None
+        except DataError as e:
+            raise HTTPException(422, [{"loc": ["dataset"], "msg": str(e)}]) from None
+        except (KeyError, ValueError) as e:
+            raise HTTPException(422, [{"loc": ["reward"], "msg": str(e).strip("'")}]) from None
+        return RewardTestResult(reward=body.reward or name, samples=rows[0]["n"], cases=rows)
 
     @app.get("/api/rewards", response_model=list[RewardView], tags=["rewards"])
     async def list_rewards(request: Request, pid: Project):
@@ -369,6 +409,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(samples_router)
     return app
+
+
+def _reward_problem(e: RewardError) -> dict[str, Any]:
+    return {"loc": ["source"], "msg": str(e), "line": e.line, "column": e.column}
 
 
 def _validate_zip(path: Path, task: str) -> dict[str, Any]:

@@ -109,6 +109,60 @@ def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None
     return {"text": text, "parsed": ok, "quantized": quantized, "prediction": target}
 
 
+reward_app = typer.Typer(help="Check rewards before training with them.", no_args_is_help=True)
+app.add_typer(reward_app, name="reward")
+
+
+@reward_app.command("test")
+def reward_test(
+    reward: Annotated[str, typer.Argument(help="A .js file defining reward(out, gt), example:NAME, or a built-in name.")],
+    dataset: Annotated[str, typer.Option(help="Dataset URI whose ground truths the reward is run on.")],
+    samples: Annotated[int, typer.Option(min=1, max=1000, help="How many ground truths to use.")] = 16,
+    task: Annotated[str, typer.Option(help="detect, segment, keypoints or caption.")] = "detect",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+) -> None:
+    """Run a reward on ground truth against perturbed predictions (exact, shifted, missing,
+    extra) and print each case's scores and spread; exit code 1 on any error."""
+    from pipeline.data.errors import DataError
+    from pipeline.rewards.base import RewardError
+    from pipeline.rewards.probe import dataset_targets, load_any_reward, probe_reward
+
+    reward_obj = None
+    try:
+        targets = dataset_targets(dataset, task, samples)
+        if not targets:
+            raise _fail(f"{dataset}: no labelled images to test the reward on", 2)
+        reward_obj = load_any_reward(reward, task)
+        rows = probe_reward(reward_obj, targets)
+    except RewardError as e:
+        raise _fail(str(e)) from None
+    except DataError as e:
+        raise _fail(str(e), 2) from None
+    except (KeyError, ValueError) as e:
+        raise _fail(str(e).strip("'")) from None
+    finally:
+        if reward_obj is not None and hasattr(reward_obj, "close"):
+            reward_obj.close()
+    if as_json:
+        typer.echo(json.dumps({"reward": reward, "samples": len(targets), "cases": rows}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{reward} on {len(targets)} ground truths of {dataset}")
+    for col in ("case", "mean", "min", "max", "std"):
+        table.add_column(col, justify="left" if col == "case" else "right")
+    for r in rows:
+        table.add_row(r["case"], *(f"{r[k]:.4f}" for k in ("mean", "min", "max", "std")))
+    console = Console()
+    console.print(table)
+    means = {r["case"]: r["mean"] for r in rows}
+    if max(means.values()) - min(means.values()) < 1e-9:
+        console.print("[yellow]warning: every case scores the same: GRPO gets no signal from this reward[/]")
+    elif means["exact"] < max(means.values()):
+        console.print("[yellow]warning: a perturbed prediction scores higher than the exact one[/]")
+
+
 from dreamforge import cli_service  # noqa: E402 — registers up, worker, train, status, logs, cancel, jobs, init, demo
 
 cli_service.register(app)

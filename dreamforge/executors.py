@@ -2,8 +2,8 @@
 
 ``LocalExecutor`` runs the stage as ``python -m pipeline.run --stages N`` in a child process;
 the child's reporter appends events to ``events.jsonl`` (``pipeline.reporter``), which the
-worker tails into MongoDB through a fenced sink. ``ModalExecutor`` (``modal_app``) spawns the
-stage's Modal function instead. Both answer with a :class:`StageOutcome`.
+worker tails into MongoDB through a fenced sink. ``ModalExecutor`` (``dreamforge.modal_executor``)
+spawns the stage's Modal function instead. Both answer with a :class:`StageOutcome`.
 """
 
 from __future__ import annotations
@@ -94,19 +94,30 @@ def stage_info(out: Path, stage: str) -> dict[str, Any]:
     return result
 
 
+def stage_command(python: str, cfg_path: Path, stage: str, out: Path, *, num_processes: int = 1) -> list[str]:
+    """``python -m pipeline.run`` for one stage; across ``num_processes`` GPUs through
+    ``accelerate launch``, which starts one process per GPU and sets up distributed training."""
+    args = ["--config", str(cfg_path), "--stages", str(STAGE_NUMBER[stage]), "--output", str(out), "--quiet"]
+    if num_processes <= 1:
+        return [python, "-m", "pipeline.run", *args]
+    return [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+            "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--module", "pipeline.run", *args]  # fmt: skip
+
+
 class LocalExecutor:
     """Each stage in a child process on this machine (CPU or a local GPU)."""
 
-    def __init__(self, python: str = sys.executable, poll_s: float = 0.2) -> None:
+    def __init__(self, python: str = sys.executable, poll_s: float = 0.2, num_processes: int = 1) -> None:
         self.python = python
         self.poll_s = poll_s
+        self.num_processes = num_processes
 
     def run_stage(self, job, stage, workdir, sink, check, timeout_s):
         out = workdir / "out"
         out.mkdir(parents=True, exist_ok=True)
         cfg_path = workdir / "config.json"
-        cmd = [self.python, "-m", "pipeline.run", "--config", str(cfg_path), "--stages", str(STAGE_NUMBER[stage]),
-               "--output", str(out), "--quiet"]  # fmt: skip
+        cmd = stage_command(self.python, cfg_path, stage, out, num_processes=self.num_processes)
         tail = EventTail(out / "events.jsonl")
         err_path = workdir / "logs" / f"{stage}-attempt{job['attempt']}.log"
         err_path.parent.mkdir(parents=True, exist_ok=True)

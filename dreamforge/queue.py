@@ -276,3 +276,10 @@ def read_rows(chunks: list[dict[str, Any]], after: int, limit: int) -> list[dict
     """Flatten chunk documents (any order) into rows with ``seq > after``, oldest first."""
     rows = [r for c in sorted(chunks, key=lambda c: c["seq"]) for r in c["rows"] if r["seq"] > after]
     return rows[:limit]
+
+
+def reset_seq(job_id: str) -> None:
+    """Forget this process's sequence counters of ``job_id``: another process (a Modal stage
+    function) appended for the same attempt, so the next append re-reads them from the job."""
+    for key in [k for k in _SEQ if k[0] == job_id]:
+        _SEQ.pop(key, None)

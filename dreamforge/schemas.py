@@ -108,6 +108,31 @@ class RewardIn(_Strict):
     source: str = Field(..., min_length=1, max_length=200_000)
 
 
+class RewardTestIn(_Strict):
+    """``POST /api/rewards/test``: a reward to try on a dataset's ground truths."""
+
+    source: str | None = Field(None, max_length=200_000, description="JavaScript defining reward(out, gt).")
+    reward: str | None = Field(None, description="A stored reward id (rw_…) or a built-in name, when no source is given.")
+    dataset: str = Field(..., description="Dataset URI or stored dataset id (ds_…).")
+    task: Literal["detect", "segment", "keypoints", "caption"] = "detect"
+    samples: int = Field(8, ge=1, le=256)
+
+
+class RewardCase(BaseModel):
+    case: str
+    n: int
+    mean: float
+    min: float
+    max: float
+    std: float
+
+
+class RewardTestResult(BaseModel):
+    reward: str
+    samples: int
+    cases: list[RewardCase]
+
+
 class RewardView(BaseModel):
     id: str
     name: str

@@ -28,6 +28,9 @@ class Settings:
     # Intermediate checkpoints and unpacked datasets of finished jobs older than this are deleted.
     temp_retention_s: float = field(default_factory=lambda: _f("DREAMFORGE_TEMP_RETENTION_S", 7 * 86400))
     poll_s: float = field(default_factory=lambda: _f("DREAMFORGE_POLL_S", 0.2))
+    # Where stages run: "local" (child processes here) or "modal" (the deployed app's GPU functions).
+    executor: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_EXECUTOR", "local"))
+    modal_app: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_MODAL_APP", "dreamforge"))
 
     @property
     def artifacts(self) -> Path:

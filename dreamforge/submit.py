@@ -26,6 +26,40 @@ def allow_local_paths() -> bool:
     return os.environ.get("DREAMFORGE_ALLOW_LOCAL_PATHS", "0") == "1"
 
 
+async def resolve_dataset(db, project_id: str, dataset: str) -> str:
+    """The URI a worker reads ``dataset`` from: a stored id (``ds_…``) of this project becomes
+    ``gridfs://…``; raw gridfs:// and (in production) server paths are refused."""
+    if dataset.startswith("ds_"):
+        doc = await db[DATASETS].find_one({"_id": dataset, "project_id": project_id}, {"gridfs_id": 1})
+        if not doc:
+            raise NotFound(f"dataset {dataset} not found")
+        return f"gridfs://{doc['gridfs_id']}"
+    if dataset.startswith("gridfs://"):
+        raise ConfigError("data.dataset: refer to uploaded datasets by their id (ds_…)",
+                          [{"loc": "data.dataset", "msg": "use the dataset id (ds_…) that POST /api/datasets returned"}])  # fmt: skip
+    if not dataset.startswith(REMOTE_SCHEMES) and not allow_local_paths():
+        raise ConfigError(
+            f"data.dataset: {dataset!r} is a server path; use s3://, gs://, https://, a stored dataset id (ds_…) or upload one",
+            [{"loc": "data.dataset", "msg": "server paths are not allowed here; use s3://, gs://, https:// or a dataset id"}],
+        )
+    return dataset
+
+
+async def store_reward(db, project_id: str, name: str, source: str) -> str:
+    """Check JavaScript (compiles, defines reward, returns a finite number on a sample) and
+    store it for this project; returns its id. Raises ``RewardError`` naming the line."""
+    import asyncio
+    import secrets
+
+    from pipeline.rewards.js import check_js_reward
+
+    await asyncio.to_thread(check_js_reward, source, name)
+    doc = {"_id": "rw_" + secrets.token_hex(8), "project_id": project_id, "name": name, "source": source,
+           "created_at": queue.now()}  # fmt: skip
+    await db[REWARDS].insert_one(doc)
+    return doc["_id"]
+
+
 async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict[str, Any], str | None]:
     """Returns ``(config as a JSON dict, stored reward id or None)``; raises ConfigError / NotFound."""
     raw = deep_merge(req.config or {}, req.overrides)
@@ -37,8 +71,15 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict
             raw = deep_merge(raw, {key: {"epochs": n}})
     reward = req.reward
     if req.reward_js is not None:
-        raise ConfigError("reward_js: store the JavaScript with POST /api/rewards first and pass its id as reward",
-                          [{"loc": "reward_js", "msg": "store it with POST /api/rewards and pass the id as reward"}])  # fmt: skip
+        from pipeline.rewards.base import RewardError
+
+        if reward:
+            raise ConfigError("reward_js: pass either reward or reward_js, not both",
+                              [{"loc": "reward_js", "msg": "pass either reward or reward_js, not both"}])  # fmt: skip
+        try:
+            reward = await store_reward(db, project_id, "inline.js", req.reward_js)
+        except RewardError as e:
+            raise ConfigError(f"reward_js: {e}", [{"loc": "reward_js", "msg": str(e)}]) from None
     if reward and reward.startswith("rw_"):
         if not await db[REWARDS].find_one({"_id": reward, "project_id": project_id}, {"_id": 1}):
             raise NotFound(f"reward {reward} not found")
@@ -47,24 +88,19 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict
     elif reward:
         raw["reward"] = reward
     cfg = build_config(raw, preset=req.preset, source="request")
-    dataset = cfg.data.dataset
-    if dataset.startswith("ds_"):
-        doc = await db[DATASETS].find_one({"_id": dataset, "project_id": project_id}, {"gridfs_id": 1})
-        if not doc:
-            raise NotFound(f"dataset {dataset} not found")
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": f"gridfs://{doc['gridfs_id']}"})})
-    elif dataset.startswith("gridfs://"):
-        raise ConfigError("data.dataset: refer to uploaded datasets by their id (ds_…)",
-                          [{"loc": "data.dataset", "msg": "use the dataset id (ds_…) that POST /api/datasets returned"}])  # fmt: skip
-    elif not dataset.startswith(REMOTE_SCHEMES) and not allow_local_paths():
-        raise ConfigError(
-            f"data.dataset: {dataset!r} is a server path; use s3://, gs://, https://, a stored dataset id (ds_…) or upload one",
-            [{"loc": "data.dataset", "msg": "server paths are not allowed here; use s3://, gs://, https:// or a dataset id"}],
-        )
+    dataset = await resolve_dataset(db, project_id, cfg.data.dataset)
+    if dataset != cfg.data.dataset:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": dataset})})
     if reward_ref is None and cfg.reward.endswith(".js"):
         raise ConfigError("reward: upload JavaScript rewards with POST /api/rewards and pass the returned id",
                           [{"loc": "reward", "msg": "a .js path is not readable by the service; pass a stored reward id"}])  # fmt: skip
-    if reward_ref is None and cfg.reward != "default":
+    if reward_ref is None and cfg.reward.startswith("example:"):
+        from pipeline.rewards.js import EXAMPLES
+
+        if not (EXAMPLES / (cfg.reward.removeprefix("example:") + ".js")).exists():
+            known = ", ".join(sorted("example:" + p.stem for p in EXAMPLES.glob("*.js")))
+            raise ConfigError(f"reward: no such example; the examples are {known}", [{"loc": "reward", "msg": f"use one of {known}"}])
+    elif reward_ref is None and cfg.reward != "default":
         # light import: the API process never loads torch
         from pipeline.rewards.builtin import get_reward
 

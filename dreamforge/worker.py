@@ -79,6 +79,12 @@ class Worker:
     def __init__(self, settings: Settings | None = None, executor: Executor | None = None,
                  worker_id: str | None = None) -> None:  # fmt: skip
         self.settings = settings or Settings()
+        if executor is None and self.settings.executor == "modal":
+            from dreamforge.modal_executor import ModalExecutor
+
+            executor = ModalExecutor(self.settings)
+        elif executor is None and self.settings.executor != "local":
+            raise ValueError(f"DREAMFORGE_EXECUTOR={self.settings.executor!r}: use 'local' or 'modal'")
         self.executor = executor or LocalExecutor(poll_s=self.settings.poll_s)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.client = client(self.settings.require_uri())

@@ -1,1 +1,1 @@
-"""Modal deployment glue (thin wrappers over ``dreamforge`` and ``pipeline``); arrives with its own issue."""
+"""Modal deployment glue (thin wrappers over ``dreamforge`` and ``pipeline``): ``modal deploy modal_app/app.py``."""

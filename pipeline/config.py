@@ -67,6 +67,12 @@ class RLConfig(StageConfig):
         None, ge=1, description="Token cap of a rollout; default: what the longest valid answer needs."
     )
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="TRL GRPO loss variant.")
+    reward_errors: Literal["fail", "zero"] = Field(
+        "fail", description="A JavaScript reward that fails on a sample: fail the job, or score it 0 and count it."
+    )
+    reward_timeout_s: float = Field(10.0, gt=0, le=600, description="Time limit of one batch of JavaScript reward calls.")
+    reward_sample_timeout_ms: float = Field(1000.0, gt=0, description="Time limit of one JavaScript reward call.")
+    reward_memory_mb: int = Field(256, ge=16, le=4096, description="V8 heap limit of the JavaScript reward.")
 
     @model_validator(mode="after")
     def _group_divides_batch(self) -> RLConfig:
@@ -146,7 +152,8 @@ class CurriculumConfig(_Strict):
     reward: str = Field(
         "default",
         description="Built-in reward name (iou, f1, mask_iou, oks, format, caption), 'default' for the task's "
-        "own, or a path to a JavaScript file defining reward(out, gt).",
+        "own, a path to a JavaScript file defining reward(out, gt), or example:NAME for a shipped JavaScript "
+        "example (iou, f1_class_penalty, retail_facings, medical_miss_penalty).",
     )
     seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
     num_bins: int = Field(32, ge=4, le=4096, description="Location-token bins per axis.")

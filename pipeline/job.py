@@ -8,7 +8,6 @@ function with a MongoDB reporter.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -38,13 +37,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_reward(cfg: CurriculumConfig):
+def is_js_reward(name: str) -> bool:
+    return name.endswith(".js") or name.startswith("example:")
+
+
+def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None):
+    """The job's reward; a JavaScript reward is started in its sandbox and checked on a
+    sample now, so a broken one fails the job before any training."""
     name = DEFAULT_REWARD[cfg.task] if cfg.reward == "default" else cfg.reward
-    if name.endswith(".js"):
-        raise ConfigError(
-            f"reward: {name!r} is a JavaScript reward; the JavaScript sandbox is not available in this build, "
-            "use a built-in reward (iou, f1, mask_iou, oks, format, caption)"
-        )
+    if is_js_reward(name):
+        from pipeline.rewards.js import JsLimits, check_reward, load_js_reward
+
+        rl = cfg.rl
+        limits = JsLimits(batch_timeout_s=rl.reward_timeout_s, sample_timeout_ms=rl.reward_sample_timeout_ms,
+                          heap_mb=rl.reward_memory_mb)  # fmt: skip
+
+        def warn(e) -> None:
+            if reporter is not None:
+                reporter.log(f"{e} (scored 0)", level="warning", stage="reward")
+
+        reward = load_js_reward(name, seed=cfg.seed, on_error=rl.reward_errors, limits=limits, on_sample_error=warn)
+        check_reward(reward, cfg.task)
+        return reward
     try:
         return get_reward(name)
     except (KeyError, ValueError) as e:
@@ -140,7 +154,7 @@ def run_job(
     seed_everything(cfg.seed)
     device = pick_device()
     reporter.log(f"device {device.kind}, precision {str(device.dtype).removeprefix('torch.')}")
-    reward = resolve_reward(cfg)
+    reward = resolve_reward(cfg, reporter)
     domain, warm = load_data(cfg, wanted, reporter)
     reporter.log(
         f"dataset {domain.name}: " + ", ".join(f"{k} {len(v)}" for k, v in domain.splits.items()) + " images"
@@ -184,6 +198,9 @@ def run_job(
         else:
             info = _train(ctx, stage, previous)
             checkpoints[stage] = previous = sdir / "model"
+            if stage == "reward" and hasattr(reward, "errors"):
+                # samples a JavaScript reward failed on and that were scored 0 (reward_errors: zero)
+                info["reward_errors"] = reward.errors
         info.update(state="completed", seconds=round(time.monotonic() - t0, 2))
         mark_done(sdir, info)
         stage_info[stage] = info
@@ -194,7 +211,7 @@ def run_job(
         "task": cfg.task,
         "model": cfg.model,
         "dataset": cfg.data.dataset,
-        "reward": reward.name,
+        "reward": getattr(reward, "name", str(reward)),
         "device": device.kind,
         "stages": stage_info,
         "wall_seconds": round(time.monotonic() - t_start, 2),
@@ -204,6 +221,8 @@ def run_job(
         record["evaluation"] = evaluation
         write_model_card(out, cfg, record)
     (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    if hasattr(reward, "close"):
+        reward.close()  # the JavaScript reward's worker process
     return record
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import tiny_job_config
@@ -17,6 +18,7 @@ from service_helpers import all_logs, api, wait_for, wait_job
 from dreamforge.auth import create_project
 from dreamforge.stack import start_stack
 from dreamforge.store import client
+from pipeline.rewards.js import EXAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,38 @@ def test_tenants_are_isolated(stack, db):
         assert theirs.get(f"/api/jobs/{job_id}/logs").status_code == 404
         assert theirs.post(f"/api/jobs/{job_id}/cancel").status_code == 404
         assert job_id not in [j["jobId"] for j in theirs.get("/api/jobs").json()["jobs"]]
+
+
+def test_javascript_rewards_are_checked_stored_tried_and_private(stack, db):
+    ds = "synthetic://retail-shelf?n=16&seed=1"
+    _, other_key = create_project(db, "reward-other")
+    with api(stack) as c, api(stack, other_key) as theirs:
+        r = c.post("/api/rewards", json={"name": "broken", "source": "function reward(out, gt) {\n  return out.boxes.length +;\n}"})
+        assert r.status_code == 422
+        problem = r.json()["detail"][0]
+        assert problem["line"] == 2 and "SyntaxError" in problem["msg"] and problem["loc"] == ["source"]
+        assert db.rewards.count_documents({"name": "broken"}) == 0
+        source = (Path(EXAMPLES) / "retail_facings.js").read_text()
+        rid = c.post("/api/rewards", json={"name": "facings", "source": source}).json()["id"]
+        assert rid in [x["id"] for x in c.get("/api/rewards").json()]
+        table = c.post("/api/rewards/test", json={"reward": rid, "dataset": ds, "samples": 4})
+        assert table.status_code == 200, table.text
+        cases = {row["case"]: row for row in table.json()["cases"]}
+        assert table.json()["samples"] == 4 and cases["exact"]["mean"] == 1.0 and cases["missing"]["mean"] < 1.0
+        src = "function reward(o, g) {\n  if (o.boxes.length > 1) throw new Error('x');\n  return 1\n}"
+        thrown = c.post("/api/rewards/test", json={"source": src, "dataset": ds, "samples": 4})
+        assert thrown.status_code == 422 and thrown.json()["detail"][0]["line"] == 2
+        # another project can neither list, try nor train with it
+        assert rid not in [x["id"] for x in theirs.get("/api/rewards").json()]
+        assert theirs.post("/api/rewards/test", json={"reward": rid, "dataset": ds}).status_code == 404
+        assert theirs.post("/api/train", json={**tiny(), "reward": rid}).status_code == 404
+        # inline JavaScript on /api/train is checked, stored for the project and referenced by the job
+        bad = c.post("/api/train", json={**tiny(), "reward_js": "function reward(o, g) { return NaN }"})
+        assert bad.status_code == 422 and "returned NaN" in bad.text
+        job_id = c.post("/api/train", json={**tiny(), "reward_js": source}).json()["jobId"]
+        c.post(f"/api/jobs/{job_id}/cancel")
+        job = db.jobs.find_one({"_id": job_id})
+        assert db.rewards.find_one({"_id": job["reward_ref"]})["project_id"] == "prj_dev"
 
 
 def test_cancel_queued_and_running(stack, db):

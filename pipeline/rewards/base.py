@@ -9,6 +9,7 @@ same protocol, so the trainer and the evaluator never care which kind they hold.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,15 +25,22 @@ class Reward(Protocol):
     def score(self, outs: list[dict], gts: list[dict]) -> list[float]: ...
 
 
+LOADING = -1  # RewardError.index of a reward that does not compile or load
+
+
 class RewardError(Exception):
     """A reward failed on one sample (``index``) or on the whole batch (``index is None``)."""
 
-    def __init__(self, reward: str, index: int | None, message: str) -> None:
+    def __init__(self, reward: str, index: int | None, message: str, line: int | None = None,
+                 column: int | None = None) -> None:  # fmt: skip
         self.reward = reward
         self.index = index
         self.message = message
-        where = "the batch" if index is None else f"sample {index}"
-        super().__init__(f"reward {reward!r} failed on {where}: {message}")
+        self.line, self.column = line, column  # in the reward's source, for JavaScript rewards
+        where = "on the batch" if index is None else f"on sample {index}"
+        if index == LOADING:
+            where = "to load"
+        super().__init__(f"reward {reward!r} failed {where}: {message}")
 
 
 def completion_text(completion: Any) -> str:
@@ -81,6 +89,7 @@ class TrlReward:
         self.codec = codec
         self.parsed_bonus = float(parsed_bonus)
         self.__name__ = reward.name
+        self.seconds = 0.0  # spent in this reward (decode + score), reported by the RL stage
 
     def __call__(
         self,
@@ -90,6 +99,13 @@ class TrlReward:
         height: list[int] | None = None,
         **kwargs: Any,
     ) -> list[float]:
+        t0 = time.perf_counter()
+        try:
+            return self._score(completions, gt, width, height)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _score(self, completions: list[Any], gt: list[Any], width: list[int] | None, height: list[int] | None) -> list[float]:
         name = self.reward.name
         if len(gt) != len(completions):
             raise RewardError(name, None, f"{len(completions)} completions, {len(gt)} gt rows")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -43,6 +45,11 @@ class Context:
 
     def checkpoint(self, stage: str) -> Path:
         return self.stage_dir(stage) / "model"
+
+    def resume_dir(self, stage: str) -> Path:
+        """Where a training stage keeps its resumable trainer checkpoints. Beside the stage
+        folder, not inside it: a restarted stage empties its own folder first (``run_job``)."""
+        return self.out / "stages" / f"{stage}.checkpoints"
 
 
 def user_prompt(codec: Codec) -> list[dict[str, Any]]:
@@ -127,6 +134,69 @@ class ReporterCallback(TrainerCallback):
         values = {("lr" if k == "learning_rate" else k): v for k, v in values.items()}
         if values:
             self.reporter.metric(self.stage, state.global_step + self.step_offset, values)
+
+
+class CheckpointTimer(TrainerCallback):
+    """Asks the trainer for a resumable checkpoint every ``every_s`` seconds (and every
+    ``every_steps`` steps when given).
+
+    Modal restarts a preempted function on the same input and gives it about 30 s to exit,
+    too little to save optimizer state then; so the state is saved ahead of time, and a
+    restart loses at most one interval.
+    """
+
+    def __init__(self, every_s: float | None, every_steps: int | None = None) -> None:
+        self.every_s = every_s
+        self.every_steps = every_steps
+        self.last = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kw):
+        due_time = self.every_s is not None and time.monotonic() - self.last >= self.every_s
+        due_step = bool(self.every_steps) and state.global_step % self.every_steps == 0
+        if (due_time or due_step) and state.global_step < state.max_steps:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kw):
+        self.last = time.monotonic()
+
+
+def checkpoint_schedule(default_steps: int | None) -> CheckpointTimer:
+    """The checkpoint timer from the environment: ``DREAMFORGE_CHECKPOINT_S`` (default 600 s;
+    0 turns the timer off) and ``DREAMFORGE_CHECKPOINT_STEPS`` (default ``default_steps``)."""
+    every_s = float(os.environ.get("DREAMFORGE_CHECKPOINT_S", 600)) or None
+    steps = os.environ.get("DREAMFORGE_CHECKPOINT_STEPS")
+    return CheckpointTimer(every_s, int(steps) if steps else default_steps)
+
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete trainer checkpoint in ``folder``. ``trainer_state.json`` is written
+    after the weights and optimizer state, so a folder without it was cut off mid-save."""
+    if not folder.is_dir():
+        return None
+    done = [(int(m.group(1)), p) for p in folder.iterdir()
+            if (m := _CKPT.match(p.name)) and (p / "trainer_state.json").exists()]  # fmt: skip
+    return max(done)[1] if done else None
+
+
+def resume_point(ctx: Context, stage: str) -> str | None:
+    """The checkpoint to resume ``stage`` from (logged), or None to start at step 0."""
+    ckpt = newest_checkpoint(ctx.resume_dir(stage))
+    if ckpt is None:
+        return None
+    ctx.reporter.log(f"resuming stage {stage} from {ckpt.name}", stage=stage)
+    return str(ckpt)
+
+
+def drop_checkpoints(ctx: Context, stage: str) -> None:
+    """A finished stage's final model is saved: its optimizer-state checkpoints are dead weight."""
+    shutil.rmtree(ctx.resume_dir(stage), ignore_errors=True)
 
 
 def mark_done(stage_dir: Path, info: dict[str, Any]) -> None:

@@ -26,8 +26,11 @@ from pipeline.stages.common import (
     Context,
     ReporterCallback,
     StageCancelled,
+    checkpoint_schedule,
+    drop_checkpoints,
     grpo_rows,
     lora_wrap,
+    resume_point,
     save_model,
     time_cosine,
 )
@@ -58,7 +61,7 @@ def train_grpo(
     if rl.max_seconds and not rl.max_steps:
         max_steps = max(max_steps, 100_000)
     args = GRPOConfig(
-        output_dir=str(ctx.stage_dir(stage) / "trainer"),
+        output_dir=str(ctx.resume_dir(stage)),
         per_device_train_batch_size=rl.batch_size,
         num_generations=rl.num_generations,
         max_completion_length=rl.max_completion_length or codec.max_new_tokens(),
@@ -73,7 +76,8 @@ def train_grpo(
         use_cpu=ctx.device.use_cpu,
         gradient_checkpointing=False,
         logging_steps=2,
-        save_strategy="no",
+        save_strategy="no",  # saving is driven by the checkpoint timer below
+        save_total_limit=2,  # the newest may be cut off mid-save; keep the one before it
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -92,18 +96,20 @@ def train_grpo(
         train_dataset=train,
         processing_class=processor,
         optimizers=(optimizer, scheduler),
-        callbacks=[callback],
+        callbacks=[callback, checkpoint_schedule(25)],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter
     t0 = time.monotonic()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_point(ctx, stage))
     seconds = time.monotonic() - t0
     if callback.cancelled:
         raise StageCancelled(f"stage {stage} cancelled")
     save_model(trainer.model, processor, out_model)
+    drop_checkpoints(ctx, stage)
     return {
         "train_seconds": round(seconds, 2),
         "steps": trainer.state.global_step,
         "train_loss": round(float(result.training_loss), 4),
         "examples": len(rows),
+        "reward_seconds": round(reward_fn.seconds, 3),
     }

@@ -24,7 +24,10 @@ from pipeline.stages.common import (
     Context,
     ReporterCallback,
     StageCancelled,
+    checkpoint_schedule,
+    drop_checkpoints,
     lora_wrap,
+    resume_point,
     save_model,
     sft_rows,
     time_cosine,
@@ -74,7 +77,7 @@ def train_sft(
         # With a time budget the epochs are a ceiling; leave room so time, not data, ends it.
         max_steps = max(max_steps, 100_000)
     args = SFTConfig(
-        output_dir=str(ctx.stage_dir(stage) / "trainer"),
+        output_dir=str(ctx.resume_dir(stage)),
         per_device_train_batch_size=bs,
         learning_rate=stage_cfg.lr,
         max_steps=max_steps,
@@ -85,7 +88,8 @@ def train_sft(
         use_cpu=ctx.device.use_cpu,
         gradient_checkpointing=False,  # the CPU default in TRL costs 8x for nothing (FACTS.md)
         logging_steps=10,
-        save_strategy="no",
+        save_strategy="no",  # saving is driven by the checkpoint timer below
+        save_total_limit=2,  # the newest may be cut off mid-save; keep the one before it
         report_to=[],
         max_length=None,
         completion_only_loss=True,
@@ -106,17 +110,18 @@ def train_sft(
         train_dataset=train,
         processing_class=processor,
         optimizers=(optimizer, scheduler),
-        callbacks=[callback],
+        callbacks=[callback, checkpoint_schedule(None)],
         loc_ids=loc_ids,
         loc_sigma=loc_sigma,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter
     t0 = time.monotonic()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_point(ctx, stage))
     seconds = time.monotonic() - t0
     if callback.cancelled:
         raise StageCancelled(f"stage {stage} cancelled")
     save_model(trainer.model, processor, out_model)
+    drop_checkpoints(ctx, stage)
     return {
         "train_seconds": round(seconds, 2),
         "steps": trainer.state.global_step,

@@ -1,0 +1,163 @@
+"""``ModalExecutor``: each stage runs as a call of the deployed app's GPU function for that stage.
+
+Selected with ``DREAMFORGE_EXECUTOR=modal``; the orchestrator function of ``modal_app`` runs the
+ordinary ``Worker`` with it. A stage's call is bookkept on the job (``modal_calls``) before it
+runs, polled with ``FunctionCall.get(timeout=0)``, cancelled when the user cancels, and adopted
+(not spawned again) by a worker that takes the job over: a crashed orchestrator must never cost
+two paid GPU runs. The stage function reports logs and metrics to MongoDB itself
+(``modal_stage``); this side only records how the stage ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dreamforge import modal_calls, queue
+from dreamforge.executors import StageOutcome, stage_info
+from dreamforge.settings import Settings
+from dreamforge.store import client
+
+log = logging.getLogger("dreamforge.modal_executor")
+
+# The Modal function of each stage (``modal_app/app.py`` registers them under these names).
+FUNCTIONS = {"warm_start": "warm_start", "domain": "domain", "reward": "reward", "evaluate": "evaluate"}
+# GPU per stage when the job's config gives no ``compute`` hint. SFT of a small VLM fits an L40S
+# (48 GB); RL holds the policy plus rollouts of num_generations samples per prompt, so it gets
+# the largest; evaluation and 4-bit export are generation only.
+DEFAULT_GPU = {"warm_start": "L40S", "domain": "L40S", "reward": "H100", "evaluate": "L4"}
+
+
+def stage_gpu(config: dict[str, Any], stage: str) -> str:
+    """The job's compute hint for ``stage`` (``rl.compute`` for the reward stage), else the default."""
+    section = {"warm_start": "warm_start", "domain": "domain", "reward": "rl", "evaluate": "evaluate"}[stage]
+    return (config.get(section) or {}).get("compute") or DEFAULT_GPU[stage]
+
+
+def modal_lookup(app_name: str) -> Callable[[str], Any]:
+    """The deployed function of ``app_name`` by name (lazy: Modal is contacted on first use)."""
+    import modal
+
+    return lambda name: modal.Function.from_name(app_name, name)
+
+
+def modal_call(call_id: str) -> Any:
+    import modal
+
+    return modal.FunctionCall.from_id(call_id)
+
+
+def _pending(exc: BaseException) -> bool:
+    # ``FunctionCall.get(timeout=0)`` raises the built-in TimeoutError while the call runs;
+    # Modal's own TimeoutError subclasses (the function timed out, the result expired) are ends.
+    return type(exc) is TimeoutError
+
+
+class ModalExecutor:
+    def __init__(self, settings: Settings | None = None, *, lookup: Callable[[str], Any] | None = None,
+                 call_from_id: Callable[[str], Any] = modal_call, reload: Callable[[], None] | None = None,
+                 poll_s: float = 2.0) -> None:  # fmt: skip
+        self.settings = settings or Settings()
+        self.lookup = lookup or modal_lookup(self.settings.modal_app)
+        self.call_from_id = call_from_id
+        # On Modal the orchestrator mounts the artifacts Volume: reload it to see what a stage wrote.
+        self.reload = reload or (lambda: None)
+        self.poll_s = poll_s
+        self._client = client(self.settings.require_uri())
+        self.db = self._client[self.settings.db_name]
+
+    def run_stage(self, job, stage, workdir, sink, check, timeout_s):
+        job_id, attempt = job["_id"], job["attempt"]
+        stored = (job.get("modal_calls") or {}).get(stage) or {}
+        # While the call runs, the function appends logs under this attempt; two processes
+        # appending at once would hand out the same sequence numbers, so this side writes
+        # only before the call is ours (spawned or adopted) and after it ends.
+        if stored.get("call_id"):
+            sink.log(f"stage {stage}: following Modal call {stored['call_id']} of attempt {stored['attempt']}",
+                     stage=stage)  # fmt: skip
+            sink.flush()
+            modal_calls.adopt(self.db, job_id, attempt, stage)
+            call = self.call_from_id(stored["call_id"])
+        else:
+            call = self._spawn(job, stage, workdir, sink)
+            if call is None:
+                return StageOutcome("lost", "lease lost while spawning")
+        outcome = self._poll(call, job, stage, check, timeout_s)
+        queue.reset_seq(job_id)
+        if outcome.kind in ("done", "lost"):
+            return outcome
+        try:
+            modal_calls.forget(self.db, job_id, attempt, stage)
+        except queue.LostLease:
+            return StageOutcome("lost", "lease lost")
+        return outcome
+
+    def _spawn(self, job: dict[str, Any], stage: str, workdir: Path, sink) -> Any | None:
+        job_id, attempt = job["_id"], job["attempt"]
+        config, reward_source = _inputs(workdir)
+        gpu = stage_gpu(config, stage)
+        fn = self.lookup(FUNCTIONS[stage])
+        if gpu != DEFAULT_GPU[stage]:
+            fn = fn.with_options(gpu=gpu)
+        token = modal_calls.new_token()
+        modal_calls.record_token(self.db, job_id, attempt, stage, token, gpu)  # before anything runs
+        sink.log(f"stage {stage}: spawning Modal function {FUNCTIONS[stage]} on {gpu}", stage=stage)
+        sink.flush()
+        call = fn.spawn(job_id, token, config, reward_source, gpu)
+        try:
+            modal_calls.record_call(self.db, job_id, attempt, stage, token, call.object_id)
+        except queue.LostLease:
+            call.cancel()  # nobody owns the job any more; its successor spawns its own call
+            return None
+        return call
+
+    def _poll(self, call, job: dict[str, Any], stage: str, check: Callable[[], str | None],
+              timeout_s: float) -> StageOutcome:  # fmt: skip
+        started = time.monotonic()
+        while True:
+            try:
+                result = call.get(timeout=0)
+            except Exception as e:  # noqa: BLE001 — sorted below
+                if not _pending(e):
+                    if type(e).__name__ == "FunctionTimeoutError":
+                        return StageOutcome("timeout", f"stage {stage} ran past its Modal timeout")
+                    return StageOutcome("infra_error", f"stage {stage} on Modal: {type(e).__name__}: {e}"[:2000])
+            else:
+                outcome = self._ended(result, job, stage)
+                if outcome.kind == "lost" and check() != "lost":
+                    # The call gave up on a job this worker still owns: spawn a new one.
+                    return StageOutcome("infra_error", f"stage {stage}: the Modal call stopped: {outcome.message}")
+                return outcome
+            reason = check()
+            if reason == "cancelled":
+                call.cancel()
+                return StageOutcome("cancelled", "cancelled by the user")
+            if reason == "lost":
+                return StageOutcome("lost", "lease lost")  # the call runs on; the next owner adopts it
+            if time.monotonic() - started > timeout_s:
+                call.cancel()
+                return StageOutcome("timeout", f"stage {stage} ran past its {timeout_s:.0f} s limit")
+            time.sleep(self.poll_s)
+
+    def _ended(self, result: dict[str, Any], job: dict[str, Any], stage: str) -> StageOutcome:
+        kind = result.get("kind")
+        if kind != "done":
+            return StageOutcome(kind or "infra_error", result.get("message") or f"stage {stage} ended: {kind}")
+        self.reload()
+        info = result.get("info") or stage_info(self.settings.artifacts / job["_id"] / "out", stage)
+        return StageOutcome("done", info=info)
+
+
+def _inputs(workdir: Path) -> tuple[dict[str, Any], str | None]:
+    """The config the worker prepared, and the source of a stored JavaScript reward: the GPU
+    container gets both as arguments instead of reading the orchestrator's files."""
+    import json
+
+    config = json.loads((workdir / "config.json").read_text())
+    reward = workdir / "reward.js"
+    if config.get("reward") == str(reward) and reward.exists():
+        return config, reward.read_text()
+    return config, None

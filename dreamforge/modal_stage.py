@@ -1,0 +1,200 @@
+"""The body of a stage's Modal function: run one pipeline stage and report it to MongoDB.
+
+No worker tails this container's events, so the function reports itself: the stage's
+``events.jsonl`` (kept on the Volume beside the artifacts) is tailed into a ``MongoSink`` fenced
+on (job, attempt), exactly what ``LocalExecutor`` does for a child process. The attempt is the
+one that owns the call (``modal_calls``), so after a takeover the writes follow the new owner.
+
+Failures are sorted as in ``pipeline.run``: the user's mistakes are returned (retrying cannot
+fix them), infrastructure failures raise so that Modal's ``Retries`` rerun the same input,
+which resumes from the stage's newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from dreamforge import queue
+from dreamforge.executors import STAGE_NUMBER, EventTail, LocalExecutor, StageOutcome, stage_info
+from dreamforge.modal_calls import owner
+from dreamforge.settings import Settings
+from dreamforge.store import JOBS, client
+from dreamforge.worker import MongoSink
+from pipeline.reporter import BaseReporter, MetricsFileReporter, MultiReporter
+
+log = logging.getLogger("dreamforge.modal_stage")
+
+
+class StageInfraError(RuntimeError):
+    """The stage failed for a reason a rerun may fix (crash, lost GPU, database outage)."""
+
+
+def gpu_count(gpu: str | None) -> int:
+    """``"H100:2"`` → 2; a plain type or no GPU → 1."""
+    _, _, count = (gpu or "").partition(":")
+    return int(count) if count.isdigit() and int(count) > 0 else 1
+
+
+class FollowingSink(MongoSink):
+    """A ``MongoSink`` whose fence follows the worker that owns the stage's call, and which
+    knows when to stop: the job cancelled, or this call replaced by another."""
+
+    def __init__(self, db, job_id: str, attempt: int, stage: str, token: str, check_every_s: float = 2.0) -> None:
+        super().__init__(db, job_id, attempt)
+        self.stage, self.token, self.check_every_s = stage, token, check_every_s
+        self._checked = (0.0, None)  # (monotonic time, reason)
+        self.superseded = False
+
+    def _follow(self) -> str:
+        state, attempt = owner(self.db, self.job_id, self.stage, self.token)
+        if state == "superseded":
+            self.superseded = True
+        elif attempt is not None and attempt != self.attempt:
+            log.info("job %s: stage %s now reports to attempt %s", self.job_id, self.stage, attempt)
+            self.attempt = attempt
+        return state
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except queue.LostLease:
+            state = self._follow()
+            if state in ("run", "cancelled"):
+                try:
+                    super().flush()
+                except queue.LostLease:
+                    pass  # ownership moved again; the next flush follows it
+            elif state == "superseded":
+                self.logs, self.metrics, self.latest, self.progress = [], [], {}, None
+            else:  # the job waits for a worker to take it over: keep the newest rows until then
+                self.logs, self.metrics = self.logs[-20_000:], self.metrics[-20_000:]
+
+    def check(self) -> str | None:
+        """``LocalExecutor``'s check: "cancelled", "lost" (superseded) or None; reads the job
+        at most every ``check_every_s`` seconds."""
+        t, reason = self._checked
+        if time.monotonic() - t >= self.check_every_s:
+            try:
+                state = self._follow()
+            except PyMongoError:  # a database outage must not stop a paid GPU run: ask again later
+                state = "run"
+            reason = {"cancelled": "cancelled", "superseded": "lost"}.get(state)
+            self._checked = (time.monotonic(), reason)
+        return reason
+
+
+class _StopWhenAsked(BaseReporter):
+    def __init__(self, sink: FollowingSink) -> None:
+        self.sink = sink
+
+    def should_stop(self) -> bool:
+        return self.sink.check() is not None
+
+
+def _wait_for_ownership(db, job_id: str, stage: str, token: str, call_id: str | None,
+                        wait_s: float) -> tuple[str, int | None]:  # fmt: skip
+    """On Modal, wait until the worker has recorded this call's id: a call whose id never
+    appears belongs to a worker that died right after spawning, and its successor's call runs.
+    A job waiting for a takeover is no reason to wait: the next worker adopts this call."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        state, attempt = owner(db, job_id, stage, token)
+        if state in ("superseded", "cancelled"):
+            return state, attempt
+        if call_id is None:
+            return state, attempt
+        doc = db[JOBS].find_one({"_id": job_id}, {f"modal_calls.{stage}.call_id": 1})
+        if ((doc or {}).get("modal_calls") or {}).get(stage, {}).get("call_id") == call_id:
+            return state, attempt
+        if time.monotonic() > deadline:
+            return "superseded", None
+        time.sleep(1.0)
+
+
+def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], reward_source: str | None = None,
+              gpu: str | None = None, *, call_id: str | None = None, settings: Settings | None = None,
+              own_wait_s: float = 120.0) -> dict[str, Any]:  # fmt: skip
+    """Run ``stage`` of job ``job_id`` into ``<artifacts>/<job_id>/out``; returns
+    ``{"kind": "done" | "user_error" | "cancelled" | "lost", "message", "info"}``."""
+    settings = settings or Settings()
+    with client(settings.require_uri()) as mongo:
+        db = mongo[settings.db_name]
+        state, attempt = _wait_for_ownership(db, job_id, stage, token, call_id, own_wait_s)
+        if state == "superseded" or attempt is None:
+            return {"kind": "lost", "message": f"stage {stage}: this call was replaced by another", "info": {}}
+        if state == "cancelled":
+            return {"kind": "cancelled", "message": "cancelled by the user", "info": {}}
+        workdir = settings.artifacts / job_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg = dict(config)
+        if reward_source is not None:
+            (workdir / "reward.js").write_text(reward_source)
+            cfg["reward"] = str(workdir / "reward.js")
+        (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
+        queue.reset_seq(job_id)  # a warm container may hold counters of an earlier call
+        sink = FollowingSink(db, job_id, attempt, stage, token)
+        n = gpu_count(gpu)
+        if n > 1:
+            outcome = LocalExecutor(num_processes=n).run_stage({"attempt": attempt}, stage, workdir, sink, sink.check,
+                                                               settings.stage_timeout_s)  # fmt: skip
+        else:
+            outcome = _in_process(cfg, stage, workdir / "out", sink)
+    if outcome.kind == "infra_error":
+        raise StageInfraError(outcome.message)
+    return {"kind": outcome.kind, "message": outcome.message, "info": outcome.info}
+
+
+def _in_process(cfg_dict: dict[str, Any], stage: str, out: Path, sink: FollowingSink) -> StageOutcome:
+    """One GPU: the stage runs in this process (the container is the isolation), its events
+    pumped from ``events.jsonl`` into MongoDB every second."""
+    from pipeline.config import ConfigError, build_config
+    from pipeline.data.errors import DataError
+    from pipeline.job import run_job
+    from pipeline.rewards.base import RewardError
+    from pipeline.run import quiet_libraries
+    from pipeline.stages.common import StageCancelled
+
+    quiet_libraries()
+    out.mkdir(parents=True, exist_ok=True)
+    events = out / "events.jsonl"
+    tail = EventTail(events)
+    reporter = MultiReporter(MetricsFileReporter(events), _StopWhenAsked(sink))
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.wait(1.0):
+            try:
+                for ev in tail.read():
+                    sink.event(ev)
+                sink.flush()
+            except PyMongoError as e:  # rows stay buffered in the sink until the database is back
+                log.warning("job %s: cannot report to the database (%s)", sink.job_id, type(e).__name__)
+
+    pumping = threading.Thread(target=pump, daemon=True)
+    pumping.start()
+    try:
+        run_job(build_config(cfg_dict), out, stages=[STAGE_NUMBER[stage]], reporter=reporter)
+        outcome = StageOutcome("done", info=stage_info(out, stage))
+    except (ConfigError, DataError, RewardError) as e:
+        reporter.log(f"error: {e}", level="error", stage=stage)
+        outcome = StageOutcome("user_error", str(e))
+    except StageCancelled:
+        outcome = StageOutcome("lost" if sink.superseded else "cancelled", "cancelled by the user")
+    except Exception as e:  # noqa: BLE001 — anything else is the infrastructure's: Modal retries it
+        log.exception("stage %s failed", stage)
+        outcome = StageOutcome("infra_error", f"{type(e).__name__}: {e}"[:2000])
+    finally:
+        stop.set()
+        pumping.join(10)
+        reporter.close()
+    for ev in tail.read():
+        sink.event(ev)
+    sink.flush()
+    return outcome

@@ -1,0 +1,220 @@
+"""DreamForge on Modal: `modal deploy modal_app/app.py`.
+
+Serverless GPUs per curriculum stage, nothing running while idle. Read top to bottom: the image
+(the project's own dependencies, CUDA torch), the Volumes and Secrets, one GPU function per
+stage, the orchestrator that drives a job's stages, the scheduled sweep, and the API as a web
+endpoint. Every function is a thin wrapper over `dreamforge` and `pipeline`; this module
+imports neither torch nor the service at import time, so it loads on any CPU machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import modal
+
+from dreamforge.modal_executor import DEFAULT_GPU
+
+MINUTES = 60  # seconds
+HOURS = 60 * MINUTES
+
+APP_NAME = "dreamforge"
+ROOT = Path(__file__).resolve().parents[1]
+
+# ## Image
+# The project's own dependencies from pyproject.toml, so the container runs what the tests ran.
+# PyPI's Linux torch wheel is the CUDA build (the range in pyproject admits it); the embedded
+# database is for local use only. Read where the image is built: inside a container the image
+# already exists and pyproject.toml is not there.
+TORCH = "torch==2.13.0"
+LOCAL_ONLY = ("torch", "secantusdb")
+
+
+def project_dependencies(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    return [d for d in deps if not d.replace(">", "=").replace("<", "=").split("=")[0].strip().startswith(LOCAL_ONLY)]
+
+
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .uv_pip_install(TORCH)
+    .uv_pip_install(*(project_dependencies() if (ROOT / "pyproject.toml").exists() else []))
+    .env({
+        "DREAMFORGE_HOME": "/data",  # Settings.artifacts = /data/artifacts, the artifacts Volume
+        "HF_HOME": "/hf",
+        "HF_HUB_OFFLINE": "0",  # pipeline.run defaults to offline; Modal reaches the hub
+        "DREAMFORGE_CACHE": "/hf/datasets",  # remote datasets, cached by version beside the models
+        "DREAMFORGE_EXECUTOR": "modal",
+        "DREAMFORGE_MODAL_APP": APP_NAME,
+        # Modal gives a preempted container ~30 s: checkpoint every 5 minutes so a restart
+        # loses at most that (pipeline/stages/common.py); GRPO also saves every 25 steps.
+        "DREAMFORGE_CHECKPOINT_S": "300",
+        "TOKENIZERS_PARALLELISM": "false",
+    })  # fmt: skip
+    .add_local_python_source("pipeline", "dreamforge", "modal_app", ignore=["**/__pycache__/**"])
+)
+
+# ## Volumes and Secrets
+# Artifacts (stage checkpoints, models, events) outlive any container; the Hugging Face cache
+# saves re-downloading a 3B model on every cold start.
+artifacts = modal.Volume.from_name("dreamforge-artifacts", create_if_missing=True)
+hf_cache = modal.Volume.from_name("dreamforge-hf-cache", create_if_missing=True)
+ARTIFACTS_PATH = "/data/artifacts"
+VOLUMES = {ARTIFACTS_PATH: artifacts, "/hf": hf_cache}
+
+mongodb = modal.Secret.from_name("dreamforge-mongodb", required_keys=["MONGODB_URI"])
+github = modal.Secret.from_name("dreamforge-github", required_keys=["GITHUB_TOKEN"])  # commit statuses
+webhook = modal.Secret.from_name("dreamforge-webhook", required_keys=["DREAMFORGE_WEBHOOK_SECRET"])
+huggingface = modal.Secret.from_name("dreamforge-huggingface", required_keys=["HF_TOKEN"])
+
+app = modal.App(APP_NAME, image=image)
+
+# ## One GPU function per stage
+# Preemption restarts the same input at once (initial_delay 0) in a fresh container
+# (single_use_containers); the stage resumes from its newest checkpoint on the Volume. Errors the user
+# must fix are returned, not raised, so they are never retried.
+STAGE_RETRIES = modal.Retries(max_retries=3, initial_delay=0.0, backoff_coefficient=1.0)
+STAGE_TIMEOUT = {"warm_start": 8 * HOURS, "domain": 6 * HOURS, "reward": 12 * HOURS, "evaluate": 2 * HOURS}
+COMMIT_EVERY_S = 60  # checkpoints reach the Volume within a minute of being written
+
+
+def stage_function(stage: str):
+    return app.function(gpu=DEFAULT_GPU[stage], timeout=STAGE_TIMEOUT[stage], retries=STAGE_RETRIES,
+                        volumes=VOLUMES, secrets=[mongodb, huggingface], single_use_containers=True)  # fmt: skip
+
+
+def _committing(every_s: float = COMMIT_EVERY_S):
+    """Commit the artifacts Volume periodically while a stage runs (not in `.local()` runs)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            artifacts.commit()
+
+    if not modal.is_local():
+        threading.Thread(target=loop, daemon=True).start()
+    return stop
+
+
+def run_stage(stage: str, job_id: str, token: str, config: dict[str, Any], reward_source: str | None,
+              gpu: str | None) -> dict[str, Any]:  # fmt: skip
+    from dreamforge.modal_stage import run_stage as body
+
+    on_modal = not modal.is_local()
+    stop = _committing()
+    try:
+        return body(job_id, stage, token, config, reward_source, gpu,
+                    call_id=modal.current_function_call_id() if on_modal else None)  # fmt: skip
+    finally:
+        stop.set()
+        if on_modal:
+            artifacts.commit()
+
+
+@stage_function("warm_start")
+def warm_start(job_id: str, token: str, config: dict, reward_source: str | None = None, gpu: str | None = None) -> dict:
+    return run_stage("warm_start", job_id, token, config, reward_source, gpu)
+
+
+@stage_function("domain")
+def domain(job_id: str, token: str, config: dict, reward_source: str | None = None, gpu: str | None = None) -> dict:
+    return run_stage("domain", job_id, token, config, reward_source, gpu)
+
+
+@stage_function("reward")
+def reward(job_id: str, token: str, config: dict, reward_source: str | None = None, gpu: str | None = None) -> dict:
+    return run_stage("reward", job_id, token, config, reward_source, gpu)
+
+
+@stage_function("evaluate")
+def evaluate(job_id: str, token: str, config: dict, reward_source: str | None = None, gpu: str | None = None) -> dict:
+    return run_stage("evaluate", job_id, token, config, reward_source, gpu)
+
+
+# ## The orchestrator
+# A CPU function spawned per new job: the ordinary worker with the Modal executor, in burst
+# mode (claims jobs until none is ready, then exits). Its timeout covers a whole job; if it
+# dies, the sweep reaps the job's lease and spawns another, which adopts the running stage call.
+@app.function(timeout=24 * HOURS, retries=modal.Retries(max_retries=3, initial_delay=5.0),
+              volumes={ARTIFACTS_PATH: artifacts}, secrets=[mongodb, github])  # fmt: skip
+def orchestrate() -> int:
+    from dreamforge.modal_executor import ModalExecutor
+    from dreamforge.worker import Worker
+
+    reload = artifacts.reload if not modal.is_local() else None
+    worker = Worker(executor=ModalExecutor(reload=reload))
+    runs = 0
+    while worker.run_once():
+        runs += 1
+    return runs
+
+
+# ## The sweep
+# Every minute: return jobs whose orchestrator stopped renewing its lease to the queue, spawn an
+# orchestrator for every ready job (requeued, backed off, or missed), and delete intermediate
+# checkpoints and datasets of jobs finished longer ago than the retention.
+SPAWN_AT_MOST = 20
+
+
+@app.function(schedule=modal.Period(minutes=1), timeout=10 * MINUTES, volumes={ARTIFACTS_PATH: artifacts},
+              secrets=[mongodb])  # fmt: skip
+def sweep() -> dict[str, Any]:
+    from dreamforge import queue
+    from dreamforge.settings import Settings
+    from dreamforge.store import JOBS, client
+    from dreamforge.worker import cleanup_temporary
+
+    settings = Settings()
+    on_modal = not modal.is_local()
+    with client(settings.require_uri()) as c:
+        db = c[settings.db_name]
+        reaped = queue.reap(db, limit=settings.infra_retries)
+        ready = db[JOBS].count_documents({"queue_key": {"$lte": queue.queue_key(queue.now(), "~")}})
+        if on_modal:
+            artifacts.reload()
+        removed = cleanup_temporary(settings, db)
+        if on_modal and removed:
+            artifacts.commit()
+    spawned = min(ready, SPAWN_AT_MOST)
+    if on_modal:
+        for _ in range(spawned):
+            orchestrate.spawn()
+    return {"reaped": reaped, "ready": ready, "spawned": spawned, "removed": removed}
+
+
+# ## The API
+# The same FastAPI app as `dreamforge up`, as a web endpoint. A request that queues a job
+# spawns an orchestrator for it at once instead of waiting for the sweep.
+QUEUEING = ("/api/train", "/api/webhooks/", "/requeue")
+
+
+def spawn_on_queue(api, spawn) -> None:
+    """After a successful POST that may have queued a job, call ``spawn()``."""
+
+    @api.middleware("http")
+    async def _spawn(request, call_next):
+        response = await call_next(request)
+        path = request.url.path
+        if request.method == "POST" and response.status_code < 300 and any(q in path for q in QUEUEING):
+            await spawn()
+        return response
+
+
+@app.function(secrets=[mongodb, github, webhook], scaledown_window=5 * MINUTES)
+@modal.concurrent(max_inputs=100)
+@modal.asgi_app()
+def web():
+    from dreamforge.api import create_app
+
+    api = create_app()
+    spawn_on_queue(api, orchestrate.spawn.aio)
+    return api
+
+
+@app.local_entrypoint()
+def main() -> None:
+    """`modal run modal_app/app.py`: one sweep now (reap, spawn, clean up) and its report."""
+    print(sweep.remote())  # noqa: T201 — a command a person types

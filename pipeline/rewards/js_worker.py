@@ -1,0 +1,158 @@
+"""The reward worker: a child process that runs one JavaScript reward in V8 (mini-racer).
+
+Why a process of its own: measured with mini-racer 0.14.1, V8's heap limit does not stop a
+huge string or ArrayBuffer, ``s.split('')`` on a 2^28-character string killed the whole
+Python process (V8 fatal error, exit 133), and an endless async loop poisons the context. So
+user code never runs in the trainer: it runs here, under OS limits, and the parent
+(``pipeline.rewards.js``) restarts this process after any timeout, out-of-memory or crash.
+
+Protocol on stdin/stdout, one frame per message: a 4-byte big-endian length, then a JSON
+header; a ``score`` request and every ``ok`` answer carry a second length-prefixed frame
+with the raw JSON payload, so the batch is never decoded here: it is pasted into the
+``__df_run(...)`` call as a literal (JSON is valid JavaScript) and the harness's JSON string
+goes back as is. Started as a script (``python -I js_worker.py``), not as a module, so it
+imports nothing of the project (fast restarts, nothing of the trainer in reach).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import struct
+import sys
+from pathlib import Path
+
+_LEN = struct.Struct(">I")
+
+
+def read_frame(fh) -> bytes | None:
+    head = fh.read(4)
+    if len(head) < 4:
+        return None
+    (n,) = _LEN.unpack(head)
+    data = fh.read(n)
+    return data if len(data) == n else None
+
+
+def write_frame(fh, data: bytes) -> None:
+    fh.write(_LEN.pack(len(data)) + data)
+
+
+def apply_limits(data_bytes: int, cpu_s: int) -> None:
+    """OS limits on this process. RLIMIT_DATA, not RLIMIT_AS: V8 reserves its pointer cage as
+    address space up front, and even a 4 GiB RLIMIT_AS makes V8 abort at start-up (measured);
+    RLIMIT_DATA counts only memory actually made writable. RLIMIT_CPU is a backstop for the
+    whole life of the worker; per-call limits are V8 timeouts plus the parent's watchdog."""
+    resource.setrlimit(resource.RLIMIT_DATA, (data_bytes, data_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+
+class Lingering(Exception):
+    """The reward returned but left work running (an endless async loop)."""
+
+
+class Sandbox:
+    def __init__(self, heap_bytes: int) -> None:
+        from py_mini_racer import MiniRacer
+
+        self.ctx = MiniRacer()
+        self.ctx.set_hard_memory_limit(heap_bytes)
+        self.heap_bytes = heap_bytes
+        self.calls = 0
+        prelude = Path(__file__).with_name("js_prelude.js").read_text()
+        self.ctx.eval(prelude)
+
+    def load(self, source: str, seed: int, timeout_s: float) -> str:
+        self.ctx.eval(f"__df_seed({int(seed)})")
+        # sourceURL names the user's file in stack traces (reward.js:LINE:COL).
+        self.ctx.eval(source + "\n//# sourceURL=reward.js", timeout_sec=timeout_s, max_memory=self.heap_bytes)
+        return str(self.ctx.eval("__df_check()"))
+
+    def score(self, payload: bytes, sample_ms: float, timeout_s: float) -> str:
+        self.calls += 1
+        code = "__df_run(" + payload.decode() + f", {float(sample_ms)}, {self.calls})"
+        result = str(self.ctx.eval(code, timeout_sec=timeout_s, max_memory=self.heap_bytes))
+        # Work a reward leaves behind (an endless async loop) runs on the next call and would
+        # time out the next batch; a no-op call right away pins it on this one.
+        from py_mini_racer import JSTimeoutException
+
+        try:
+            self.ctx.eval("0", timeout_sec=0.5)
+        except JSTimeoutException:
+            raise Lingering() from None
+        return result
+
+    def current_index(self) -> int | None:
+        """The sample the harness was on when this call was stopped, if it got that far."""
+        try:
+            i = self.ctx.eval(f"globalThis.__df_call === {self.calls} ? globalThis.__df_i : -1", timeout_sec=0.2)
+        except Exception:  # noqa: BLE001 — a poisoned context cannot tell; the sample stays unknown
+            return None
+        return int(i) if isinstance(i, int | float) and i >= 0 else None
+
+
+def _error(kind: str, message: str, **extra) -> bytes:
+    return json.dumps({"ok": False, "kind": kind, "message": message, **extra}).encode()
+
+
+def serve(inp, out, heap_bytes: int) -> None:
+    from py_mini_racer import JSEvalException, JSOOMException, JSParseException, JSTimeoutException
+
+    sandbox: Sandbox | None = None
+    while True:
+        head = read_frame(inp)
+        if head is None:
+            return
+        msg = json.loads(head)
+        op = msg["op"]
+        try:
+            if op == "load":
+                sandbox = Sandbox(heap_bytes)
+                state = sandbox.load(msg["source"], msg.get("seed", 0), msg["timeout_s"])
+                write_frame(out, json.dumps({"ok": True, "state": state}).encode())
+            elif op == "score":
+                payload = read_frame(inp) or b"[]"
+                assert sandbox is not None, "score before load"
+                result = sandbox.score(payload, msg["sample_ms"], msg["timeout_s"])
+                write_frame(out, b'{"ok": true}')
+                write_frame(out, result.encode())
+            else:
+                write_frame(out, _error("protocol", f"unknown op {op!r}"))
+        except Lingering:
+            write_frame(out, _error("lingering", "keeps running after it returns (an endless async loop?)", fatal=True))
+        except JSTimeoutException:
+            index = sandbox.current_index() if sandbox else None
+            write_frame(out, _error("timeout", "ran past its time limit", index=index, fatal=True))
+        except JSOOMException:
+            index = sandbox.current_index() if sandbox else None
+            write_frame(out, _error("memory", "ran out of memory", index=index, fatal=True))
+        except JSParseException as e:
+            write_frame(out, _error("syntax", str(e)))
+        except JSEvalException as e:
+            write_frame(out, _error("js", str(e), index=sandbox.current_index() if sandbox else None))
+        except MemoryError:
+            write_frame(out, _error("memory", "ran out of memory", fatal=True))
+        except Exception as e:  # noqa: BLE001 — anything else V8 raised is the reward's fault, reported
+            write_frame(out, _error("js", f"{type(e).__name__}: {e}", fatal=True))
+        out.flush()
+
+
+def main() -> None:
+    heap = int(os.environ.get("DF_REWARD_HEAP", 256 << 20))
+    apply_limits(int(os.environ.get("DF_REWARD_DATA", 2 << 30)), int(os.environ.get("DF_REWARD_CPU_S", 3600)))
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    # Nothing else may write to the protocol stream.
+    sys.stdout = sys.stderr
+    try:
+        serve(inp, out, heap)
+    finally:
+        out.flush()
+        # V8's teardown can hang at interpreter exit (seen with mini-racer 0.14.1): skip it.
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

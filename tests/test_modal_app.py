@@ -1,0 +1,95 @@
+"""The Modal app as deployed, inspected offline: it builds without a token, and every function
+is registered with the resources, limits and secrets production relies on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from dreamforge.executors import stage_command
+from dreamforge.modal_executor import DEFAULT_GPU, stage_gpu
+from dreamforge.modal_stage import gpu_count
+
+STAGE_FUNCTIONS = ("warm_start", "domain", "reward", "evaluate")
+VOLUMES = {"/data/artifacts": "dreamforge-artifacts", "/hf": "dreamforge-hf-cache"}
+
+
+@pytest.fixture(scope="module")
+def deployed():
+    import modal_app.app as deployed
+
+    return deployed
+
+
+def test_app_imports_without_torch_or_a_modal_token(tmp_path):
+    """Like modal-examples' CI: the module loads on a CPU machine with no credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))  # no ~/.modal.toml either
+    code = ("import sys, modal_app.app as m; assert m.app.name == 'dreamforge'; "
+            "heavy = [x for x in ('torch', 'transformers', 'trl') if x in sys.modules]; "
+            "assert not heavy, heavy")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("stage", STAGE_FUNCTIONS)
+def test_every_stage_is_a_gpu_function_with_timeout_retries_volumes_and_secrets(deployed, stage):
+    info = getattr(deployed, stage).info()
+    assert info.gpus == [(DEFAULT_GPU[stage], 1)]
+    assert info.timeout == deployed.STAGE_TIMEOUT[stage] >= 2 * 3600
+    assert info.max_retries == 3  # a preempted or crashed stage restarts on the same input
+    assert {path: v.name for path, v in info.volumes.items()} == VOLUMES
+    assert sorted(info.secrets) == ["modal.Secret.from_name('dreamforge-huggingface')",
+                                    "modal.Secret.from_name('dreamforge-mongodb')"]  # fmt: skip
+    assert info.single_use_containers  # each retry starts clean
+
+
+def test_rl_gets_the_largest_gpu_and_a_jobs_compute_hint_wins():
+    assert DEFAULT_GPU["reward"] == "H100"
+    assert stage_gpu({}, "reward") == "H100"
+    assert stage_gpu({"rl": {"compute": "H100:2"}}, "reward") == "H100:2"
+    assert stage_gpu({"domain": {"compute": "A10G"}, "rl": {"compute": "H100:2"}}, "domain") == "A10G"
+    assert stage_gpu({"evaluate": {"compute": None}}, "evaluate") == DEFAULT_GPU["evaluate"]
+
+
+def test_orchestrator_sweep_and_web_endpoint(deployed):
+    orch = deployed.orchestrate.info()
+    assert orch.gpus == [] and orch.timeout == 24 * 3600 and orch.max_retries == 3
+    assert {p: v.name for p, v in orch.volumes.items()} == {"/data/artifacts": "dreamforge-artifacts"}
+    assert "modal.Secret.from_name('dreamforge-mongodb')" in orch.secrets
+    sweep = deployed.sweep.info()
+    assert sweep.gpus == [] and sweep.schedule == "Period(minutes=1)"
+    web = deployed.web.info()
+    assert web.gpus == [] and web.web_info is not None
+    assert sorted(web.secrets) == ["modal.Secret.from_name('dreamforge-github')",
+                                   "modal.Secret.from_name('dreamforge-mongodb')",
+                                   "modal.Secret.from_name('dreamforge-webhook')"]  # fmt: skip
+
+
+def test_image_installs_the_projects_own_dependencies_with_cuda_torch(deployed):
+    deps = deployed.project_dependencies()
+    names = {d.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip() for d in deps}
+    assert {"transformers", "trl", "accelerate", "bitsandbytes", "fastapi", "pymongo", "mini-racer"} <= names
+    assert "torch" not in names and "secantusdb" not in names  # torch pinned separately; the DB is local-only
+    assert deployed.TORCH == "torch==2.13.0"
+
+
+def test_a_multi_gpu_stage_launches_through_accelerate(tmp_path):
+    from accelerate.commands.launch import launch_command_parser
+
+    assert gpu_count("H100:4") == 4 and gpu_count("H100") == 1 and gpu_count(None) == 1
+    cfg, out = tmp_path / "config.json", tmp_path / "out"
+    assert stage_command("py", cfg, "reward", out) == [
+        "py", "-m", "pipeline.run", "--config", str(cfg), "--stages", "3", "--output", str(out), "--quiet"]  # fmt: skip
+    cmd = stage_command("py", cfg, "reward", out, num_processes=gpu_count("H100:4"))
+    assert cmd[:3] == ["py", "-m", "accelerate.commands.launch"]
+    # What accelerate itself makes of the command line: 4 processes on one machine, running
+    # the pipeline module with the stage's own arguments.
+    args = launch_command_parser().parse_args(cmd[3:])
+    assert (args.num_processes, args.num_machines, args.multi_gpu, args.module) == (4, 1, True, True)
+    assert args.training_script == "pipeline.run"
+    assert args.training_script_args == ["--config", str(cfg), "--stages", "3", "--output", str(out), "--quiet"]

@@ -1,0 +1,323 @@
+"""Jobs through ``ModalExecutor`` against a real SecantusDB, with only the lookup of the deployed
+functions swapped: a "spawn" runs the stage function's body (``.local()``) in a thread behind a
+FunctionCall-like handle. Everything else (the worker, the queue, the fencing, the stage
+function body, the pipeline on the tiny model) is the real code."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+
+import pytest
+from conftest import tiny_job_config
+from service_helpers import wait_for
+
+from dreamforge import modal_calls, queue
+from dreamforge.modal_executor import ModalExecutor
+from dreamforge.modal_stage import run_stage
+from dreamforge.settings import Settings
+from dreamforge.store import JOBS, LOGS, METRICS, client, ensure_indexes
+from dreamforge.worker import MongoSink, Worker
+from pipeline.config import STAGES, build_config, config_hash
+
+
+class LocalCall:
+    """Like ``modal.FunctionCall``: ``object_id``, ``get(timeout=0)`` raising TimeoutError while
+    running, ``cancel()``. The body runs with ``.local()`` in a thread."""
+
+    def __init__(self, fn, args) -> None:
+        self.object_id = "fc-" + secrets.token_hex(6)
+        self.cancelled = False
+        self._result = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._result = fn.local(*args)
+        except BaseException as e:  # noqa: BLE001 — handed to get(), as Modal does
+            self._error = e
+
+    def get(self, timeout=None):
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self, terminate_containers: bool = False) -> None:
+        self.cancelled = True  # a thread cannot be killed: the body stops on the job's cancel flag
+
+
+class LocalFunctions:
+    """Stands in for ``modal.Function.from_name`` / ``FunctionCall.from_id``: the functions
+    registered in ``modal_app.app``, spawned locally; records every spawn."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, LocalCall] = {}
+        self.spawns: list[tuple[str, str | None]] = []  # (function name, gpu from with_options)
+
+    def lookup(self, name: str):
+        return _LocalFunction(self, name)
+
+    def from_id(self, call_id: str) -> LocalCall:
+        return self.calls[call_id]
+
+
+class _LocalFunction:
+    def __init__(self, registry: LocalFunctions, name: str, gpu: str | None = None) -> None:
+        self.registry, self.name, self.gpu = registry, name, gpu
+
+    def with_options(self, *, gpu: str | None = None, **_):
+        return _LocalFunction(self.registry, self.name, gpu)
+
+    def spawn(self, *args) -> LocalCall:
+        import modal_app.app as deployed
+
+        call = LocalCall(getattr(deployed, self.name), args)
+        self.registry.calls[call.object_id] = call
+        self.registry.spawns.append((self.name, self.gpu))
+        return call
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from dbserver import running_secantus
+
+    home = tmp_path_factory.mktemp("modal")
+    with running_secantus(home) as uri:
+        # The stage functions read Settings() from the environment, as in their container.
+        saved = {k: os.environ.get(k) for k in ("MONGODB_URI", "DREAMFORGE_HOME")}
+        os.environ.update(MONGODB_URI=uri, DREAMFORGE_HOME=str(home))
+        settings = Settings(lease_s=3.0, backoff_s=0.2, poll_s=0.05)
+        with client(uri) as c:
+            ensure_indexes(c[settings.db_name])
+            yield settings, c[settings.db_name]
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def new_job(db, config: dict) -> str:
+    doc = queue.new_job("prj_modal", config, config_hash(build_config(config)), source={"kind": "test"})
+    db[JOBS].insert_one(doc)
+    return doc["_id"]
+
+
+def logs_of(db, job_id: str) -> list[dict]:
+    return [r for c in db[LOGS].find({"job_id": job_id}) for r in c["rows"]]
+
+
+def messages(db, job_id: str) -> list[str]:
+    return [r["message"] for r in sorted(logs_of(db, job_id), key=lambda r: r["seq"])]
+
+
+def metric_rows(db, job_id: str) -> list[dict]:
+    return [{**r, "attempt": c["attempt"]} for c in db[METRICS].find({"job_id": job_id}) for r in c["rows"]]
+
+
+@pytest.fixture(scope="module")
+def local_reference(env, tmp_path_factory):
+    """The local path: each stage as ``pipeline.run --stages N`` runs it (one ``run_job`` per stage)."""
+    from pipeline.job import run_job
+
+    out = tmp_path_factory.mktemp("reference") / "out"
+    cfg = build_config(tiny_job_config())
+    for n in (1, 2, 3, 4):
+        record = run_job(cfg, out, stages=[n])
+    return record["evaluation"]
+
+
+def test_a_stage_function_whose_call_was_replaced_trains_nothing(env):
+    """A worker that died between spawning and recording its call is followed by one that
+    spawns again with a new token: the old call, if it ever starts, must not train."""
+    import modal_app.app as deployed
+
+    settings, db = env
+    cfg = tiny_job_config()
+    job_id = new_job(db, cfg)
+    job = queue.claim(db, "test-worker", lease_s=600)
+    modal_calls.record_token(db, job_id, job["attempt"], "warm_start", "the-new-token", None)
+    result = deployed.warm_start.local(job_id, "the-old-token", cfg)
+    assert result["kind"] == "lost"
+    # On Modal the call also waits for its own id on the job: one whose spawner died before
+    # recording it gives up, even holding the current token.
+    modal_calls.record_call(db, job_id, job["attempt"], "warm_start", "the-new-token", "fc-recorded")
+    result = run_stage(job_id, "warm_start", "the-new-token", cfg, call_id="fc-never-recorded", own_wait_s=1.0)
+    assert result["kind"] == "lost"
+    assert logs_of(db, job_id) == [] and not (settings.artifacts / job_id / "out").exists()
+    queue.finish(db, job_id, job["attempt"], "failed")
+
+
+def test_a_users_mistake_is_returned_not_raised_so_modal_never_retries_it(env):
+    import modal_app.app as deployed
+
+    settings, db = env
+    cfg = tiny_job_config(data={"dataset": "/no/such/dataset"})
+    job_id = new_job(db, cfg)
+    job = queue.claim(db, "test-worker", lease_s=600)
+    token = modal_calls.new_token()
+    modal_calls.record_token(db, job_id, job["attempt"], "warm_start", token, None)
+    result = deployed.warm_start.local(job_id, token, cfg)
+    assert result["kind"] == "user_error"
+    assert "/no/such/dataset" in result["message"]
+    queue.finish(db, job_id, job["attempt"], "failed")
+
+
+def test_job_through_modal_executor_survives_a_crashed_orchestrator_with_local_metrics(env, local_reference):
+    """The first orchestrator spawns stage 1 and dies; the one that takes the job over follows
+    that call instead of paying for a second run, and the job ends with the local path's metrics."""
+    settings, db = env
+    fake = LocalFunctions()
+    cfg = tiny_job_config(domain={"compute": "A10G"})
+    job_id = new_job(db, cfg)
+
+    # Orchestrator 1: claims, spawns warm_start, then loses its lease (killed).
+    job = queue.claim(db, "orchestrator-1", settings.lease_s)
+    workdir = settings.artifacts / job_id
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps(job["config"]))
+    queue.stage_started(db, job_id, job["attempt"], "warm_start")
+    first = ModalExecutor(settings, lookup=fake.lookup, call_from_id=fake.from_id, poll_s=0.05)
+    outcome = first.run_stage(job, "warm_start", workdir, MongoSink(db, job_id, job["attempt"]), lambda: "lost", 600)
+    assert outcome.kind == "lost"
+    stored = db[JOBS].find_one({"_id": job_id})["modal_calls"]["warm_start"]
+    assert stored["call_id"] in fake.calls and stored["attempt"] == 1 and stored["gpu"] == "L40S"
+    assert not fake.calls[stored["call_id"]].cancelled  # a lost lease never cancels the paid call
+
+    # Its lease expires; the sweep returns the job to the queue; orchestrator 2 takes it over.
+    db[JOBS].update_one({"_id": job_id}, {"$set": {"lease_expires": queue.now()}})
+    assert queue.reap(db, limit=settings.infra_retries) == [job_id]
+    worker = Worker(settings, executor=ModalExecutor(settings, lookup=fake.lookup, call_from_id=fake.from_id,
+                                                     poll_s=0.05), worker_id="orchestrator-2")  # fmt: skip
+    assert worker.run_once()
+
+    doc = db[JOBS].find_one({"_id": job_id})
+    assert doc["status"] == "succeeded", (doc["error"], messages(db, job_id)[-10:])
+    assert doc["attempt"] == 2
+    assert [name for name, _ in fake.spawns] == ["warm_start", "domain", "reward", "evaluate"]  # warm_start once
+    assert ("domain", "A10G") in fake.spawns  # the job's compute hint picks the GPU
+    assert {s: c["attempt"] for s, c in doc["modal_calls"].items()} == dict.fromkeys(STAGES, 2)
+    assert all(doc["stages"][s]["status"] == "done" for s in STAGES)
+    # Every stage function body ran its real stage on the tiny model (.local()).
+    out = settings.artifacts / job_id / "out"
+    assert doc["stages"]["warm_start"]["metrics"]["steps"] == cfg["warm_start"]["max_steps"]
+    assert doc["stages"]["reward"]["metrics"]["steps"] == cfg["rl"]["max_steps"]
+    assert doc["stages"]["domain"]["artifact"] == str(out / "stages" / "domain" / "model")
+    assert (out / "stages" / "domain" / "model" / "config.json").exists()
+    assert doc["result"]["artifacts"]["metrics.json"] == str(out / "metrics.json")
+    assert doc["progress"] == 100.0
+
+    # Same metrics as the local path.
+    key = local_reference["primary_metric"]
+    assert doc["result"]["primary_metric"] == key
+    assert set(doc["result"]["models"]) == set(local_reference["models"])
+    for name, m in local_reference["models"].items():
+        assert doc["result"]["models"][name][key] == pytest.approx(m[key], abs=1e-6), name
+
+    # The adopted call's lines went to attempt 2, and sequence numbers stayed unique and dense
+    # although the function and the worker appended from different threads.
+    msgs = messages(db, job_id)
+    assert any("following Modal call" in m for m in msgs)
+    assert "stage warm_start completed" in " ".join(msgs)
+    seqs = sorted(r["seq"] for r in logs_of(db, job_id))
+    assert seqs == list(range(1, len(seqs) + 1))
+    rows = metric_rows(db, job_id)
+    assert {r["stage"] for r in rows} >= {"warm_start", "domain", "reward"}
+    assert {r["attempt"] for r in rows if r["stage"] == "warm_start"} == {2}
+
+
+def test_cancelling_a_job_cancels_its_modal_call(env):
+    settings, db = env
+    fake = LocalFunctions()
+    cfg = tiny_job_config(warm_start={"max_steps": 400})
+    job_id = new_job(db, cfg)
+    job = queue.claim(db, "orchestrator-c", settings.lease_s * 100)
+    workdir = settings.artifacts / job_id
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps(cfg))
+
+    def check() -> str | None:  # the worker's heartbeat saw the user's cancel once training ran
+        if db[JOBS].find_one({"_id": job_id}, {"progress": 1})["progress"] > 0:
+            db[JOBS].update_one({"_id": job_id}, {"$set": {"cancel_requested": True}})  # what POST /cancel does
+            return "cancelled"
+        return None
+
+    executor = ModalExecutor(settings, lookup=fake.lookup, call_from_id=fake.from_id, poll_s=0.2)
+    outcome = executor.run_stage(job, "warm_start", workdir, MongoSink(db, job_id, job["attempt"]), check, 600)
+    assert outcome.kind == "cancelled"
+    call = next(iter(fake.calls.values()))
+    assert call.cancelled  # Modal stops the container; the stored call is forgotten so a requeue spawns afresh
+    assert "warm_start" not in (db[JOBS].find_one({"_id": job_id}).get("modal_calls") or {})
+    # The body stops on its own as well (a local thread cannot be killed): early, and says why.
+    assert call.get(timeout=30)["kind"] == "cancelled"
+    assert 0 < db[JOBS].find_one({"_id": job_id})["progress"] < 45  # warm_start is the first 45 %
+    queue.finish(db, job_id, job["attempt"], "cancelled")
+
+
+# -- the web endpoint and the sweep (last: they leave a queued job behind) -----------------
+def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
+    import asyncio
+
+    import httpx
+    import uvicorn
+    from dbserver import free_port
+
+    from dreamforge.api import create_app
+    from dreamforge.auth import create_project
+    from modal_app.app import spawn_on_queue
+
+    settings, db = env
+    _, key = create_project(db, "modal-web")
+    spawned = []
+
+    async def spawn():
+        spawned.append(1)
+
+    api = create_app(settings)
+    spawn_on_queue(api, spawn)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=30, what="uvicorn")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as c:
+            assert c.post("/api/train", json={"config": {"rl": {"beta": -1}}}).status_code == 422
+            assert c.get("/api/jobs").status_code == 200
+            assert spawned == []  # nothing was queued
+            r = c.post("/api/train", json={"config": tiny_job_config()})
+            assert r.status_code == 201, r.text
+            assert spawned == [1]
+            assert db[JOBS].find_one({"_id": r.json()["jobId"]})["status"] == "queued"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_sweep_reaps_expired_leases_counts_ready_jobs_and_deletes_old_temporaries(env):
+    import modal_app.app as deployed
+
+    settings, db = env
+    stale = new_job(db, tiny_job_config())
+    job = queue.claim(db, "dead-orchestrator", settings.lease_s)
+    while job["_id"] != stale:  # older queued jobs of this module go first
+        queue.finish(db, job["_id"], job["attempt"], "cancelled")
+        job = queue.claim(db, "dead-orchestrator", settings.lease_s)
+    db[JOBS].update_one({"_id": stale}, {"$set": {"lease_expires": queue.now()}})
+    old = new_job(db, tiny_job_config())
+    db[JOBS].update_one({"_id": old}, {"$set": {"status": "succeeded", "finished_at": queue.now()},
+                                       "$unset": {"queue_key": ""}})  # fmt: skip
+    tmp = settings.artifacts / old / "out" / "stages"
+    tmp.mkdir(parents=True)
+    os.environ["DREAMFORGE_TEMP_RETENTION_S"] = "0"
+    try:
+        report = deployed.sweep.local()
+    finally:
+        os.environ.pop("DREAMFORGE_TEMP_RETENTION_S")
+    assert report["reaped"] == [stale]
+    assert report["ready"] == 1 and report["spawned"] == 1  # one orchestrator for the requeued job
+    assert str(tmp) in report["removed"] and not tmp.exists()
+    assert db[JOBS].find_one({"_id": stale})["status"] == "queued"
