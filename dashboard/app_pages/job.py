@@ -115,7 +115,7 @@ def results(job: dict[str, Any]) -> None:
     rows = ui.models_table(result)
     if rows:
         key = result.get("primary_metric")
-        st.caption(f"{key} is the primary metric; split of held-out images never trained on" if key else "")
+        st.caption(f"{key} is the primary metric · held-out images, never trained on" if key else "held-out images, never trained on")
         st.container(key="metrics-table").dataframe(pd.DataFrame(rows), hide_index=True, key="metrics_table")
     else:
         st.info("This job has no evaluation record.")
@@ -128,7 +128,9 @@ def results(job: dict[str, Any]) -> None:
     release = result.get("release") or {}
     if release:
         fmt = release.get("release_format")
-        st.caption(f"release: {fmt or '?'} model" + (f" · {release['reason']}" if release.get("reason") else ""))
+        ratio = f" · {release['size_ratio']}× smaller than 16-bit" if release.get("size_ratio") and fmt in ("nf4", "fp4") else ""
+        gate = f" · quality gate {release['gate']}" if release.get("gate") else ""
+        st.caption(f"release: {fmt or '?'} model{ratio}{gate}" + (f" · {release['reason']}" if release.get("reason") else ""))
     samples(job)
     artifacts = result.get("artifacts") or {}
     if artifacts:
