@@ -62,3 +62,14 @@ def test_models_table_orders_stages_and_keeps_numbers_only():
 def test_api_errors_read_as_one_line_with_field_paths():
     assert describe([{"loc": ["body", "rl", "beta"], "msg": "must be >= 0"}, {"loc": [], "msg": "bad"}]) == "rl.beta: must be >= 0; bad"
     assert describe("job x not found") == "job x not found"
+
+
+def test_the_dashboard_never_imports_a_database_driver():
+    """It speaks HTTP only, so it can be deployed where the database is unreachable."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dashboard.api, dashboard.stream, dashboard.ui, dashboard.jobview; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pymongo', 'gridfs', 'dreamforge', 'torch')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
