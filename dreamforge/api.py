@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from dreamforge import auth, queue
+from dreamforge.routes_samples import router as samples_router
 from dreamforge.schemas import (
     FINAL_STATUSES,
     DatasetView,
@@ -237,9 +238,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return rows[:limit]
 
     @app.get("/api/jobs/{job_id}/logs", tags=["jobs"])
-    async def logs(request: Request, job_id: str, pid: Project, after: int = 0, limit: int = Query(1000, ge=1, le=5000)):
+    async def logs(request: Request, job_id: str, pid: Project, after: int = 0, limit: int = Query(1000, ge=1, le=5000),
+                   last: int | None = Query(None, ge=1, le=5000, description="Only the last N lines.")):  # fmt: skip
         """Log lines with ``seq > after``, oldest first; pass the last ``seq`` back to follow."""
-        await own_job(request, job_id, pid, {"_id": 1})
+        doc = await own_job(request, job_id, pid, {"_id": 1, "log_seq": 1})
+        if last:  # sequence numbers are dense per job, so the last N lines start after log_seq - N
+            after = max(after, int(doc.get("log_seq", 0)) - last)
         rows = await tail(request, LOGS, job_id, after, limit)
         return {"lines": [LogLine(**r).model_dump() for r in rows], "next": rows[-1]["seq"] if rows else after}
 
@@ -405,6 +409,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return [RewardView(id=d["_id"], name=d["name"], created_at=d["created_at"], size=len(d["source"])) for d in docs]
 
     app.include_router(github_router(settings))  # GitHub: webhooks, approvals, previews (webhooks.py)
+    app.include_router(samples_router)
     return app
 
 

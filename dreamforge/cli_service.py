@@ -287,7 +287,8 @@ def _start(home: Path, workers: int, dashboard: bool):
     from dreamforge.stack import start_stack
 
     try:
-        stack = start_stack(home, workers=workers, dashboard=dashboard and (Path(__file__).parent.parent / "dashboard" / "app.py").exists())
+        entry = Path(__file__).parent.parent / "dashboard" / "streamlit_app.py"
+        stack = start_stack(home, workers=workers, dashboard=dashboard and entry.exists())
     except RuntimeError as e:
         raise _fail(str(e)) from None
     (home / STACK_FILE).write_text(json.dumps({"url": stack.api_url, "key": stack.dev_key, "uri": stack.uri,

@@ -102,7 +102,7 @@ def start_stack(home: Path, *, workers: int = 1, uri: str | None = None, port: i
 def start_dashboard(stack: Stack) -> None:
     port = embedded_db.free_port()
     log = (stack.home / "logs" / "dashboard.log").open("ab")
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
     stack.dashboard = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
@@ -110,6 +110,7 @@ def start_dashboard(stack: Stack) -> None:
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     stack.dashboard_url = f"http://127.0.0.1:{port}"
+    wait_http(stack.dashboard_url + "/_stcore/health", stack.dashboard)  # print a URL that already answers
 
 
 def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:

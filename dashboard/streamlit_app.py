@@ -1,0 +1,41 @@
+"""DreamForge dashboard: `streamlit run dashboard/streamlit_app.py`.
+
+Talks only to the DreamForge API (``DREAMFORGE_URL``) with the user's API key
+(``DREAMFORGE_API_KEY``, or pasted in the sidebar), never to the database, so it can be
+deployed anywhere the API is reachable. ``dreamforge up`` starts it with both set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# `streamlit run` puts this folder on sys.path, not the repository root the imports start from.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import streamlit as st  # noqa: E402
+
+from dashboard import ui  # noqa: E402
+
+st.set_page_config(page_title="DreamForge", page_icon="🔥", layout="wide")
+st.session_state.setdefault("api_key", os.environ.get("DREAMFORGE_API_KEY", ""))
+
+pages = [
+    st.Page("app_pages/train.py", title="Train", icon="🚀", default=True),
+    st.Page("app_pages/job.py", title="Job", icon="📈", url_path="job"),
+    st.Page("app_pages/jobs.py", title="Jobs", icon="📋", url_path="jobs"),
+    st.Page("app_pages/previews.py", title="Previews", icon="🌿", url_path="previews"),
+]
+page = st.navigation(pages)
+
+with st.sidebar:
+    st.caption(f"API: {ui.api().url}")
+    st.text_input("API key", key="api_key", type="password",
+                  help="Your project's key (dfk_…). `dreamforge up` prints the local one; it stays in this browser session.")  # fmt: skip
+    if not st.session_state["api_key"]:
+        st.warning("Paste an API key to see your jobs.")
+
+page.run()

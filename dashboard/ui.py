@@ -1,0 +1,90 @@
+"""What every page shares: the session's API client, status badges, the key metric of a job."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import streamlit as st
+
+from dashboard.api import Api
+
+STAGES = ("warm_start", "domain", "reward", "evaluate")
+STAGE_TITLES = {"warm_start": "1 · warm-start SFT", "domain": "2 · domain SFT", "reward": "3 · RL (GRPO)",
+                "evaluate": "4 · evaluate & 4-bit"}  # fmt: skip
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "dead")
+FINAL = ("succeeded", "failed", "cancelled", "dead")
+BADGES = {"queued": "⏳ queued", "running": "🔄 running", "succeeded": "✅ succeeded", "failed": "❌ failed",
+          "cancelled": "⏹ cancelled", "dead": "☠️ dead"}  # fmt: skip
+# The row labels of the metrics table, in curriculum order.
+MODEL_TITLES = {"base": "base", "warm_start": "warm-start", "domain": "domain", "reward": "RL", "4bit": "4-bit"}
+
+
+def api() -> Api:
+    """The session's client, rebuilt when the user pastes another key in the sidebar."""
+    url = os.environ.get("DREAMFORGE_URL") or "http://127.0.0.1:8000"
+    key = st.session_state.get("api_key") or ""
+    client = st.session_state.get("_api")
+    if client is None or client.key != key or client.url != url.rstrip("/"):
+        client = Api(url, key)
+        st.session_state["_api"] = client
+    return client
+
+
+def badge(status: str) -> str:
+    return BADGES.get(status, status)
+
+
+def job_url(job_id: str) -> str:
+    return f"/job?job={job_id}"
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    t = datetime.fromisoformat(value)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def key_metric(job: dict[str, Any]) -> tuple[str, float | None]:
+    """The number a person compares jobs by: the released model's held-out primary metric once
+    the job has succeeded, else the running stage's latest reward or loss."""
+    result = job.get("result") or {}
+    models = result.get("models") or {}
+    key = result.get("primary_metric")
+    if key and models:
+        for name in ("reward", "domain", "warm_start", "base"):
+            if isinstance((models.get(name) or {}).get(key), int | float):
+                return key, float(models[name][key])
+    latest = (job.get("metrics") or {}).get(job.get("stage") or "") or {}
+    for k in ("reward", "loss", "train_loss"):
+        if isinstance(latest.get(k), int | float):
+            return k, float(latest[k])
+    return "", None
+
+
+def fmt_metric(job: dict[str, Any]) -> str:
+    name, value = key_metric(job)
+    return f"{name} {value:.3f}" if value is not None else "–"
+
+
+def models_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Held-out metrics per model (base → warm-start → domain → RL → 4-bit), one row each."""
+    models = dict(result.get("models") or {})
+    release = result.get("release") or {}
+    quantized = release.get("quantized_metrics") or release.get("metrics_4bit")
+    if isinstance(quantized, dict) and "4bit" not in models:
+        models["4bit"] = quantized
+    rows = []
+    order = [m for m in MODEL_TITLES if m in models] + [m for m in models if m not in MODEL_TITLES]
+    for name in order:
+        m = models[name]
+        row = {"model": MODEL_TITLES.get(name, name)}
+        row.update({k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+        rows.append(row)
+    return rows
+
+
+def show_error(e: Exception) -> None:
+    st.error(str(e))
