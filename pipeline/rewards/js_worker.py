@@ -8,8 +8,8 @@ user code never runs in the trainer: it runs here, under OS limits, and the pare
 
 Protocol on stdin/stdout, one frame per message: a 4-byte big-endian length, then a JSON
 header; a ``score`` request and every ``ok`` answer carry a second length-prefixed frame
-with the raw JSON payload, so the batch is never decoded here: it is pasted into the
-``__df_run(...)`` call as a literal (JSON is valid JavaScript) and the harness's JSON string
+with the raw JSON payload, so the batch is never decoded here: it is passed to
+``__df_run(...)`` as one string that V8's JSON.parse reads, and the harness's JSON string
 goes back as is. Started as a script (``python -I js_worker.py``), not as a module, so it
 imports nothing of the project (fast restarts, nothing of the trainer in reach).
 """
@@ -73,7 +73,7 @@ class Sandbox:
 
     def score(self, payload: bytes, sample_ms: float, timeout_s: float) -> str:
         self.calls += 1
-        code = "__df_run(" + payload.decode() + f", {float(sample_ms)}, {self.calls})"
+        code = "__df_run(" + json.dumps(payload.decode()) + f", {float(sample_ms)}, {self.calls})"
         result = str(self.ctx.eval(code, timeout_sec=timeout_s, max_memory=self.heap_bytes))
         # Work a reward leaves behind (an endless async loop) runs on the next call and would
         # time out the next batch; a no-op call right away pins it on this one.
