@@ -59,6 +59,18 @@ class EmbeddedDB:
         self.proc.wait(5)
 
 
+def _own_session() -> None:
+    """In the database's process: a session of its own, and SIGTERM (a clean stop) if the
+    process that started it dies without stopping it."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def start(storage: Path, port: int | None = None, *, log: Path | None = None, timeout: float = 30.0) -> EmbeddedDB:
     """Start SecantusDB on ``port`` (a free one by default) and wait until it answers ``ping``."""
     storage.mkdir(parents=True, exist_ok=True)
@@ -68,7 +80,7 @@ def start(storage: Path, port: int | None = None, *, log: Path | None = None, ti
         [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
          "--storage-path", str(storage), "--sync-on-commit", "--log-level", "WARNING"],
         stdout=out, stderr=subprocess.STDOUT, cwd=storage,  # cwd: never pick up a stray ./secantusd.toml
-        start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop the DB last, cleanly
+        preexec_fn=_own_session,  # Ctrl-C in a terminal reaches us; we stop the DB last, cleanly
     )  # fmt: skip
     db = EmbeddedDB(proc, port, storage)
     deadline = time.monotonic() + timeout

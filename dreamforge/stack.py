@@ -19,6 +19,7 @@ import httpx
 
 from dreamforge import embedded_db
 from dreamforge.auth import create_project
+from dreamforge.executors import _die_with_parent  # children never outlive the stack's owner
 from dreamforge.settings import Settings
 from dreamforge.store import client, ensure_indexes
 
@@ -41,7 +42,7 @@ class Stack:
     def start_worker(self, **env: str) -> subprocess.Popen:
         log = (self.home / "logs" / f"worker-{len(self.workers)}.log").open("ab")
         proc = subprocess.Popen([sys.executable, "-m", "dreamforge.worker"], env={**self.env, **env},
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # fmt: skip
         self.workers.append(proc)
         return proc
 
@@ -87,6 +88,7 @@ def start_stack(home: Path, *, workers: int = 1, uri: str | None = None, port: i
         stack.api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "dreamforge.api:create_app", "--factory", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning"], env=env, stdout=api_log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         wait_http(stack.api_url + "/healthz", stack.api)
         for _ in range(workers):
@@ -107,7 +109,7 @@ def start_dashboard(stack: Stack) -> None:
         [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         env={**stack.env, "DREAMFORGE_URL": stack.api_url, "DREAMFORGE_API_KEY": stack.dev_key},
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
     )  # fmt: skip
     stack.dashboard_url = f"http://127.0.0.1:{port}"
     wait_http(stack.dashboard_url + "/_stcore/health", stack.dashboard)  # print a URL that already answers

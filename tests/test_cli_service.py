@@ -38,7 +38,11 @@ def up(tmp_path_factory):
     yield proc, home, env
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # its children die with it (PR_SET_PDEATHSIG)
+            proc.wait(5)
 
 
 def test_train_follow_status_logs_jobs_init(up, tmp_path):
