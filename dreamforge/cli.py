@@ -75,22 +75,23 @@ def predict(
 
 
 def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None) -> dict:
-    from PIL import Image, UnidentifiedImageError
+    from pipeline.codec import CODEC_FILE, Codec
 
-    from pipeline.codec import Codec
-    from pipeline.device import pick_device
-    from pipeline.draw import draw_target
-    from pipeline.models.loading import load_model
-    from pipeline.predict import generate_texts
-    from pipeline.run import quiet_libraries
-    from pipeline.stages.evaluate import CODEC_FILE
-
-    quiet_libraries()
+    # the user's mistakes first, before seconds of torch imports
     meta = model_dir / CODEC_FILE
     if not meta.exists():
         raise FileNotFoundError(f"{model_dir}: no {CODEC_FILE}; point at an exported model folder (OUTPUT/model)")
     if not image.exists():
         raise FileNotFoundError(f"{image}: no such image")
+    from PIL import Image, UnidentifiedImageError
+
+    from pipeline.device import pick_device
+    from pipeline.draw import draw_target
+    from pipeline.models.loading import load_model
+    from pipeline.predict import generate_texts
+    from pipeline.run import quiet_libraries
+
+    quiet_libraries()
     try:
         im = Image.open(image).convert("RGB")
     except UnidentifiedImageError:

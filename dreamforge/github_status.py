@@ -39,7 +39,7 @@ def due(t: datetime) -> str:
 
 
 def dashboard_link(settings: Settings, job_id: str) -> str | None:
-    return f"{settings.dashboard_url.rstrip('/')}/?job={job_id}" if settings.dashboard_url else None
+    return f"{settings.dashboard_url.rstrip('/')}/job?job={job_id}" if settings.dashboard_url else None  # dashboard/ui.py job_link
 
 
 def key_metric(job: dict[str, Any]) -> tuple[str, float] | None:

@@ -48,6 +48,9 @@ import numpy as np
 
 from pipeline.structures import TASKS, empty_target
 
+# Written beside every exported model: how to prompt it and read its answers.
+CODEC_FILE = "dreamforge_codec.json"
+
 SEPARATOR = ";"
 EMPTY = "none"
 ABSENT = "<kp_absent>"

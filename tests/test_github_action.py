@@ -95,7 +95,7 @@ def test_push_event_creates_the_job_with_outputs_and_summary(stack, db, key, tmp
     job_id = r.outputs["job-id"]
     assert re.fullmatch(r"job_[0-9a-f]{16}", job_id)
     assert r.outputs["status"] == "queued"
-    assert r.outputs["dashboard-url"] == f"{DASH}/?job={job_id}"
+    assert r.outputs["dashboard-url"] == f"{DASH}/job?job={job_id}"
     assert json.loads(r.outputs["metrics"]) == {"primary_metric": None, "models": {}, "training": {}}
     job = db.jobs.find_one({"_id": job_id})
     assert job["source"] == {"kind": "github", "repo": REPO, "branch": "master", "sha": FIXTURE["after"], "run_id": "9001"}

@@ -128,7 +128,7 @@ def test_replayed_delivery_and_same_push_give_one_job(stack, db, key):
     first = post_action(stack, key, body)
     assert first.status_code == 201, first.text
     job_id = first.json()["jobId"]
-    assert first.json()["dashboard_url"] == f"{DASH}/?job={job_id}"
+    assert first.json()["dashboard_url"] == f"{DASH}/job?job={job_id}"
     replay = post_action(stack, key, body)  # the identical signed request again
     assert replay.status_code == 200
     assert replay.json() == {**first.json(), "created": False, "duplicate": True}
@@ -174,7 +174,7 @@ def test_second_push_supersedes_the_first(stack, db, key):
         previews = {(p["repo"], p["branch"]): p for p in h.get("/api/previews").json()}
         assert previews[(REPO, "feature")]["jobId"] == rc.json()["jobId"]
         assert previews[(REPO, "feature")]["sha"] == c
-        assert previews[(REPO, "feature")]["dashboard_url"] == f"{DASH}/?job={rc.json()['jobId']}"
+        assert previews[(REPO, "feature")]["dashboard_url"] == f"{DASH}/job?job={rc.json()['jobId']}"
         assert (REPO, "other-branch") in previews
         assert [p["branch"] for p in h.get("/api/previews", params={"repo": "nope/nope"}).json()] == []
 
@@ -242,7 +242,7 @@ def test_commit_status_and_one_pr_comment_follow_the_job(stack, db, key, gh, set
     assert states == [("pending", "queued"), ("pending", "training: stage 1/4 warm-start"),
                       ("pending", "training: stage 2/4 domain"), ("success", "trained: iou 0.420, nf4 release")]  # fmt: skip
     assert {r["json"]["context"] for r in mine[:4]} == {"dreamforge/train"}
-    assert {r["json"]["target_url"] for r in mine[:4]} == {f"{DASH}/?job={job_id}"}
+    assert {r["json"]["target_url"] for r in mine[:4]} == {f"{DASH}/job?job={job_id}"}
     assert mine[0]["auth"] == "token ghs_test"
     comment = mine[4]["json"]["body"]
     assert "| reward | 0.42 | 1 |" in comment and "| model | iou | parse_rate |" in comment and job_id in comment

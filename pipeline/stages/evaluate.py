@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pipeline.codec import CODEC_FILE
 from pipeline.metrics import evaluate as compute_metrics
 from pipeline.metrics import primary_metric
 from pipeline.models.loading import load_model
@@ -129,7 +130,6 @@ def quantized_release_ok(full_metric: float, quantized_metric: float, max_drop: 
     return full_metric - quantized_metric <= max_drop + 1e-12
 
 
-CODEC_FILE = "dreamforge_codec.json"
 
 
 def write_codec(ctx: Context, model_dir: Path) -> None:
