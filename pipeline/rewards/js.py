@@ -15,6 +15,7 @@ failing the job.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -35,6 +36,8 @@ from pipeline.rewards.base import LOADING, RewardError
 
 WORKER = Path(__file__).with_name("js_worker.py")
 EXAMPLES = Path(__file__).with_name("examples")
+
+F_SETPIPE_SZ = 1031  # Linux fcntl
 
 _STACK_LINE = re.compile(r"reward\.js:(\d+):(\d+)")
 _FIRST_LINE = re.compile(r"^(?:reward\.js|<anonymous>):(\d+): (.*)$")
@@ -119,6 +122,11 @@ class JsReward:
             [sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, env=env, cwd=tempfile.gettempdir(), preexec_fn=_child_setup,
         )  # fmt: skip
+        for fh in (self._proc.stdin, self._proc.stdout):
+            try:  # a batch is a few hundred KB: one pipe buffer instead of a context switch per 64 KB
+                fcntl.fcntl(fh.fileno(), F_SETPIPE_SZ, 1 << 20)  # /proc/sys/fs/pipe-max-size
+            except OSError:
+                pass
         try:
             head, _ = self._request({"op": "load", "source": self.source, "seed": self.seed,
                                      "timeout_s": lim.load_timeout_s}, None, lim.load_timeout_s + 10)  # fmt: skip
