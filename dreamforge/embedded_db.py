@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pymongo
 
+from pipeline.procs import die_with_parent
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -63,12 +65,7 @@ def _own_session() -> None:
     """In the database's process: a session of its own, and SIGTERM (a clean stop) if the
     process that started it dies without stopping it."""
     os.setsid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    die_with_parent(signal.SIGTERM)
 
 
 def start(storage: Path, port: int | None = None, *, log: Path | None = None, timeout: float = 30.0) -> EmbeddedDB:

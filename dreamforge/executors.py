@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pipeline.config import STAGES
+from pipeline.procs import die_with_parent
 
 log = logging.getLogger("dreamforge.executors")
 
@@ -76,12 +77,7 @@ class EventTail:
 def _die_with_parent() -> None:
     """In the child: get SIGKILL when the worker dies, so a SIGKILLed worker never leaves an
     orphan training the same stage while another worker takes it over."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    die_with_parent()
     os.setpgrp()
 
 

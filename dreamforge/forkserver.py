@@ -28,19 +28,12 @@ import time
 import traceback
 from pathlib import Path
 
+from pipeline.procs import die_with_parent
+
 log = logging.getLogger("dreamforge.forkserver")
 
 # What a stage imports; importing them here, once, is the whole point.
 WARM_MODULES = ("pipeline.run", "pipeline.job", "pipeline.stages.sft", "pipeline.stages.grpo", "pipeline.stages.evaluate")
-
-
-def _set_pdeathsig() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class ForkedProcess:
@@ -138,7 +131,7 @@ class ForkServer:
 
 def _template_setup() -> None:
     os.setpgrp()
-    _set_pdeathsig()
+    die_with_parent()
 
 
 # -- the template process ----------------------------------------------------------------
@@ -147,7 +140,7 @@ def _child(argv: list[str], log_path: str) -> None:
     code = 1
     try:
         os.setpgrp()  # the executor stops a stage by signalling its group
-        _set_pdeathsig()
+        die_with_parent()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.procs import die_with_parent
 from pipeline.rewards.base import LOADING, RewardError
 
 WORKER = Path(__file__).with_name("js_worker.py")
@@ -74,12 +75,7 @@ def _child_setup() -> None:
     """In the reward worker: its own session (killed as a group), and SIGKILL when the trainer
     dies, so no sandbox outlives the stage that started it."""
     os.setsid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    die_with_parent()
 
 
 class _WorkerDied(Exception):
