@@ -23,7 +23,7 @@ from dreamforge import queue
 from dreamforge.executors import Executor, LocalExecutor, StageOutcome
 from dreamforge.github_status import start_sync_thread
 from dreamforge.settings import Settings
-from dreamforge.store import REWARDS, client, ensure_indexes
+from dreamforge.store import JOBS, REWARDS, client, ensure_indexes
 from pipeline.config import STAGES
 from pipeline.reporter import overall_progress
 
@@ -205,11 +205,16 @@ class Worker:
             raise queue.LostLease(job_id)
         if state["cancel"]:
             sink.flush()
-            queue.finish(db, job_id, attempt, "cancelled", error={"kind": "cancelled", "message": "cancelled by the user"})
+            queue.finish(db, job_id, attempt, "cancelled", error={"kind": "cancelled", "message": self._cancel_reason(job_id)})
             return
         sink.log("job succeeded")
         sink.flush()
         queue.finish(db, job_id, attempt, "succeeded", result=job_result(workdir / "out"))
+
+    def _cancel_reason(self, job_id: str) -> str:
+        """Why a running job was cancelled: a newer push of its branch, or the user."""
+        doc = self.db[JOBS].find_one({"_id": job_id}, {"superseded_by": 1}) or {}
+        return doc.get("superseded_by") or "cancelled by the user"
 
     def _settle(self, job: dict[str, Any], stage: str, outcome: StageOutcome, sink: MongoSink) -> bool:
         """Record how a stage ended; returns whether the job goes on to the next stage."""
@@ -225,7 +230,7 @@ class Worker:
         if outcome.kind == "cancelled":
             queue.stage_finished(db, job_id, attempt, stage, "cancelled", {})
             queue.finish(db, job_id, attempt, "cancelled", error={"kind": "cancelled", "stage": stage,
-                         "message": "cancelled by the user"})  # fmt: skip
+                         "message": self._cancel_reason(job_id)})  # fmt: skip
         elif outcome.kind in ("user_error", "timeout"):
             queue.stage_finished(db, job_id, attempt, stage, "failed", {})
             kind = "user" if outcome.kind == "user_error" else "timeout"

@@ -177,8 +177,15 @@ def test_cancel_queued_and_running(stack, db):
         r = c.post(f"/api/jobs/{job_id}/cancel")
         assert r.status_code == 202
         job = wait_job(c, job_id, timeout=20)
-        assert job["status"] == "cancelled"
+        assert job["status"] == "cancelled" and job["error"]["message"] == "cancelled by the user"
         assert job["stages"]["warm_start"]["status"] == "cancelled"
+        # a newer push superseding a running job (what webhooks.supersede writes): the job says so
+        job_id = c.post("/api/train", json={"config": long_cfg}).json()["jobId"]
+        wait_job(c, job_id, until=("running",), timeout=60)
+        db.jobs.update_one({"_id": job_id, "status": "running"},
+                           {"$set": {"cancel_requested": True, "superseded_by": "superseded by 0123456789ab"}})  # fmt: skip
+        job = wait_job(c, job_id, timeout=30)
+        assert job["status"] == "cancelled" and job["error"]["message"] == "superseded by 0123456789ab"
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
