@@ -163,6 +163,12 @@ def test_second_push_supersedes_the_first(stack, db, key):
         assert old["status"] == "cancelled"
         assert old["error"]["message"] == f"superseded by {b[:12]}"
         assert "queue_key" not in db.jobs.find_one({"_id": job_a})  # no worker will claim it
+        # requeued by hand, it is queued again and its commit status is due to be posted again
+        db.jobs.update_one({"_id": job_a}, {"$unset": {"github_outbox": ""}})
+        assert h.post(f"/api/jobs/{job_a}/requeue").json()["status"] == "queued"
+        requeued = db.jobs.find_one({"_id": job_a})
+        assert "github_outbox" in requeued and "superseded_by" not in requeued
+        h.post(f"/api/jobs/{job_a}/cancel")
         # a running job is asked to stop, as POST /cancel does
         db.jobs.update_one({"_id": job_b}, {"$set": {"status": "running", "attempt": 1}, "$unset": {"queue_key": ""}})
         rc = post_action(stack, key, action_body(REPO, "feature", c, cfg("v3")))
