@@ -39,3 +39,22 @@ def tiny_job_config(task: str = "detect", kind: str = "retail-shelf", **over) ->
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+# Module-scoped stacks are each module's own (their settings differ); the fixtures over them are shared.
+@pytest.fixture(scope="module")
+def db(stack):
+    """The stack's database, through pymongo (for asserting what was stored)."""
+    from dreamforge.store import client
+
+    with client(stack.uri) as c:
+        yield c["dreamforge"]
+
+
+@pytest.fixture(scope="module")
+def gh():
+    """A loopback stand-in for GitHub's REST API that records every request."""
+    from fake_github import FakeGitHub
+
+    with FakeGitHub() as fake:
+        yield fake

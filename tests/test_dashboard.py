@@ -25,7 +25,6 @@ from service_helpers import api, wait_job
 from dreamforge import queue
 from dreamforge.auth import create_project
 from dreamforge.stack import start_dashboard, start_stack
-from dreamforge.store import client
 
 REPO = "acme/shelves"
 
@@ -40,12 +39,6 @@ def stack(tmp_path_factory):
     s.stop()
     for k, v in saved.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
-@pytest.fixture(scope="module")
-def db(stack):
-    with client(stack.uri) as c:
-        yield c["dreamforge"]
 
 
 @pytest.fixture(scope="module")

@@ -16,24 +16,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from conftest import tiny_job_config
-from fake_github import FakeGitHub
 from github_helpers import PUSH_FIXTURE, SECRET, link, pull_request_event, run_action, sha
 from service_helpers import wait_for
 
 from dreamforge import queue
 from dreamforge.auth import create_project
 from dreamforge.stack import start_stack
-from dreamforge.store import client
 
 FIXTURE = json.loads(PUSH_FIXTURE.read_text())
 REPO = FIXTURE["repository"]["full_name"]  # Codertocat/Hello-World
 DASH = "http://dashboard.test"
-
-
-@pytest.fixture(scope="module")
-def gh():
-    with FakeGitHub() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +35,6 @@ def stack(tmp_path_factory, gh):
                                "DREAMFORGE_GITHUB_WRITE_INTERVAL_S": "0", "DREAMFORGE_POLL_S": "0.1"})  # fmt: skip
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def db(stack):
-    with client(stack.uri) as c:
-        yield c["dreamforge"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from github_helpers import PUSH_FIXTURE, action_body, link, run_action, sha
 
 from dreamforge.auth import create_project
 from dreamforge.stack import start_stack
-from dreamforge.store import client
 
 REPO, REPO_ID = "acme/oidc", 555
 REQUEST_TOKEN = "runner-request-token"
@@ -87,12 +86,6 @@ def stack(tmp_path_factory, issuer):
     s = start_stack(tmp_path_factory.mktemp("oidc-stack"), workers=0, extra_env={"DREAMFORGE_OIDC_ISSUER": issuer.url})
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def db(stack):
-    with client(stack.uri) as c:
-        yield c["dreamforge"]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from conftest import tiny_job_config
-from fake_github import FakeGitHub
 from github_helpers import SECRET, action_body, link, post_action, pull_request_event, sha
 from service_helpers import api
 
@@ -18,17 +17,10 @@ from dreamforge import github_status, queue
 from dreamforge.auth import create_project
 from dreamforge.settings import Settings
 from dreamforge.stack import start_stack
-from dreamforge.store import client
 from dreamforge.webhooks import signature, signature_ok
 
 REPO = "acme/shelves"
 DASH = "http://dashboard.test"
-
-
-@pytest.fixture(scope="module")
-def gh():
-    with FakeGitHub() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +30,6 @@ def stack(tmp_path_factory, gh):
                                "DREAMFORGE_GITHUB_WRITE_INTERVAL_S": "0"})  # fmt: skip
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def db(stack):
-    with client(stack.uri) as c:
-        yield c["dreamforge"]
 
 
 @pytest.fixture(scope="module")

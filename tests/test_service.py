@@ -17,7 +17,6 @@ from service_helpers import all_logs, api, wait_for, wait_job
 
 from dreamforge.auth import create_project
 from dreamforge.stack import start_stack
-from dreamforge.store import client
 from pipeline.rewards.js import EXAMPLES
 
 
@@ -28,12 +27,6 @@ def stack(tmp_path_factory):
                     extra_env={"DREAMFORGE_LEASE_S": "3", "DREAMFORGE_BACKOFF_S": "0.2", "DREAMFORGE_POLL_S": "0.1"})
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def db(stack):
-    with client(stack.uri) as c:
-        yield c["dreamforge"]
 
 
 def tiny(**over) -> dict:
