@@ -303,17 +303,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def requeue(request: Request, job_id: str, pid: Project):
         """Put a dead, failed or cancelled job back in the queue; its finished stages are kept."""
         doc = await own_job(request, job_id, pid)
-        if doc["status"] not in ("dead", "failed", "cancelled"):
+        if doc["status"] not in queue.REQUEUABLE:
             raise HTTPException(409, f"job {job_id} is {doc['status']}; only dead, failed or cancelled jobs can be requeued")
-        t = queue.now()
-        sets: dict[str, Any] = {"status": "queued", "queue_key": queue.queue_key(t, job_id), "infra_failures": {},
-                                "error": None, "cancel_requested": False, "updated_at": t}  # fmt: skip
-        if (doc.get("source") or {}).get("kind") == "github":
-            from dreamforge.github_status import due
-
-            sets["github_outbox"] = due(t)  # the commit shows it is pending again
         await db(request)[JOBS].update_one({"_id": job_id, "project_id": pid, "status": doc["status"]},
-                                           {"$set": sets, "$unset": {"finished_at": "", "superseded_by": ""}})  # fmt: skip
+                                           queue.requeue_update(doc, queue.now()))  # fmt: skip
         return job_view(await own_job(request, job_id, pid))
 
     # -- datasets ------------------------------------------------------------------------

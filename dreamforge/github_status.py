@@ -19,6 +19,7 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
+from dreamforge import queue
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS
 
@@ -35,7 +36,7 @@ STAGE_TITLES = {"warm_start": "1/4 warm-start", "domain": "2/4 domain", "reward"
 
 
 def due(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return queue.stamp(t)
 
 
 def dashboard_link(settings: Settings, job_id: str) -> str | None:

@@ -25,9 +25,14 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def stamp(t: datetime) -> str:
+    """A time as a string that sorts like the time (keys on one indexed field, see ``store``)."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
 def queue_key(ready_at: datetime, job_id: str) -> str:
     """Sorts by ready time as a string (one field for filter and sort, see ``store``)."""
-    return ready_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "|" + job_id
+    return stamp(ready_at) + "|" + job_id
 
 
 def scoped(project_id: str, key: str) -> str:
@@ -220,14 +225,25 @@ def reap(db: Database, *, limit: int) -> list[str]:
     return reaped
 
 
+REQUEUABLE = ("dead", "failed", "cancelled")
+
+
+def requeue_update(job: dict[str, Any], t: datetime) -> dict[str, Any]:
+    """The update that puts a dead, failed or cancelled job back in the queue (its finished
+    stages are kept); a GitHub job's commit status becomes due again (``github_status``)."""
+    sets: dict[str, Any] = {"status": "queued", "queue_key": queue_key(t, job["_id"]), "infra_failures": {},
+                            "error": None, "cancel_requested": False, "updated_at": t}  # fmt: skip
+    if (job.get("source") or {}).get("kind") == "github":
+        sets["github_outbox"] = stamp(t)
+    return {"$set": sets, "$unset": {"finished_at": "", "superseded_by": ""}}
+
+
 def requeue(db: Database, job_id: str, project_id: str) -> bool:
-    """Explicitly requeue a dead, failed or cancelled job; finished stages are kept."""
-    t = now()
-    res = db[JOBS].update_one(
-        {"_id": job_id, "project_id": project_id, "status": {"$in": ["dead", "failed", "cancelled"]}},
-        {"$set": {"status": "queued", "queue_key": queue_key(t, job_id), "infra_failures": {}, "error": None,
-                  "cancel_requested": False, "updated_at": t}, "$unset": {"finished_at": ""}},
-    )  # fmt: skip
+    """Explicitly requeue a dead, failed or cancelled job (see :func:`requeue_update`)."""
+    job = db[JOBS].find_one({"_id": job_id, "project_id": project_id}, {"status": 1, "source": 1})
+    if job is None or job["status"] not in REQUEUABLE:
+        return False
+    res = db[JOBS].update_one({"_id": job_id, "status": job["status"]}, requeue_update(job, now()))
     return bool(res.modified_count)
 
 
