@@ -1,12 +1,19 @@
 """How fast are JavaScript rewards, and what share of a GRPO step do they take?
 
-- ``js_rewards_per_s``: the shipped IoU example (``example:iou``), batched as GRPO calls it
-  (one call per batch), through the sandboxed worker process, on one core.
-- ``python_rewards_per_s``: the same metric as the built-in Python ``iou`` reward (numpy +
-  scipy Hungarian), same pairs, same run: the baseline. ``ratio`` = js / python.
+- ``js_rewards_per_s``: the shipped IoU example (``example:iou``) scoring batches shaped the
+  way GRPO calls a reward: 512 completions = 64 prompts x 8 generations, each prediction
+  decoded from location tokens by the codec (so on the 32-bin grid), the 8 completions of a
+  prompt sharing its ground truth, one call per batch, through the sandboxed worker process.
+- ``js_rewards_per_s_distinct``: the harder case, 512 distinct ground truths per batch and
+  full-precision predictions (no grid), as the benchmark measured before.
+- ``python_rewards_per_s`` (and ``…_distinct``): the same metric as the built-in Python ``iou``
+  reward (numpy + scipy Hungarian), same pairs, same run: the baseline. ``ratio`` = js / python.
 - ``reward_share_of_grpo_step``: the demo's RL stage (retail-shelf preset, 16 completions per
   step) run for a few steps with the JavaScript IoU reward: time inside the reward (decoding
   the completions + scoring) over the stage's training time.
+
+The parent and the reward worker are pinned to one CPU (``--cpu``, default 0), so "one core"
+means one core, however many the machine has.
 
     OMP_NUM_THREADS=1 python benchmarks/reward_throughput.py [--pairs 4096] [--batch 512] [--grpo-steps 8]
 """
@@ -35,6 +42,17 @@ def targets(n: int, rng: random.Random) -> list[dict]:
     return out
 
 
+def jitter(box: list[float], rng: random.Random) -> list[float]:
+    return [v + rng.uniform(-3, 3) for v in box]
+
+
+def grid(box: list[float], size: int = 64, bins: int = 32) -> list[float]:
+    """The box as the model can say it: through the codec's location bins and back."""
+    from pipeline.codec import dequantize_box, quantize_box
+
+    return dequantize_box(quantize_box(box, size, size, bins), size, size, bins)
+
+
 def rate(fn, n: int, reps: int = 5) -> float:
     best = float("inf")
     for _ in range(reps):
@@ -48,33 +66,40 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--generations", type=int, default=8, help="completions per prompt (GRPO's group size)")
+    ap.add_argument("--cpu", type=int, default=0, help="CPU to pin to; -1 leaves the affinity alone")
     ap.add_argument("--grpo-steps", type=int, default=8, help="0 skips the GRPO share")
     args = ap.parse_args()
 
     from pipeline.rewards.builtin import get_reward
     from pipeline.rewards.js import load_js_reward
 
+    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})  # the reward worker inherits it
     rng = random.Random(0)
-    gts = targets(args.pairs, rng)
-    outs = [{**g, "boxes": [[v + rng.uniform(-3, 3) for v in b] for b in g["boxes"]]} for g in gts]
     js = load_js_reward("example:iou")
     py = get_reward("iou")
-    batches = [(outs[i:i + args.batch], gts[i:i + args.batch]) for i in range(0, args.pairs, args.batch)]
+    res: dict = {"pairs": args.pairs, "batch": args.batch, "generations": args.generations}
 
-    def run_js() -> None:
-        for o, g in batches:
-            js.score(o, g)
+    def measure(outs: list[dict], gts: list[dict], suffix: str) -> None:
+        batches = [(outs[i:i + args.batch], gts[i:i + args.batch]) for i in range(0, args.pairs, args.batch)]
+        # same numbers first: the benchmark compares one metric in two languages
+        a, b = js.score(outs[:256], gts[:256]), py.score(outs[:256], gts[:256])
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-9
+        res["js_rewards_per_s" + suffix] = round(rate(lambda: [js.score(o, g) for o, g in batches], args.pairs))
+        res["python_rewards_per_s" + suffix] = round(rate(lambda: py.score(outs, gts), args.pairs))
+        res["ratio" + suffix] = round(res["js_rewards_per_s" + suffix] / res["python_rewards_per_s" + suffix], 2)
 
-    def run_py() -> None:
-        py.score(outs, gts)
-
-    # same numbers first: the benchmark compares one metric in two languages
-    a, b = js.score(outs[:256], gts[:256]), py.score(outs[:256], gts[:256])
-    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-9
-    res: dict = {"pairs": args.pairs, "batch": args.batch}
-    res["js_rewards_per_s"] = round(rate(run_js, args.pairs))
-    res["python_rewards_per_s"] = round(rate(run_py, args.pairs))
-    res["ratio"] = round(res["js_rewards_per_s"] / res["python_rewards_per_s"], 2)
+    # As GRPO calls it: groups of completions share their prompt's gt (the same dict, as
+    # TrlReward hands it), and predictions come out of the codec on the location grid.
+    prompts = targets(args.pairs // args.generations, rng)
+    gts = [prompts[i // args.generations] for i in range(args.pairs)]
+    outs = [{**g, "boxes": [grid(jitter(b, rng)) for b in g["boxes"]]} for g in gts]
+    measure(outs, gts, "")
+    # Distinct gts and full-precision predictions: more bytes per pair, nothing shared.
+    gts = targets(args.pairs, rng)
+    outs = [{**g, "boxes": [jitter(b, rng) for b in g["boxes"]]} for g in gts]
+    measure(outs, gts, "_distinct")
     grpo_batch = [(outs[i:i + 16], gts[i:i + 16]) for i in range(0, 16 * 64, 16)]
     res["js_ms_per_grpo_batch_16"] = round(1000 / rate(lambda: [js.score(o, g) for o, g in grpo_batch], 64), 3)
     js.close()

@@ -274,6 +274,46 @@ def test_trl_adapter_scores_completions_in_one_batched_call():
     r.close()
 
 
+def test_a_gt_shared_by_a_group_crosses_once_and_each_pair_gets_its_own_copy():
+    from pipeline.codec import Codec
+
+    # A reward that consumes gt in place: with one object shared across the group, the second
+    # completion would see an emptied gt. Each pair must see the gt as sent.
+    src = """function reward(o, g) {
+        const n = g.boxes.length;
+        while (g.boxes.length) g.boxes.pop();
+        g.labels.push('x');
+        return n * 10 + g.labels.length;
+      }"""
+    r = js(src)
+    f = as_trl_reward(r, Codec("detect", ["a"]))
+    try:
+        two = {**GT, "boxes": [[0, 0, 8, 8], [8, 8, 16, 16]], "labels": ["a", "a"]}
+        gt_a, gt_b = json.dumps(two), json.dumps(GT)
+        completions = ["a<loc_0><loc_0><loc_3><loc_3>"] * 6
+        # the gt column as GRPO passes it: the prompt's gt repeated for each completion
+        assert f(completions, gt=[gt_a, gt_a, gt_a, gt_b, gt_b, gt_a]) == [23, 23, 23, 12, 12, 23]
+        shared = dict(GT)  # the same dict object three times, straight through the Reward API
+        assert r.score([GT, GT, GT], [shared, shared, shared]) == [12, 12, 12]
+        assert shared["boxes"] == GT["boxes"]  # and the Python side is untouched
+    finally:
+        r.close()
+
+
+def test_a_batch_bigger_than_the_sample_limit_still_refuses_only_the_oversized_sample():
+    limits = JsLimits(batch_timeout_s=5, sample_timeout_ms=500, heap_mb=64, process_mb=1024, max_sample_bytes=4096)
+    r = js("function reward(o, g) { return o.boxes.length }", limits=limits, on_error="zero")
+    try:
+        small = {**GT, "boxes": [[1, 2, 3, 4]] * 3}
+        huge = {**GT, "boxes": [[1, 2, 3, 4]] * 400}
+        assert r.score([small] * 4, [GT] * 4) == [3, 3, 3, 3]  # 4 small samples: under the limit together
+        many = [small] * 40  # together over the limit, each under it: all scored
+        assert r.score(many, [GT] * 40) == [3] * 40 and r.errors == 0
+        assert r.score([small, huge, small], [GT] * 3) == [3, 0, 3] and r.errors == 1
+    finally:
+        r.close()
+
+
 # -- the examples and `dreamforge reward test` ------------------------------------------
 def test_every_example_loads_and_ranks_the_exact_prediction_first():
     rng = random.Random(5)

@@ -109,7 +109,17 @@ class TrlReward:
         name = self.reward.name
         if len(gt) != len(completions):
             raise RewardError(name, None, f"{len(completions)} completions, {len(gt)} gt rows")
-        gts = [_as_target(g, i, name) for i, g in enumerate(gt)]
+        # A GRPO group repeats its prompt's gt: parse each once, and hand the reward the same
+        # dict, which the JavaScript transport then sends once (js_transport.py).
+        parsed_gt: dict[str, dict] = {}
+        gts = []
+        for i, g in enumerate(gt):
+            if isinstance(g, str):
+                if g not in parsed_gt:
+                    parsed_gt[g] = _as_target(g, i, name)
+                gts.append(parsed_gt[g])
+            else:
+                gts.append(_as_target(g, i, name))
         outs, parsed = [], []
         for i, (c, g) in enumerate(zip(completions, gts, strict=True)):
             w = width[i] if width is not None else g["image"]["width"]

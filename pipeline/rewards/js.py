@@ -225,19 +225,28 @@ class JsReward:
             raise RewardError(self.name, None, f"{len(outs)} outputs for {len(gts)} ground truths")
         scores: list[float | None] = [None] * len(outs)
         errors: dict[int | None, RewardError] = {}
-        pending: list[int] = []
-        for i, o in enumerate(outs):
-            size = _approx_bytes(o)
-            if size > self.limits.max_sample_bytes:
-                errors[i] = RewardError(self.name, i, f"the output is about {size // 1024} KiB, over the "
-                                        f"{self.limits.max_sample_bytes // 1024} KiB per-sample limit")  # fmt: skip
-            else:
-                pending.append(i)
+        pending: list[int] = list(range(len(outs)))
+        try:
+            payload: bytes | None = _encode(outs, gts)
+        except TypeError as e:  # a value JSON cannot carry
+            raise RewardError(self.name, None, f"a sample cannot be passed to JavaScript: {e}") from None
+        # A batch under the per-sample limit cannot hold a sample over it (the usual case); only
+        # a bigger one is looked at sample by sample.
+        if len(payload) > self.limits.max_sample_bytes:
+            pending, payload = [], None
+            for i, o in enumerate(outs):
+                size = _approx_bytes(o)
+                if size > self.limits.max_sample_bytes:
+                    errors[i] = RewardError(self.name, i, f"the output is about {size // 1024} KiB, over the "
+                                            f"{self.limits.max_sample_bytes // 1024} KiB per-sample limit")  # fmt: skip
+                else:
+                    pending.append(i)
         retried_unknown = False
         while pending:
             try:
                 self._ensure()
-                payload = _dumps([[outs[i], gts[i]] for i in pending])
+                if payload is None:  # a retry on a subset, or the batch after the size check
+                    payload = _encode([outs[i] for i in pending], [gts[i] for i in pending])
                 head, body = self._request(
                     {"op": "score", "sample_ms": self.limits.sample_timeout_ms, "timeout_s": self.limits.batch_timeout_s},
                     payload, self.limits.batch_timeout_s + 5,
@@ -264,6 +273,7 @@ class JsReward:
             if k is not None and 0 <= k < len(pending):
                 bad = pending.pop(k)
                 errors[bad] = self._error_from(head, bad)
+                payload = None
                 continue  # the rest of the batch runs again on a fresh worker
             if not retried_unknown:  # e.g. a context poisoned by an earlier batch's async loop
                 retried_unknown = True
@@ -306,10 +316,20 @@ class JsReward:
         return RewardError(self.name, index, f"{message}{where}", line, column)
 
 
-def _dumps(obj: Any) -> bytes:
-    # orjson: ten times faster than json here (float formatting dominates a batch of boxes);
-    # it writes NaN and Infinity as null, which the reward then sees as missing numbers.
-    return orjson.dumps(obj)
+def _encode(outs: list[Any], gts: list[Any]) -> bytes:
+    """The batch for the prelude's ``__df_run``: each distinct gt once (a GRPO group scores
+    ``num_generations`` completions against one gt, and TrlReward hands the same dict for each).
+    orjson: ten times faster than json here (float formatting dominates a batch of boxes); it
+    writes NaN and Infinity as null, which the reward then sees as missing numbers."""
+    index: dict[int, int] = {}
+    distinct: list[Any] = []
+    gi = []
+    for g in gts:
+        j = index.setdefault(id(g), len(distinct))
+        if j == len(distinct):
+            distinct.append(g)
+        gi.append(j)
+    return orjson.dumps({"o": outs, "g": distinct, "gi": gi})
 
 
 def _approx_bytes(t: dict) -> int:

@@ -37,6 +37,16 @@
     return mathHypot((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2, (a[1] + a[3]) / 2 - (b[1] + b[3]) / 2);
   }
 
+  // Work arrays of the Hungarian method, reused across calls: allocating six typed arrays per
+  // image cost more than the assignment itself on the few-object images rewards see.
+  const scratch = { size: 0 };
+  function grow(size) {
+    scratch.size = size;
+    scratch.u = new Float64Array(size); scratch.v = new Float64Array(size);
+    scratch.p = new Int32Array(size); scratch.way = new Int32Array(size);
+    scratch.minv = new Float64Array(size); scratch.used = new Uint8Array(size);
+  }
+
   /**
    * Maximum-weight one-to-one assignment on a similarity matrix (rows: predictions,
    * columns: ground truth); returns [[row, col], ...] for every row. The Hungarian method
@@ -56,14 +66,14 @@
     }
     const INF = Infinity;
     const cost = (i, j) => (i < n && j < m ? -sim[i][j] : 0);
-    const u = new Float64Array(k + 1), v = new Float64Array(k + 1);
-    const p = new Int32Array(k + 1), way = new Int32Array(k + 1);
-    const minv = new Float64Array(k + 1), used = new Uint8Array(k + 1);
+    if (k + 1 > scratch.size) grow(k + 1);
+    const u = scratch.u, v = scratch.v, p = scratch.p, way = scratch.way, minv = scratch.minv, used = scratch.used;
+    u.fill(0, 0, k + 1); v.fill(0, 0, k + 1); p.fill(0, 0, k + 1); way.fill(0, 0, k + 1);
     for (let i = 1; i <= k; i++) {
       p[0] = i;
       let j0 = 0;
-      minv.fill(INF);
-      used.fill(0);
+      minv.fill(INF, 0, k + 1);
+      used.fill(0, 0, k + 1);
       do {
         used[j0] = 1;
         const i0 = p[j0];
@@ -262,8 +272,9 @@
   // The harness: one call scores a whole batch. pairs = [[out, gt], ...]. Returns a JSON
   // string {scores: [number | null], errors: [{index, message, stack}]}; a failing sample
   // gets null and an error, the others are still scored.
-  // Python sends targets without their empty fields (a third of the bytes); users see all.
+  // A target sent as itself (not as columns) may lack fields; users see all of them.
   function full(t) {
+    if (t === null || typeof t !== "object") return t;
     if (t.boxes === undefined) t.boxes = [];
     if (t.labels === undefined) t.labels = [];
     if (t.points === undefined) t.points = [];
@@ -277,7 +288,6 @@
   function run(pairs, sampleMs, callId) {
     g.__df_call = callId;
     g.__df_i = -1;
-    for (let i = 0; i < pairs.length; i++) { full(pairs[i][0]); full(pairs[i][1]); }
     const scores = new Array(pairs.length).fill(null);
     const errors = [];
     const batchFn = g.rewardBatch, fn = g.reward;
@@ -312,10 +322,82 @@
     return "missing";
   }
 
-  // The batch arrives as one JSON string: V8's JSON.parse reads it about three times faster
-  // than compiling the same data as a script literal (measured: 8.7 vs 24.5 ms for 512 pairs).
+  // A deep copy of a JSON value: a gt shared by a GRPO group arrives once, and each further
+  // pair gets its own copy, so a reward that sorts gt.boxes in place cannot change the next
+  // pair's gt.
+  function clone(v) {
+    if (v === null || typeof v !== "object") return v;
+    if (isArray(v)) {
+      const n = v.length, a = new Array(n);
+      for (let i = 0; i < n; i++) a[i] = clone(v[i]);
+      return a;
+    }
+    const o = {};
+    for (const key in v) o[key] = clone(v[key]);
+    return o;
+  }
+
+  // The batch arrives as one JSON string {o: [out...], g: [distinct gt...], gi: [gt index per
+  // pair]}: V8's JSON.parse reads it about three times faster than compiling the same data as a
+  // script literal (measured: 8.7 vs 24.5 ms for 512 pairs).
   function runJson(text, sampleMs, callId) {
-    return run(parse(text), sampleMs, callId);
+    const d = parse(text), outs = d.o, gts = d.g, gi = d.gi, used = new Uint8Array(gts.length);
+    const pairs = new Array(outs.length);
+    for (let i = 0; i < outs.length; i++) {
+      const j = gi[i];
+      pairs[i] = [full(outs[i]), full(used[j] ? clone(gts[j]) : gts[j])];
+      used[j] = 1;
+    }
+    return run(pairs, sampleMs, callId);
+  }
+
+  function check() {
+    if (typeof g.rewardBatch === "function" || typeof g.reward === "function") return "ok";
+    return "missing";
+  }
+
+  function offsets(counts, per) {
+    const o = new Int32Array(counts.length + 1);
+    for (let i = 0; i < counts.length; i++) o[i + 1] = o[i] + counts[i] * per;
+    return o;
+  }
+
+  // Rebuilds the pairs pipeline/rewards/js_transport.py sent as columns. Every reference gets
+  // objects of its own, so a reward that mutates one gt cannot change the next pair's.
+  function decode(d) {
+    const b = d.b, l = d.l, p = d.p, k = d.k, m = d.m, kk = d.kk, ml = d.ml;
+    const bc = d.bc, lc = d.lc, pc = d.pc, kc = d.kc, mc = d.mc, t = d.t, w = d.w, h = d.h, x = d.x;
+    const bo = offsets(bc, 4), lo = offsets(lc, 1), po = offsets(pc, 2), ki = offsets(kc, 1), mi = offsets(mc, 1);
+    const ko = offsets(kk, 3), mo = offsets(ml, 1);
+    function build(r) {
+      if (r < 0) return full(x[-r - 1]);
+      const nb = bc[r], boxes = new Array(nb);
+      for (let j = 0, q = bo[r]; j < nb; j++, q += 4) boxes[j] = [b[q], b[q + 1], b[q + 2], b[q + 3]];
+      const np = pc[r], points = new Array(np);
+      for (let j = 0, q = po[r]; j < np; j++, q += 2) points[j] = [p[q], p[q + 1]];
+      const nk = kc[r], keypoints = new Array(nk);
+      for (let j = 0; j < nk; j++) {
+        const inst = ki[r] + j, n = kk[inst], pts = new Array(n);
+        for (let e = 0, q = ko[inst]; e < n; e++, q += 3) pts[e] = [k[q], k[q + 1], k[q + 2]];
+        keypoints[j] = pts;
+      }
+      const nm = mc[r], masks = new Array(nm);
+      for (let j = 0; j < nm; j++) { const poly = mi[r] + j; masks[j] = m.slice(mo[poly], mo[poly] + ml[poly]); }
+      return {
+        boxes, labels: l.slice(lo[r], lo[r] + lc[r]), points, keypoints, masks, text: t[r],
+        image: { width: w[r], height: h[r] },
+      };
+    }
+    const o = d.o, gt = d.g, pairs = new Array(o.length);
+    for (let i = 0; i < o.length; i++) pairs[i] = [build(o[i]), build(gt[i])];
+    return pairs;
+  }
+
+  // The batch arrives as one JSON string of columns (js_transport.py): V8's JSON.parse reads
+  // flat arrays of numbers fast, and the objects are built here with a known shape (0.9 ms
+  // for 512 detection pairs, against 3.1 ms for JSON.parse of the same nested targets).
+  function runColumns(text, sampleMs, callId) {
+    return run(decode(parse(text)), sampleMs, callId);
   }
 
   const lib = { iou, centerDistance, hungarian, matchBoxes, softIoU, f1, maskIoU, oks };

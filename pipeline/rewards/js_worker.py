@@ -8,9 +8,9 @@ user code never runs in the trainer: it runs here, under OS limits, and the pare
 
 Protocol on stdin/stdout, one frame per message: a 4-byte big-endian length, then a JSON
 header; a ``score`` request and every ``ok`` answer carry a second length-prefixed frame
-with the raw JSON payload, so the batch is never decoded here: it is passed to
-``__df_run(...)`` as one string that V8's JSON.parse reads, and the harness's JSON string
-goes back as is. Started as a script (``python -I js_worker.py``), not as a module, so it
+with the raw JSON payload (columns, ``js_transport.py``), so the batch is never decoded
+here: it is passed to ``__df_run`` as one string that V8's JSON.parse reads, and the
+harness's JSON string goes back as is. Started as a script (``python -I js_worker.py``), not as a module, so it
 imports nothing of the project (fast restarts, nothing of the trainer in reach).
 """
 
@@ -64,6 +64,9 @@ class Sandbox:
         self.calls = 0
         prelude = Path(__file__).with_name("js_prelude.js").read_text()
         self.ctx.eval(prelude)
+        # A function handle takes the batch as a V8 string as is; an eval would first escape
+        # it into a script literal and compile that (5.8 vs 8.6 ms for 512 pairs, measured).
+        self.run = self.ctx.eval("__df_run")
 
     def load(self, source: str, seed: int, timeout_s: float) -> str:
         self.ctx.eval(f"__df_seed({int(seed)})")
@@ -73,8 +76,7 @@ class Sandbox:
 
     def score(self, payload: bytes, sample_ms: float, timeout_s: float) -> str:
         self.calls += 1
-        code = "__df_run(" + json.dumps(payload.decode()) + f", {float(sample_ms)}, {self.calls})"
-        result = str(self.ctx.eval(code, timeout_sec=timeout_s, max_memory=self.heap_bytes))
+        result = str(self.run(payload.decode(), float(sample_ms), self.calls, timeout_sec=timeout_s))
         # Work a reward leaves behind (an endless async loop) runs on the next call and would
         # time out the next batch; a no-op call right away pins it on this one.
         from py_mini_racer import JSTimeoutException
@@ -132,7 +134,11 @@ def serve(inp, out, heap_bytes: int) -> None:
         except JSParseException as e:
             write_frame(out, _error("syntax", str(e)))
         except JSEvalException as e:
-            write_frame(out, _error("js", str(e), index=sandbox.current_index() if sandbox else None))
+            if sandbox is not None and sandbox.ctx.was_hard_memory_limit_reached():
+                # Through a function handle, the heap limit surfaces as a bare "null" eval error.
+                write_frame(out, _error("memory", "ran out of memory", index=sandbox.current_index(), fatal=True))
+            else:
+                write_frame(out, _error("js", str(e), index=sandbox.current_index() if sandbox else None))
         except MemoryError:
             write_frame(out, _error("memory", "ran out of memory", fatal=True))
         except Exception as e:  # noqa: BLE001 — anything else V8 raised is the reward's fault, reported
