@@ -100,14 +100,17 @@
     return pairs;
   }
 
-  // Like geometry.match_matrix: entries below thr are unmatchable; returns the assigned pairs
-  // with similarity > 0 and >= thr as {pred, gt, score}, sorted by pred.
+  // Like geometry.match_matrix: entries below thr are unmatchable; returns the assigned
+  // [row, col] pairs with similarity > 0 and >= thr, sorted by row (no objects: the helpers
+  // below build only what they return).
   function matchMatrix(sim, thr) {
     // similarities are >= 0, so with thr <= 0 the thresholded copy is the matrix itself
     const work = thr > 0 ? sim.map((row) => row.map((s) => (s >= thr ? s : 0))) : sim;
-    const out = [];
-    for (const [i, j] of hungarian(work)) if (work[i][j] > 0) out.push({ pred: i, gt: j, score: sim[i][j] });
-    return out;
+    const pairs = hungarian(work);
+    let n = 0;
+    for (let k = 0; k < pairs.length; k++) if (work[pairs[k][0]][pairs[k][1]] > 0) pairs[n++] = pairs[k];
+    pairs.length = n;
+    return pairs;
   }
 
   function iouMatrix(pred, gt) {
@@ -131,7 +134,8 @@
    * IoU > 0 and IoU >= thr (default 0). Mirrors geometry.hungarian_match.
    */
   function matchBoxes(pred, gt, thr) {
-    return matchMatrix(iouMatrix(pred || [], gt || []), thr || 0).map((x) => ({ pred: x.pred, gt: x.gt, iou: x.score }));
+    const sim = iouMatrix(pred || [], gt || []);
+    return matchMatrix(sim, thr || 0).map(([i, j]) => ({ pred: i, gt: j, iou: sim[i][j] }));
   }
 
   /** Hungarian-matched IoU summed over max(#pred, #gt); 1 when both are empty (built-in `iou`). */
@@ -140,7 +144,7 @@
     if (p.length === 0 && q.length === 0) return 1;
     const sim = restrict(iouMatrix(p, q), out, gt, !!classAware);
     let total = 0;
-    for (const x of matchMatrix(sim, 0)) total += x.score;
+    for (const [i, j] of matchMatrix(sim, 0)) total += sim[i][j];
     return total / mathMax(p.length, q.length);
   }
 

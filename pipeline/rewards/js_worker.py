@@ -55,6 +55,11 @@ class Lingering(Exception):
 
 
 class Sandbox:
+    """One V8 context. Created and driven from inside a running asyncio loop, so mini-racer
+    uses that loop instead of a thread of its own: a call then costs one hop to V8's thread
+    instead of three (measured: an empty eval 0.20 ms against 0.34 ms, a three-argument
+    function call 0.36 against 0.51 ms)."""
+
     def __init__(self, heap_bytes: int) -> None:
         from py_mini_racer import MiniRacer
 
@@ -63,34 +68,45 @@ class Sandbox:
         self.heap_bytes = heap_bytes
         self.calls = 0
         prelude = Path(__file__).with_name("js_prelude.js").read_text()
-        self.ctx.eval(prelude)
-        # A function handle takes the batch as a V8 string as is; an eval would first escape
-        # it into a script literal and compile that (5.8 vs 8.6 ms for 512 pairs, measured).
-        self.run = self.ctx.eval("__df_run")
+        self.ctx.eval(prelude)  # our own code: no time limit needed
+        self.globals = self.ctx.eval("globalThis")
 
-    def load(self, source: str, seed: int, timeout_s: float) -> str:
-        self.ctx.eval(f"__df_seed({int(seed)})")
-        # sourceURL names the user's file in stack traces (reward.js:LINE:COL).
-        self.ctx.eval(source + "\n//# sourceURL=reward.js", timeout_sec=timeout_s, max_memory=self.heap_bytes)
-        return str(self.ctx.eval("__df_check()"))
+    async def _eval(self, code: str, timeout_s: float):
+        import asyncio
 
-    def score(self, payload: bytes, sample_ms: float, timeout_s: float) -> str:
-        self.calls += 1
-        result = str(self.run(payload.decode(), float(sample_ms), self.calls, timeout_sec=timeout_s))
-        # Work a reward leaves behind (an endless async loop) runs on the next call and would
-        # time out the next batch; a no-op call right away pins it on this one.
         from py_mini_racer import JSTimeoutException
 
+        try:  # on timeout wait_for cancels the task, and mini-racer terminates the running JS
+            return await asyncio.wait_for(self.ctx.eval_cancelable(code), timeout_s)
+        except asyncio.TimeoutError:
+            raise JSTimeoutException() from None
+
+    async def load(self, source: str, seed: int, timeout_s: float) -> str:
+        self.ctx.eval(f"__df_seed({int(seed)})")
+        # sourceURL names the user's file in stack traces (reward.js:LINE:COL).
+        await self._eval(source + "\n//# sourceURL=reward.js", timeout_s)
+        return str(self.ctx.eval("__df_check()"))
+
+    async def score(self, payload: bytes, sample_ms: float, timeout_s: float) -> str:
+        from py_mini_racer import JSTimeoutException
+
+        self.calls += 1
+        # The batch goes in as a V8 string as is: as a script literal it would first be escaped
+        # and compiled (8.6 vs 5.8 ms for 512 pairs, measured).
+        self.globals["__df_in"] = payload.decode()
+        result = str(await self._eval(f"__df_run(globalThis.__df_in, {float(sample_ms)}, {self.calls})", timeout_s))
+        # Work a reward leaves behind (an endless async loop) runs on the next call and would
+        # time out the next batch; a no-op call right away pins it on this one.
         try:
-            self.ctx.eval("0", timeout_sec=0.5)
+            await self._eval("0", 0.5)
         except JSTimeoutException:
             raise Lingering() from None
         return result
 
-    def current_index(self) -> int | None:
+    async def current_index(self) -> int | None:
         """The sample the harness was on when this call was stopped, if it got that far."""
         try:
-            i = self.ctx.eval(f"globalThis.__df_call === {self.calls} ? globalThis.__df_i : -1", timeout_sec=0.2)
+            i = await self._eval(f"globalThis.__df_call === {self.calls} ? globalThis.__df_i : -1", 0.2)
         except Exception:  # noqa: BLE001 — a poisoned context cannot tell; the sample stays unknown
             return None
         return int(i) if isinstance(i, int | float) and i >= 0 else None
@@ -100,7 +116,9 @@ def _error(kind: str, message: str, **extra) -> bytes:
     return json.dumps({"ok": False, "kind": kind, "message": message, **extra}).encode()
 
 
-def serve(inp, out, heap_bytes: int) -> None:
+async def serve(inp, out, heap_bytes: int) -> None:
+    """The request loop. Reading stdin blocks the asyncio loop, which is fine: nothing runs on
+    it between requests."""
     from py_mini_racer import JSEvalException, JSOOMException, JSParseException, JSTimeoutException
 
     sandbox: Sandbox | None = None
@@ -113,12 +131,12 @@ def serve(inp, out, heap_bytes: int) -> None:
         try:
             if op == "load":
                 sandbox = Sandbox(heap_bytes)
-                state = sandbox.load(msg["source"], msg.get("seed", 0), msg["timeout_s"])
+                state = await sandbox.load(msg["source"], msg.get("seed", 0), msg["timeout_s"])
                 write_frame(out, json.dumps({"ok": True, "state": state}).encode())
             elif op == "score":
                 payload = read_frame(inp) or b"[]"
                 assert sandbox is not None, "score before load"
-                result = sandbox.score(payload, msg["sample_ms"], msg["timeout_s"])
+                result = await sandbox.score(payload, msg["sample_ms"], msg["timeout_s"])
                 write_frame(out, b'{"ok": true}')
                 write_frame(out, result.encode())
             else:
@@ -126,19 +144,20 @@ def serve(inp, out, heap_bytes: int) -> None:
         except Lingering:
             write_frame(out, _error("lingering", "keeps running after it returns (an endless async loop?)", fatal=True))
         except JSTimeoutException:
-            index = sandbox.current_index() if sandbox else None
+            index = await sandbox.current_index() if sandbox else None
             write_frame(out, _error("timeout", "ran past its time limit", index=index, fatal=True))
         except JSOOMException:
-            index = sandbox.current_index() if sandbox else None
+            index = await sandbox.current_index() if sandbox else None
             write_frame(out, _error("memory", "ran out of memory", index=index, fatal=True))
         except JSParseException as e:
             write_frame(out, _error("syntax", str(e)))
         except JSEvalException as e:
+            index = await sandbox.current_index() if sandbox else None
             if sandbox is not None and sandbox.ctx.was_hard_memory_limit_reached():
-                # Through a function handle, the heap limit surfaces as a bare "null" eval error.
-                write_frame(out, _error("memory", "ran out of memory", index=sandbox.current_index(), fatal=True))
+                # The heap limit can surface as a bare "null" eval error rather than an OOM.
+                write_frame(out, _error("memory", "ran out of memory", index=index, fatal=True))
             else:
-                write_frame(out, _error("js", str(e), index=sandbox.current_index() if sandbox else None))
+                write_frame(out, _error("js", str(e), index=index))
         except MemoryError:
             write_frame(out, _error("memory", "ran out of memory", fatal=True))
         except Exception as e:  # noqa: BLE001 — anything else V8 raised is the reward's fault, reported
@@ -153,7 +172,9 @@ def main() -> None:
     # Nothing else may write to the protocol stream.
     sys.stdout = sys.stderr
     try:
-        serve(inp, out, heap)
+        import asyncio
+
+        asyncio.run(serve(inp, out, heap))
     finally:
         out.flush()
         # V8's teardown can hang at interpreter exit (seen with mini-racer 0.14.1): skip it.
