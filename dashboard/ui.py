@@ -69,6 +69,19 @@ def fmt_metric(job: dict[str, Any]) -> str:
     return f"{name} {value:.3f}" if value is not None else "–"
 
 
+def fit_caption(result: dict[str, Any]) -> str:
+    """One line on memorisation: the last domain-trained model on its own training images."""
+    fit, key = result.get("train_fit") or {}, result.get("primary_metric")
+    name = next((n for n in ("reward", "domain") if n in fit), None)
+    if not name or not key:
+        return ""
+    m = fit[name]
+    line = f"{MODEL_TITLES.get(name, name)} on {fit.get('n', '?')} of its training images: {key} {m[key]:.3f} ({m['gap']:+.3f} vs held-out)"
+    if m["gap"] > 0.3:
+        line += " · it has memorised them: more labelled images will help more than more training"
+    return line
+
+
 def models_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Held-out metrics per model (base → warm-start → domain → RL → 4-bit), one row each."""
     models = dict(result.get("models") or {})

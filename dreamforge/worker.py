@@ -258,6 +258,7 @@ def job_result(out: Path) -> dict[str, Any]:
         "primary_metric": key,
         "models": ev.get("models", {}),
         "release": release,
+        "train_fit": ev.get("train_fit") or {},
         "artifacts": {name: str(out / name) for name in ("model", "model-4bit", "metrics.json", "README.md")
                       if (out / name).exists()},  # fmt: skip
         "wall_seconds": record.get("wall_seconds"),

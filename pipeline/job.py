@@ -256,6 +256,12 @@ def write_model_card(out: Path, cfg: CurriculumConfig, record: dict[str, Any]) -
         f"| {name} | {m.get(key, 0):.3f} | {m.get('parse_rate', 0):.2f} |" for name, m in ev["models"].items()
     )
     rel = ev.get("release", {})
+    fit = ev.get("train_fit") or {}
+    fit_line = "".join(
+        f"\nOn {fit['n']} of its training images the {name} model scores {fit[name][key]:.3f} {key}"
+        f" ({fit[name]['gap']:+.3f} against held-out)."
+        for name in ("domain", "reward") if name in fit
+    )
     card = f"""---
 library_name: transformers
 pipeline_tag: image-text-to-text
@@ -271,6 +277,7 @@ Held-out split `{ev['split']}` ({ev['n']} images):
 | model | {key} | parse rate |
 |---|---|---|
 {rows}
+{fit_line}
 
 Release artifact: `{Path(rel.get('release_dir', 'model')).name}` ({rel.get('release_format', '16-bit')}).
 4-bit size ratio: {rel.get('size_ratio', 'n/a')}, metric drop: {rel.get('metric_drop', 'n/a')}.

@@ -73,3 +73,14 @@ def test_the_dashboard_never_imports_a_database_driver():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pymongo', 'gridfs', 'dreamforge', 'torch')))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_fit_caption_flags_memorisation_only_past_the_gap():
+    assert ui.fit_caption({"primary_metric": "mean_iou"}) == ""
+    fit = {"n": 42, "domain": {"mean_iou": 0.90, "gap": 0.65}, "reward": {"mean_iou": 0.89, "gap": 0.62}}
+    line = ui.fit_caption({"primary_metric": "mean_iou", "train_fit": fit})
+    assert line.startswith("RL on 42 of its training images: mean_iou 0.890 (+0.620 vs held-out)")
+    assert "memorised" in line
+    ok = {"n": 64, "domain": {"mean_iou": 0.62, "gap": 0.05}}
+    line = ui.fit_caption({"primary_metric": "mean_iou", "train_fit": ok})
+    assert line.startswith("domain on 64") and "memorised" not in line

@@ -56,6 +56,14 @@ def test_four_stage_job_writes_metrics_checkpoints_and_both_exports(detect_job):
         assert (out / "stages" / stage / "model" / "config.json").exists()
         assert m["stages"][stage]["train_seconds"] > 0
     assert (out / "model" / "README.md").read_text().startswith("---")
+    # the domain-trained models are also scored on their own training images (memorisation)
+    fit = ev["train_fit"]
+    assert fit["split"] == "train" and 0 < fit["n"] <= 64
+    for stage in ("domain", "reward"):
+        held = ev["models"][stage]["mean_iou"]
+        assert 0.0 <= fit[stage]["mean_iou"] <= 1.0
+        assert fit[stage]["gap"] == pytest.approx(fit[stage]["mean_iou"] - held, abs=1e-4)
+    assert f"On {fit['n']} of its training images the reward model" in (out / "MODEL_CARD.md").read_text()
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["mean_iou"]["reward"] == ev["models"]["reward"]["mean_iou"]
 
@@ -193,3 +201,41 @@ def test_bad_dataset_fails_with_a_message_naming_it(tmp_path):
     res = run(["--dataset", str(bad), "--output", str(tmp_path / "out"), "--quiet"])
     assert res.returncode == 2
     assert "annotations.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_memorisation_warning_names_both_numbers(detect_job):
+    """A model that does much better on its training images than on held-out ones gets a
+    warning that says so, with both numbers (threshold forced low: the tiny job is too short
+    to memorise)."""
+    from pipeline.config import CurriculumConfig
+    from pipeline.device import pick_device
+    from pipeline.job import load_data, make_codec, resolve_reward
+    from pipeline.reporter import BaseReporter
+    from pipeline.stages.common import Context
+    from pipeline.stages.evaluate import train_fit
+
+    class Logs(BaseReporter):
+        def __init__(self):
+            self.lines = []
+
+        def log(self, message, *, level="info", stage=None):
+            self.lines.append((level, message))
+
+    out, _ = detect_job
+    saved = json.loads((out / "config.json").read_text())
+    saved.pop("_hash")
+    cfg = CurriculumConfig.model_validate(saved)
+    rep = Logs()
+    domain, _ = load_data(cfg, {"domain"}, rep)
+    ctx = Context(cfg=cfg, device=pick_device(), reporter=rep, out=out, domain=domain,
+                  domain_codec=make_codec(cfg, domain), reward=resolve_reward(cfg))  # fmt: skip
+    record = json.loads((out / "metrics.json").read_text())["evaluation"]
+    checkpoints = {s: out / "stages" / s / "model" for s in ("domain", "reward")}
+    fit = train_fit(ctx, checkpoints, record, warn_gap=-1.0)
+    assert fit["reward"]["mean_iou"] == pytest.approx(record["train_fit"]["reward"]["mean_iou"])  # deterministic
+    warnings = [m for level, m in rep.lines if level == "warning"]
+    assert len(warnings) == 1 and "memorised" in warnings[0]
+    assert f"{fit['reward']['mean_iou']:.2f}" in warnings[0] and f"{record['models']['reward']['mean_iou']:.2f}" in warnings[0]
+    rep.lines.clear()
+    train_fit(ctx, checkpoints, record)  # the real threshold: a tiny job has not memorised anything
+    assert not [m for level, m in rep.lines if level == "warning"] or record["train_fit"]["reward"]["gap"] > 0.3

@@ -117,6 +117,9 @@ def results(job: dict[str, Any]) -> None:
         key = result.get("primary_metric")
         st.caption(f"{key} is the primary metric · held-out images, never trained on" if key else "held-out images, never trained on")
         st.container(key="metrics-table").dataframe(pd.DataFrame(rows), hide_index=True, key="metrics_table")
+        fit = ui.fit_caption(result)
+        if fit:
+            st.caption(fit)
     else:
         st.info("This job has no evaluation record.")
     stage_rows = [{"stage": ui.STAGE_TITLES[s], **{k: v for k, v in (job["stages"][s].get("metrics") or {}).items()

@@ -71,6 +71,9 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
         examples[name] = ex
         ctx.reporter.log(f"{name}: {key} {metrics[key]:.3f} (parse rate {metrics.get('parse_rate', 0):.2f})", stage="evaluate")
         ctx.reporter.progress("evaluate", (i + 1) / (len(names) + 2))
+    fit = train_fit(ctx, checkpoints, record)
+    if fit:
+        record["train_fit"] = fit
     final_name = next(n for n in reversed(names))
     release = export(ctx, checkpoints[final_name], record, samples, examples)
     record["release"] = release
@@ -78,6 +81,41 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     (ctx.out / "predictions.json").write_text(json.dumps(examples))
     ctx.reporter.progress("evaluate", 1.0)
     return record
+
+
+FIT_SAMPLES = 64  # training images scored per model: enough to see memorisation, about a second
+FIT_GAP_WARNING = 0.3
+
+
+def train_fit(
+    ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], *, warn_gap: float = FIT_GAP_WARNING
+) -> dict[str, Any]:
+    """The domain-trained models scored on their own training images, next to held-out.
+
+    With a few dozen labels the domain stage fits its training images almost perfectly
+    (measured at 42 labels: train IoU 0.89-0.91 and F1@0.5 1.0 against 0.25 held-out). Then
+    the reward stage, which samples the same images, has little to add, and more labelled
+    images help more than more training. The job says so instead of leaving users to guess.
+    """
+    train = ctx.domain.splits.get("train") or []
+    names = [n for n in ("domain", "reward") if n in checkpoints]
+    if not train or not names:
+        return {}
+    key = record["primary_metric"]
+    samples = train[:FIT_SAMPLES]
+    fit: dict[str, Any] = {"split": "train", "n": len(samples)}
+    for name in names:
+        metrics, _ = evaluate_model(ctx, checkpoints[name], samples)
+        fit[name] = {key: metrics[key], "gap": round(metrics[key] - record["models"][name][key], 4)}
+    last = names[-1]
+    if fit[last]["gap"] > warn_gap:
+        ctx.reporter.log(
+            f"the model scores {fit[last][key]:.2f} {key} on its {len(train)} training images but "
+            f"{record['models'][last][key]:.2f} on held-out ones: it has memorised them. More labelled "
+            "images will help more than more epochs or RL on the same images.",
+            level="warning", stage="evaluate",
+        )  # fmt: skip
+    return fit
 
 
 def export(ctx: Context, final_dir: Path, record: dict, samples, examples: dict) -> dict[str, Any]:
