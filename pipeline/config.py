@@ -30,6 +30,12 @@ class StageConfig(_Strict):
     enabled: bool = Field(True, description="Run this stage. A disabled stage passes its input checkpoint on.")
     epochs: float = Field(1.0, gt=0, description="Passes over the stage's training split.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    min_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Train at least this many optimizer steps when the epochs give fewer: a domain set of a few "
+        "dozen images needs more passes than a big one (ignored with max_steps or max_seconds).",
+    )
     max_seconds: float | None = Field(
         None, gt=0, description="Wall-clock budget for the stage's training loop; training stops cleanly when spent."
     )

@@ -239,3 +239,14 @@ def test_memorisation_warning_names_both_numbers(detect_job):
     rep.lines.clear()
     train_fit(ctx, checkpoints, record)  # the real threshold: a tiny job has not memorised anything
     assert not [m for level, m in rep.lines if level == "warning"] or record["train_fit"]["reward"]["gap"] > 0.3
+
+
+def test_domain_stage_trains_at_least_min_steps_on_a_few_images(tmp_path):
+    # 12 training images at batch 8: one epoch is 2 steps; min_steps lifts it to 5 (a few-label
+    # set needs more passes), and max_steps would still win over both
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_job_config(domain={"max_steps": None, "epochs": 1, "min_steps": 5})))
+    res = run(["--config", str(cfg), "--stages", "1", "2", "--output", str(tmp_path / "out"), "--quiet"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["stages"]["domain"]["examples"] == 12 and m["stages"]["domain"]["steps"] == 5

@@ -78,7 +78,7 @@ class Sandbox:
 
         try:  # on timeout wait_for cancels the task, and mini-racer terminates the running JS
             return await asyncio.wait_for(self.ctx.eval_cancelable(code), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise JSTimeoutException() from None
 
     async def load(self, source: str, seed: int, timeout_s: float) -> str:

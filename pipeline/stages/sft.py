@@ -72,7 +72,7 @@ def train_sft(
     train = datasets.Dataset.from_list(rows)
     bs = min(stage_cfg.batch_size, len(rows))
     steps_per_epoch = math.ceil(len(rows) / bs)
-    max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch))
+    max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
     if stage_cfg.max_seconds and not stage_cfg.max_steps:
         # With a time budget the epochs are a ceiling; leave room so time, not data, ends it.
         max_steps = max(max_steps, 100_000)
