@@ -110,7 +110,7 @@ class TrlReward:
         if len(gt) != len(completions):
             raise RewardError(name, None, f"{len(completions)} completions, {len(gt)} gt rows")
         # A GRPO group repeats its prompt's gt: parse each once, and hand the reward the same
-        # dict, which the JavaScript transport then sends once (js_transport.py).
+        # dict, which a JavaScript reward then sends to V8 once (js.py, _encode).
         parsed_gt: dict[str, dict] = {}
         gts = []
         for i, g in enumerate(gt):
