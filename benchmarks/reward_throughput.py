@@ -15,7 +15,7 @@
 The parent and the reward worker are pinned to one CPU (``--cpu``, default 0), so "one core"
 means one core, however many the machine has.
 
-    OMP_NUM_THREADS=1 python benchmarks/reward_throughput.py [--pairs 4096] [--batch 512] [--grpo-steps 8]
+    OMP_NUM_THREADS=1 python benchmarks/reward_throughput.py [--pairs 4096] [--batch 512] [--generations 8] [--cpu 0] [--grpo-steps 8]
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ user code never runs in the trainer: it runs here, under OS limits, and the pare
 
 Protocol on stdin/stdout, one frame per message: a 4-byte big-endian length, then a JSON
 header; a ``score`` request and every ``ok`` answer carry a second length-prefixed frame
-with the raw JSON payload (columns, ``js_transport.py``), so the batch is never decoded
-here: it is passed to ``__df_run`` as one string that V8's JSON.parse reads, and the
-harness's JSON string goes back as is. Started as a script (``python -I js_worker.py``), not as a module, so it
-imports nothing of the project (fast restarts, nothing of the trainer in reach).
+with the raw JSON payload (``js.py``'s ``_encode``), so the batch is never decoded here: it is
+handed to ``__df_run`` as one V8 string that V8's JSON.parse reads, and the harness's JSON
+string goes back as is. Started as a script (``python -I js_worker.py``), not as a module, so
+it imports nothing of the project (fast restarts, nothing of the trainer in reach).
 """
 
 from __future__ import annotations
