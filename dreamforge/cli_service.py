@@ -86,16 +86,20 @@ def register(app: typer.Typer) -> None:
         from dreamforge.settings import Settings
 
         home = home or Settings().home
-        stack = _start(home, workers, dashboard)
-        typer.echo(f"DreamForge is up.\n  API:       {stack.api_url}  (docs at {stack.api_url}/docs)")
-        if stack.dashboard_url:
-            typer.echo(f"  dashboard: {stack.dashboard_url}")
-        typer.echo(f"  API key:   {stack.dev_key}  (dev project; also in {home / 'dev-api-key'})")
-        typer.echo(f"  database:  {stack.uri}\nPress Ctrl-C to stop.")
         done = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: done.set())
+        stack = _start(home, workers, dashboard)
         try:
-            done.wait()
+            typer.echo(f"DreamForge is up.\n  API:       {stack.api_url}  (docs at {stack.api_url}/docs)")
+            if stack.dashboard_url:
+                typer.echo(f"  dashboard: {stack.dashboard_url}")
+            typer.echo(f"  API key:   {stack.dev_key}  (dev project; also in {home / 'dev-api-key'})")
+            typer.echo(f"  database:  {stack.uri}\nPress Ctrl-C to stop.")
+            # Wake up now and then: Ctrl-C may be delivered to one of the stack's threads, and a
+            # main thread blocked in an untimed wait would then never see it (seen: `up` ignored
+            # SIGINT for 10 minutes).
+            while not done.wait(0.5):
+                pass
         except KeyboardInterrupt:
             pass
         finally:
