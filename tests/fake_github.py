@@ -16,6 +16,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, body) -> None:
+    """Answer a request of a loopback fake server with ``body`` as JSON."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class FakeGitHub:
     def __init__(self) -> None:
         self.requests: list[dict] = []  # {"method", "path", "query", "json", "auth"} in arrival order
@@ -41,12 +51,7 @@ class FakeGitHub:
                         status, body = 503, {"message": "Service Unavailable"}
                     else:
                         status, body = fake.route(self.command, url.path, parse_qs(url.query), raw)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
             do_GET = do_POST = do_PATCH = _handle
 

@@ -15,6 +15,7 @@ import jwt
 import pytest
 from conftest import tiny_job_config
 from cryptography.hazmat.primitives.asymmetric import rsa
+from fake_github import send_json
 from github_helpers import PUSH_FIXTURE, action_body, link, run_action, sha
 
 from dreamforge.auth import create_project
@@ -53,12 +54,7 @@ class Issuer:
                 return self._json(404, {})
 
             def _json(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
