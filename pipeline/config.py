@@ -132,6 +132,13 @@ class DataConfig(_Strict):
         (0.8, 0.1, 0.1), description="train/val/test fractions when the dataset gives no split."
     )
     max_objects: int = Field(4, ge=1, le=100, description="Most objects per answer (the decoding cap).")
+    augment: list[Literal["hflip"]] = Field(
+        default_factory=list,
+        description="Augmentations of the domain training images in stages 2 and 3. 'hflip' adds a mirrored "
+        "copy of each labelled image (boxes, masks, points and left/right keypoint names follow); an epoch still "
+        "counts each labelled image once. Skipped for captions, which name left and right. Leave it off where "
+        "mirroring changes the meaning (text, road signs, left/right anatomy).",
+    )
 
     @field_validator("split")
     @classmethod

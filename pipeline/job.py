@@ -234,13 +234,32 @@ def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
 
         assert ctx.warm is not None and ctx.warm_codec is not None
         return train_sft(ctx, stage, previous, ctx.warm.splits["train"], ctx.warm_codec, cfg.warm_start, out_model)
+    labelled = ctx.domain.splits["train"]
+    samples = _augmented(ctx, stage, labelled)
     if stage == "domain":
         from pipeline.stages.sft import train_sft
 
-        return train_sft(ctx, stage, previous, ctx.domain.splits["train"], ctx.domain_codec, cfg.domain, out_model)
+        return train_sft(ctx, stage, previous, samples, ctx.domain_codec, cfg.domain, out_model,
+                         epoch_examples=len(labelled))  # fmt: skip
     from pipeline.stages.grpo import train_grpo
 
-    return train_grpo(ctx, stage, previous, ctx.domain.splits["train"], ctx.domain_codec, cfg.rl, out_model)
+    return train_grpo(ctx, stage, previous, samples, ctx.domain_codec, cfg.rl, out_model)
+
+
+def _augmented(ctx: Context, stage: str, labelled: list) -> list:
+    """The domain training split with the config's augmentations (``pipeline.augment``)."""
+    names = list(ctx.cfg.data.augment)
+    if ctx.cfg.task == "caption" and "hflip" in names:
+        names.remove("hflip")
+        ctx.reporter.log("data.augment: hflip skipped, captions name left and right", stage=stage, level="warning")
+    if not names:
+        return labelled
+    from pipeline.augment import augment
+
+    samples = augment(labelled, names, ctx.domain.keypoint_names)
+    ctx.reporter.log(f"data.augment: {', '.join(names)}: {len(labelled)} labelled images + "
+                     f"{len(samples) - len(labelled)} augmented copies", stage=stage)  # fmt: skip
+    return samples
 
 
 def _evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:

@@ -241,6 +241,20 @@ def test_memorisation_warning_names_both_numbers(detect_job):
     assert not [m for level, m in rep.lines if level == "warning"] or record["train_fit"]["reward"]["gap"] > 0.3
 
 
+def test_mirrored_copies_double_the_examples_not_the_steps(tmp_path):
+    # 12 labelled images at batch 8 make 2 steps an epoch; with data.augment the stage trains
+    # on 24 (12 mirrored), and an epoch still counts the 12 labelled ones
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_job_config(domain={"max_steps": None, "epochs": 1},
+                                              data={**tiny_job_config()["data"], "augment": ["hflip"]})))  # fmt: skip
+    res = run(["--config", str(cfg), "--stages", "1", "2", "--output", str(tmp_path / "out"), "--quiet"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["stages"]["domain"]["examples"] == 24 and m["stages"]["domain"]["steps"] == 2
+    events = (tmp_path / "out" / "events.jsonl").read_text()
+    assert "hflip: 12 labelled images + 12 augmented copies" in events
+
+
 def test_domain_stage_trains_at_least_min_steps_on_a_few_images(tmp_path):
     # 12 training images at batch 8: one epoch is 2 steps; min_steps lifts it to 5 (a few-label
     # set needs more passes), and max_steps would still win over both

@@ -60,8 +60,12 @@ def train_sft(
     out_model: Path,
     *,
     loc_sigma: float = 1.0,
+    epoch_examples: int | None = None,
 ) -> dict:
-    """Fine-tune ``in_model`` on ``samples``; save the merged model to ``out_model``."""
+    """Fine-tune ``in_model`` on ``samples``; save the merged model to ``out_model``.
+
+    ``epoch_examples``: how many of ``samples`` make an epoch when some are augmented copies
+    (an epoch counts each labelled image once, so augmenting does not lengthen the stage)."""
     if not samples:
         raise ValueError(f"stage {stage}: the training split is empty")
     model, processor = load_model(in_model, ctx.device)
@@ -71,7 +75,7 @@ def train_sft(
     rows = sft_rows(samples, codec)
     train = datasets.Dataset.from_list(rows)
     bs = min(stage_cfg.batch_size, len(rows))
-    steps_per_epoch = math.ceil(len(rows) / bs)
+    steps_per_epoch = math.ceil((epoch_examples or len(rows)) / bs)
     max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
     if stage_cfg.max_seconds and not stage_cfg.max_steps:
         # With a time budget the epochs are a ceiling; leave room so time, not data, ends it.

@@ -1,0 +1,77 @@
+"""Augmentations of the labelled domain images (``data.augment`` in the config).
+
+Why: a domain set of tens of labelled images is memorised within a few hundred steps (train
+IoU 0.9, held-out 0.25, see README), and more labels are what helps. A mirrored copy of each
+image is a new image with an exact label for free: on 42 labelled shelf images, stage 2 with
+mirrored copies scored 0.301 / 0.300 held-out IoU on two domain sets against 0.253 / 0.270
+without, for the same 240 steps.
+
+``hflip`` mirrors left to right: boxes, mask polygons, points and keypoints follow, and
+keypoints whose names say left or right swap names (``left_eye`` <-> ``right_eye``), so a
+mirrored person keeps a left eye on the left of its face. Captions cannot follow (they say
+"on the left"), so the config refuses ``hflip`` for the caption task.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from typing import Any
+
+from PIL import Image
+
+from pipeline.structures import Sample
+
+AUGMENTATIONS: tuple[str, ...] = ("hflip",)
+# Ids of mirrored copies: far above any COCO image id, so split hashing and logs never collide.
+_MIRROR_ID = 1 << 40
+
+
+def mirror_permutation(names: list[str]) -> list[int]:
+    """For each keypoint index, the index it takes in the mirrored image.
+
+    >>> mirror_permutation(["nose", "left_eye", "right_eye", "Left Hand", "Right Hand"])
+    [0, 2, 1, 4, 3]
+    >>> mirror_permutation(["top", "label", "bottom"])
+    [0, 1, 2]
+    """
+    index = {n.lower(): i for i, n in enumerate(names)}
+    swap = {"left": "right", "right": "left", "l_": "r_", "r_": "l_"}
+    perm = []
+    for i, name in enumerate(names):
+        low = name.lower()
+        other = re.sub(r"left|right|^l_|^r_", lambda m: swap[m.group(0)], low)
+        perm.append(index.get(other, i) if other != low else i)
+    return perm
+
+
+def hflip(sample: Sample, keypoint_perm: list[int] | None = None) -> Sample:
+    """``sample`` mirrored left to right, as a new sample (the original is not touched)."""
+    t: dict[str, Any] = copy.deepcopy(sample.target)
+    w = float(t["image"]["width"])
+    t["boxes"] = [[w - b[2], b[1], w - b[0], b[3]] for b in t["boxes"]]
+    t["points"] = [[w - p[0], p[1]] for p in t["points"]]
+    t["masks"] = [[w - v if k % 2 == 0 else v for k, v in enumerate(poly)] for poly in t["masks"]]
+    kps = []
+    for inst in t["keypoints"]:
+        moved = [[w - x, y, v] if v else [x, y, v] for x, y, v in inst]
+        if keypoint_perm and len(keypoint_perm) == len(moved):
+            moved = [moved[keypoint_perm[k]] for k in range(len(moved))]
+        kps.append(moved)
+    t["keypoints"] = kps
+    image = sample.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if sample.image is not None else None
+    return dataclasses.replace(sample, id=sample.id + _MIRROR_ID, file_name=f"{sample.file_name} (mirrored)",
+                               target=t, image=image, path=None)  # fmt: skip
+
+
+def augment(samples: list[Sample], names: list[str], keypoint_names: list[str] | None = None) -> list[Sample]:
+    """``samples`` followed by one augmented copy of each, per augmentation named."""
+    out = list(samples)
+    for name in names:
+        if name == "hflip":
+            perm = mirror_permutation(keypoint_names or [])
+            out += [hflip(s, perm) for s in samples]
+        else:  # the config only lets the names above through
+            raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
+    return out
