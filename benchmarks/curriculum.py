@@ -59,7 +59,7 @@ def main() -> None:
 
     # Rebuild the job's context to train and evaluate the baseline on identical data.
     from pipeline.device import pick_device
-    from pipeline.job import load_data, make_codec, resolve_reward
+    from pipeline.job import augmented_train, load_data, make_codec, resolve_reward
 
     domain, _ = load_data(cfg, {"domain"}, reporter)
     ctx = Context(
@@ -69,8 +69,9 @@ def main() -> None:
     stage2 = out / "job" / "stages" / "domain" / "model"
     more = cfg.domain.model_copy(update={"max_seconds": rl_seconds, "max_steps": None, "epochs": 10_000})
     (out / "baseline").mkdir(parents=True, exist_ok=True)
-    base_info = train_sft(ctx, "sft_baseline", stage2, domain.splits["train"], ctx.domain_codec, more,
-                          out / "baseline" / "model")
+    # the baseline is stage 2 continued: the same (augmented) training images as stages 2 and 3
+    base_info = train_sft(ctx, "sft_baseline", stage2, augmented_train(ctx, "sft_baseline"), ctx.domain_codec, more,
+                          out / "baseline" / "model", epoch_examples=len(domain.splits["train"]))
     samples = held_out(ctx)
     baseline, _ = evaluate_model(ctx, out / "baseline" / "model", samples)
 

@@ -235,7 +235,7 @@ def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
         assert ctx.warm is not None and ctx.warm_codec is not None
         return train_sft(ctx, stage, previous, ctx.warm.splits["train"], ctx.warm_codec, cfg.warm_start, out_model)
     labelled = ctx.domain.splits["train"]
-    samples = _augmented(ctx, stage, labelled)
+    samples = augmented_train(ctx, stage)
     if stage == "domain":
         from pipeline.stages.sft import train_sft
 
@@ -246,8 +246,9 @@ def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
     return train_grpo(ctx, stage, previous, samples, ctx.domain_codec, cfg.rl, out_model)
 
 
-def _augmented(ctx: Context, stage: str, labelled: list) -> list:
+def augmented_train(ctx: Context, stage: str) -> list:
     """The domain training split with the config's augmentations (``pipeline.augment``)."""
+    labelled = ctx.domain.splits["train"]
     names = list(ctx.cfg.data.augment)
     if ctx.cfg.task == "caption" and "hflip" in names:
         names.remove("hflip")
