@@ -137,7 +137,7 @@ class DataConfig(_Strict):
         description="Augmentations of the domain training images in stages 2 and 3. 'hflip' adds a mirrored "
         "copy of each labelled image (boxes, masks, points and left/right keypoint names follow); an epoch still "
         "counts each labelled image once. Skipped for captions, which name left and right. Leave it off where "
-        "mirroring changes the meaning (text, road signs, left/right anatomy).",
+        "mirroring changes the meaning (reading text or signs, left/right anatomy).",
     )
 
     @field_validator("split")
