@@ -236,6 +236,12 @@ def test_memorisation_warning_names_both_numbers(detect_job):
     warnings = [m for level, m in rep.lines if level == "warning"]
     assert len(warnings) == 1 and "memorised" in warnings[0]
     assert f"{fit['reward']['mean_iou']:.2f}" in warnings[0] and f"{record['models']['reward']['mean_iou']:.2f}" in warnings[0]
+    assert 'data.augment: ["hflip"]' in warnings[0]  # the job did not mirror: the warning says how
+    rep.lines.clear()
+    mirrored = Context(**{**ctx.__dict__, "cfg": cfg.model_copy(update={"data": cfg.data.model_copy(update={"augment": ["hflip"]})})})
+    train_fit(mirrored, checkpoints, record, warn_gap=-1.0)
+    warnings = [m for level, m in rep.lines if level == "warning"]
+    assert len(warnings) == 1 and "memorised" in warnings[0] and "data.augment" not in warnings[0]
     rep.lines.clear()
     train_fit(ctx, checkpoints, record)  # the real threshold: a tiny job has not memorised anything
     assert not [m for level, m in rep.lines if level == "warning"] or record["train_fit"]["reward"]["gap"] > 0.3

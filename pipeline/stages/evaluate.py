@@ -83,6 +83,13 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     return record
 
 
+def _augment_hint(ctx: Context) -> str:
+    if "hflip" in ctx.cfg.data.augment or ctx.cfg.task == "caption":
+        return ""
+    return (' If mirroring keeps the meaning of your images, data.augment: ["hflip"] adds a mirrored copy of '
+            "each labelled one (+0.03 to +0.09 held-out IoU at 42 labels, measured).")  # fmt: skip
+
+
 FIT_SAMPLES = 64  # training images scored per model: enough to see memorisation, about a second
 FIT_GAP_WARNING = 0.3
 
@@ -112,7 +119,7 @@ def train_fit(
         ctx.reporter.log(
             f"the model scores {fit[last][key]:.2f} {key} on its {len(train)} training images but "
             f"{record['models'][last][key]:.2f} on held-out ones: it has memorised them. More labelled "
-            "images will help more than more epochs or RL on the same images.",
+            "images will help more than more epochs or RL on the same images." + _augment_hint(ctx),
             level="warning", stage="evaluate",
         )  # fmt: skip
     return fit
