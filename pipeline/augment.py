@@ -9,7 +9,8 @@ without, for the same 240 steps.
 ``hflip`` mirrors left to right: boxes, mask polygons, points and keypoints follow, and
 keypoints whose names say left or right swap names (``left_eye`` <-> ``right_eye``), so a
 mirrored person keeps a left eye on the left of its face. Captions cannot follow (they say
-"on the left"), so the config refuses ``hflip`` for the caption task.
+"on the left"), so the job skips ``hflip`` for the caption task and logs a warning
+(``pipeline.job.augmented_train``).
 """
 
 from __future__ import annotations
