@@ -20,14 +20,16 @@ import streamlit as st  # noqa: E402
 
 from dashboard import ui  # noqa: E402
 
-st.set_page_config(page_title="DreamForge", page_icon="🔥", layout="wide")
+st.set_page_config(page_title="DreamForge", page_icon=":material/local_fire_department:", layout="wide")
 st.session_state.setdefault("api_key", os.environ.get("DREAMFORGE_API_KEY", ""))
 
+# Material icons ship with Streamlit's own font; emoji need a system emoji font, which Debian's
+# Chromium lacks (they drew as empty boxes there).
 pages = [
-    st.Page("app_pages/train.py", title="Train", icon="🚀", default=True),
-    st.Page("app_pages/job.py", title="Job", icon="📈", url_path="job"),
-    st.Page("app_pages/jobs.py", title="Jobs", icon="📋", url_path="jobs"),
-    st.Page("app_pages/previews.py", title="Previews", icon="🌿", url_path="previews"),
+    st.Page("app_pages/train.py", title="Train", icon=":material/rocket_launch:", default=True),
+    st.Page("app_pages/job.py", title="Job", icon=":material/monitoring:", url_path="job"),
+    st.Page("app_pages/jobs.py", title="Jobs", icon=":material/list_alt:", url_path="jobs"),
+    st.Page("app_pages/previews.py", title="Previews", icon=":material/account_tree:", url_path="previews"),
 ]
 page = st.navigation(pages)
 

@@ -15,8 +15,11 @@ STAGE_TITLES = {"warm_start": "1 · warm-start SFT", "domain": "2 · domain SFT"
                 "evaluate": "4 · evaluate & 4-bit"}  # fmt: skip
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "dead")
 FINAL = ("succeeded", "failed", "cancelled", "dead")
-BADGES = {"queued": "⏳ queued", "running": "🔄 running", "succeeded": "✅ succeeded", "failed": "❌ failed",
-          "cancelled": "⏹ cancelled", "dead": "☠️ dead"}  # fmt: skip
+# Markdown with Streamlit's Material icons (no emoji: see streamlit_app.py); tables, which do not
+# render Markdown, show the plain status.
+BADGES = {"queued": ":material/schedule: queued", "running": ":material/autorenew: running",
+          "succeeded": ":material/check_circle: succeeded", "failed": ":material/error: failed",
+          "cancelled": ":material/cancel: cancelled", "dead": ":material/dangerous: dead"}  # fmt: skip
 # The row labels of the metrics table, in curriculum order.
 MODEL_TITLES = {"base": "base", "warm_start": "warm-start", "domain": "domain", "reward": "RL", "4bit": "4-bit"}
 

@@ -70,6 +70,11 @@ def _own_session() -> None:
 
 def start(storage: Path, port: int | None = None, *, log: Path | None = None, timeout: float = 30.0) -> EmbeddedDB:
     """Start SecantusDB on ``port`` (a free one by default) and wait until it answers ``ping``."""
+    import importlib.util
+
+    if importlib.util.find_spec("secantus") is None:  # an extra: Atlas users never need it
+        raise RuntimeError("the embedded database needs SecantusDB: pip install 'dreamforge[local]', "
+                           "or set MONGODB_URI to your MongoDB (e.g. Atlas)")  # fmt: skip
     storage.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 — owned by the child

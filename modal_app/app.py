@@ -34,7 +34,8 @@ LOCAL_ONLY = ("torch", "secantusdb")
 
 
 def project_dependencies(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
-    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    project = tomllib.loads(pyproject.read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["modal"]
     return [d for d in deps if not d.replace(">", "=").replace("<", "=").split("=")[0].strip().startswith(LOCAL_ONLY)]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -389,6 +390,9 @@ def test_browser_renders_the_finished_job_page(stack, finished, browser, root):
     assert page.locator('[data-testid="stImage"] img').count() == 12
     assert page.get_by_text("Held-out metrics per stage").is_visible()
     assert (shots / "dashboard-job.png").stat().st_size > 20_000
+    # Icons come from Streamlit's Material font: Debian's Chromium has no emoji font (empty boxes).
+    assert page.locator('[data-testid="stSidebarNav"] [data-testid="stIconMaterial"]').count() == 4
+    assert not re.search("[\U0001F300-\U0001FAFF\u2600-\u27BF]", page.inner_text("body"))
     page.close()
 
 

@@ -54,7 +54,10 @@ def test_action_yml_passes_every_input_and_output(root):
     action = yaml.safe_load((root / "action.yml").read_text())
     assert action["runs"]["using"] == "composite"
     step = next(s for s in action["runs"]["steps"] if s.get("id") == "run")
-    assert step["run"] == "python -m github_action" and step["env"]["PYTHONPATH"] == "${{ github.action_path }}"
+    assert step["run"] == '"$DREAMFORGE_PYTHON" -m github_action' and step["env"]["PYTHONPATH"] == "${{ github.action_path }}"
+    # The caller's Python stays theirs: setup-python must not touch PATH for later steps.
+    setup = next(s for s in action["runs"]["steps"] if str(s.get("uses", "")).startswith("actions/setup-python"))
+    assert setup["with"]["update-environment"] is False
     for name, spec in action["inputs"].items():
         assert spec["description"] and ("default" in spec or spec.get("required")), name
         assert step["env"][f"INPUT_{name.upper().replace('-', '_')}"] == f"${{{{ inputs.{name} }}}}", name
@@ -63,6 +66,33 @@ def test_action_yml_passes_every_input_and_output(root):
     workflow = yaml.safe_load((root / ".github" / "workflows" / "dreamforge.yml").read_text())
     uses = [s.get("uses") for s in workflow["jobs"]["preview"]["steps"]]
     assert "./" in uses and "pull_request_target" not in workflow[True]  # YAML reads the key `on` as True
+
+
+def test_no_expression_is_expanded_inside_a_script(root):
+    """``${{ … }}`` inside ``run:`` is pasted into the shell script before it runs: a branch name or
+    a metrics string can inject commands (GitHub's "script injections"). Values go through env."""
+    import yaml
+
+    readme = (root / "README.md").read_text()
+    snippets = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    docs = [yaml.safe_load((root / "action.yml").read_text()),
+            yaml.safe_load((root / ".github" / "workflows" / "dreamforge.yml").read_text()),
+            *(yaml.safe_load(s) for s in snippets)]  # fmt: skip
+    runs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            runs.extend(v for k, v in node.items() if k == "run" and isinstance(v, str))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for d in docs:
+        walk(d)
+    assert len(runs) >= 4
+    assert [r for r in runs if "${{" in r] == []
 
 
 def test_the_action_imports_neither_torch_nor_the_service(root):

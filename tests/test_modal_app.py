@@ -75,6 +75,7 @@ def test_image_installs_the_projects_own_dependencies_with_cuda_torch(deployed):
     names = {d.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip() for d in deps}
     assert {"transformers", "trl", "accelerate", "bitsandbytes", "fastapi", "pymongo", "mini-racer"} <= names
     assert "torch" not in names and "secantusdb" not in names  # torch pinned separately; the DB is local-only
+    assert "modal" in names  # an extra in pyproject, but the container needs it
     assert deployed.TORCH == "torch==2.13.0"
 
 

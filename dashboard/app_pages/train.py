@@ -180,7 +180,7 @@ if st.button("Test reward", key="test_reward"):
 overrides = stage_knobs(preset, pcfg)
 name = st.text_input("Job name", value=f"{preset}-dashboard", key="job_name")
 ready = dataset != ""
-if st.button("🚀 Launch training", key="launch", type="primary", disabled=not ready):
+if st.button("Launch training", icon=":material/rocket_launch:", key="launch", type="primary", disabled=not ready):
     body: dict[str, Any] = {"preset": preset, "overrides": {**overrides, "name": name}, "source": {"kind": "dashboard"}}
     if dataset:
         body["dataset"] = dataset
