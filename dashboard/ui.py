@@ -57,7 +57,7 @@ def key_metric(job: dict[str, Any]) -> tuple[str, float | None]:
     models = result.get("models") or {}
     key = result.get("primary_metric")
     if key and models:
-        for name in ("reward", "domain", "warm_start", "base"):
+        for name in ((result.get("release") or {}).get("stage"), "reward", "domain", "warm_start", "base"):
             if isinstance((models.get(name) or {}).get(key), int | float):
                 return key, float(models[name][key])
     latest = (job.get("metrics") or {}).get(job.get("stage") or "") or {}

@@ -67,11 +67,14 @@ def print_summary(job: dict[str, Any]) -> None:
     models = result.get("models") or {}
     if models:
         key = result.get("primary_metric", "mean_iou")
-        table = Table("model", key, "f1_50", "parse_rate", title="held-out metrics")
+        cols = (key, "f1_50", "parse_rate", "reward_score")
+        table = Table("model", *cols, title="held-out metrics")
         for name, m in models.items():
-            table.add_row(name, *(f"{m[k]:.3f}" if isinstance(m.get(k), int | float) else "-" for k in (key, "f1_50", "parse_rate")))
+            table.add_row(name, *(f"{m[k]:.3f}" if isinstance(m.get(k), int | float) else "-" for k in cols))
         console.print(table)
         release = result.get("release") or {}
+        if release.get("reason"):
+            console.print(f"released: {release['reason']}", markup=False)
         console.print(f"model: {release.get('release_dir') or result.get('artifacts', {}).get('model')}")
 
 

@@ -44,10 +44,11 @@ def dashboard_link(settings: Settings, job_id: str) -> str | None:
 
 
 def key_metric(job: dict[str, Any]) -> tuple[str, float] | None:
-    """The primary held-out metric of the last trained stage, else the latest training value."""
+    """The primary held-out metric of the released stage, else the latest training value."""
     result = job.get("result") or {}
     key, models = result.get("primary_metric"), result.get("models") or {}
-    for name in ("reward", "domain", "warm_start"):
+    released = (result.get("release") or {}).get("stage")
+    for name in (released, "reward", "domain", "warm_start"):
         if key and isinstance((models.get(name) or {}).get(key), int | float):
             return key, float(models[name][key])
     for stage in ("reward", "domain", "warm_start"):
@@ -90,6 +91,9 @@ def comment_body(job: dict[str, Any], settings: Settings) -> str:
     icon = {"success": "✅", "failure": "❌", "error": "⚠️"}.get(state, "⏳")
     lines = [COMMENT_MARK, f"### {icon} DreamForge preview: `{job['_id']}`", "",
              f"Commit `{(src.get('sha') or '')[:12]}` on `{src.get('branch')}`: {text}."]  # fmt: skip
+    reason = ((job.get("result") or {}).get("release") or {}).get("reason")
+    if reason:
+        lines += ["", f"Released: {reason}."]
     if link:
         lines += ["", f"[Open the preview in the dashboard]({link})"]
     models = (job.get("result") or {}).get("models") or {}

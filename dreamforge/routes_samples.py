@@ -84,11 +84,11 @@ def _predictions_path(doc: dict[str, Any]) -> Path | None:
 
 
 def _default_model(doc: dict[str, Any], by_model: dict[str, Any]) -> str:
-    """The released model: the 4-bit one when it passed the quality gate, else the last stage."""
+    """The released model: the 4-bit one when it passed the quality gate, else the released stage."""
     release = (doc.get("result") or {}).get("release") or {}
     if release.get("release_format") in ("nf4", "fp4") and "4bit" in by_model:
         return "4bit"
-    for name in ("reward", "domain", "warm_start", "base"):
+    for name in (release.get("stage"), "reward", "domain", "warm_start", "base"):
         if name in by_model:
             return name
     return next(iter(by_model))

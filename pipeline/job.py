@@ -299,6 +299,7 @@ Held-out split `{ev['split']}` ({ev['n']} images):
 {rows}
 {fit_line}
 
+Released: {rel.get('reason', 'the last trained stage')}.
 Release artifact: `{Path(rel.get('release_dir', 'model')).name}` ({rel.get('release_format', '16-bit')}).
 4-bit size ratio: {rel.get('size_ratio', 'n/a')}, metric drop: {rel.get('metric_drop', 'n/a')}.
 

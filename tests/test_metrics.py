@@ -116,3 +116,18 @@ def test_4bit_gate_keeps_16bit_when_the_metric_drops_too_far():
     assert quantized_release_ok(0.60, 0.62, 0.0)  # a gain is never a drop
     assert not quantized_release_ok(0.60, 0.57, 0.02)
     assert not quantized_release_ok(0.60, 0.5999, 0.0)
+
+
+def test_release_is_the_best_stage_on_validation_never_a_worse_one():
+    from pipeline.stages.evaluate import pick_release
+
+    val = {"warm_start": {"mean_iou": 0.2}, "domain": {"mean_iou": 0.618}, "reward": {"mean_iou": 0.612}}
+    assert pick_release(val, "mean_iou", 128) == (
+        "domain", "domain SFT, mean_iou 0.618 on 128 validation images; RL scored 0.612 < 0.618 on validation")
+    val["reward"]["mean_iou"] = 0.62
+    assert pick_release(val, "mean_iou", 128) == ("reward", "RL, mean_iou 0.620 on 128 validation images")
+    # level on the metric: the job's own reward decides, then the later (longer-trained) stage
+    tie = {"domain": {"mean_iou": 0.5, "reward_score": 0.7}, "reward": {"mean_iou": 0.5, "reward_score": 0.6}}
+    assert pick_release(tie, "mean_iou", 9)[0] == "domain"
+    tie["reward"]["reward_score"] = 0.7
+    assert pick_release(tie, "mean_iou", 9)[0] == "reward"

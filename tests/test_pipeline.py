@@ -66,6 +66,15 @@ def test_four_stage_job_writes_metrics_checkpoints_and_both_exports(detect_job):
     assert f"On {fit['n']} of its training images the reward model" in (out / "MODEL_CARD.md").read_text()
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["mean_iou"]["reward"] == ev["models"]["reward"]["mean_iou"]
+    # the release was chosen on validation, among every trained stage, and each surface says which
+    sel = ev["selection"]
+    assert sel["split"] == "val" and sel["n"] > 0 and list(sel["models"]) == ["warm_start", "domain", "reward"]
+    best = max(sel["models"], key=lambda n: (sel["models"][n]["mean_iou"], sel["models"][n].get("reward_score", 0),
+                                              list(sel["models"]).index(n)))  # fmt: skip
+    assert rel["stage"] == best and rel["reason"].startswith({"warm_start": "warm-start SFT", "domain": "domain SFT", "reward": "RL"}[best])
+    assert summary["released"] == rel["reason"] and f"Released: {rel['reason']}." in (out / "MODEL_CARD.md").read_text()
+    # the job's own reward (iou, the default) scores every model too
+    assert all(0.0 <= ev["models"][n]["reward_score"] <= 1.0 for n in ("base", "warm_start", "domain", "reward"))
 
 
 def test_sft_stages_change_the_weights_and_rl_follows_its_advantages(detect_job):

@@ -1,5 +1,9 @@
 """Stage 4: held-out metrics for the base model and every stage's checkpoint, then packaging.
 
+The release is the trained stage that scores best on the **validation** split (never on test,
+whose numbers are reported for every model), so a stage that made the model worse is never
+shipped: "released: domain SFT; RL scored 0.612 < 0.618 on validation".
+
 Packaging = merged full-precision weights (``model/``), the NF4 4-bit model (``model-4bit/``,
 vision tower and projector kept in 16-bit), a model card, and ``metrics.json``. The 4-bit
 export is gated: if its primary metric drops more than ``export.max_metric_drop`` below full
@@ -9,6 +13,7 @@ precision, the job says so loudly and the 16-bit model stays the release artifac
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +29,7 @@ from pipeline.predict import predict_targets
 from pipeline.stages.common import Context
 
 TRAINED = ("warm_start", "domain", "reward")
+TITLES = {"warm_start": "warm-start SFT", "domain": "domain SFT", "reward": "RL"}
 
 
 def dir_bytes(path: Path) -> int:
@@ -40,6 +46,24 @@ def held_out(ctx: Context):
     return samples
 
 
+def reward_score(ctx: Context, preds: list[dict], samples, parsed: list[bool]) -> float | None:
+    """The job's own reward, averaged over ``samples``: for a user who wrote a business reward,
+    the number they care about most. None when there is no reward or it failed to score."""
+    from pipeline.rewards.base import RewardError
+
+    reward = ctx.reward
+    if reward is None or not samples:
+        return None
+    gts = [s.target for s in samples]
+    try:
+        scores = reward.score(preds, gts, parsed=parsed) if getattr(reward, "needs_parsed", False) else reward.score(preds, gts)
+    except RewardError as e:
+        ctx.reporter.log(f"the reward could not score the held-out predictions: {e}", level="warning", stage="evaluate")
+        return None
+    finite = [float(x) for x in scores if isinstance(x, int | float) and math.isfinite(x)]
+    return round(sum(finite) / len(finite), 4) if len(finite) == len(preds) else None
+
+
 def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_config=None) -> tuple[dict, list]:
     model, processor = load_model(model_dir, ctx.device, quantization_config=quantization_config)
     t0 = time.monotonic()
@@ -49,6 +73,9 @@ def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_confi
     metrics = compute_metrics(
         preds, [s.target for s in samples], parsed, ctx.cfg.task, ctx.domain.categories
     )
+    score = reward_score(ctx, preds, samples, parsed)
+    if score is not None:
+        metrics["reward_score"] = score
     metrics["eval_seconds"] = round(time.monotonic() - t0, 2)
     examples = [
         {"file_name": s.file_name, "text": t, "pred": p, "gt": s.target}
@@ -74,13 +101,55 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     fit = train_fit(ctx, checkpoints, record)
     if fit:
         record["train_fit"] = fit
-    final_name = next(n for n in reversed(names))
-    release = export(ctx, checkpoints[final_name], record, samples, examples)
+    selection = choose_release(ctx, checkpoints)
+    record["selection"] = selection
+    ctx.reporter.log(f"released: {selection['reason']}", stage="evaluate")
+    release = export(ctx, selection["released"], checkpoints[selection["released"]], record, samples, examples)
+    release.update(stage=selection["released"], reason=selection["reason"])
     record["release"] = release
-    record["final_stage"] = final_name
+    record["final_stage"] = names[-1]
     (ctx.out / "predictions.json").write_text(json.dumps(examples))
     ctx.reporter.progress("evaluate", 1.0)
     return record
+
+
+def choose_release(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
+    """The trained stage to release: the best on the validation split by the primary metric, the
+    job's reward breaking ties, and a later stage winning an exact tie (it had more training).
+    Test numbers never choose: they stay an unbiased report of what was released."""
+    key = primary_metric(ctx.cfg.task)
+    trained = [n for n in TRAINED if n in checkpoints]
+    if not trained:
+        raise ValueError("no trained stage to release")
+    last = trained[-1]
+    val = list(ctx.domain.splits.get("val") or [])
+    if ctx.cfg.evaluate.max_samples:
+        val = val[: ctx.cfg.evaluate.max_samples]
+    if len(trained) == 1 or not val:
+        why = "the only trained stage" if len(trained) == 1 else "no validation split to choose on"
+        return {"released": last, "split": "val", "n": len(val), "models": {},
+                "reason": f"{TITLES[last]} ({why})"}  # fmt: skip
+    scores: dict[str, dict[str, float]] = {}
+    for name in trained:
+        metrics, _ = evaluate_model(ctx, checkpoints[name], val)
+        scores[name] = {k: metrics[k] for k in (key, "reward_score") if k in metrics}
+    best, reason = pick_release(scores, key, len(val))
+    return {"released": best, "split": "val", "n": len(val), "models": scores, "reason": reason}
+
+
+def pick_release(scores: dict[str, dict[str, float]], key: str, n: int) -> tuple[str, str]:
+    """``(stage, reason)`` from validation scores given in curriculum order: the best ``key``,
+    then the best reward, then the later stage."""
+    order = list(scores)
+
+    def rank(name: str) -> tuple[float, float, int]:
+        return scores[name][key], scores[name].get("reward_score", 0.0), order.index(name)
+
+    best, last = max(order, key=rank), order[-1]
+    reason = f"{TITLES[best]}, {key} {scores[best][key]:.3f} on {n} validation images"
+    if best != last:
+        reason += f"; {TITLES[last]} scored {scores[last][key]:.3f} < {scores[best][key]:.3f} on validation"
+    return best, reason
 
 
 def _augment_hint(ctx: Context) -> str:
@@ -125,7 +194,8 @@ def train_fit(
     return fit
 
 
-def export(ctx: Context, final_dir: Path, record: dict, samples, examples: dict) -> dict[str, Any]:
+def export(ctx: Context, name: str, final_dir: Path, record: dict, samples, examples: dict) -> dict[str, Any]:
+    """Package ``name``'s checkpoint (``final_dir``) as the release: 16-bit, then gated 4-bit."""
     key = record["primary_metric"]
     out_full = ctx.out / "model"
     if out_full.exists():
@@ -133,7 +203,7 @@ def export(ctx: Context, final_dir: Path, record: dict, samples, examples: dict)
     shutil.copytree(final_dir, out_full)
     write_codec(ctx, out_full)
     full_bytes = dir_bytes(out_full)
-    full_metric = record["models"][record_final(record)][key]
+    full_metric = record["models"][name][key]
     info: dict[str, Any] = {"full_dir": str(out_full), "full_bytes": full_bytes, "quantization": ctx.cfg.export.quantization}
     if ctx.cfg.export.quantization == "none":
         info.update(release_dir=str(out_full), release_format="16-bit")
@@ -192,10 +262,6 @@ def write_codec(ctx: Context, model_dir: Path) -> None:
             indent=1,
         )
     )
-
-
-def record_final(record: dict) -> str:
-    return next(n for n in reversed(list(record["models"])) if n != "4bit")
 
 
 def quantize_and_eval(ctx: Context, full_dir: Path, q_dir: Path, samples, examples: dict) -> dict:
