@@ -39,6 +39,12 @@ def badge(status: str) -> str:
     return BADGES.get(status, status)
 
 
+def status_text(job: dict[str, Any]) -> str:
+    """The status as a table shows it: a succeeded job whose model learned nothing says so."""
+    learned = ((job.get("result") or {}).get("verdict") or {}).get("verdict")
+    return job["status"] + (" · did not learn" if job["status"] == "succeeded" and learned == "did_not_learn" else "")
+
+
 def job_url(job_id: str) -> str:
     return f"/job?job={job_id}"
 

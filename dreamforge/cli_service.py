@@ -72,6 +72,13 @@ def print_summary(job: dict[str, Any]) -> None:
         for name, m in models.items():
             table.add_row(name, *(f"{m[k]:.3f}" if isinstance(m.get(k), int | float) else "-" for k in cols))
         console.print(table)
+        verdict = result.get("verdict") or {}
+        if verdict.get("verdict") == "did_not_learn":
+            from rich.panel import Panel
+
+            lines = ["; ".join(verdict.get("problems") or [])]
+            lines += [f"• {c['cause']}. Try: {c['fix']}" for c in verdict.get("causes") or []]
+            console.print(Panel("\n".join(lines), title="the model did not learn", border_style="red"), markup=False)
         release = result.get("release") or {}
         if release.get("reason"):
             console.print(f"released: {release['reason']}", markup=False)

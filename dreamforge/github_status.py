@@ -71,6 +71,9 @@ def desired_status(job: dict[str, Any]) -> tuple[str, str]:
         state, text = "pending", "queued"
     elif status == "running":
         state, text = "pending", f"training: stage {STAGE_TITLES.get(stage or '', stage or 'starting')}"
+    elif status == "succeeded" and ((job.get("result") or {}).get("verdict") or {}).get("verdict") == "did_not_learn":
+        # A model no better than its base must not show a green check (pipeline/verdict.py).
+        state, text = "failure", "did not learn" + (f": {m}" if m else "") + ", see the dashboard for likely causes"
     elif status == "succeeded":
         fmt = ((job.get("result") or {}).get("release") or {}).get("release_format")
         state, text = "success", "trained" + (f": {m}" if m else "") + (f", {fmt} release" if fmt else "")

@@ -180,7 +180,13 @@ def wait_for_job(endpoint: str, api_key: str, job_id: str, timeout_s: float) -> 
 def metrics_of(job: dict[str, Any]) -> dict[str, Any]:
     result = job.get("result") or {}
     return {"primary_metric": result.get("primary_metric"), "models": result.get("models") or {},
-            "training": job.get("metrics") or {}}  # fmt: skip
+            "training": job.get("metrics") or {}, "verdict": verdict_of(job),
+            "released": (result.get("release") or {}).get("stage")}  # fmt: skip
+
+
+def verdict_of(job: dict[str, Any] | None) -> str:
+    """``learned`` / ``did_not_learn`` for a finished job (pipeline/verdict.py), else empty."""
+    return ((job or {}).get("result") or {}).get("verdict", {}).get("verdict") or ""
 
 
 def summary(push: dict[str, Any], answer: dict[str, Any], job: dict[str, Any] | None) -> str:
@@ -203,13 +209,22 @@ def summary(push: dict[str, Any], answer: dict[str, Any], job: dict[str, Any] | 
             st = job["stages"].get(s) or {}
             secs = f"{st['seconds']:.1f}" if isinstance(st.get("seconds"), int | float) else ""
             out.append(f"| {s} | {st.get('status', '')} | {st.get('attempts', 0)} | {secs} |")
-        models = (job.get("result") or {}).get("models") or {}
+        result = job.get("result") or {}
+        models = result.get("models") or {}
+        verdict = result.get("verdict") or {}
+        if verdict.get("verdict") == "did_not_learn":
+            out += ["", "> [!WARNING]", "> **The model did not learn.** " + "; ".join(verdict.get("problems") or [])]
+            out += [f"> - likely cause: {c['cause']}. Try: {c['fix']}" for c in verdict.get("causes") or []]
         if models:
-            primary = (job.get("result") or {}).get("primary_metric")
-            trained = [n for n in ("reward", "domain", "warm_start") if isinstance((models.get(n) or {}).get(primary), int | float)]
+            primary = result.get("primary_metric")
+            released = (result.get("release") or {}).get("stage")
+            trained = [n for n in (released, "reward", "domain", "warm_start")
+                       if isinstance((models.get(n) or {}).get(primary), int | float)]  # fmt: skip
             final = trained[0] if trained else None
             if final:
-                out += ["", f"**{primary}** of the trained model ({final}): **{models[final][primary]:.4g}**"]
+                out += ["", f"**{primary}** of the released model ({final}): **{models[final][primary]:.4g}**"]
+            if (result.get("release") or {}).get("reason"):
+                out += ["", f"Released: {result['release']['reason']}."]
             keys = table_keys(models, primary)
             out += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
             out += [f"| {n} | " + " | ".join(f"{m[k]:.4g}" if isinstance(m.get(k), int | float) else "" for k in keys) + " |"
@@ -262,6 +277,7 @@ def run() -> None:
             job = r.json() if r.status_code == 200 else None
     status = job["status"] if job else answer["status"]
     set_output("status", status)
+    set_output("verdict", verdict_of(job))
     set_output("metrics", json.dumps(metrics_of(job) if job else {}))
     write_summary(summary(push, answer, job))
     if wait and status not in FINAL:
@@ -270,6 +286,9 @@ def run() -> None:
         err = (job or {}).get("error") or {}
         raise fail(f"job {job_id} {status}" + (f" in stage {err.get('stage')}" if err.get("stage") else "")
                    + (f": {err.get('message')}" if err.get("message") else ""))  # fmt: skip
+    if wait and verdict_of(job) == "did_not_learn":  # the commit status says failure too (github_status.py)
+        problems = "; ".join(job["result"]["verdict"].get("problems") or [])
+        raise fail(f"job {job_id} succeeded but the model did not learn: {problems}")
 
 
 def main() -> int:

@@ -96,6 +96,15 @@ class EvalConfig(_Strict):
     max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many held-out images.")
     batch_size: int = Field(32, ge=1, description="Images per generation batch.")
     compute: str | None = Field(None, description="Compute hint (Modal GPU string) for evaluation and export.")
+    min_gain: float = Field(
+        0.05, ge=0, le=1,
+        description="The released model must beat the base model's primary metric on validation by this much, "
+        "or the job ends with a 'did not learn' verdict.",
+    )  # fmt: skip
+    min_parse_rate: float = Field(
+        0.5, ge=0, le=1,
+        description="Below this share of answers in the output format, the job ends with a 'did not learn' verdict.",
+    )  # fmt: skip
 
 
 class ExportConfig(_Strict):

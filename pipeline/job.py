@@ -269,6 +269,15 @@ def _evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     return run_evaluate(ctx, checkpoints)
 
 
+def _verdict_md(verdict: dict[str, Any]) -> str:
+    from pipeline.verdict import DID_NOT_LEARN, verdict_line
+
+    if verdict.get("verdict") != DID_NOT_LEARN:
+        return f"Verdict: {verdict_line(verdict)}." if verdict else ""
+    causes = "".join(f"\n- {c['cause']}. Try: {c['fix']}" for c in verdict.get("causes") or [])
+    return f"**Verdict: {verdict_line(verdict)}.**{causes}\n"
+
+
 def write_model_card(out: Path, cfg: CurriculumConfig, record: dict[str, Any]) -> None:
     ev = record["evaluation"]
     key = ev["primary_metric"]
@@ -300,6 +309,7 @@ Held-out split `{ev['split']}` ({ev['n']} images):
 {fit_line}
 
 Released: {rel.get('reason', 'the last trained stage')}.
+{_verdict_md(ev.get('verdict') or {})}
 Release artifact: `{Path(rel.get('release_dir', 'model')).name}` ({rel.get('release_format', '16-bit')}).
 4-bit size ratio: {rel.get('size_ratio', 'n/a')}, metric drop: {rel.get('metric_drop', 'n/a')}.
 

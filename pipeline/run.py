@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[key] = {name: round(m[key], 4) for name, m in ev["models"].items()}
         summary["release"] = ev["release"].get("release_dir")
         summary["released"] = ev["release"].get("reason")
+        summary["verdict"] = (ev.get("verdict") or {}).get("verdict")
     print(json.dumps(summary))  # noqa: T201
     return 0
 

@@ -57,6 +57,7 @@ def test_train_follow_status_logs_jobs_init(up, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = r.stdout.split("submitted ")[1].split()[0]
     assert "succeeded" in r.stdout and "held-out metrics" in r.stdout
+    assert "the model did not learn" in r.stdout and "released: " in r.stdout  # a 4-step job learns nothing
     assert "stage reward completed" in r.stderr  # the followed log lines
     s = df("status", job_id, "--json", env=env)
     job = json.loads(s.stdout)

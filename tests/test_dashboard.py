@@ -95,6 +95,9 @@ def test_finished_job_page_shows_stages_curves_metrics_samples_artifacts(stack, 
     assert at.progress[0].value == 100
     shown = {m.label: m.value for m in at.metric}
     assert shown["Status"] == "succeeded" and shown["Remaining"] == "0s"
+    # the verdict stands above the numbers, with a cause the job found and its fix
+    verdict = [e.value for e in at.error]
+    assert len(verdict) == 1 and "The model did not learn." in verdict[0] and "optimizer steps" in verdict[0]
     stages = frame(at, "attempts")
     assert list(stages["status"]) == ["done"] * 4
     # held-out metrics: one row per model, base → warm-start → domain → RL → 4-bit, the API's numbers
@@ -182,10 +185,11 @@ def test_jobs_page_lists_and_filters_by_repo_branch_status(stack, jobs, finished
     ids = [u.split("=")[1] for u in table["job"]]
     assert {finished["jobId"], jobs["running"], jobs["failed"], jobs["cancelled"], jobs["queued"]} <= set(ids)
     row = table[table["job"] == f"/job?job={jobs['running']}"].iloc[0]
-    assert row["progress"] == 37.5 and row["status"] == "🔄 running" and row["branch"] == "feature-running"
+    assert row["progress"] == 37.5 and row["status"] == "running" and row["branch"] == "feature-running"
     done = table[table["job"] == f"/job?job={finished['jobId']}"].iloc[0]
-    key = finished["result"]["primary_metric"]
-    assert done["key metric"] == f"{key} {finished['result']['models']['reward'][key]:.3f}"
+    key, released = finished["result"]["primary_metric"], finished["result"]["release"]["stage"]
+    assert done["key metric"] == f"{key} {finished['result']['models'][released][key]:.3f}"
+    assert done["status"] == "succeeded · did not learn"  # a 4-step job learns nothing, and the list says so
     at.multiselect(key="f_status").set_value(["failed"]).run()
     assert [u.split("=")[1] for u in frame(at, "progress")["job"]] == [jobs["failed"]]
     at.multiselect(key="f_status").set_value([]).run()
@@ -206,8 +210,8 @@ def test_previews_page_has_one_row_per_branch_with_its_latest_commit(stack, jobs
     assert sorted(table["branch"]) == sorted(["main", "feature-running", "feature-failed", "feature-cancelled", "feature-queued"])
     rows = {r["branch"]: r for _, r in table.iterrows()}
     assert rows["main"]["commit"] == "9999999" and rows["main"]["job"] == f"/job?job={newer}"
-    assert rows["main"]["status"] == "⏹ cancelled"
-    assert rows["feature-failed"]["status"] == "❌ failed" and rows["feature-running"]["commit"] == "1111111"
+    assert rows["main"]["status"] == "cancelled"
+    assert rows["feature-failed"]["status"] == "failed" and rows["feature-running"]["commit"] == "1111111"
 
 
 def _dataset_zip(tmp_path) -> bytes:

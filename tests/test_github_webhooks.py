@@ -316,3 +316,14 @@ def test_githubs_own_webhook_reads_the_config_at_the_pushed_sha(stack, db, key, 
     assert r.status_code == 201 and r.json()["status"] == "awaiting_approval"
     assert deliver(json.dumps(pull_request_event(REPO, REPO, 9, "x", sha(), action="closed")).encode(), "pull_request",
                    "d-4").status_code == 202  # fmt: skip
+
+
+def test_a_model_that_did_not_learn_is_a_failed_check_naming_the_released_stage(settings):
+    reason = "domain SFT, iou 0.310 on 40 validation images; RL scored 0.300 < 0.310 on validation"
+    job = {"_id": "job_0123456789abcdef", "status": "succeeded", "source": {"sha": "a" * 40, "branch": "b"},
+           "result": {**RESULT, "release": {"release_format": "nf4", "stage": "domain", "reason": reason}}}  # fmt: skip
+    # the commit status quotes the released stage's number (domain 0.31), not the last stage's (RL 0.42)
+    assert github_status.desired_status(job) == ("success", "trained: iou 0.310, nf4 release")
+    assert f"Released: {reason}." in github_status.comment_body(job, settings)
+    job["result"]["verdict"] = {"verdict": "did_not_learn", "problems": ["iou 0.310 on val against 0.300 for the base model"]}
+    assert github_status.desired_status(job) == ("failure", "did not learn: iou 0.310, see the dashboard for likely causes")

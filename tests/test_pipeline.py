@@ -68,11 +68,17 @@ def test_four_stage_job_writes_metrics_checkpoints_and_both_exports(detect_job):
     assert summary["mean_iou"]["reward"] == ev["models"]["reward"]["mean_iou"]
     # the release was chosen on validation, among every trained stage, and each surface says which
     sel = ev["selection"]
-    assert sel["split"] == "val" and sel["n"] > 0 and list(sel["models"]) == ["warm_start", "domain", "reward"]
-    best = max(sel["models"], key=lambda n: (sel["models"][n]["mean_iou"], sel["models"][n].get("reward_score", 0),
-                                              list(sel["models"]).index(n)))  # fmt: skip
+    assert sel["split"] == "val" and sel["n"] > 0 and list(sel["models"]) == ["base", "warm_start", "domain", "reward"]
+    trained = ["warm_start", "domain", "reward"]  # the base model is scored for the verdict, never released
+    best = max(trained, key=lambda n: (sel["models"][n]["mean_iou"], sel["models"][n].get("reward_score", 0), trained.index(n)))
     assert rel["stage"] == best and rel["reason"].startswith({"warm_start": "warm-start SFT", "domain": "domain SFT", "reward": "RL"}[best])
     assert summary["released"] == rel["reason"] and f"Released: {rel['reason']}." in (out / "MODEL_CARD.md").read_text()
+    # 4 domain steps cannot teach anything: the job says so, with causes it checked, on every surface
+    verdict = ev["verdict"]
+    assert verdict["verdict"] == "did_not_learn" and verdict["split"] == "val" and verdict["n"] == sel["n"]
+    causes = " ".join(c["cause"] for c in verdict["causes"])
+    assert "the domain stage ran 4 optimizer steps" in causes and f"the val split has {sel['n']} images" in causes
+    assert summary["verdict"] == "did_not_learn" and "**Verdict: did not learn: " in (out / "MODEL_CARD.md").read_text()
     # the job's own reward (iou, the default) scores every model too
     assert all(0.0 <= ev["models"][n]["reward_score"] <= 1.0 for n in ("base", "warm_start", "domain", "reward"))
 

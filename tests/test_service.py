@@ -60,6 +60,9 @@ def test_job_from_submit_to_model(stack, db):
         assert set(result["models"]) >= {"base", "warm_start", "domain", "reward"}
         assert os.path.isdir(result["artifacts"]["model"])
         assert result["release"]["release_format"] in ("nf4", "16bit")
+        # 4 domain steps teach nothing: the job succeeds, and says the model did not learn, and why
+        assert result["verdict"]["verdict"] == "did_not_learn" and result["verdict"]["problems"]
+        assert any("optimizer steps" in c["cause"] for c in result["verdict"]["causes"])
         # logs: dense sequence numbers, in order, readable incrementally
         lines = all_logs(c, job_id)
         seqs = [ln["seq"] for ln in lines]

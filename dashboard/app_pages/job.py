@@ -109,8 +109,19 @@ def live(job_id: str) -> None:
     st.session_state["_job"] = job
 
 
+def verdict_box(job: dict[str, Any]) -> None:
+    """A job whose model learned nothing says so above everything else (pipeline/verdict.py)."""
+    verdict = (job.get("result") or {}).get("verdict") or {}
+    if verdict.get("verdict") != "did_not_learn":
+        return
+    lines = ["**The model did not learn.** " + "; ".join(verdict.get("problems") or [])]
+    lines += [f"- likely cause: {c['cause']}. Try: {c['fix']}" for c in verdict.get("causes") or []]
+    st.error("\n".join(lines), icon=":material/warning:")
+
+
 def results(job: dict[str, Any]) -> None:
     result = job.get("result") or {}
+    verdict_box(job)
     st.subheader("Held-out metrics per stage")
     rows = ui.models_table(result)
     if rows:

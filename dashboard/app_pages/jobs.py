@@ -14,7 +14,7 @@ def job_rows(jobs: list[dict]) -> pd.DataFrame:
     for j in jobs:
         src = j.get("source") or {}
         rows.append({
-            "job": ui.job_url(j["jobId"]), "status": j["status"], "progress": float(j.get("progress") or 0),
+            "job": ui.job_url(j["jobId"]), "status": ui.status_text(j), "progress": float(j.get("progress") or 0),
             "stage": j.get("stage") or "–", "key metric": ui.fmt_metric(j), "repo": src.get("repo") or "–",
             "branch": src.get("branch") or "–", "commit": (src.get("sha") or "")[:7] or "–", "preset": j.get("preset") or "–",
             "created": (j.get("created_at") or "")[:19].replace("T", " "),

@@ -40,7 +40,7 @@ for j in latest_per_branch(repo_jobs):
     src = j.get("source") or {}
     rows.append({
         "branch": src.get("branch") or "(no branch)", "commit": (src.get("sha") or "")[:7] or "–",
-        "status": j["status"], "key metric": ui.fmt_metric(j),
+        "status": ui.status_text(j), "key metric": ui.fmt_metric(j),
         "updated": (j.get("updated_at") or "")[:19].replace("T", " "), "job": ui.job_url(j["jobId"]),
     })  # fmt: skip
 st.dataframe(pd.DataFrame(rows), hide_index=True, key="previews_table",

@@ -107,6 +107,7 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     release = export(ctx, selection["released"], checkpoints[selection["released"]], record, samples, examples)
     release.update(stage=selection["released"], reason=selection["reason"])
     record["release"] = release
+    record["verdict"] = judge(ctx, checkpoints, record, selection)
     record["final_stage"] = names[-1]
     (ctx.out / "predictions.json").write_text(json.dumps(examples))
     ctx.reporter.progress("evaluate", 1.0)
@@ -116,7 +117,8 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
 def choose_release(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     """The trained stage to release: the best on the validation split by the primary metric, the
     job's reward breaking ties, and a later stage winning an exact tie (it had more training).
-    Test numbers never choose: they stay an unbiased report of what was released."""
+    Test numbers never choose: they stay an unbiased report of what was released. The base
+    model is scored too, for the learning verdict."""
     key = primary_metric(ctx.cfg.task)
     trained = [n for n in TRAINED if n in checkpoints]
     if not trained:
@@ -125,16 +127,44 @@ def choose_release(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]
     val = list(ctx.domain.splits.get("val") or [])
     if ctx.cfg.evaluate.max_samples:
         val = val[: ctx.cfg.evaluate.max_samples]
-    if len(trained) == 1 or not val:
-        why = "the only trained stage" if len(trained) == 1 else "no validation split to choose on"
-        return {"released": last, "split": "val", "n": len(val), "models": {},
-                "reason": f"{TITLES[last]} ({why})"}  # fmt: skip
+    if not val:
+        return {"released": last, "split": "val", "n": 0, "models": {},
+                "reason": f"{TITLES[last]} (no validation split to choose on)"}  # fmt: skip
     scores: dict[str, dict[str, float]] = {}
-    for name in trained:
+    for name in (n for n in ("base", *trained) if n in checkpoints):
         metrics, _ = evaluate_model(ctx, checkpoints[name], val)
-        scores[name] = {k: metrics[k] for k in (key, "reward_score") if k in metrics}
-    best, reason = pick_release(scores, key, len(val))
+        scores[name] = {k: metrics[k] for k in (key, "reward_score", "parse_rate") if k in metrics}
+    if len(trained) == 1:
+        best, reason = last, f"{TITLES[last]} (the only trained stage)"
+    else:
+        best, reason = pick_release({n: scores[n] for n in trained}, key, len(val))
     return {"released": best, "split": "val", "n": len(val), "models": scores, "reason": reason}
+
+
+def judge(ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], selection: dict[str, Any]) -> dict[str, Any]:
+    """The learning verdict on validation (on the held-out split when there is no validation)."""
+    from pipeline.stages.common import is_done, read_done
+    from pipeline.verdict import DID_NOT_LEARN, NOISY_SPLIT, label_limits, learning_verdict, small_split, verdict_line
+
+    on_val = bool(selection["models"])
+    scores, split, n = (selection["models"], "val", selection["n"]) if on_val else (record["models"], record["split"], record["n"])
+    domain_dir = ctx.stage_dir("domain")
+    verdict = learning_verdict(
+        key=record["primary_metric"], scores=scores, split=split, n=n, released=selection["released"],
+        min_gain=ctx.cfg.evaluate.min_gain, min_parse_rate=ctx.cfg.evaluate.min_parse_rate,
+        domain_steps=read_done(domain_dir).get("steps") if is_done(domain_dir) else None,
+        warm_started="warm_start" in checkpoints,
+        label_causes=label_limits(ctx.domain.splits.get("train") or [], ctx.cfg.data.max_objects, ctx.cfg.num_bins),
+    )  # fmt: skip
+    for name, count in {"val": selection["n"], record["split"]: record["n"]}.items():
+        if 0 < count < NOISY_SPLIT:
+            c = small_split(name, count)
+            ctx.reporter.log(f"{c['cause']}; {c['fix']}", level="warning", stage="evaluate")
+    if verdict["verdict"] == DID_NOT_LEARN:
+        ctx.reporter.log(verdict_line(verdict), level="warning", stage="evaluate")
+        for c in verdict["causes"]:
+            ctx.reporter.log(f"likely cause: {c['cause']}. Try: {c['fix']}", level="warning", stage="evaluate")
+    return verdict
 
 
 def pick_release(scores: dict[str, dict[str, float]], key: str, n: int) -> tuple[str, str]:
