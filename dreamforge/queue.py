@@ -11,6 +11,7 @@ User errors (bad data, bad reward, bad config) fail the job at once: retrying ca
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +43,15 @@ def scoped(project_id: str, key: str) -> str:
 
 def list_key(project_id: str, created: datetime, job_id: str) -> str:
     return f"{project_id}|{created.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}|{job_id}"
+
+
+_LIST_KEY_TAIL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\|[A-Za-z0-9_-]{1,64}")
+
+
+def is_list_key(value: str, project_id: str) -> bool:
+    """Whether ``value`` is a :func:`list_key` of ``project_id`` (a page cursor a client sends back)."""
+    head = f"{project_id}|"
+    return value.startswith(head) and _LIST_KEY_TAIL.fullmatch(value, len(head)) is not None
 
 
 def new_job_id() -> str:
