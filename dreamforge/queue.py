@@ -196,7 +196,8 @@ def retry_later(db: Database, job_id: str, attempt: int, stage: str, message: st
         raise LostLease(job_id)
     failures = int((doc.get("infra_failures") or {}).get(stage, 0)) + 1
     if failures > limit:
-        _fenced(db, job_id, attempt, {"$set": {f"infra_failures.{stage}": failures}})
+        # the stage is over too: a dead job must not show a stage still running
+        _fenced(db, job_id, attempt, {"$set": {f"infra_failures.{stage}": failures, f"stages.{stage}.status": "failed"}})
         finish(db, job_id, attempt, "dead", error={
             "kind": "infra", "stage": stage,
             "message": f"stage {stage} failed {failures} times for infrastructure reasons; last: {message}",
@@ -222,7 +223,7 @@ def reap(db: Database, *, limit: int) -> list[str]:
         common = {f"infra_failures.{stage}": failures, "updated_at": t}
         msg = f"the worker running stage {stage} stopped renewing its lease"
         if failures > limit:
-            update = {"$set": {**common, "status": "dead", "finished_at": t,
+            update = {"$set": {**common, "status": "dead", "finished_at": t, f"stages.{stage}.status": "failed",
                                "error": {"kind": "infra", "stage": stage, "message": f"{msg} ({failures} times)"}},
                       "$unset": {"lease_expires": "", "worker": ""}}  # fmt: skip
         else:
