@@ -114,7 +114,6 @@ async def check_reward(db, project_id: str, reward: str) -> str | None:
 async def store_reward(db, project_id: str, name: str, source: str) -> str:
     """Check JavaScript (compiles, defines reward, returns a finite number on a sample) and
     store it for this project; returns its id. Raises ``RewardError`` naming the line."""
-    import asyncio
     import secrets
 
     from pipeline.rewards.js import check_js_reward
