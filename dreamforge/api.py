@@ -13,7 +13,6 @@ import json
 import logging
 import secrets
 import tempfile
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,7 +38,7 @@ from dreamforge.schemas import (
 )
 from dreamforge.settings import Settings
 from dreamforge.store import DATASETS, GRIDFS_BUCKET, JOBS, LOGS, METRICS, REWARDS, async_client, ensure_indexes_async
-from dreamforge.submit import NotFound, resolve_dataset, store_reward, submit
+from dreamforge.submit import IdempotencyConflict, NotFound, resolve_dataset, store_reward, submit
 from dreamforge.webhooks import github_router
 from pipeline.config import ConfigError
 from pipeline.rewards.base import RewardError
@@ -101,18 +100,15 @@ async def _too_large(send, cap: int) -> None:
 
 
 async def current_project(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The project of the request's API key (cached 30 s: one lookup per key, not per request)."""
+    """The project of the request's API key, looked up on every request (one ``_id`` index hit),
+    so a revoked key stops working at once in every API process; a cache would need to hear
+    about revocations from all of them."""
     if not authorization or not authorization.startswith("Bearer "):
         raise HTTPException(401, "missing API key: send Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
     token = authorization.removeprefix("Bearer ").strip()
-    cache = request.app.state.key_cache
-    hit = cache.get(token)
-    if hit and hit[1] > time.monotonic():
-        return hit[0]
     pid = await auth.project_for_key(request.app.state.db, token)
     if pid is None:
         raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-    cache[token] = (pid, time.monotonic() + 30)
     return pid
 
 
@@ -138,7 +134,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Fine-tune a vision-language model on your own images: submit a curriculum, watch it train, get a 4-bit model.",
     )  # fmt: skip
     app.add_middleware(BodyLimit, settings=settings)
-    app.state.key_cache = {}
 
     @app.exception_handler(PyMongoError)
     async def db_down(request: Request, exc: PyMongoError):
@@ -172,7 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def train(request: Request, body: TrainRequest, pid: Project,
                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None):  # fmt: skip
         """Validate and enqueue a training job; answers its ``jobId``. The same
-        ``Idempotency-Key`` returns the first job (200) instead of a second one."""
+        ``Idempotency-Key`` with the same body returns the first job (200) instead of a second
+        one; with a different body it is a 409."""
         try:
             doc, created = await submit(db(request), pid, body, idempotency_key=idempotency_key)
         except ConfigError as e:
@@ -180,6 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       for e_ in e.errors]) from None  # fmt: skip
         except NotFound as e:
             raise HTTPException(404, str(e)) from None
+        except IdempotencyConflict as e:
+            raise HTTPException(409, str(e)) from None
         return JSONResponse({"jobId": doc["_id"], "status": doc["status"], "created": created},
                             status_code=201 if created else 200)  # fmt: skip
 
@@ -202,10 +200,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return all(src.get(k) == v for k, v in want.items()) and (statuses is None or d["status"] in statuses)
 
         # One range on one indexed field per page (see store.py); filters run on bounded pages.
-        upper = cursor or f"{pid}|~"
+        # Both bounds lie inside this project's keys whatever the cursor says.
+        lower, upper = f"{pid}|", f"{pid}|~"
+        if cursor is not None:
+            if not queue.is_list_key(cursor, pid):
+                raise HTTPException(422, [{"loc": ["query", "cursor"],
+                                           "msg": "not a cursor of this project's job list; pass next_cursor back unchanged"}])  # fmt: skip
+            upper = cursor
         docs: list[dict[str, Any]] = []
         for _ in range(20):
-            page = await db(request)[JOBS].find({"list_key": {"$gt": f"{pid}|", "$lt": upper}}, JOB_FIELDS) \
+            page = await db(request)[JOBS].find({"list_key": {"$gt": lower, "$lt": upper}}, JOB_FIELDS) \
                 .sort("list_key", -1).limit(200).to_list(200)
             docs += [d for d in page if keep(d)]
             if len(page) < 200 or len(docs) >= limit:

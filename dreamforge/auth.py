@@ -38,3 +38,9 @@ def create_project(db: Database, name: str, *, project_id: str | None = None, ke
 async def project_for_key(db, key: str) -> str | None:
     doc = await db[KEYS].find_one({"_id": hash_key(key)}, {"project_id": 1})
     return doc["project_id"] if doc else None
+
+
+def revoke_key(db: Database, key: str) -> bool:
+    """Delete an API key; the next request with it is a 401 (the API looks keys up on every
+    request). Returns whether the key existed."""
+    return db[KEYS].delete_one({"_id": hash_key(key)}).deleted_count == 1

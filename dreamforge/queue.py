@@ -11,6 +11,7 @@ User errors (bad data, bad reward, bad config) fail the job at once: retrying ca
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +43,15 @@ def scoped(project_id: str, key: str) -> str:
 
 def list_key(project_id: str, created: datetime, job_id: str) -> str:
     return f"{project_id}|{created.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}|{job_id}"
+
+
+_LIST_KEY_TAIL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\|[A-Za-z0-9_-]{1,64}")
+
+
+def is_list_key(value: str, project_id: str) -> bool:
+    """Whether ``value`` is a :func:`list_key` of ``project_id`` (a page cursor a client sends back)."""
+    head = f"{project_id}|"
+    return value.startswith(head) and _LIST_KEY_TAIL.fullmatch(value, len(head)) is not None
 
 
 def new_job_id() -> str:
@@ -186,7 +196,8 @@ def retry_later(db: Database, job_id: str, attempt: int, stage: str, message: st
         raise LostLease(job_id)
     failures = int((doc.get("infra_failures") or {}).get(stage, 0)) + 1
     if failures > limit:
-        _fenced(db, job_id, attempt, {"$set": {f"infra_failures.{stage}": failures}})
+        # the stage is over too: a dead job must not show a stage still running
+        _fenced(db, job_id, attempt, {"$set": {f"infra_failures.{stage}": failures, f"stages.{stage}.status": "failed"}})
         finish(db, job_id, attempt, "dead", error={
             "kind": "infra", "stage": stage,
             "message": f"stage {stage} failed {failures} times for infrastructure reasons; last: {message}",
@@ -212,7 +223,7 @@ def reap(db: Database, *, limit: int) -> list[str]:
         common = {f"infra_failures.{stage}": failures, "updated_at": t}
         msg = f"the worker running stage {stage} stopped renewing its lease"
         if failures > limit:
-            update = {"$set": {**common, "status": "dead", "finished_at": t,
+            update = {"$set": {**common, "status": "dead", "finished_at": t, f"stages.{stage}.status": "failed",
                                "error": {"kind": "infra", "stage": stage, "message": f"{msg} ({failures} times)"}},
                       "$unset": {"lease_expires": "", "worker": ""}}  # fmt: skip
         else:

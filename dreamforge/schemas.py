@@ -27,7 +27,7 @@ class JobSource(_Strict):
     repo: str | None = None
     branch: str | None = None
     sha: str | None = None
-    pr: int | None = None
+    pr: int | None = Field(None, ge=1, le=2**53)  # stored in BSON: an int64 at most
     run_id: str | None = None
 
 
@@ -42,6 +42,7 @@ class TrainRequest(_Strict):
     )
     reward: str | None = Field(None, description="Built-in reward name or a stored reward id (rw_…).")
     reward_js: str | None = Field(None, description="Inline JavaScript defining reward(out, gt).", max_length=200_000)
+    # Checked by the curriculum (warm_start.epochs …), which names the stage and refuses NaN and Infinity.
     epochs: list[float] | None = Field(None, max_length=3, description="Epochs of stage 1, 2 and the RL stage.")
     source: JobSource = Field(default_factory=JobSource)
 

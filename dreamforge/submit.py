@@ -3,7 +3,11 @@ the API, the GitHub webhooks and the dashboard all submit through here)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import os
+import re
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -11,44 +15,105 @@ from pymongo.errors import DuplicateKeyError
 from dreamforge import queue
 from dreamforge.schemas import TrainRequest
 from dreamforge.store import DATASETS, JOBS, REWARDS
-from pipeline.config import ConfigError, build_config, config_hash, deep_merge
+from pipeline.config import ConfigError, CurriculumConfig, build_config, config_hash, deep_merge
 
-# gridfs:// is not among them: a raw GridFS id would bypass the project check that ds_ ids get.
-REMOTE_SCHEMES = ("s3://", "gs://", "https://", "synthetic://")
+# The config fields that name data; each goes through resolve_dataset.
+DATA_FIELDS = ("dataset", "warm_start_dataset")
 
 
 class NotFound(Exception):
     """A dataset or reward the request names does not exist for this project."""
 
 
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key already used for a request with a different body."""
+
+
 def allow_local_paths() -> bool:
-    """Server paths as datasets: on for the embedded default (your own machine), off in production."""
+    """Server paths as datasets or models: on for the embedded default (your own machine), off in production."""
     return os.environ.get("DREAMFORGE_ALLOW_LOCAL_PATHS", "0") == "1"
 
 
-async def resolve_dataset(db, project_id: str, dataset: str) -> str:
-    """The URI a worker reads ``dataset`` from: a stored id (``ds_…``) of this project becomes
-    ``gridfs://…``; raw gridfs:// and (in production) server paths are refused."""
+def _refuse(loc: str, msg: str) -> ConfigError:
+    return ConfigError(f"{loc}: {msg}", [{"loc": loc, "msg": msg}])
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# owner/name as the Hugging Face hub spells it: no leading dot, no '..', no third segment
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+async def resolve_dataset(db, project_id: str, dataset: str, *, loc: str = "data.dataset") -> str:
+    """The URI a worker reads ``dataset`` from, checked against this project and the server's
+    policy: a stored id (``ds_…``) of this project becomes ``gridfs://…``; raw gridfs://,
+    unsafe remote URLs (the SSRF guard, run here at submit and again at fetch) and, in
+    production, server paths are refused with a ConfigError naming ``loc``."""
+    from pipeline.data.errors import DataError
+    from pipeline.data.remote import allow_private_from_env, parse_remote_uri
+    from pipeline.data.sources import REMOTE_SCHEMES, parse_synthetic_uri
+
     if dataset.startswith("ds_"):
         doc = await db[DATASETS].find_one({"_id": dataset, "project_id": project_id}, {"gridfs_id": 1})
         if not doc:
             raise NotFound(f"dataset {dataset} not found")
         return f"gridfs://{doc['gridfs_id']}"
-    if dataset.startswith("gridfs://"):
-        raise ConfigError("data.dataset: refer to uploaded datasets by their id (ds_…)",
-                          [{"loc": "data.dataset", "msg": "use the dataset id (ds_…) that POST /api/datasets returned"}])  # fmt: skip
-    if not dataset.startswith(REMOTE_SCHEMES) and not allow_local_paths():
-        raise ConfigError(
-            f"data.dataset: {dataset!r} is a server path; use s3://, gs://, https://, a stored dataset id (ds_…) or upload one",
-            [{"loc": "data.dataset", "msg": "server paths are not allowed here; use s3://, gs://, https:// or a dataset id"}],
-        )
-    return dataset
+    m = _SCHEME.match(dataset)
+    scheme = m.group(1).lower() if m else ""  # the loaders lower-case it too: GRIDFS:// is gridfs://
+    try:
+        if scheme == "gridfs":
+            raise _refuse(loc, "refer to uploaded datasets by their id (ds_…) that POST /api/datasets returned")
+        if scheme == "synthetic":
+            parse_synthetic_uri(dataset)
+            return dataset
+        if scheme in REMOTE_SCHEMES:
+            # resolves the host name: keep the event loop free
+            await asyncio.to_thread(parse_remote_uri, dataset, allow_private=allow_private_from_env())
+            return dataset
+    except DataError as e:
+        raise _refuse(loc, str(e)) from None
+    if scheme in ("", "file"):
+        if allow_local_paths():
+            return dataset
+        raise _refuse(loc, f"{dataset!r} is a server path; use s3://, gs://, https://, synthetic://, "
+                           "a stored dataset id (ds_…) or upload one")  # fmt: skip
+    raise _refuse(loc, f"unsupported scheme {scheme!r}; use s3://, gs://, https://, synthetic:// or a dataset id (ds_…)")
+
+
+def check_model(model: str, *, loc: str = "model") -> None:
+    """``model`` is the built-in tiny model, a hub id (owner/name), or, only where server paths
+    are allowed, a local folder."""
+    if model == CurriculumConfig.model_fields["model"].default or allow_local_paths():
+        return
+    if _HUB_ID.match(model) and ".." not in model:
+        return
+    raise _refuse(loc, f"{model!r} is not a Hugging Face model id; use owner/name (e.g. "
+                       "'HuggingFaceTB/SmolVLM-256M-Instruct') or 'dreamforge-tiny'")  # fmt: skip
+
+
+async def check_reward(db, project_id: str, reward: str) -> str | None:
+    """A stored reward id (``rw_…``, this project's: returned), an example or a built-in name."""
+    if reward.startswith("rw_"):
+        if not await db[REWARDS].find_one({"_id": reward, "project_id": project_id}, {"_id": 1}):
+            raise NotFound(f"reward {reward} not found")
+        return reward
+    if reward.endswith(".js"):
+        raise _refuse("reward", "a .js path is not readable by the service; upload it with POST /api/rewards "
+                                "and pass the returned id (rw_…)")  # fmt: skip
+    if reward.startswith("example:") or reward == "default":
+        return None  # the config itself admits only the shipped examples (pipeline.config.EXAMPLE_REWARDS)
+    # light import: the API process never loads torch
+    from pipeline.rewards.builtin import get_reward
+
+    try:
+        get_reward(reward)  # an unknown built-in name fails here, before anything is queued
+    except (KeyError, ValueError) as e:
+        raise _refuse("reward", str(e).strip("'")) from None
+    return None
 
 
 async def store_reward(db, project_id: str, name: str, source: str) -> str:
     """Check JavaScript (compiles, defines reward, returns a finite number on a sample) and
     store it for this project; returns its id. Raises ``RewardError`` naming the line."""
-    import asyncio
     import secrets
 
     from pipeline.rewards.js import check_js_reward
@@ -63,7 +128,6 @@ async def store_reward(db, project_id: str, name: str, source: str) -> str:
 async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict[str, Any], str | None]:
     """Returns ``(config as a JSON dict, stored reward id or None)``; raises ConfigError / NotFound."""
     raw = deep_merge(req.config or {}, req.overrides)
-    reward_ref = None
     if req.dataset:
         raw = deep_merge(raw, {"data": {"dataset": req.dataset}})
     if req.epochs:
@@ -80,57 +144,63 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict
             reward = await store_reward(db, project_id, "inline.js", req.reward_js)
         except RewardError as e:
             raise ConfigError(f"reward_js: {e}", [{"loc": "reward_js", "msg": str(e)}]) from None
-    if reward and reward.startswith("rw_"):
-        if not await db[REWARDS].find_one({"_id": reward, "project_id": project_id}, {"_id": 1}):
-            raise NotFound(f"reward {reward} not found")
-        reward_ref = reward
-        raw["reward"] = "stored.js"
-    elif reward:
+    if reward:
         raw["reward"] = reward
-    cfg = build_config(raw, preset=req.preset, source="request")
-    dataset = await resolve_dataset(db, project_id, cfg.data.dataset)
-    if dataset != cfg.data.dataset:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": dataset})})
-    if reward_ref is None and cfg.reward.endswith(".js"):
-        raise ConfigError("reward: upload JavaScript rewards with POST /api/rewards and pass the returned id",
-                          [{"loc": "reward", "msg": "a .js path is not readable by the service; pass a stored reward id"}])  # fmt: skip
-    if reward_ref is None and cfg.reward.startswith("example:"):
-        from pipeline.rewards.js import EXAMPLES
-
-        if not (EXAMPLES / (cfg.reward.removeprefix("example:") + ".js")).exists():
-            known = ", ".join(sorted("example:" + p.stem for p in EXAMPLES.glob("*.js")))
-            raise ConfigError(f"reward: no such example; the examples are {known}", [{"loc": "reward", "msg": f"use one of {known}"}])
-    elif reward_ref is None and cfg.reward != "default":
-        # light import: the API process never loads torch
-        from pipeline.rewards.builtin import get_reward
-
-        try:
-            get_reward(cfg.reward)  # an unknown built-in name fails here, before anything is queued
-        except (KeyError, ValueError) as e:
-            raise ConfigError(f"reward: {e}", [{"loc": "reward", "msg": str(e).strip("'")}]) from None
+    cfg, reward_ref = await resolve_refs(db, project_id, build_config(raw, preset=req.preset, source="request"))
     return cfg.model_dump(mode="json", by_alias=True, exclude_none=True), reward_ref
+
+
+async def resolve_refs(db, project_id: str, cfg: CurriculumConfig) -> tuple[CurriculumConfig, str | None]:
+    """Every field that names data, a model or a reward, through one gate with the tenant and the
+    server's policy (a config is checked once, here, and travels checked). Returns the config
+    the worker runs (stored ids turned into what it reads) and the stored reward id, if any."""
+    data = {f: await resolve_dataset(db, project_id, getattr(cfg.data, f), loc=f"data.{f}") for f in DATA_FIELDS}
+    check_model(cfg.model)
+    reward_ref = await check_reward(db, project_id, cfg.reward)
+    update: dict[str, Any] = {"data": cfg.data.model_copy(update=data)}
+    if reward_ref:
+        update["reward"] = "stored.js"  # the worker writes the stored source there
+    return cfg.model_copy(update=update), reward_ref
+
+
+
+def request_hash(req: TrainRequest) -> str:
+    """What an Idempotency-Key stands for: the request body, independent of key order."""
+    return hashlib.sha256(json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
 async def submit(db, project_id: str, req: TrainRequest, *, idempotency_key: str | None = None,
                  dedupe_key: str | None = None, status: str = "queued") -> tuple[dict[str, Any], bool]:  # fmt: skip
     """Validate and enqueue; returns ``(job document, created)``. The same idempotency or
-    dedupe key returns the existing job instead of a second one."""
+    dedupe key returns the existing job instead of a second one; the same idempotency key
+    with another body raises IdempotencyConflict."""
     key = None
+    body_hash = request_hash(req) if idempotency_key else None
     if idempotency_key or dedupe_key:
         key = ({"idempotency_key": queue.scoped(project_id, idempotency_key)} if idempotency_key
                else {"dedupe_key": queue.scoped(project_id, dedupe_key)})  # fmt: skip
         existing = await db[JOBS].find_one(key)
         if existing:
-            return existing, False
+            return _same_request(existing, body_hash), False
     config, reward_ref = await build_job_config(db, project_id, req)
-    from pipeline.config import CurriculumConfig
-
     chash = config_hash(CurriculumConfig.model_validate(config))
     doc = queue.new_job(project_id, config, chash, source=req.source.model_dump(exclude_none=True),
                         idempotency_key=idempotency_key, dedupe_key=dedupe_key, reward_ref=reward_ref,
                         status=status)  # fmt: skip
+    if body_hash:
+        doc["request_hash"] = body_hash
     try:
         await db[JOBS].insert_one(doc)
     except DuplicateKeyError:  # a concurrent twin won the race
-        return await db[JOBS].find_one(key), False
+        return _same_request(await db[JOBS].find_one(key), body_hash), False
     return doc, True
+
+
+def _same_request(existing: dict[str, Any], body_hash: str | None) -> dict[str, Any]:
+    # Jobs stored before request hashes were kept have none: they answer as before.
+    if body_hash and existing.get("request_hash", body_hash) != body_hash:
+        raise IdempotencyConflict(
+            f"Idempotency-Key already used for job {existing['_id']} with a different request body; "
+            "send a new key for a new job, or the same body to get that job back"
+        )
+    return existing

@@ -18,26 +18,38 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 STAGES = ("warm_start", "domain", "reward", "evaluate")
 PRESETS = ("generic", "medical-scan", "retail-shelf", "traffic-camera")
+# The shipped JavaScript examples, by name: ``example:NAME`` resolves only to these, so a name can
+# never walk out of the examples folder (``example:../../x``).
+EXAMPLE_REWARDS = ("f1_class_penalty", "iou", "medical_miss_penalty", "retail_facings")
+# Caps that keep every number inside what the trainers, numpy seeding and BSON's int64 can hold.
+MAX_STEPS = 10_000_000
+MAX_STAGE_SECONDS = 7 * 86400
+SEED_MAX = 2**32 - 1  # numpy's seeding range
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: Infinity or NaN is a typo or an attack, never a setting; without it
+    # NaN slips past every gt/lt bound (all comparisons with NaN are false).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class StageConfig(_Strict):
     """Hyperparameters of one training stage."""
 
     enabled: bool = Field(True, description="Run this stage. A disabled stage passes its input checkpoint on.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the stage's training split.")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    epochs: float = Field(1.0, gt=0, le=10_000, description="Passes over the stage's training split.")
+    max_steps: int | None = Field(
+        None, gt=0, le=MAX_STEPS, description="Stop after this many optimizer steps (overrides epochs)."
+    )
     min_steps: int | None = Field(
         None,
         gt=0,
+        le=MAX_STEPS,
         description="Train at least this many optimizer steps when the epochs give fewer: a domain set of a few "
         "dozen images needs more passes than a big one (ignored with max_steps or max_seconds).",
     )
     max_seconds: float | None = Field(
-        None, gt=0, description="Wall-clock budget for the stage's training loop; training stops cleanly when spent."
+        None, gt=0, le=MAX_STAGE_SECONDS, description="Wall-clock budget for the stage's training loop; training stops cleanly when spent."
     )
     lr: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate (linear warm-up, cosine decay).")
     batch_size: int = Field(16, ge=1, le=4096, description="Examples per optimizer step (completions for RL).")
@@ -65,19 +77,19 @@ class RLConfig(StageConfig):
     """The reward stage: TRL GRPO against the job's reward."""
 
     lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of the policy.")
-    batch_size: int = Field(16, ge=2, description="Completions per step; a multiple of num_generations.")
+    batch_size: int = Field(16, ge=2, le=4096, description="Completions per step; a multiple of num_generations.")
     num_generations: int = Field(8, ge=2, le=256, description="Samples per prompt (the GRPO group size).")
-    beta: float = Field(0.0, ge=0, description="KL penalty towards the reference model (0 = none, no reference copy).")
+    beta: float = Field(0.0, ge=0, le=100, description="KL penalty towards the reference model (0 = none, no reference copy).")
     temperature: float = Field(1.0, gt=0, le=4, description="Sampling temperature of the rollouts.")
     max_completion_length: int | None = Field(
-        None, ge=1, description="Token cap of a rollout; default: what the longest valid answer needs."
+        None, ge=1, le=32_768, description="Token cap of a rollout; default: what the longest valid answer needs."
     )
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="TRL GRPO loss variant.")
     reward_errors: Literal["fail", "zero"] = Field(
         "fail", description="A JavaScript reward that fails on a sample: fail the job, or score it 0 and count it."
     )
     reward_timeout_s: float = Field(10.0, gt=0, le=600, description="Time limit of one batch of JavaScript reward calls.")
-    reward_sample_timeout_ms: float = Field(1000.0, gt=0, description="Time limit of one JavaScript reward call.")
+    reward_sample_timeout_ms: float = Field(1000.0, gt=0, le=600_000, description="Time limit of one JavaScript reward call.")
     reward_memory_mb: int = Field(256, ge=16, le=4096, description="V8 heap limit of the JavaScript reward.")
 
     @model_validator(mode="after")
@@ -93,8 +105,8 @@ class RLConfig(StageConfig):
 class EvalConfig(_Strict):
     enabled: bool = Field(True, description="Evaluate and package (always on for a release).")
     split: Literal["test", "val"] = Field("test", description="Held-out split the metrics are computed on.")
-    max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many held-out images.")
-    batch_size: int = Field(32, ge=1, description="Images per generation batch.")
+    max_samples: int | None = Field(None, ge=1, le=10_000_000, description="Evaluate at most this many held-out images.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per generation batch.")
     compute: str | None = Field(None, description="Compute hint (Modal GPU string) for evaluation and export.")
     min_gain: float = Field(
         0.05, ge=0, le=1,
@@ -132,10 +144,11 @@ class ExportConfig(_Strict):
 class DataConfig(_Strict):
     dataset: str = Field(
         "synthetic://retail-shelf?n=128&seed=1",
+        max_length=2048,
         description="The domain dataset: folder, .zip, s3://, gs://, gridfs:// or synthetic://KIND?n=N&seed=S.",
     )
     warm_start_dataset: str = Field(
-        "synthetic://generic?n=4000&seed=7", description="Generic data for the warm-start stage."
+        "synthetic://generic?n=4000&seed=7", max_length=2048, description="Generic data for the warm-start stage."
     )
     split: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="train/val/test fractions when the dataset gives no split."
@@ -160,7 +173,7 @@ class DataConfig(_Strict):
 class CurriculumConfig(_Strict):
     """A DreamForge curriculum: what to train, on what, against which reward."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, title="dreamforge.config.json")
+    model_config = ConfigDict(title="dreamforge.config.json")  # merged over _Strict's
 
     schema_: str | None = Field(None, alias="$schema", description="Editor hint; ignored.")
     name: str = Field("dreamforge-job", max_length=200, description="Human name of the job.")
@@ -168,16 +181,18 @@ class CurriculumConfig(_Strict):
     task: Literal["detect", "segment", "keypoints", "caption"] = Field("detect", description="What the model outputs.")
     model: str = Field(
         "dreamforge-tiny",
+        max_length=2048,
         description="Hugging Face model id or local path loaded with AutoModelForImageTextToText, or "
         "'dreamforge-tiny' (built locally, CPU-sized).",
     )
     reward: str = Field(
         "default",
+        max_length=2048,
         description="Built-in reward name (iou, f1, mask_iou, oks, format, caption), 'default' for the task's "
         "own, a path to a JavaScript file defining reward(out, gt), or example:NAME for a shipped JavaScript "
-        "example (iou, f1_class_penalty, retail_facings, medical_miss_penalty).",
+        f"example ({', '.join(EXAMPLE_REWARDS)}).",
     )
-    seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order, sampling and initialisation.")
     num_bins: int = Field(32, ge=4, le=4096, description="Location-token bins per axis.")
     image_size: int = Field(64, ge=16, le=4096, description="Side of the square image the built-in model sees.")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -186,6 +201,14 @@ class CurriculumConfig(_Strict):
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @field_validator("reward")
+    @classmethod
+    def _example_name(cls, v: str) -> str:
+        if v.startswith("example:") and v.removeprefix("example:") not in EXAMPLE_REWARDS:
+            known = ", ".join("example:" + n for n in EXAMPLE_REWARDS)
+            raise ValueError(f"{v!r} is not a shipped example; use one of {known}")
+        return v
 
     def stage(self, name: str) -> StageConfig | EvalConfig:
         return {"warm_start": self.warm_start, "domain": self.domain, "reward": self.rl, "evaluate": self.evaluate}[

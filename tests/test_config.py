@@ -61,3 +61,77 @@ def test_schema_cli_publishes_the_json_schema(tmp_path):
     assert schema == json.loads(json.dumps(json_schema()))
     assert "rl" in schema["properties"] and "additionalProperties" in json.dumps(schema)
     assert schema["properties"]["task"]["enum"] == ["detect", "segment", "keypoints", "caption"]
+
+
+def _int_fields(model, prefix=""):
+    """(path, field) of every int field, through nested models."""
+    import typing
+
+    from pydantic import BaseModel
+
+    for name, f in model.model_fields.items():
+        args = typing.get_args(f.annotation) or (f.annotation,)
+        for a in args:
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                yield from _int_fields(a, f"{prefix}{name}.")
+        if int in args:
+            yield f"{prefix}{name}", f
+
+
+def test_every_int_field_has_bounds_that_fit_bson_int64():
+    """An unbounded int takes 2**70, which validates and then cannot be stored (a 500)."""
+    from pipeline.config import CurriculumConfig
+
+    fields = dict(_int_fields(CurriculumConfig))
+    assert {"seed", "domain.max_steps", "rl.batch_size", "evaluate.max_samples"} <= set(fields)
+    for path, f in fields.items():
+        upper = [m.le for m in f.metadata if getattr(m, "le", None) is not None]
+        assert upper and upper[0] < 2**63, f"{path} has no upper bound below 2**63"
+
+
+@pytest.mark.parametrize(("over", "loc"), [
+    ({"warm_start": {"epochs": float("inf")}}, "warm_start.epochs"),
+    ({"domain": {"max_seconds": float("inf")}}, "domain.max_seconds"),
+    ({"rl": {"beta": float("inf")}}, "rl.beta"),
+    ({"rl": {"reward_sample_timeout_ms": float("inf")}}, "rl.reward_sample_timeout_ms"),
+    ({"rl": {"temperature": float("nan")}}, "rl.temperature"),
+    ({"data": {"split": [float("nan"), 0.5, 0.5]}}, "data.split.0"),
+    ({"export": {"max_metric_drop": float("nan")}}, "export.max_metric_drop"),
+    ({"domain": {"max_steps": 10**12}}, "domain.max_steps"),
+    ({"seed": 2**70}, "seed"),
+    ({"seed": -1}, "seed"),
+])  # fmt: skip
+def test_non_finite_and_out_of_range_numbers_name_their_field(over, loc):
+    with pytest.raises(ConfigError) as e:
+        build_config(over)
+    assert [p["loc"] for p in e.value.errors] == [loc]
+
+
+def test_nan_learning_rate_says_what_is_wrong():
+    with pytest.raises(ConfigError) as e:
+        build_config({"domain": {"lr": float("nan")}})
+    assert e.value.errors == [{"loc": "domain.lr", "msg": "Input should be a finite number"}]
+
+
+def test_examples_resolve_by_name_from_the_shipped_list():
+    from pipeline.config import EXAMPLE_REWARDS
+    from pipeline.rewards.base import RewardError
+    from pipeline.rewards.js import EXAMPLES, load_js_reward
+
+    assert sorted(p.stem for p in EXAMPLES.glob("*.js")) == sorted(EXAMPLE_REWARDS)
+    assert build_config({"reward": "example:iou"}).reward == "example:iou"
+    for bad in ("example:../js_prelude", "example:../../../etc/passwd", "example:"):
+        with pytest.raises(ConfigError, match="not a shipped example"):
+            build_config({"reward": bad})
+        with pytest.raises(RewardError, match="no such example"):  # the loader checks the same list
+            load_js_reward(bad)
+
+
+def test_runner_classes_a_non_finite_config_as_the_users_mistake(tmp_path):
+    """Exit 2 (a user error: the worker fails the job at once, never retries it), naming the field."""
+    cfg = tmp_path / "dreamforge.config.json"
+    cfg.write_text('{"domain": {"epochs": Infinity}}')  # Python's json reads it; the schema must not
+    out = subprocess.run([PY, "-m", "pipeline.run", "--config", str(cfg), "--output", str(tmp_path / "out"), "--stages", "4"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "domain.epochs: Input should be a finite number" in out.stderr

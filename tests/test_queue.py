@@ -90,11 +90,13 @@ def test_infra_failures_back_off_then_dead_letter_then_requeue(db):
     for n in range(1, 4):
         job = queue.claim(db, "w", 30)
         assert job is not None, n
+        queue.stage_started(db, job_id, job["attempt"], "reward")
         assert queue.retry_later(db, job_id, job["attempt"], "reward", "preempted", limit=2, backoff_s=0) == (
             "queued" if n <= 2 else "dead"
         )
     doc = db[JOBS].find_one({"_id": job_id})
     assert doc["status"] == "dead" and "3 times" in doc["error"]["message"] and doc["error"]["stage"] == "reward"
+    assert doc["stages"]["reward"]["status"] == "failed"  # not left "running" (issue 14, finding 11)
     assert queue.claim(db, "w", 30) is None
     assert queue.requeue(db, job_id, "other-project") is False  # tenants again
     assert queue.requeue(db, job_id, "p") is True
@@ -110,6 +112,7 @@ def test_expired_leases_count_against_the_running_stage(db):
         queue.reap(db, limit=1)
     doc = db[JOBS].find_one({"_id": job_id})
     assert doc["status"] == "dead" and doc["infra_failures"] == {"domain": 2}
+    assert doc["stages"]["domain"]["status"] == "failed"
 
 
 def test_temporary_artifacts_expire_final_models_stay(db, tmp_path):

@@ -230,13 +230,17 @@ def test_request_bodies_are_capped(stack):
         assert r.status_code == 413
 
 
-def test_user_error_fails_once_without_retry(stack, db):
+def test_user_error_fails_once_without_retry(stack, db, tmp_path):
     with api(stack) as c:
+        # what submit can check it refuses (an unknown synthetic kind); a path that is gone when the job runs it cannot
         cfg = tiny_job_config(data={"dataset": "synthetic://no-such-kind?n=4"})
+        r = c.post("/api/train", json={"config": cfg})
+        assert r.status_code == 422 and "no-such-kind" in r.text
+        cfg = tiny_job_config(data={"dataset": str(tmp_path / "no-such-folder")})
         job_id = c.post("/api/train", json={"config": cfg}).json()["jobId"]
         job = wait_job(c, job_id, timeout=120)
         assert job["status"] == "failed"
-        assert job["error"]["kind"] == "user" and "no-such-kind" in job["error"]["message"]
+        assert job["error"]["kind"] == "user" and "no-such-folder" in job["error"]["message"]
         assert job["attempt"] == 1
 
 

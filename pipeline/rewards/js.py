@@ -348,10 +348,12 @@ def load_js_reward(path_or_source: str | os.PathLike[str], *, name: str | None =
     """A reward from a ``.js`` file (or ``example:NAME`` for a shipped example)."""
     spec = str(path_or_source)
     if spec.startswith("example:"):
-        path = EXAMPLES / (spec.removeprefix("example:") + ".js")
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in EXAMPLES.glob("*.js")))
-            raise RewardError(spec, None, f"no such example; the examples are {known}")
+        from pipeline.config import EXAMPLE_REWARDS
+
+        name = spec.removeprefix("example:")
+        if name not in EXAMPLE_REWARDS:  # by name from the fixed list: never a path out of the folder
+            raise RewardError(spec, None, f"no such example; the examples are {', '.join(EXAMPLE_REWARDS)}")
+        path = EXAMPLES / (name + ".js")
     else:
         path = Path(spec)
     try:
