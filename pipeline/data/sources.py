@@ -287,7 +287,8 @@ def _extract_into(zip_path: Path, dest: Path, label: str, max_bytes: int) -> Non
                 )
         # The archive's directory is checked before anything is written ...
         declared = _declared_size(infos)
-        packed = max(sum(info.compress_size for info in infos), 1)
+        # (compressed sizes can lie too, but not past the archive's own size)
+        packed = max(min(sum(info.compress_size for info in infos), zip_path.stat().st_size), 1)
         if declared > max_bytes:
             biggest = max(infos, key=lambda i: i.file_size)
             raise _bomb(label, f"the archive would expand to {declared} bytes, more than the {max_bytes} "
