@@ -319,14 +319,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                              task: str = Query("detect")):  # fmt: skip
         """Upload a COCO dataset as a ZIP (the raw request body). It is checked like any
         hostile archive (zip-slip, symlinks, bombs, images) before anything is stored."""
-        with tempfile.TemporaryDirectory(prefix="df-upload-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="df-upload-") as tmp:  # removed on every path, failures too
             path = Path(tmp) / "upload.zip"
             size = 0
             with path.open("wb") as fh:
                 async for chunk in request.stream():
                     size += len(chunk)
                     fh.write(chunk)
-            summary = await asyncio.to_thread(_validate_zip, path, task)
+            # Uncompressed, a dataset may be twice the upload limit (images barely compress; the
+            # ratio cap in extract_zip catches bombs below this).
+            summary = await asyncio.to_thread(_validate_zip, path, task, f"{name}.zip", 2 * settings.max_upload_bytes)
             from gridfs import AsyncGridFSBucket
 
             bucket = AsyncGridFSBucket(db(request), GRIDFS_BUCKET)
@@ -417,17 +419,27 @@ def _reward_problem(e: RewardError) -> dict[str, Any]:
     return {"loc": ["source"], "msg": str(e), "line": e.line, "column": e.column}
 
 
-def _validate_zip(path: Path, task: str) -> dict[str, Any]:
-    """Open the upload exactly as a job will (safe extraction, image checks); 422 on failure."""
+def _validate_zip(path: Path, task: str, label: str, max_bytes: int) -> dict[str, Any]:
+    """Open the upload as a job will (safe extraction, every image checked), with bounded disk
+    and memory: extracted beside the upload (so removed with it, whatever happens), at most
+    ``max_bytes`` uncompressed, images checked one at a time and none kept. Messages name the
+    upload (``label``) and its members, never a server path; 422 on failure."""
     from pipeline.data.coco import load_dataset
     from pipeline.data.errors import DataError
+    from pipeline.data.sources import extract_zip
+
+    tmp = str(path.parent)
+
+    def shown(message: str) -> str:  # the last line of defence: no message may show our temp folder
+        return message.replace(tmp + "/", "").replace(tmp, label)[:2000]
 
     try:
-        ds = load_dataset(path, task)
+        folder = extract_zip(path, label=label, dest_root=path.parent / "extracted", max_bytes=max_bytes)
+        ds = load_dataset(folder, task, label=label, keep_images=False)
     except DataError as e:
-        raise HTTPException(422, f"upload rejected: {e}") from None
+        raise HTTPException(422, f"upload rejected: {shown(str(e))}") from None
     n = sum(len(v) for v in ds.splits.values())
-    return {"images": n, "categories": list(ds.categories), "warnings": [str(w) for w in ds.warnings][:50]}
+    return {"images": n, "categories": list(ds.categories), "warnings": [shown(str(w)) for w in ds.warnings[:50]]}
 
 
 def main() -> None:

@@ -355,6 +355,92 @@ def test_zip_with_too_many_members_is_rejected(tmp_path, monkeypatch):
         load_dataset(archive, "detect")
 
 
+def test_zip_compression_ratio_is_capped_before_and_while_extracting(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "ZIP_RATIO_FLOOR", 100_000)  # the real floor (64 MiB) scaled down
+    archive = tmp_path / "dense.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("annotations.json", "{}")
+        zf.writestr("images/zeros.png", bytes(2_000_000))  # ~1000-fold, far under the byte cap
+    with pytest.raises(DataError, match=r"dense.zip: the archive would expand \d+-fold .* more than the 100-fold "
+                                        r"allowed \(member 'images/zeros.png'"):  # fmt: skip
+        load_dataset(archive, "detect")
+    monkeypatch.setattr(sources, "_declared_size", lambda infos: 0)  # a directory that under-reports
+    with pytest.raises(DataError, match=r"dense.zip: member 'images/zeros.png' expands past 100 times"):
+        load_dataset(archive, "detect")
+    assert not list((tmp_path / "cache" / "zips").iterdir())
+
+
+def test_a_rejected_zip_leaves_nothing_in_the_cache(tmp_path):
+    folder = _coco(tmp_path / "many")
+    for i in range(200):
+        (folder / "junk" / f"{i}.txt").parent.mkdir(exist_ok=True)
+        (folder / "junk" / f"{i}.txt").write_text("x")
+    (folder / "annotations.json").write_text('{"images": [], "annotations": [], "categories": [1]}')
+    archive = _zip_folder(folder, tmp_path / "many.zip")
+    with pytest.raises(DataError, match=r"many.zip: annotations.json: categories\[0\] must be an object"):
+        load_dataset(archive, "detect")
+    assert not list((tmp_path / "cache" / "zips").iterdir())  # 206 files extracted, then removed
+    good = _zip_folder(_coco(tmp_path / "good"), tmp_path / "good.zip")
+    first = load_dataset(good, "detect")
+    with pytest.raises(DataError):  # a failing load of a cached archive keeps the cache others use
+        load_dataset(good, "keypoints")
+    assert all(s.path.is_file() for s in _all(first).values())
+
+
+def test_deeply_nested_json_is_an_error_naming_the_file(tmp_path):
+    folder = _coco(tmp_path / "deep")
+    depth = 200_000
+    (folder / "annotations.json").write_text('{"images": ' + "[" * depth + "]" * depth + ', "annotations": []}')
+    with pytest.raises(DataError, match=r"deep.*annotations.json: the JSON is nested too deeply"):
+        load_dataset(folder, "detect")
+    # nesting JSON can hold, in a field a message quotes: the message stays short
+    nested = json.loads("[" * 500 + "]" * 500)
+    _coco(folder, annotations=[{"id": 1, "image_id": 1, "category_id": 1, "bbox": nested}])
+    with pytest.raises(DataError, match=r'annotation 1 .*: "bbox" must be a list of finite numbers, got \[\[\[') as err:
+        load_dataset(folder, "detect")
+    assert len(str(err.value)) < 400
+
+
+def test_category_names_and_counts_are_capped(tmp_path):
+    folder = _coco(tmp_path / "names", categories=[{"id": 1, "name": "x" * 1_000_000}, {"id": 2, "name": "w"}])
+    with pytest.raises(DataError, match=r'categories\[0\] \(category 1\): "name" is 1000000 characters, more than the 200') as err:
+        load_dataset(folder, "detect")
+    assert len(str(err.value)) < 400
+    _coco(folder, categories=[{"id": i, "name": f"c{i}"} for i in range(1, 100_001)])
+    with pytest.raises(DataError, match=r'"categories" has 100000 entries, more than the 2000 allowed'):
+        load_dataset(folder, "detect")
+    _coco(folder, categories=[{"id": 1, "name": "cola", "keypoints": ["k" * 300]}, {"id": 2, "name": "water"}])
+    with pytest.raises(DataError, match=r'"keypoints" may name at most 256 keypoints of at most 200 characters'):
+        load_dataset(folder, "detect")
+
+
+def test_hostile_ids_and_file_names_are_named_errors_or_warnings(tmp_path):
+    folder = _coco(tmp_path / "ids", annotations=[{"id": [1], "image_id": 1, "category_id": [1], "bbox": [1, 1, 4, 4]}])
+    with pytest.raises(DataError, match=r"annotation #0 \(image 1 'img_000.png'\) refers to category \[1\], which is not"):
+        load_dataset(folder, "detect")
+    images = [{"id": 1, "file_name": "a\x00b.png"}, {"id": 2, "file_name": "n" * 300 + ".png"},
+              {"id": 3, "file_name": "ok.png"}]  # fmt: skip
+    folder = tmp_path / "names"
+    _png(folder / "images" / "ok.png")
+    (folder / "annotations.json").write_text(json.dumps({
+        "images": images, "categories": [{"id": 1, "name": "a"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 4, 4]} for i in (1, 2, 3)]}))  # fmt: skip
+    dataset = load_dataset(folder, "detect")
+    assert list(_all(dataset)) == ["ok.png"] and sum("file not found" in w for w in dataset.warnings) == 2
+
+
+def test_images_can_be_checked_without_keeping_them(tmp_path):
+    folder = _coco(tmp_path / "lean")
+    data = (folder / "images" / "img_002.png").read_bytes()
+    (folder / "images" / "img_002.png").write_bytes(data[: len(data) // 2])  # truncated: found by the decode
+    kept, lean = load_dataset(folder, "detect"), load_dataset(folder, "detect", keep_images=False, label="lean.zip")
+    assert _split_names(kept) == _split_names(lean) and kept.warnings == [w.replace("lean.zip", str(folder)) for w in lean.warnings]
+    for name, sample in _all(lean).items():
+        assert sample.image is None and sample.target == _all(kept)[name].target
+        assert (sample.width, sample.height) == (W, H)
+    assert any(w.startswith("lean.zip: annotations.json: image 3 'img_002.png'") for w in lean.warnings)
+
+
 # -------------------------------------------------------------------------- bad data
 
 

@@ -17,7 +17,7 @@ from pipeline.rewards.builtin import f1_at, get_reward, soft_iou
 from pipeline.rewards.js import EXAMPLES, JsLimits, JsReward, check_js_reward, load_js_reward
 from pipeline.rewards.probe import CASES, probe_reward
 
-FAST = JsLimits(batch_timeout_s=1.5, sample_timeout_ms=500, load_timeout_s=1.5, heap_mb=64, process_mb=1024)
+FAST = JsLimits(batch_timeout_s=1.5, sample_timeout_ms=500, load_timeout_s=1.5, heap_mb=64)
 GT = {"boxes": [[4, 4, 20, 20]], "labels": ["a"], "points": [], "keypoints": [], "masks": [], "text": "",
       "image": {"width": 64, "height": 64}}  # fmt: skip
 
@@ -168,6 +168,119 @@ def test_hostile_reward_gets_a_clear_error_and_the_sandbox_recovers(case):
         r.close()
 
 
+# Each poisons what the harness used to serialise the scores with, in the ways that got NaN
+# stored, a 500 (a string score, extra or missing scores), or a silent 0.
+POISON = {
+    "toJSON forging NaN and Infinity at load": (
+        "Object.prototype.toJSON = function () { delete Object.prototype.toJSON;"
+        " return {scores: ['NaN', 'Infinity'], errors: []} };"),
+    "toJSON forging a string score": (
+        "Object.prototype.toJSON = function () { delete Object.prototype.toJSON;"
+        " return {scores: ['1', 'x'], errors: []} };"),
+    "toJSON forging extra scores": (
+        "Object.prototype.toJSON = function () { delete Object.prototype.toJSON;"
+        " return {scores: [1, 2, 3], errors: []} };"),
+    "toJSON dropping the scores": (
+        "Object.prototype.toJSON = function () { delete Object.prototype.toJSON; return {scores: [], errors: []} };"),
+    "replaced built-ins": (
+        "Number.prototype.toString = () => 'NaN'; String.prototype.slice = () => 'NaN'; Array.prototype.join = () => 'NaN';"
+        " JSON.stringify = () => '{\"scores\": [NaN, NaN], \"errors\": []}'; Float64Array = Array;"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(POISON))
+def test_user_code_cannot_forge_the_scores_that_leave_the_sandbox(case):
+    r = js(POISON[case] + "\nfunction reward(o, g) { return o.labels.length / 4 }", name=case)
+    try:
+        assert r.score([GT, {**GT, "labels": ["a", "b"]}], [GT, GT]) == [0.25, 0.5]
+    finally:
+        r.close()
+    # a reward that returns NaN and poisons the answer to hide it is still caught
+    r = js("function reward(o, g) { if (o.boxes.length === 0) return 1;"
+           " Object.prototype.toJSON = function () { return {scores: ['NaN'], errors: []} }; return NaN }")  # fmt: skip
+    try:
+        with pytest.raises(RewardError, match="failed on sample 0: returned NaN, not a finite number"):
+            r.score([GT], [GT])
+    finally:
+        r.close()
+
+
+def test_the_python_side_checks_every_answer_of_the_sandbox():
+    r = js("function reward(o, g) { return 1 }")
+    for body, why in [(b'{"scores": [NaN], "errors": []}', "not JSON"), (b'{"scores": ["NaN"], "errors": []}', "score 0 is str"),
+                      (b'{"scores": [1e999], "errors": []}', "not JSON"), (b'{"scores": [true], "errors": []}', "score 0 is bool"),
+                      (b'{"scores": [1, 2], "errors": []}', "2 scores for 1 samples"), (b'{"scores": []}', "0 scores for 1"),
+                      (b'{"scores": [null], "errors": [{"index": 5}]}', "names sample 5 of 1"), (b"[1]", "no list of scores")]:  # fmt: skip
+        with pytest.raises(RewardError, match="malformed result") as err:
+            r._checked(body, 1)
+        assert why in str(err.value), (body, str(err.value))
+    err = {"index": 1, "message": "m"}
+    assert r._checked(b'{"scores": [0.5, null], "errors": [{"index": 1, "message": "m"}]}', 2) == ([0.5, None], [(1, err)])
+
+
+def test_a_huge_error_message_is_trimmed_inside_the_sandbox():
+    r = js("function reward(o, g) { if (o.boxes.length === 0) return 1; throw new Error('x'.repeat(2 ** 26)) }",
+           limits=JsLimits(batch_timeout_s=5, sample_timeout_ms=4000, heap_mb=256))  # fmt: skip
+    try:
+        with pytest.raises(RewardError, match="failed on sample 0: Error: xxx") as err:
+            r.score([GT] * 3, [GT] * 3)
+        assert len(str(err.value)) < 1000
+        assert r.limits.max_result_bytes(3) < 128 * 1024  # what the worker and the parent let through
+    finally:
+        r.close()
+
+
+def test_a_batch_where_every_sample_fails_fails_even_under_the_zero_policy():
+    r = js("function reward(o, g) { if (o.labels[0] === 'boom') throw new Error('nope'); return 0.75 }", on_error="zero")
+    bad = {**GT, "labels": ["boom"]}
+    try:
+        assert r.score([GT, bad], [GT, GT]) == [0.75, 0.0]  # some signal: the failure scores 0
+        with pytest.raises(RewardError, match=r"every sample of the batch failed \(3 of 3\).*Error: nope"):
+            r.score([bad] * 3, [GT] * 3)
+    finally:
+        r.close()
+
+
+def test_the_memory_limit_bounds_buffers_outside_the_v8_heap_too():
+    # reward_memory_mb = 256: a 1 GiB ArrayBuffer (allocated outside V8's heap) is refused,
+    # while a reward using less than its limit still runs
+    src = "function reward(o, g) { const b = new ArrayBuffer(o.boxes.length * 2 ** 20); new Uint8Array(b).fill(1); return 1 }"
+    r = js(src, limits=JsLimits(heap_mb=256, sample_timeout_ms=5000, batch_timeout_s=5))
+    try:
+        assert r.score([{**GT, "boxes": [[0, 0, 1, 1]] * 128}], [GT]) == [1.0]  # 128 MiB: fits
+        with pytest.raises(RewardError, match="Array buffer allocation failed"):
+            r.score([{**GT, "boxes": [[0, 0, 1, 1]] * 1024}], [GT])  # 1 GiB
+    finally:
+        r.close()
+
+
+def test_an_endless_async_loop_at_load_is_stopped_at_the_stated_limit():
+    import time
+
+    r = js("(async () => { while (true) { await null } })();\nfunction reward(o, g) { return 1 }")
+    t0 = time.monotonic()
+    with pytest.raises(RewardError, match="failed to load: ran past the 1.5 s limit while loading"):
+        r.score([GT], [GT])
+    took = time.monotonic() - t0
+    r.close()
+    assert took < 1.5 + 1.5, took  # the limit, the kill grace (1 s) and starting the worker
+
+
+def test_the_trl_adapter_refuses_non_finite_scores_from_any_reward():
+    from pipeline.codec import Codec
+
+    class Broken:  # a reward outside the sandbox (e.g. a plugin) that returns NaN
+        name = "broken"
+
+        def score(self, outs, gts):
+            return [0.5, float("nan")]
+
+    f = as_trl_reward(Broken(), Codec("detect", ["a"]))
+    gt = json.dumps(GT)
+    with pytest.raises(RewardError, match="'broken' failed on sample 1: returned 'nan', not a finite number"):
+        f(["a<loc_0><loc_0><loc_3><loc_3>"] * 2, gt=[gt, gt])
+
+
 def test_syntax_error_names_line_and_column():
     with pytest.raises(RewardError) as err:
         check_js_reward("function reward(out, gt) {\n  return out.boxes.length +;\n}", "mine.js")
@@ -301,7 +414,7 @@ def test_a_gt_shared_by_a_group_crosses_once_and_each_pair_gets_its_own_copy():
 
 
 def test_a_batch_bigger_than_the_sample_limit_still_refuses_only_the_oversized_sample():
-    limits = JsLimits(batch_timeout_s=5, sample_timeout_ms=500, heap_mb=64, process_mb=1024, max_sample_bytes=4096)
+    limits = JsLimits(batch_timeout_s=5, sample_timeout_ms=500, heap_mb=64, max_sample_bytes=4096)
     r = js("function reward(o, g) { return o.boxes.length }", limits=limits, on_error="zero")
     try:
         small = {**GT, "boxes": [[1, 2, 3, 4]] * 3}

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import reprlib
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -25,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.data.errors import DataError
-from pipeline.data.sources import Source, resolve_source
+from pipeline.data.errors import DataError, os_reason
+from pipeline.data.sources import Source, remove_extracted, resolve_source
 from pipeline.data.synthetic import generate
 from pipeline.structures import TASKS, Dataset, Sample, empty_target
 
@@ -42,6 +43,16 @@ _SPLIT_FILE = re.compile(
     re.IGNORECASE,
 )
 _SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
+# Caps on what a dataset may declare: category names become labels in every prompt and are
+# stored with the dataset, so a 1 MB name or 100k categories must be refused, not kept.
+MAX_CATEGORIES = 2000  # LVIS, the largest common detection vocabulary, has 1203
+MAX_NAME_CHARS = 200  # a category or keypoint name
+MAX_KEYPOINTS = 256  # named keypoints of a category (COCO-WholeBody has 133)
+MAX_FILE_NAME_CHARS = 1024
+# User values quoted in messages: short, and never recursing into deeply nested JSON.
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 60, 60, 4, 4
+_show = _repr.repr
 
 
 # ------------------------------------------------------------------------- public entry
@@ -55,6 +66,8 @@ def load_dataset(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     max_image_pixels: int = 4096 * 4096,
     name: str | None = None,
+    keep_images: bool = True,
+    label: str | None = None,
 ) -> Dataset:
     """Load ``source`` for ``task`` and split it into train / val / test.
 
@@ -65,6 +78,12 @@ def load_dataset(
     ``seed`` and the file name with ``fractions``. A ``synthetic://`` URI without its own
     ``seed`` parameter is generated with ``seed`` too.
 
+    ``keep_images=False`` checks every image as a load does (header, size, a full decode)
+    but keeps none decoded (``Sample.image`` is None): memory stays at one image, for
+    validating an upload. ``label`` names the source in messages instead of its path (the
+    service's temporary folder must not show). A ZIP this call extracted into the cache is
+    removed again when the load fails.
+
     Raises :class:`DataError` when the dataset cannot be used; per-image problems are
     appended to ``Dataset.warnings`` (and logged) and that image or annotation is skipped.
     """
@@ -72,10 +91,27 @@ def load_dataset(
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     fractions = _check_fractions(fractions)
     resolved = resolve_source(source)
+    if label is not None:
+        resolved.label = label
     if resolved.synthetic is not None:
         return _load_synthetic(resolved, task, seed=seed, fractions=fractions, name=name)
+    try:
+        return _load_coco(resolved, task, seed, fractions, max_image_pixels, name, keep_images)
+    except BaseException:
+        remove_extracted(resolved)
+        raise
 
-    reader = _CocoReader(resolved, task, max_image_pixels)
+
+def _load_coco(
+    resolved: Source,
+    task: str,
+    seed: int,
+    fractions: tuple[float, float, float],
+    max_image_pixels: int,
+    name: str | None,
+    keep_images: bool,
+) -> Dataset:
+    reader = _CocoReader(resolved, task, max_image_pixels, keep_images)
     files = _find_annotation_files(resolved, task)
     parsed = {split: reader.parse_file(path, split) for split, path in files.items()}
     categories, keypoint_names = reader.merge_categories(parsed)
@@ -278,11 +314,12 @@ class _Parsed:
 
 
 class _CocoReader:
-    def __init__(self, resolved: Source, task: str, max_image_pixels: int) -> None:
+    def __init__(self, resolved: Source, task: str, max_image_pixels: int, keep_images: bool = True) -> None:
         self.source = resolved
         self.label = resolved.label
         self.task = task
         self.max_image_pixels = int(max_image_pixels)
+        self.keep_images = keep_images
         self.warnings: list[str] = []
         self.instances_kept = 0
 
@@ -306,7 +343,7 @@ class _CocoReader:
         except UnicodeDecodeError as exc:
             raise DataError(f"{where}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from exc
         except OSError as exc:
-            raise DataError(f"{where}: cannot read the file ({exc})") from exc
+            raise DataError(f"{where}: cannot read the file ({os_reason(exc)})") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -314,6 +351,12 @@ class _CocoReader:
                 f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; "
                 "fix the file (`python -m json.tool FILE` points at the same place)"
             ) from exc
+        except RecursionError:
+            raise DataError(
+                f"{where}: the JSON is nested too deeply to read (arrays or objects inside each other "
+                "hundreds of levels deep); a COCO file needs only a few levels"
+            ) from None
+        del text
         if not isinstance(data, dict):
             raise DataError(
                 f'{where}: the top level must be a JSON object with "images", '
@@ -349,10 +392,15 @@ class _CocoReader:
                 raise DataError(f'{at} must be an object with "id" and "file_name"')
             image_id, file_name = item.get("id"), item.get("file_name")
             if not isinstance(image_id, int) or isinstance(image_id, bool):
-                raise DataError(f'{at}: "id" must be an integer, got {image_id!r}')
+                raise DataError(f'{at}: "id" must be an integer, got {_show(image_id)}')
             if not isinstance(file_name, str) or not file_name:
                 raise DataError(
-                    f'{at} (image {image_id}): "file_name" must be a non-empty string, got {file_name!r}'
+                    f'{at} (image {image_id}): "file_name" must be a non-empty string, got {_show(file_name)}'
+                )
+            if len(file_name) > MAX_FILE_NAME_CHARS:
+                raise DataError(
+                    f'{at} (image {image_id}): "file_name" is {len(file_name)} characters, more than the '
+                    f"{MAX_FILE_NAME_CHARS} allowed; use the image's path relative to the dataset"
                 )
             if image_id in seen:
                 raise DataError(f"{at}: image id {image_id} is used twice; give every image its own id")
@@ -365,7 +413,7 @@ class _CocoReader:
                 ):
                     raise DataError(
                         f"{at} (image {image_id} '{file_name}'): \"{key}\" must be a positive integer, "
-                        f"got {value!r}"
+                        f"got {_show(value)}"
                     )
                 size.append(value)
             entries.append(_ImageEntry(image_id, file_name, size[0], size[1]))
@@ -374,23 +422,38 @@ class _CocoReader:
     def _categories(self, raw: list[Any], where: str) -> dict[int, tuple[str, list[str]]]:
         categories: dict[int, tuple[str, list[str]]] = {}
         names: set[str] = set()
+        if len(raw) > MAX_CATEGORIES:
+            raise DataError(
+                f'{where}: "categories" has {len(raw)} entries, more than the {MAX_CATEGORIES} allowed; '
+                "merge rare classes or split the dataset"
+            )
         for index, item in enumerate(raw):
             at = f"{where}: categories[{index}]"
             if not isinstance(item, dict):
                 raise DataError(f'{at} must be an object with "id" and "name"')
             cid, cname = item.get("id"), item.get("name")
             if not isinstance(cid, int) or isinstance(cid, bool):
-                raise DataError(f'{at}: "id" must be an integer, got {cid!r}')
+                raise DataError(f'{at}: "id" must be an integer, got {_show(cid)}')
             if not isinstance(cname, str) or not cname:
-                raise DataError(f'{at} (category {cid}): "name" must be a non-empty string, got {cname!r}')
+                raise DataError(f'{at} (category {cid}): "name" must be a non-empty string, got {_show(cname)}')
+            if len(cname) > MAX_NAME_CHARS:
+                raise DataError(
+                    f'{at} (category {cid}): "name" is {len(cname)} characters, more than the {MAX_NAME_CHARS} '
+                    f"allowed ({_show(cname)}); use a short class name"
+                )
             if cid in categories:
                 raise DataError(f"{at}: category id {cid} is used twice; give every category its own id")
             if cname in names:
                 # Labels are category names, so two ids with one name would merge silently.
-                raise DataError(f"{at}: category name {cname!r} is used by two ids; make the names unique")
+                raise DataError(f"{at}: category name {_show(cname)} is used by two ids; make the names unique")
             keypoints = item.get("keypoints", [])
             if not isinstance(keypoints, list) or not all(isinstance(k, str) for k in keypoints):
-                raise DataError(f'{at} (category {cid} {cname!r}): "keypoints" must be a list of names')
+                raise DataError(f'{at} (category {cid} {_show(cname)}): "keypoints" must be a list of names')
+            if len(keypoints) > MAX_KEYPOINTS or any(len(k) > MAX_NAME_CHARS for k in keypoints):
+                raise DataError(
+                    f'{at} (category {cid} {_show(cname)}): "keypoints" may name at most {MAX_KEYPOINTS} '
+                    f"keypoints of at most {MAX_NAME_CHARS} characters each; shorten the list or the names"
+                )
             names.add(cname)
             categories[cid] = (cname, list(keypoints))
         return categories
@@ -398,16 +461,19 @@ class _CocoReader:
     def _annotations(self, raw: list[Any], parsed: _Parsed) -> None:
         where = parsed.where
         images = {entry.id: entry for entry in parsed.images}
-        known = ", ".join(str(c) for c in sorted(parsed.categories)) or "none"
+        ids = sorted(parsed.categories)
+        known = (", ".join(str(c) for c in ids[:20]) + (", …" if len(ids) > 20 else "")) or "none"
         crowd = 0
         for index, ann in enumerate(raw):
             if not isinstance(ann, dict):
                 raise DataError(f"{where}: annotations[{index}] must be an object, not {type(ann).__name__}")
             ann_id = ann.get("id", f"#{index}")
+            if not isinstance(ann_id, int | str) or isinstance(ann_id, bool) or len(str(ann_id)) > 40:
+                ann_id = f"#{index}"  # the id only names the annotation in messages
             at = f"{where}: annotation {ann_id}"
             image_id = ann.get("image_id")
             if not isinstance(image_id, int) or isinstance(image_id, bool):
-                raise DataError(f'{at}: "image_id" must be an integer, got {image_id!r}')
+                raise DataError(f'{at}: "image_id" must be an integer, got {_show(image_id)}')
             if image_id not in images:
                 self.warn(
                     f'{at} refers to image {image_id}, which is not in "images"; '
@@ -422,10 +488,10 @@ class _CocoReader:
             category_id = ann.get("category_id")
             if category_id is None:
                 raise DataError(f'{at} (image {image_id}) has neither "category_id" nor "caption"; add one')
-            if category_id not in parsed.categories:
+            if not isinstance(category_id, int) or isinstance(category_id, bool) or category_id not in parsed.categories:
                 raise DataError(
                     f"{at} (image {image_id} '{images[image_id].file_name}') refers to category "
-                    f'{category_id!r}, which is not in "categories" (known ids: {known}); '
+                    f'{_show(category_id)}, which is not in "categories" (known ids: {known}); '
                     "add the category or fix the annotation"
                 )
             if ann.get("iscrowd"):
@@ -444,7 +510,7 @@ class _CocoReader:
             for cid, value in part.categories.items():
                 if cid in merged and merged[cid][0] != value[0]:
                     raise DataError(
-                        f"{part.where}: category {cid} is {value[0]!r} here but {merged[cid][0]!r} in "
+                        f"{part.where}: category {cid} is {_show(value[0])} here but {_show(merged[cid][0])} in "
                         "another split file; use the same categories in every split"
                     )
                 merged.setdefault(cid, value)
@@ -455,7 +521,7 @@ class _CocoReader:
                 keypoint_names = kps
             elif kps and kps != keypoint_names and self.task == "keypoints":
                 raise DataError(
-                    f"{self.label}: category {cid} {name!r} has keypoints {kps} but another category has "
+                    f"{self.label}: category {cid} {_show(name)} has keypoints {_show(kps)} but another category has "
                     f"{keypoint_names}; DreamForge needs the same K named keypoints for every category"
                 )
         return [merged[cid][0] for cid in sorted(merged)], keypoint_names
@@ -477,12 +543,17 @@ class _CocoReader:
         tried: list[str] = []
         for folder in dict.fromkeys(folders):
             candidate = folder / name
-            if candidate.is_file():
-                return candidate, tried
+            try:
+                if candidate.is_file():
+                    return candidate, tried
+            except (OSError, ValueError):  # a NUL byte or a name too long for the file system
+                pass
             tried.append(self._rel(candidate))
         return None, tried
 
-    def _open_image(self, entry: _ImageEntry, part: _Parsed) -> tuple[Image.Image, Path] | None:
+    def _open_image(self, entry: _ImageEntry, part: _Parsed) -> tuple[Image.Image | None, Path, int, int] | None:
+        """(the decoded RGB image, or None when images are not kept; its path; width; height),
+        or None when the image is skipped with a warning."""
         at = f"{part.where}: image {entry.id} '{entry.file_name}'"
         path, tried = self._image_path(entry, part)
         if path is None:
@@ -500,7 +571,7 @@ class _CocoReader:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            self.warn(f"{at}: cannot read the file ({exc}); image skipped")
+            self.warn(f"{at}: cannot read the file ({os_reason(exc)}); image skipped")
             return None
         # Pillow warns (and raises past 2×) on decompression bombs; as errors here, so a
         # bomb is refused before its pixels are ever allocated.
@@ -518,7 +589,11 @@ class _CocoReader:
                         return None
                     probe.verify()
                 with Image.open(io.BytesIO(data)) as reopened:  # verify() leaves the image unusable
-                    image = reopened.convert("RGB")  # decodes: the one decode this image gets
+                    if self.keep_images:
+                        image = reopened.convert("RGB")  # decodes: the one decode this image gets
+                    else:  # decode to find truncated data as a load would, then let the pixels go
+                        reopened.load()
+                        image = None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             self.warn(
                 f"{at}: refused as a decompression bomb ({exc}); image skipped, not decoded — resize it"
@@ -534,7 +609,7 @@ class _CocoReader:
                 f"{at}: the JSON says {entry.width}×{entry.height} but the image is {width}×{height}; "
                 'using the real size — fix "width"/"height" in the JSON'
             )
-        return image, path
+        return image, path, width, height
 
     # ---- targets ---------------------------------------------------------------------
 
@@ -551,15 +626,13 @@ class _CocoReader:
             opened = self._open_image(entry, part)
             if opened is None:
                 continue
-            image, path = opened
-            target = empty_target(image.width, image.height)
+            image, path, width, height = opened
+            target = empty_target(width, height)
             if captions:
                 target["text"] = captions[0]
             for ann_id, ann in part.instances.get(entry.id, []):
                 at = f"{part.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}')"
-                instance = self._instance(
-                    ann, at, image.width, image.height, part.categories[ann["category_id"]][1]
-                )
+                instance = self._instance(ann, at, width, height, part.categories[ann["category_id"]][1])
                 if instance is None:
                     continue
                 box, mask, keypoints = instance
@@ -575,8 +648,8 @@ class _CocoReader:
                 Sample(
                     id=entry.id,
                     file_name=entry.file_name,
-                    width=image.width,
-                    height=image.height,
+                    width=width,
+                    height=height,
                     target=target,
                     image=image,
                     path=path,
@@ -590,7 +663,7 @@ class _CocoReader:
         value = ann[key]
         if not isinstance(value, list) or not all(_is_number(v) for v in value):
             raise DataError(
-                f'{at}: "{key}" must be a list of finite numbers, got {str(value)[:80]}; fix the annotation'
+                f'{at}: "{key}" must be a list of finite numbers, got {_show(value)}; fix the annotation'
             )
         if (length is not None and len(value) != length) or len(value) % multiple:
             expected = f"{length} numbers" if length is not None else f"a multiple of {multiple} numbers"

@@ -22,3 +22,9 @@ class DataError(ValueError):
         shelf.zip: annotations.json: annotation 17 refers to category 9, which is not in
         "categories" (known ids: 1, 2, 3); add the category or fix the annotation
     """
+
+
+def os_reason(exc: OSError) -> str:
+    """An OS error without its file name: the path may be the server's (a temporary folder),
+    which a user must not see, and the message already names the file in the user's terms."""
+    return exc.strerror or type(exc).__name__

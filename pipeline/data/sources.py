@@ -23,12 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.errors import DataError
+from pipeline.data.errors import DataError, os_reason
 
-# Limits for uploaded archives. Module constants (not arguments) so a deployment can tune
-# them in one place and tests can shrink them with monkeypatch.
+# Limits for uploaded archives. Module constants so a deployment can tune them in one place
+# and tests can shrink them with monkeypatch; the service passes a smaller byte cap sized to
+# its upload limit (``extract_zip(max_bytes=...)``).
 MAX_ZIP_MEMBERS = 100_000
 MAX_ZIP_BYTES = 4 * 1024**3  # total uncompressed bytes; the small-image datasets we train on are far below
+# Images barely compress and COCO JSON about 5-20x; a zip bomb is ~1000x. Below the floor the
+# ratio is not checked (a small, repetitive annotation file may compress very well).
+MAX_ZIP_RATIO = 100
+ZIP_RATIO_FLOOR = 64 << 20
 _CHUNK = 1 << 20
 
 SYNTHETIC_SCHEME = "synthetic"
@@ -57,6 +62,7 @@ class Source:
     annotation_file: Path | None = None  # set when the user pointed at one .json file
     synthetic: dict[str, Any] | None = None  # parameters of a synthetic:// URI
     is_zip: bool = False
+    extracted_to: Path | None = None  # the folder this call extracted the ZIP to (None: reused from the cache)
 
 
 def cache_dir() -> Path:
@@ -107,7 +113,8 @@ def resolve_source(source: str | os.PathLike[str]) -> Source:
             annotation_file=path,
         )
     if zipfile.is_zipfile(path):
-        return Source(label=text, name=path.stem, root=extract_zip(path, label=text), is_zip=True)
+        root, fresh = _extract_zip(path, label=text)
+        return Source(label=text, name=path.stem, root=root, is_zip=True, extracted_to=root if fresh else None)
     raise DataError(
         f"{text}: not a folder, a .zip archive or a COCO .json file; "
         "pass the dataset folder, a zip of it, or its annotation file"
@@ -193,27 +200,37 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def extract_zip(zip_path: Path, *, label: str | None = None, dest_root: Path | None = None) -> Path:
+def extract_zip(
+    zip_path: Path, *, label: str | None = None, dest_root: Path | None = None, max_bytes: int | None = None
+) -> Path:
     """Safely extract ``zip_path`` into the cache and return the folder.
 
     The folder is keyed by the archive's SHA-256, so loading the same ZIP twice reuses it and
     ``Sample.path`` stays valid after loading. Raises :class:`DataError` naming the archive
-    and the member for zip-slip paths, symlinks, too many members, or too many bytes.
+    and the member for zip-slip paths, symlinks, too many members, too many bytes
+    (``max_bytes``, default ``MAX_ZIP_BYTES``) or a compression ratio over ``MAX_ZIP_RATIO``.
     """
+    return _extract_zip(zip_path, label=label, dest_root=dest_root, max_bytes=max_bytes)[0]
+
+
+def _extract_zip(
+    zip_path: Path, *, label: str | None = None, dest_root: Path | None = None, max_bytes: int | None = None
+) -> tuple[Path, bool]:
+    """``extract_zip``, and whether this call extracted it (False: reused from the cache)."""
     label = label or str(zip_path)
     try:
         digest = _sha256(zip_path)
     except OSError as exc:
-        raise DataError(f"{label}: cannot read the archive ({exc}); check the file") from exc
+        raise DataError(f"{label}: cannot read the archive ({os_reason(exc)}); check the file") from exc
     parent = dest_root or cache_dir() / "zips"
     dest = parent / f"{zip_path.stem}-{digest[:16]}"
     if (dest / _COMPLETE_MARKER).exists():
-        return dest
+        return dest, False
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(
-            f"{label}: cannot create the extraction folder {parent} ({exc}); "
+            f"{label}: cannot create the extraction folder {parent} ({os_reason(exc)}); "
             "set DREAMFORGE_CACHE to a writable folder"
         ) from exc
 
@@ -221,7 +238,7 @@ def extract_zip(zip_path: Path, *, label: str | None = None, dest_root: Path | N
     # so a crash or a rejected archive never leaves a half-extracted dataset in the cache.
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=parent))
     try:
-        _extract_into(zip_path, tmp, label)
+        _extract_into(zip_path, tmp, label, MAX_ZIP_BYTES if max_bytes is None else max_bytes)
         (tmp / _COMPLETE_MARKER).write_text(digest)
         try:
             os.rename(tmp, dest)
@@ -233,10 +250,22 @@ def extract_zip(zip_path: Path, *, label: str | None = None, dest_root: Path | N
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return dest, True
 
 
-def _extract_into(zip_path: Path, dest: Path, label: str) -> None:
+def remove_extracted(source: Source) -> None:
+    """Delete the folder a failed load extracted, so a rejected archive leaves no files in
+    the cache (one upload left 99k). A folder reused from the cache is left alone: another
+    load may be reading it."""
+    if source.extracted_to is not None:
+        shutil.rmtree(source.extracted_to, ignore_errors=True)
+
+
+def _bomb(label: str, what: str) -> DataError:
+    return DataError(f"{label}: {what}; this looks like a zip bomb — upload a smaller dataset")
+
+
+def _extract_into(zip_path: Path, dest: Path, label: str, max_bytes: int) -> None:
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -256,15 +285,20 @@ def _extract_into(zip_path: Path, dest: Path, label: str) -> None:
                     f"{label}: member {info.filename!r} {problem}; rebuild the archive with "
                     "plain relative paths (e.g. `cd dataset && zip -r ../dataset.zip .`)"
                 )
+        # The archive's directory is checked before anything is written ...
         declared = _declared_size(infos)
-        if declared > MAX_ZIP_BYTES:
+        # (compressed sizes can lie too, but not past the archive's own size)
+        packed = max(min(sum(info.compress_size for info in infos), zip_path.stat().st_size), 1)
+        if declared > max_bytes:
             biggest = max(infos, key=lambda i: i.file_size)
-            raise DataError(
-                f"{label}: the archive would expand to {declared} bytes, more than the "
-                f"{MAX_ZIP_BYTES} allowed (largest member {biggest.filename!r}: "
-                f"{biggest.file_size} bytes); this looks like a zip bomb — upload a smaller dataset"
-            )
-        # Declared sizes can lie, so count the bytes actually written as well.
+            raise _bomb(label, f"the archive would expand to {declared} bytes, more than the {max_bytes} "
+                               f"allowed (largest member {biggest.filename!r}: {biggest.file_size} bytes)")  # fmt: skip
+        if declared > ZIP_RATIO_FLOOR and declared > MAX_ZIP_RATIO * packed:
+            worst = max(infos, key=lambda i: i.file_size / max(i.compress_size, 1))
+            raise _bomb(label, f"the archive would expand {declared // packed}-fold ({packed} bytes to {declared}), "
+                               f"more than the {MAX_ZIP_RATIO}-fold allowed (member {worst.filename!r}: "
+                               f"{worst.compress_size} bytes to {worst.file_size})")  # fmt: skip
+        # ... and, since declared sizes can lie, the bytes actually written as well.
         written = 0
         base = dest.resolve()
         for info in infos:
@@ -279,16 +313,20 @@ def _extract_into(zip_path: Path, dest: Path, label: str) -> None:
                 with archive.open(info) as src, open(target, "wb") as out:
                     while chunk := src.read(_CHUNK):
                         written += len(chunk)
-                        if written > MAX_ZIP_BYTES:
-                            raise DataError(
-                                f"{label}: member {info.filename!r} expands past the "
-                                f"{MAX_ZIP_BYTES}-byte limit for the whole archive; this looks "
-                                "like a zip bomb — upload a smaller dataset"
-                            )
+                        if written > max_bytes:
+                            raise _bomb(label, f"member {info.filename!r} expands past the {max_bytes}-byte "
+                                               "limit for the whole archive")  # fmt: skip
+                        if written > ZIP_RATIO_FLOOR and written > MAX_ZIP_RATIO * packed:
+                            raise _bomb(label, f"member {info.filename!r} expands past {MAX_ZIP_RATIO} times "
+                                               f"the archive's {packed} compressed bytes")  # fmt: skip
                         out.write(chunk)
             except DataError:
                 raise
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as exc:
+            except OSError as exc:  # its message would name the server's extraction path
+                raise DataError(
+                    f"{label}: member {info.filename!r} cannot be extracted ({os_reason(exc)}); re-create the archive"
+                ) from exc
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
                 raise DataError(
                     f"{label}: member {info.filename!r} cannot be extracted ({exc}); re-create the archive"
                 ) from exc

@@ -9,6 +9,8 @@ same protocol, so the trainer and the evaluator never care which kind they hold.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -133,6 +135,9 @@ class TrlReward:
             scores = self.reward.score(outs, gts)
         if len(scores) != len(outs):
             raise RewardError(name, None, f"returned {len(scores)} scores for {len(outs)} outputs")
+        for i, s in enumerate(scores):  # a NaN would train on silently (RL loss 0, no signal)
+            if not isinstance(s, numbers.Real) or isinstance(s, bool) or not math.isfinite(s):
+                raise RewardError(name, i, f"returned {str(s)[:40]!r}, not a finite number")
         return [
             float(s) + (self.parsed_bonus if ok else 0.0)
             for s, ok in zip(scores, parsed, strict=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import select
@@ -51,10 +52,27 @@ class JsLimits:
     batch_timeout_s: float = 10.0
     sample_timeout_ms: float = 1000.0
     load_timeout_s: float = 5.0
-    heap_mb: int = 256  # V8 heap of the isolate
-    process_mb: int = 2048  # RLIMIT_DATA of the worker process (strings and buffers live outside the heap)
+    # The reward's memory (rl.reward_memory_mb): V8's heap limit, and with slack_mb the whole
+    # worker's RLIMIT_DATA over its measured fixed part, so buffers and strings outside the
+    # heap count too (js_worker.MemoryCap).
+    heap_mb: int = 256
+    slack_mb: int = 64  # what the harness itself may use beyond the heap (batch copies, the answer)
     cpu_s: int = 3600  # RLIMIT_CPU over the worker's life; it is restarted when it runs out
     max_sample_bytes: int = 256 * 1024  # JSON size of one (out, gt) pair: a runaway output is refused
+
+    def max_result_bytes(self, n: int) -> int:
+        """The answer of a batch of ``n``: a number and at most one trimmed error per sample
+        (the prelude cuts messages to 500 and stacks to 1000 characters; JSON escapes can
+        make each character six bytes)."""
+        return 64 * 1024 + n * 12 * 1024
+
+
+# How much later than its stated limit a stuck worker is killed: the worker's own V8 timeout
+# answers within ~0.7 s of the limit (its lingering-work check and sample lookup); past this,
+# the parent stops waiting (an endless async loop can keep V8's termination from landing).
+KILL_GRACE_S = 1.0
+START_TIMEOUT_S = 60.0  # starting Python and V8 in the worker, before any user code runs
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def sample_target(task: str = "detect", width: int = 64, height: int = 64) -> dict[str, Any]:
@@ -111,7 +129,7 @@ class JsReward:
         lim = self.limits
         env = {  # nothing of the trainer's environment (tokens, database URIs) reaches user code
             "PATH": "/usr/bin:/bin", "DF_REWARD_HEAP": str(lim.heap_mb << 20),
-            "DF_REWARD_DATA": str(lim.process_mb << 20), "DF_REWARD_CPU_S": str(lim.cpu_s),
+            "DF_REWARD_SLACK": str(lim.slack_mb << 20), "DF_REWARD_CPU_S": str(lim.cpu_s),
         }  # fmt: skip
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
@@ -125,7 +143,9 @@ class JsReward:
                 pass
         try:
             head, _ = self._request({"op": "load", "source": self.source, "seed": self.seed,
-                                     "timeout_s": lim.load_timeout_s}, None, lim.load_timeout_s + 10)  # fmt: skip
+                                     "timeout_s": lim.load_timeout_s}, None, START_TIMEOUT_S)  # fmt: skip
+            if head.get("state") == "started":  # V8 is up; the stated load limit runs from here
+                head = self._answer(lim.load_timeout_s + KILL_GRACE_S)
         except _WorkerDied as d:
             raise self._error_from({"kind": d.kind, "message": d.message}, LOADING, loading=True) from None
         if not head.get("ok"):
@@ -162,7 +182,8 @@ class JsReward:
         # Picklable like every reward: the worker is per process and restarts on first use.
         return {**self.__dict__, "_proc": None, "_stderr": None}
 
-    def _request(self, header: dict, payload: bytes | None, wait_s: float) -> tuple[dict, bytes | None]:
+    def _request(self, header: dict, payload: bytes | None, wait_s: float,
+                 max_body: int = 0) -> tuple[dict, bytes | None]:  # fmt: skip
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         data = json.dumps(header).encode()
@@ -175,12 +196,18 @@ class JsReward:
         except (BrokenPipeError, OSError):
             raise self._died() from None
         deadline = time.monotonic() + wait_s
-        head = json.loads(self._read_frame(deadline))
-        body = self._read_frame(deadline) if head.get("ok") and header["op"] == "score" else None
+        head = json.loads(self._read_frame(deadline, MAX_HEADER_BYTES))
+        body = self._read_frame(deadline, max_body) if head.get("ok") and header["op"] == "score" else None
         return head, body
 
-    def _read_frame(self, deadline: float) -> bytes:
+    def _answer(self, wait_s: float) -> dict:
+        return json.loads(self._read_frame(time.monotonic() + wait_s, MAX_HEADER_BYTES))
+
+    def _read_frame(self, deadline: float, limit: int) -> bytes:
         size = int.from_bytes(self._read_exact(4, deadline), "big")
+        if size > limit:  # the worker caps what it sends; a bigger frame is never read into memory
+            self.close()
+            raise _WorkerDied("output", f"sent {size} bytes, over the {limit}-byte limit")
         return self._read_exact(size, deadline)
 
     def _read_exact(self, n: int, deadline: float) -> bytes:
@@ -247,22 +274,25 @@ class JsReward:
                 self._ensure()
                 if payload is None:  # a retry on a subset, or the batch after the size check
                     payload = _encode([outs[i] for i in pending], [gts[i] for i in pending])
+                cap = self.limits.max_result_bytes(len(pending))
                 head, body = self._request(
-                    {"op": "score", "sample_ms": self.limits.sample_timeout_ms, "timeout_s": self.limits.batch_timeout_s},
-                    payload, self.limits.batch_timeout_s + 5,
+                    {"op": "score", "sample_ms": self.limits.sample_timeout_ms, "timeout_s": self.limits.batch_timeout_s,
+                     "max_result": cap}, payload, self.limits.batch_timeout_s + KILL_GRACE_S, cap,
                 )  # fmt: skip
             except (TypeError, ValueError) as e:  # a value JSON cannot carry
                 raise RewardError(self.name, None, f"a sample cannot be passed to JavaScript: {e}") from None
             except _WorkerDied as d:
                 head, body = {"ok": False, "kind": d.kind, "message": d.message, "index": d.index, "fatal": True}, None
             if head.get("ok"):
-                result = json.loads(body or b"{}")
-                for k, s in enumerate(result["scores"]):
+                got, got_errors = self._checked(body, len(pending))
+                for k, s in enumerate(got):
                     scores[pending[k]] = s
-                for err in result["errors"]:
-                    k = err.get("index")
+                for k, err in got_errors:
                     idx = pending[k] if k is not None else None
                     errors[idx] = self._error_from(err, idx)
+                for k, s in enumerate(got):  # a null score always comes with its error; make sure
+                    if s is None and pending[k] not in errors and None not in errors:
+                        errors[pending[k]] = RewardError(self.name, pending[k], "returned no score")
                 if None in errors:  # rewardBatch failed as a whole
                     for i in pending:
                         errors.setdefault(i, errors[None])
@@ -286,11 +316,52 @@ class JsReward:
             first = errors[min(errors)]
             if self.on_error == "fail":
                 raise first
+            if len(errors) == len(outs):  # scoring them all 0 would train on no signal at all
+                raise RewardError(self.name, first.index, f"every sample of the batch failed ({len(outs)} of "
+                                  f"{len(outs)}), so it carries no training signal; the first: {first.message}",
+                                  first.line, first.column)  # fmt: skip
             self.errors += len(errors)
             if self.on_sample_error:
                 for e in errors.values():
                     self.on_sample_error(e)
         return [float(s) if s is not None else 0.0 for s in scores]
+
+    def _checked(self, body: bytes | None, n: int) -> tuple[list[float | None], list[tuple[int | None, dict]]]:
+        """The harness's answer, checked: ``n`` scores, each a finite number or null, and
+        errors naming a sample of the batch. The prelude writes it from primitives that user
+        code cannot hook; anything else here means the sandbox was subverted, and is the
+        reward's error, never a crash of the trainer or a NaN in training."""
+
+        def bad(why: str) -> RewardError:
+            return RewardError(self.name, None, f"the sandbox returned a malformed result ({why}); "
+                                                "rewards must return one finite number per sample")  # fmt: skip
+
+        try:
+            result = orjson.loads(body or b"")  # strict JSON: no NaN or Infinity tokens
+        except orjson.JSONDecodeError:
+            raise bad("not JSON") from None
+        if not isinstance(result, dict) or not isinstance(result.get("scores"), list):
+            raise bad("no list of scores")
+        raw, raw_errors = result["scores"], result.get("errors", [])
+        if len(raw) != n:
+            raise bad(f"{len(raw)} scores for {n} samples")
+        scores: list[float | None] = []
+        for k, s in enumerate(raw):
+            if s is None:
+                scores.append(None)
+            elif isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s):
+                scores.append(float(s))
+            else:
+                raise bad(f"score {k} is {type(s).__name__} {str(s)[:40]!r}, not a finite number")
+        if not isinstance(raw_errors, list):
+            raise bad("errors is not a list")
+        errors: list[tuple[int | None, dict]] = []
+        for err in raw_errors:
+            k = err.get("index") if isinstance(err, dict) else "?"
+            if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < n):
+                raise bad(f"an error names sample {str(k)[:20]} of {n}")
+            errors.append((k, err))
+        return scores, errors
 
     def _error_from(self, err: dict, index: int | None, loading: bool = False) -> RewardError:
         kind, raw = err.get("kind", "js"), str(err.get("message", ""))
@@ -311,7 +382,7 @@ class JsReward:
             message = (f"ran past the {self.limits.load_timeout_s:g} s limit while loading (an endless loop at top level?)"
                        if loading else f"ran past the {self.limits.batch_timeout_s:g} s batch limit (an endless loop?)")  # fmt: skip
         elif kind in ("memory", "crash"):
-            message = f"{message} (limits: {self.limits.heap_mb} MiB heap, {self.limits.process_mb} MiB process)"
+            message = f"{message} (memory limit: {self.limits.heap_mb} MiB, heap and buffers together)"
         where = f" at line {line}" + (f", column {column}" if column else "") if line else ""
         return RewardError(self.name, index, f"{message}{where}", line, column)
 

@@ -13,6 +13,10 @@
   const isFinite_ = Number.isFinite;
   const now = Date.now;
   const isArray = Array.isArray;
+  const ArrayOf = Array, F64 = Float64Array, U8 = Uint8Array, toStr = String;
+  // A bound call keeps the original method even if String.prototype.slice is replaced later.
+  const sliceOf = Function.prototype.call.bind(String.prototype.slice);
+  const MESSAGE_CHARS = 500, STACK_CHARS = 1000; // what an error may carry out (js.py caps the result)
   const mathExp = Math.exp, mathMax = Math.max, mathMin = Math.min, mathAbs = Math.abs;
   const mathFloor = Math.floor, mathCeil = Math.ceil, mathTrunc = Math.trunc, mathHypot = Math.hypot;
 
@@ -255,27 +259,60 @@
   function describe(r) {
     if (r === undefined) return "undefined (did the function forget to `return`?)";
     if (r === null) return "null";
-    if (typeof r === "number") return String(r);
+    if (typeof r === "number") return "" + r;
     if (typeof r === "string") return "a string";
     if (isArray(r)) return "an array";
-    if (r && typeof r.then === "function") return "a Promise (rewards must be synchronous: drop async/await)";
+    let thenable = false;
+    try { thenable = !!r && typeof r.then === "function"; } catch (e) { /* a throwing getter: not a Promise */ }
+    if (thenable) return "a Promise (rewards must be synchronous: drop async/await)";
     return "a value of type " + typeof r;
   }
 
-  function errorOf(e, index) {
-    const err = { index: index, message: "" };
-    if (e && typeof e === "object") {
-      err.message = (e.name ? e.name + ": " : "") + String(e.message);
-      err.stack = String(e.stack || "");
-    } else {
-      err.message = "threw " + String(e);
+  // A user string as it leaves the sandbox: a primitive, cut short. String() on an object
+  // runs user code (toString), which may throw: that is described rather than propagated.
+  function text(v, limit) {
+    let t;
+    try { t = typeof v === "string" ? v : toStr(v); } catch (e) { t = "(a value that cannot be shown)"; }
+    if (typeof t !== "string") t = "(a value that cannot be shown)";
+    return t.length > limit ? sliceOf(t, 0, limit) + "…" : t;
+  }
+
+  function errorOf(e) {
+    if (e !== null && (typeof e === "object" || typeof e === "function")) {
+      let name = "", message = "", stack = "";
+      try { name = e.name ? text(e.name, 100) + ": " : ""; } catch (x) { /* a throwing getter */ }
+      try { message = text(e.message, MESSAGE_CHARS); } catch (x) { message = "(a message that cannot be read)"; }
+      try { stack = text(e.stack || "", STACK_CHARS); } catch (x) { /* no stack */ }
+      return { message: name + message, stack: stack };
     }
-    return err;
+    return { message: "threw " + text(e, MESSAGE_CHARS), stack: "" };
   }
 
   // The harness: one call scores a whole batch. pairs = [[out, gt], ...]. Returns a JSON
   // string {scores: [number | null], errors: [{index, message, stack}]}; a failing sample
   // gets null and an error, the others are still scored.
+  // User code may have replaced any prototype method by now (Object.prototype.toJSON, an
+  // Array.prototype index setter, a Proxy for rewardBatch's array), so the answer is built
+  // from primitives only: each score is read once, checked, and kept in a typed array (no
+  // prototype hooks), then written out by string concatenation, which calls no user code.
+  // JSON.stringify sees only primitive strings, for which it consults no toJSON.
+  function newAnswer(n) {
+    return { n: n, vals: new F64(n), ok: new U8(n), errors: "" }; // own data properties: no setters run
+  }
+  function put(a, i, v) {
+    if (typeof v === "number" && isFinite_(v)) { a.vals[i] = v; a.ok[i] = 1; return true; }
+    return false;
+  }
+  function fail(a, index, message, stack) {
+    a.errors += (a.errors ? "," : "") + '{"index":' + (index === null ? "null" : "" + index) +
+      ',"message":' + stringify(text(message, MESSAGE_CHARS + 200)) + ',"stack":' + stringify(text(stack || "", STACK_CHARS)) + "}";
+  }
+  function answer(a) {
+    let out = '{"scores":[';
+    for (let i = 0; i < a.n; i++) out += (i ? "," : "") + (a.ok[i] ? "" + a.vals[i] : "null");
+    return out + '],"errors":[' + a.errors + "]}";
+  }
+
   // A target from Python may lack fields (only what it has is sent); users see all of them.
   function full(t) {
     if (t === null || typeof t !== "object") return t;
@@ -289,36 +326,36 @@
     return t;
   }
 
-  function run(pairs, sampleMs, callId) {
+  function run(pairs, n, sampleMs, callId) {
     g.__df_call = callId;
     g.__df_i = -1;
-    const scores = new Array(pairs.length).fill(null);
-    const errors = [];
+    const a = newAnswer(n);
     const batchFn = g.rewardBatch, fn = g.reward;
     if (typeof batchFn === "function") {
       let rs;
-      try { rs = batchFn(pairs); } catch (e) { errors.push(errorOf(e, null)); return stringify({ scores, errors }); }
-      if (!isArray(rs) || rs.length !== pairs.length) {
-        errors.push({ index: null, message: "rewardBatch returned " + (isArray(rs) ? rs.length + " scores for " + pairs.length + " pairs" : describe(rs)) + "; return one number per pair" });
-        return stringify({ scores, errors });
+      try { rs = batchFn(pairs); } catch (e) { const err = errorOf(e); fail(a, null, err.message, err.stack); return answer(a); }
+      let len = isArray(rs) ? rs.length : -1; // read once, like each score below
+      if (typeof len !== "number") len = -1;
+      if (len !== n) {
+        fail(a, null, "rewardBatch returned " + (len >= 0 ? len + " scores for " + n + " pairs" : describe(rs)) + "; return one number per pair");
+        return answer(a);
       }
-      for (let i = 0; i < rs.length; i++) {
-        if (typeof rs[i] === "number" && isFinite_(rs[i])) scores[i] = rs[i];
-        else errors.push({ index: i, message: "rewardBatch returned " + describe(rs[i]) + " for this pair, not a finite number" });
+      for (let i = 0; i < n; i++) {
+        const v = rs[i]; // read once: a Proxy could answer differently the second time
+        if (!put(a, i, v)) fail(a, i, "rewardBatch returned " + describe(v) + " for this pair, not a finite number");
       }
-      return stringify({ scores, errors });
+      return answer(a);
     }
-    for (let i = 0; i < pairs.length; i++) {
+    for (let i = 0; i < n; i++) {
       g.__df_i = i;
       const t0 = now();
       let r;
-      try { r = fn(pairs[i][0], pairs[i][1]); } catch (e) { errors.push(errorOf(e, i)); continue; }
+      try { r = fn(pairs[i][0], pairs[i][1]); } catch (e) { const err = errorOf(e); fail(a, i, err.message, err.stack); continue; }
       const took = now() - t0;
-      if (took > sampleMs) { errors.push({ index: i, message: "took " + took + " ms, over the " + sampleMs + " ms per-sample limit" }); continue; }
-      if (typeof r === "number" && isFinite_(r)) scores[i] = r;
-      else errors.push({ index: i, message: "returned " + describe(r) + ", not a finite number" });
+      if (took > sampleMs) { fail(a, i, "took " + took + " ms, over the " + sampleMs + " ms per-sample limit"); continue; }
+      if (!put(a, i, r)) fail(a, i, "returned " + describe(r) + ", not a finite number");
     }
-    return stringify({ scores, errors });
+    return answer(a);
   }
 
   function check() {
@@ -332,7 +369,7 @@
   function clone(v) {
     if (v === null || typeof v !== "object") return v;
     if (isArray(v)) {
-      const n = v.length, a = new Array(n);
+      const n = v.length, a = new ArrayOf(n);
       for (let i = 0; i < n; i++) a[i] = clone(v[i]);
       return a;
     }
@@ -344,15 +381,15 @@
   // The batch arrives as one JSON string {o: [out...], g: [distinct gt...], gi: [gt index per
   // pair]}: V8's JSON.parse reads it about three times faster than compiling the same data as a
   // script literal (measured: 8.7 vs 24.5 ms for 512 pairs).
-  function runJson(text, sampleMs, callId) {
-    const d = parse(text), outs = d.o, gts = d.g, gi = d.gi, used = new Uint8Array(gts.length);
-    const pairs = new Array(outs.length);
-    for (let i = 0; i < outs.length; i++) {
+  function runJson(json, sampleMs, callId) {
+    const d = parse(json), outs = d.o, gts = d.g, gi = d.gi, used = new U8(gts.length), n = outs.length;
+    const pairs = new ArrayOf(n);
+    for (let i = 0; i < n; i++) {
       const j = gi[i];
       pairs[i] = [full(outs[i]), full(used[j] ? clone(gts[j]) : gts[j])];
       used[j] = 1;
     }
-    return run(pairs, sampleMs, callId);
+    return run(pairs, n, sampleMs, callId);
   }
 
   const lib = { iou, centerDistance, hungarian, matchBoxes, softIoU, f1, maskIoU, oks };

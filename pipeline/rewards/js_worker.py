@@ -42,12 +42,44 @@ def write_frame(fh, data: bytes) -> None:
 def apply_limits(data_bytes: int, cpu_s: int) -> None:
     """OS limits on this process. RLIMIT_DATA, not RLIMIT_AS: V8 reserves its pointer cage as
     address space up front, and even a 4 GiB RLIMIT_AS makes V8 abort at start-up (measured);
-    RLIMIT_DATA counts only memory actually made writable. RLIMIT_CPU is a backstop for the
-    whole life of the worker; per-call limits are V8 timeouts plus the parent's watchdog."""
+    RLIMIT_DATA counts only memory actually made writable. ``data_bytes`` only bounds start-up:
+    once V8 is up, :class:`MemoryCap` lowers it to what the reward may use. RLIMIT_CPU is a
+    backstop for the whole life of the worker; per-call limits are V8 timeouts plus the
+    parent's watchdog."""
     resource.setrlimit(resource.RLIMIT_DATA, (data_bytes, data_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+
+def data_bytes_now() -> int:
+    """This process's RLIMIT_DATA-counted memory (VmData: writable private mappings)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmData:"):
+            return int(line.split()[1]) << 10
+    raise RuntimeError("no VmData in /proc/self/status")
+
+
+class MemoryCap:
+    """The reward's memory limit as an OS limit on the whole process, not only V8's heap:
+    ArrayBuffers and big strings live outside the heap, where V8's limit does not see them
+    (a 1 GiB ArrayBuffer passed a 256 MiB heap limit). The fixed part (the interpreter, V8's
+    code range reserved writable up front: 560 MiB, measured with mini-racer 0.14.1) is
+    measured once V8 and the prelude are up; the limit is that plus the heap limit, a small
+    slack for the harness, and room for the batch being scored (its bytes, string and JSON
+    copies)."""
+
+    def __init__(self, heap_bytes: int, slack_bytes: int) -> None:
+        self.base = data_bytes_now()
+        self.heap_bytes, self.slack_bytes = heap_bytes, slack_bytes
+        self.hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+        self.set(0)
+
+    def set(self, batch_bytes: int) -> None:
+        soft = self.base + self.heap_bytes + self.slack_bytes + 4 * batch_bytes
+        if self.hard != resource.RLIM_INFINITY:
+            soft = min(soft, self.hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, self.hard))
 
 
 class Lingering(Exception):
@@ -60,7 +92,7 @@ class Sandbox:
     instead of three (measured: an empty eval 0.20 ms against 0.34 ms, a three-argument
     function call 0.36 against 0.51 ms)."""
 
-    def __init__(self, heap_bytes: int) -> None:
+    def __init__(self, heap_bytes: int, slack_bytes: int) -> None:
         from py_mini_racer import MiniRacer
 
         self.ctx = MiniRacer()
@@ -70,6 +102,7 @@ class Sandbox:
         prelude = Path(__file__).with_name("js_prelude.js").read_text()
         self.ctx.eval(prelude)  # our own code: no time limit needed
         self.globals = self.ctx.eval("globalThis")
+        self.memory = MemoryCap(heap_bytes, slack_bytes)
 
     async def _eval(self, code: str, timeout_s: float):
         import asyncio
@@ -91,6 +124,7 @@ class Sandbox:
         from py_mini_racer import JSTimeoutException
 
         self.calls += 1
+        self.memory.set(len(payload))
         # The batch goes in as a V8 string as is: as a script literal it would first be escaped
         # and compiled (8.6 vs 5.8 ms for 512 pairs, measured).
         self.globals["__df_in"] = payload.decode()
@@ -112,11 +146,16 @@ class Sandbox:
         return int(i) if isinstance(i, int | float) and i >= 0 else None
 
 
+MAX_MESSAGE_CHARS = 4000  # a V8 error message carries user text (a thrown 200 MB string)
+
+
 def _error(kind: str, message: str, **extra) -> bytes:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "…"
     return json.dumps({"ok": False, "kind": kind, "message": message, **extra}).encode()
 
 
-async def serve(inp, out, heap_bytes: int) -> None:
+async def serve(inp, out, heap_bytes: int, slack_bytes: int) -> None:
     """The request loop. Reading stdin blocks the asyncio loop, which is fine: nothing runs on
     it between requests."""
     from py_mini_racer import JSEvalException, JSOOMException, JSParseException, JSTimeoutException
@@ -130,15 +169,22 @@ async def serve(inp, out, heap_bytes: int) -> None:
         op = msg["op"]
         try:
             if op == "load":
-                sandbox = Sandbox(heap_bytes)
+                sandbox = Sandbox(heap_bytes, slack_bytes)
+                # V8 is up: the load's time limit starts now, on the parent's clock too.
+                write_frame(out, b'{"ok": true, "state": "started"}')
+                out.flush()
                 state = await sandbox.load(msg["source"], msg.get("seed", 0), msg["timeout_s"])
                 write_frame(out, json.dumps({"ok": True, "state": state}).encode())
             elif op == "score":
                 payload = read_frame(inp) or b"[]"
                 assert sandbox is not None, "score before load"
-                result = await sandbox.score(payload, msg["sample_ms"], msg["timeout_s"])
-                write_frame(out, b'{"ok": true}')
-                write_frame(out, result.encode())
+                result = (await sandbox.score(payload, msg["sample_ms"], msg["timeout_s"])).encode()
+                if len(result) > msg["max_result"]:  # the harness trims messages: only tampering gets here
+                    write_frame(out, _error("output", f"returned {len(result)} bytes of results, over the "
+                                                      f"{msg['max_result']}-byte limit", fatal=True))  # fmt: skip
+                else:
+                    write_frame(out, b'{"ok": true}')
+                    write_frame(out, result)
             else:
                 write_frame(out, _error("protocol", f"unknown op {op!r}"))
         except Lingering:
@@ -167,6 +213,7 @@ async def serve(inp, out, heap_bytes: int) -> None:
 
 def main() -> None:
     heap = int(os.environ.get("DF_REWARD_HEAP", 256 << 20))
+    slack = int(os.environ.get("DF_REWARD_SLACK", 64 << 20))
     apply_limits(int(os.environ.get("DF_REWARD_DATA", 2 << 30)), int(os.environ.get("DF_REWARD_CPU_S", 3600)))
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     # Nothing else may write to the protocol stream.
@@ -174,7 +221,7 @@ def main() -> None:
     try:
         import asyncio
 
-        asyncio.run(serve(inp, out, heap))
+        asyncio.run(serve(inp, out, heap, slack))
     finally:
         out.flush()
         # V8's teardown can hang at interpreter exit (seen with mini-racer 0.14.1): skip it.
