@@ -421,10 +421,10 @@ def load_js_reward(path_or_source: str | os.PathLike[str], *, name: str | None =
     if spec.startswith("example:"):
         from pipeline.config import EXAMPLE_REWARDS
 
-        name = spec.removeprefix("example:")
-        if name not in EXAMPLE_REWARDS:  # by name from the fixed list: never a path out of the folder
+        example = spec.removeprefix("example:")
+        if example not in EXAMPLE_REWARDS:  # by name from the fixed list: never a path out of the folder
             raise RewardError(spec, None, f"no such example; the examples are {', '.join(EXAMPLE_REWARDS)}")
-        path = EXAMPLES / (name + ".js")
+        path = EXAMPLES / (example + ".js")
     else:
         path = Path(spec)
     try:
