@@ -90,7 +90,11 @@ class RLConfig(StageConfig):
     )
     reward_timeout_s: float = Field(10.0, gt=0, le=600, description="Time limit of one batch of JavaScript reward calls.")
     reward_sample_timeout_ms: float = Field(1000.0, gt=0, le=600_000, description="Time limit of one JavaScript reward call.")
-    reward_memory_mb: int = Field(256, ge=16, le=4096, description="Memory limit of the JavaScript reward: its V8 heap plus buffers and strings; the sandbox adds 64 MiB for its harness.")
+    reward_memory_mb: int = Field(
+        256, ge=16, le=4096,
+        description="Memory limit of the JavaScript reward: its V8 heap plus buffers and strings; "
+        "the sandbox adds 64 MiB for its harness.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _group_divides_batch(self) -> RLConfig:
