@@ -3,8 +3,8 @@ user's COCO set: they load, round-trip through the codec at their own size, and 
 learning verdict makes on labels find what a real set really holds."""
 
 import pytest
-
 import realsets
+
 from pipeline.codec import Codec
 from pipeline.data.coco import load_dataset
 from pipeline.metrics import evaluate
