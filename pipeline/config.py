@@ -73,6 +73,23 @@ class StageConfig(_Strict):
         return v
 
 
+class SupervisedConfig(StageConfig):
+    """A supervised stage (warm-start, domain): also checks its own validation split as it trains,
+    keeps the best weights it saw, and stops when validation stops improving."""
+
+    val_checks: int = Field(
+        10, ge=0, le=1000,
+        description="Validation checks over the stage (at most one every 20 steps); 0 turns them off. Each check "
+        "decodes val_samples images and reports val_<primary metric> and val_parse_rate as metrics.",
+    )  # fmt: skip
+    val_samples: int = Field(32, ge=1, le=10_000, description="Validation images decoded per check.")
+    patience: int = Field(
+        3, ge=1, le=1000,
+        description="Stop early after this many checks in a row without a better validation score; the best "
+        "weights seen are the stage's result.",
+    )  # fmt: skip
+
+
 class RLConfig(StageConfig):
     """The reward stage: TRL GRPO against the job's reward."""
 
@@ -200,8 +217,12 @@ class CurriculumConfig(_Strict):
     num_bins: int = Field(32, ge=4, le=4096, description="Location-token bins per axis.")
     image_size: int = Field(64, ge=16, le=4096, description="Side of the square image the built-in model sees.")
     data: DataConfig = Field(default_factory=DataConfig)
-    warm_start: StageConfig = Field(default_factory=lambda: StageConfig(lr=2e-3, max_steps=900))
-    domain: StageConfig = Field(default_factory=lambda: StageConfig(lr=5e-4, epochs=4))
+    # No early stopping for the warm start by default: the generic set's validation plateau says
+    # nothing about transfer (a warm start cut from 780 to 660 steps cost stage 2 0.137 IoU, measured).
+    warm_start: SupervisedConfig = Field(default_factory=lambda: SupervisedConfig(lr=2e-3, max_steps=900, val_checks=0))
+    # Epochs are a ceiling: early stopping on validation or the time budget ends the stage first,
+    # so a few dozen images get hundreds of steps and thousands of images stop at the budget.
+    domain: SupervisedConfig = Field(default_factory=lambda: SupervisedConfig(lr=5e-4, epochs=100, max_seconds=300))
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

@@ -285,3 +285,20 @@ def test_domain_stage_trains_at_least_min_steps_on_a_few_images(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["stages"]["domain"]["examples"] == 12 and m["stages"]["domain"]["steps"] == 5
+
+
+def test_domain_stage_validates_keeps_its_best_weights_and_stops_when_validation_stalls(tmp_path):
+    """A check every 20 steps; at lr 1e-9 nothing improves, so patience 1 stops the stage at the
+    second check and the stage keeps the weights of the first, which validated best."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_job_config(domain={"max_steps": 100, "lr": 1e-9, "val_checks": 5, "patience": 1})))
+    res = run(["--config", str(cfg), "--stages", "1", "2", "--output", str(tmp_path / "out"), "--quiet"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    dom = json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"]["domain"]
+    assert dom["steps"] == 40 and dom["stopped_early"] and dom["val_checks"] == 2 and dom["val_best_step"] == 20
+    events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    curve = [(e["step"], e) for e in events if e.get("type") == "metric" and "val_mean_iou" in e]
+    assert [s for s, _ in curve] == [20, 40] and all(0 <= v["val_parse_rate"] <= 1 for _, v in curve)
+    logs = [e["message"] for e in events if e.get("type") == "log"]
+    assert any("has not improved for 1 checks" in m for m in logs)
+    assert any("keeping the weights of step 20" in m for m in logs)

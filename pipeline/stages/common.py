@@ -77,22 +77,22 @@ def grpo_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
 
 
 def time_cosine(optimizer, *, max_seconds: float | None, total_steps: int, warmup_steps: int):
-    """Linear warm-up then cosine decay, over wall-clock time when the stage has a time budget.
+    """Linear warm-up then cosine decay, over steps or wall-clock time, whichever runs out first.
 
     A budget stops training mid-schedule; a step-based cosine would then end at a high
-    learning rate. Decaying over elapsed time lands the schedule exactly on the budget.
+    learning rate. Decaying over elapsed time lands the schedule exactly on the budget, and
+    over steps on the step ceiling when that comes first.
     """
     start = [None]
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
+        frac = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
         if max_seconds:
             if start[0] is None:
                 start[0] = time.monotonic()
-            frac = min((time.monotonic() - start[0]) / max_seconds, 1.0)
-        else:
-            frac = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+            frac = max(frac, min((time.monotonic() - start[0]) / max_seconds, 1.0))
         return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -18,7 +18,7 @@ from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from pipeline.codec import Codec
-from pipeline.config import StageConfig
+from pipeline.config import StageConfig, SupervisedConfig
 from pipeline.models.loading import ensure_tokens, load_model
 from pipeline.stages.common import (
     Context,
@@ -33,6 +33,7 @@ from pipeline.stages.common import (
     time_cosine,
 )
 from pipeline.stages.loc_loss import soft_location_loss
+from pipeline.stages.validation import ValidationCallback, check_interval, check_seconds
 from pipeline.structures import Sample
 
 
@@ -77,9 +78,8 @@ def train_sft(
     bs = min(stage_cfg.batch_size, len(rows))
     steps_per_epoch = math.ceil((epoch_examples or len(rows)) / bs)
     max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
-    if stage_cfg.max_seconds and not stage_cfg.max_steps:
-        # With a time budget the epochs are a ceiling; leave room so time, not data, ends it.
-        max_steps = max(max_steps, 100_000)
+    # With a time budget as well, the epochs stay a ceiling: whichever ends first ends the stage
+    # (time_cosine decays over both), and validation may end it before either.
     args = SFTConfig(
         output_dir=str(ctx.resume_dir(stage)),
         per_device_train_batch_size=bs,
@@ -108,13 +108,15 @@ def train_sft(
     warmup = min(50, max(1, max_steps // 20)) if not stage_cfg.max_seconds else 20
     scheduler = time_cosine(optimizer, max_seconds=stage_cfg.max_seconds, total_steps=max_steps, warmup_steps=warmup)
     callback = ReporterCallback(ctx.reporter, stage, stage_cfg.max_seconds)
+    planned = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
+    validation = _validation(ctx, stage, codec, stage_cfg, processor, planned=planned)
     trainer = LocationAwareSFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
         processing_class=processor,
         optimizers=(optimizer, scheduler),
-        callbacks=[callback, checkpoint_schedule(None)],
+        callbacks=[callback, checkpoint_schedule(None), *([validation] if validation else [])],
         loc_ids=loc_ids,
         loc_sigma=loc_sigma,
     )
@@ -124,11 +126,35 @@ def train_sft(
     seconds = time.monotonic() - t0
     if callback.cancelled:
         raise StageCancelled(f"stage {stage} cancelled")
-    save_model(trainer.model, processor, out_model)
-    drop_checkpoints(ctx, stage)
-    return {
+    info = {
         "train_seconds": round(seconds, 2),
         "steps": trainer.state.global_step,
         "train_loss": round(float(result.training_loss), 4),
         "examples": len(rows),
     }
+    if validation:
+        if validation.finish(trainer.model, trainer.state.global_step):
+            ctx.reporter.log(f"keeping the weights of step {validation.best_step}: validation {validation.key} "
+                             f"{validation.best:.3f}, the best of {len(validation.curve)} checks", stage=stage)  # fmt: skip
+        info.update(validation.summary())
+    save_model(trainer.model, processor, out_model)
+    drop_checkpoints(ctx, stage)
+    return info
+
+
+def _validation(
+    ctx: Context, stage: str, codec: Codec, stage_cfg: StageConfig, processor, *, planned: int
+) -> ValidationCallback | None:
+    """The stage's validation check, on its own dataset's validation split (the generic set's for
+    the warm start), when the config asks for one and the split and the schedule leave room."""
+    if not isinstance(stage_cfg, SupervisedConfig):
+        return None
+    dataset = ctx.warm if stage == "warm_start" else ctx.domain
+    val = list((dataset.splits.get("val") if dataset else None) or [])[: stage_cfg.val_samples]
+    every = check_interval(planned, stage_cfg.val_checks)
+    every_s = check_seconds(stage_cfg.max_seconds, stage_cfg.val_checks) if not stage_cfg.max_steps else None
+    if not val or (every is None and every_s is None):
+        return None
+    return ValidationCallback(reporter=ctx.reporter, stage=stage, samples=val, codec=codec, task=ctx.cfg.task,
+                              processor=processor, every=every, every_s=every_s, patience=stage_cfg.patience,
+                              batch_size=ctx.cfg.evaluate.batch_size)  # fmt: skip
