@@ -72,6 +72,11 @@ def test_reward_test_refuses_oversized_synthetic_sets(stack):
         r = c.post("/api/rewards/test", json={"dataset": "synthetic://generic?n=4&size=6000", "samples": 2})
         assert r.status_code == 422 and "size=6000" in str(_problem(r)), r.text
         assert time.monotonic() - t < 5  # refused before anything is generated
+        # At the limit, a reward test generates only the samples it scores (~10 s for all 5000).
+        t = time.monotonic()
+        r = c.post("/api/rewards/test", json={"dataset": "synthetic://generic?n=5000&seed=1", "samples": 4})
+        assert r.status_code == 200 and r.json()["samples"] == 4, r.text
+        assert time.monotonic() - t < 4
 
 
 def test_a_full_probe_lane_answers_503_and_other_routes_stay_fast(stack):
