@@ -347,7 +347,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 for d in docs]  # fmt: skip
 
     # -- rewards -------------------------------------------------------------------------
-    @app.post("/api/rewards", status_code=201, response_model=RewardView, tags=["rewards"])
+    @app.post("/api/rewards", status_code=201, response_model=RewardView, tags=["rewards"], responses=errors.responses(429))
     async def create_reward(request: Request, body: RewardIn, pid: Project):
         """Store a JavaScript reward after checking it compiles, defines ``reward`` and returns
         a finite number on a sample; a broken reward is a 422 naming the line."""
@@ -358,7 +358,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         doc = await db(request)[REWARDS].find_one({"_id": rid})
         return RewardView(id=rid, name=body.name, created_at=doc["created_at"], size=len(body.source))
 
-    @app.post("/api/rewards/test", response_model=RewardTestResult, tags=["rewards"], responses=errors.responses(404))
+    @app.post("/api/rewards/test", response_model=RewardTestResult, tags=["rewards"], responses=errors.responses(404, 429))
     async def test_reward(request: Request, body: RewardTestIn, pid: Project):
         """Run a reward (JavaScript source, a stored ``rw_…`` id, or a built-in name) on ground
         truths of a dataset against exact, shifted, missing and extra predictions: the score
@@ -397,7 +397,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     reward.close()
 
         try:
-            rows = await lane("probes").run(run)
+            rows = await lane("probes").run(pid, run)
         except RewardError as e:
             raise HTTPException(422, [_reward_problem(e)]) from None
         except DataError as e:
@@ -415,7 +415,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(github_router(settings), responses={**errors.responses(403, 404, 409, 502),
                        200: {"description": "Done, or a replayed delivery's job."}, 202: {"description": "Skipped: why."}})  # fmt: skip
     app.include_router(samples_router)
-    errors.document(app, {("POST", "/api/train"): {200: "The job this Idempotency-Key already created.", 404: None, 409: None}})
+    errors.document(app, {("POST", "/api/train"): {200: "The job this Idempotency-Key already created.", 404: None, 409: None,
+                                                      429: None}})
     return app
 
 

@@ -29,7 +29,7 @@ _WHY = {
     409: "The resource is in a state that does not allow this (e.g. requeue a running job).",
     413: "The request body is over the size limit.",
     422: "The request is well-formed but invalid; each problem names its field.",
-    429: "Too many requests from this project; retry after the given seconds.",
+    429: "This project already has its share of heavy work (reward checks or tests) running; retry after the given seconds.",
     500: "An unexpected error; the detail names a reference for the server's log.",
     502: "An upstream service (GitHub) did not answer.",
     503: "The database is unavailable, or the server is busy with heavy work; retry after the given seconds.",
@@ -80,7 +80,7 @@ def document(app: FastAPI, extra: dict[tuple[str, str], dict[int, str | None]]) 
 def install(app: FastAPI) -> None:
     @app.exception_handler(Busy)
     async def busy(request: Request, exc: Busy):
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(OverflowError)
     async def overflow(request: Request, exc: OverflowError):

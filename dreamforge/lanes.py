@@ -3,9 +3,9 @@
 Each lane has its own few threads and a cap on work in flight. ``asyncio.to_thread`` shares
 the event loop's default pool (a handful of threads on a small machine) with every other
 route, so six slow reward tests used to stall an unrelated ``POST /api/rewards`` for half a
-minute. A full lane refuses at once (``Busy``: 503 with ``Retry-After``) rather than queueing
-without bound; a caller gone away does not free its slot until its thread has finished, so
-the cap counts the threads really busy.
+minute. A full lane refuses at once rather than queueing without bound: 429 to a project that
+already holds its share, 503 when the lane is full; both with ``Retry-After``. A caller gone
+away does not free its place until its thread has finished, so the cap counts real work.
 """
 
 from __future__ import annotations
@@ -22,37 +22,46 @@ T = TypeVar("T")
 
 
 class Busy(Exception):
-    """The lane is full; the API answers 503 with ``Retry-After``."""
+    """No room in the lane: 429 when the caller already holds its share, else 503; both with
+    ``Retry-After``."""
 
-    def __init__(self, lane: str, retry_after: int) -> None:
-        super().__init__(f"the server is busy with other {lane}; retry in {retry_after} s")
-        self.retry_after = retry_after
+    def __init__(self, message: str, status: int, retry_after: int) -> None:
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
 
 
 class Lane:
     def __init__(self, what: str, workers: int, waiting: int, retry_after: int) -> None:
         self.what, self.retry_after = what, retry_after
-        self.limit = workers + waiting
+        # One project holds at most as many places as there are threads, so it cannot take
+        # the waiting places of the others too.
+        self.limit, self.per_owner = workers + waiting, workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"df-{what.replace(' ', '-')}")
         self._lock = threading.Lock()
-        self.in_flight = 0
+        self.in_flight: dict[str, int] = {}
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, owner: str, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on one of the lane's threads, for ``owner`` (a project)."""
         with self._lock:
-            if self.in_flight >= self.limit:
-                raise Busy(self.what, self.retry_after)
-            self.in_flight += 1
+            if self.in_flight.get(owner, 0) >= self.per_owner:
+                raise Busy(f"this project already runs its share of {self.what} ({self.per_owner} at once); "
+                           f"retry in {self.retry_after} s", 429, self.retry_after)  # fmt: skip
+            if sum(self.in_flight.values()) >= self.limit:
+                raise Busy(f"the server is busy with other {self.what}; retry in {self.retry_after} s", 503, self.retry_after)
+            self.in_flight[owner] = self.in_flight.get(owner, 0) + 1
         try:
             fut = self._pool.submit(fn, *args)
         except BaseException:
-            self._release()
+            self._release(owner)
             raise
-        fut.add_done_callback(lambda _: self._release())
+        fut.add_done_callback(lambda _: self._release(owner))
         return await asyncio.wrap_future(fut)
 
-    def _release(self) -> None:
+    def _release(self, owner: str) -> None:
         with self._lock:
-            self.in_flight -= 1
+            self.in_flight[owner] -= 1
+            if not self.in_flight[owner]:
+                del self.in_flight[owner]
 
 
 _LANES: dict[str, Lane] = {}

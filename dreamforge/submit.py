@@ -53,7 +53,7 @@ async def store_reward(db, project_id: str, name: str, source: str) -> str:
     from dreamforge.lanes import lane
     from pipeline.rewards.js import check_js_reward
 
-    await lane("checks").run(check_js_reward, source, name)
+    await lane("checks").run(project_id, check_js_reward, source, name)
     doc = {"_id": "rw_" + secrets.token_hex(8), "project_id": project_id, "name": name, "source": source,
            "created_at": queue.now()}  # fmt: skip
     await db[REWARDS].insert_one(doc)

@@ -11,6 +11,7 @@ import pytest
 from conftest import tiny_job_config
 from service_helpers import api
 
+from dreamforge.auth import create_project
 from dreamforge.stack import start_stack
 from pipeline.config import load_preset, preset_names
 from pipeline.data import parse_synthetic_uri
@@ -79,9 +80,10 @@ def test_reward_test_refuses_oversized_synthetic_sets(stack):
         assert time.monotonic() - t < 4
 
 
-def test_a_full_probe_lane_answers_503_and_other_routes_stay_fast(stack):
+def test_a_full_probe_lane_refuses_at_once_and_other_routes_stay_fast(stack, db):
     quick = {"dataset": "synthetic://generic?n=4&seed=1", "samples": 2}
     slow_result: dict = {}
+    _, other_key = create_project(db, "robust-other")
 
     def slow():
         with api(stack) as c:  # 4 cases x 4 samples x 0.3 s: ~5 s in the lane's only thread
@@ -89,17 +91,20 @@ def test_a_full_probe_lane_answers_503_and_other_routes_stay_fast(stack):
 
     th = threading.Thread(target=slow)
     th.start()
-    with api(stack) as c:
+    with api(stack) as c, api(stack, other_key) as theirs:
         busy = None
         while th.is_alive() and busy is None:
             r = c.post("/api/rewards/test", json=quick)
-            if r.status_code == 503:
+            if r.status_code == 429:
                 busy = r
             else:
                 assert r.status_code == 200, r.text
-        assert busy is not None, "the probe lane never filled up"
-        assert int(busy.headers["Retry-After"]) > 0
-        assert "busy" in _problem(busy)
+        assert busy is not None, "the probe lane never refused"
+        # the project holding the lane is told to wait (429), another that the server is full (503)
+        assert int(busy.headers["Retry-After"]) > 0 and "already runs its share" in _problem(busy)
+        full = theirs.post("/api/rewards/test", json=quick)
+        assert full.status_code == 503 and int(full.headers["Retry-After"]) > 0, full.text
+        assert "busy" in _problem(full)
         # Light routes, and reward checks (their own lane), answer while the probe lane is full.
         t = time.monotonic()
         assert c.get("/api/rewards").status_code == 200
@@ -110,8 +115,8 @@ def test_a_full_probe_lane_answers_503_and_other_routes_stay_fast(stack):
         th.join(60)
         assert slow_result["r"].status_code == 200, slow_result["r"].text
         assert [row["mean"] for row in slow_result["r"].json()["cases"]] == [1.0] * 4
-        # the slot is free again
-        assert c.post("/api/rewards/test", json=quick).status_code == 200
+        # the place is free again
+        assert theirs.post("/api/rewards/test", json=quick).status_code == 200
 
 
 # -- 10: unhandled 500s ---------------------------------------------------------------------
