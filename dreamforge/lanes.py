@@ -33,9 +33,9 @@ class Busy(Exception):
 class Lane:
     def __init__(self, what: str, workers: int, waiting: int, retry_after: int) -> None:
         self.what, self.retry_after = what, retry_after
-        # One project holds at most as many places as there are threads, so it cannot take
-        # the waiting places of the others too.
-        self.limit, self.per_owner = workers + waiting, workers
+        # One project holds at most the threads and half the waiting places: a burst of its own
+        # still queues, yet it never takes every place from the other projects.
+        self.limit, self.per_owner = workers + waiting, workers + waiting // 2
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"df-{what.replace(' ', '-')}")
         self._lock = threading.Lock()
         self.in_flight: dict[str, int] = {}
