@@ -21,7 +21,8 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from dreamforge import auth, queue
+from dreamforge import auth, errors, queue
+from dreamforge.lanes import lane
 from dreamforge.routes_samples import router as samples_router
 from dreamforge.schemas import (
     FINAL_STATUSES,
@@ -45,6 +46,8 @@ from pipeline.rewards.base import RewardError
 
 log = logging.getLogger("dreamforge.api")
 
+# Sequence numbers are stored as BSON 64-bit integers; a larger cursor cannot be compared.
+SEQ_MAX = 2**63 - 1
 
 JOB_FIELDS = {"config": 0, "infra_failures": 0}
 
@@ -132,8 +135,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="DreamForge API", version="0.1.0", lifespan=lifespan,
         description="Fine-tune a vision-language model on your own images: submit a curriculum, watch it train, get a 4-bit model.",
+        responses=errors.COMMON,
     )  # fmt: skip
     app.add_middleware(BodyLimit, settings=settings)
+    errors.install(app)
 
     @app.exception_handler(PyMongoError)
     async def db_down(request: Request, exc: PyMongoError):
@@ -181,7 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"jobId": doc["_id"], "status": doc["status"], "created": created},
                             status_code=201 if created else 200)  # fmt: skip
 
-    @app.get("/api/train/status", response_model=JobView, tags=["jobs"])
+    @app.get("/api/train/status", response_model=JobView, tags=["jobs"], responses=errors.responses(404))
     async def status(request: Request, pid: Project, jobId: str = Query(...)):  # noqa: N803 — the seed's API name
         return job_view(await own_job(request, jobId, pid))
 
@@ -219,7 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         nxt = docs[-1]["list_key"] if len(docs) == limit else None
         return JobPage(jobs=[job_view(d) for d in docs], next_cursor=nxt)
 
-    @app.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+    @app.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=errors.responses(404))
     async def get_job(request: Request, job_id: str, pid: Project):
         return job_view(await own_job(request, job_id, pid))
 
@@ -241,8 +246,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 break
         return rows[:limit]
 
-    @app.get("/api/jobs/{job_id}/logs", tags=["jobs"])
-    async def logs(request: Request, job_id: str, pid: Project, after: int = 0, limit: int = Query(1000, ge=1, le=5000),
+    @app.get("/api/jobs/{job_id}/logs", tags=["jobs"], responses=errors.responses(404))
+    async def logs(request: Request, job_id: str, pid: Project, after: int = Query(0, ge=0, le=SEQ_MAX),
+                   limit: int = Query(1000, ge=1, le=5000),
                    last: int | None = Query(None, ge=1, le=5000, description="Only the last N lines.")):  # fmt: skip
         """Log lines with ``seq > after``, oldest first; pass the last ``seq`` back to follow."""
         doc = await own_job(request, job_id, pid, {"_id": 1, "log_seq": 1})
@@ -251,8 +257,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rows = await tail(request, LOGS, job_id, after, limit)
         return {"lines": [LogLine(**r).model_dump() for r in rows], "next": rows[-1]["seq"] if rows else after}
 
-    @app.get("/api/jobs/{job_id}/logs/stream", tags=["jobs"])
-    async def logs_stream(request: Request, job_id: str, pid: Project, after: int = 0):
+    @app.get("/api/jobs/{job_id}/logs/stream", tags=["jobs"], response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}, **errors.responses(404)})  # fmt: skip
+    async def logs_stream(request: Request, job_id: str, pid: Project, after: int = Query(0, ge=0, le=SEQ_MAX)):
         """Server-sent events: one ``log`` event per line, a ``status`` event on each change,
         and ``end`` when the job has finished and every line was sent."""
         await own_job(request, job_id, pid, {"_id": 1})
@@ -279,8 +286,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/api/jobs/{job_id}/metrics", tags=["jobs"])
-    async def metrics(request: Request, job_id: str, pid: Project, after: int = 0, stage: str | None = None,
+    @app.get("/api/jobs/{job_id}/metrics", tags=["jobs"], responses=errors.responses(404))
+    async def metrics(request: Request, job_id: str, pid: Project, after: int = Query(0, ge=0, le=SEQ_MAX), stage: str | None = None,
                       limit: int = Query(5000, ge=1, le=20000)):  # fmt: skip
         """Metric points (loss, reward, lr … per step) with ``seq > after``; the job's latest
         metrics and final per-stage evaluation are on the job itself."""
@@ -288,7 +295,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rows = await tail(request, METRICS, job_id, after, limit, stage)
         return {"points": [MetricPoint(**r).model_dump() for r in rows], "next": rows[-1]["seq"] if rows else after}
 
-    @app.post("/api/jobs/{job_id}/cancel", status_code=202, tags=["jobs"])
+    @app.post("/api/jobs/{job_id}/cancel", status_code=202, response_model=JobView, tags=["jobs"], responses=errors.responses(404))
     async def cancel(request: Request, job_id: str, pid: Project):
         """A queued job is cancelled at once; a running one stops within seconds."""
         coll = db(request)[JOBS]
@@ -303,7 +310,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   {"$set": {"cancel_requested": True, "updated_at": t}})  # fmt: skip
         return job_view(await own_job(request, job_id, pid))
 
-    @app.post("/api/jobs/{job_id}/requeue", tags=["jobs"])
+    @app.post("/api/jobs/{job_id}/requeue", response_model=JobView, tags=["jobs"], responses=errors.responses(404, 409))
     async def requeue(request: Request, job_id: str, pid: Project):
         """Put a dead, failed or cancelled job back in the queue; its finished stages are kept."""
         doc = await own_job(request, job_id, pid)
@@ -346,7 +353,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 for d in docs]  # fmt: skip
 
     # -- rewards -------------------------------------------------------------------------
-    @app.post("/api/rewards", status_code=201, response_model=RewardView, tags=["rewards"])
+    @app.post("/api/rewards", status_code=201, response_model=RewardView, tags=["rewards"], responses=errors.responses(429))
     async def create_reward(request: Request, body: RewardIn, pid: Project):
         """Store a JavaScript reward after checking it compiles, defines ``reward`` and returns
         a finite number on a sample; a broken reward is a 422 naming the line."""
@@ -357,7 +364,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         doc = await db(request)[REWARDS].find_one({"_id": rid})
         return RewardView(id=rid, name=body.name, created_at=doc["created_at"], size=len(body.source))
 
-    @app.post("/api/rewards/test", response_model=RewardTestResult, tags=["rewards"])
+    @app.post("/api/rewards/test", response_model=RewardTestResult, tags=["rewards"], responses=errors.responses(404, 429))
     async def test_reward(request: Request, body: RewardTestIn, pid: Project):
         """Run a reward (JavaScript source, a stored ``rw_…`` id, or a built-in name) on ground
         truths of a dataset against exact, shifted, missing and extra predictions: the score
@@ -396,7 +403,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     reward.close()
 
         try:
-            rows = await asyncio.to_thread(run)
+            rows = await lane("probes").run(pid, run)
         except RewardError as e:
             raise HTTPException(422, [_reward_problem(e)]) from None
         except DataError as e:
@@ -410,8 +417,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs = await db(request)[REWARDS].find({"project_id": pid}).sort("created_at", -1).to_list(200)
         return [RewardView(id=d["_id"], name=d["name"], created_at=d["created_at"], size=len(d["source"])) for d in docs]
 
-    app.include_router(github_router(settings))  # GitHub: webhooks, approvals, previews (webhooks.py)
+    # GitHub: webhooks, approvals, previews (webhooks.py); the statuses its routes answer between them
+    app.include_router(github_router(settings), responses={**errors.responses(403, 404, 409, 502),
+                       200: {"description": "Done, or a replayed delivery's job."}, 202: {"description": "Skipped: why."}})  # fmt: skip
     app.include_router(samples_router)
+    errors.document(app, {("POST", "/api/train"): {200: "The job this Idempotency-Key already created.", 404: None, 409: None,
+                                                      429: None}})
     return app
 
 

@@ -24,6 +24,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 
+from dreamforge import errors
+from dreamforge.lanes import lane
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS
 
@@ -42,7 +44,7 @@ async def _project(request: Request, authorization: Annotated[str | None, Header
     return await current_project(request, authorization)
 
 
-@router.get("/{job_id}/samples")
+@router.get("/{job_id}/samples", responses=errors.responses(404, 409, 429))
 async def samples(request: Request, job_id: str, pid: Annotated[str, Depends(_project)],
                   n: int = Query(6, ge=1, le=16), model: str | None = None):  # fmt: skip
     """Held-out images with the model's prediction and the ground truth drawn as PNG (base64).
@@ -64,7 +66,7 @@ async def samples(request: Request, job_id: str, pid: Annotated[str, Depends(_pr
         raise HTTPException(422, f"model {name!r} was not evaluated; choose one of: {', '.join(by_model)}")
     key = (job_id, name, n)
     if key not in _CACHE:
-        _CACHE[key] = await asyncio.to_thread(_draw, doc, by_model, name, n)
+        _CACHE[key] = await lane("probes").run(pid, _draw, doc, by_model, name, n)  # reads or regenerates the dataset
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return _CACHE[key]

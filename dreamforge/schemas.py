@@ -154,3 +154,20 @@ class DatasetView(BaseModel):
 
 def new_stages() -> dict[str, dict[str, Any]]:
     return {s: StageState().model_dump() for s in STAGES}
+
+
+class ErrorItem(BaseModel):
+    """One problem of a request: where (``loc``: body / query / config field path) and what."""
+
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int] = Field(default_factory=list)
+    msg: str
+    type: str | None = None
+    line: int | None = Field(None, description="Line of a reward's source, when the problem is in it.")
+    column: int | None = None
+
+
+class Problem(BaseModel):
+    """Every error answer: ``detail`` is one sentence, or a list of problems each naming its field."""
+
+    detail: str | list[ErrorItem]

@@ -28,6 +28,12 @@ class Settings:
     # Intermediate checkpoints and unpacked datasets of finished jobs older than this are deleted.
     temp_retention_s: float = field(default_factory=lambda: _f("DREAMFORGE_TEMP_RETENTION_S", 7 * 86400))
     poll_s: float = field(default_factory=lambda: _f("DREAMFORGE_POLL_S", 0.2))
+    # CPU-heavy API work runs in bounded lanes (lanes.py): threads each, plus requests allowed to
+    # wait for one; beyond that the API answers 503 with Retry-After instead of stalling.
+    check_workers: int = field(default_factory=lambda: int(_f("DREAMFORGE_CHECK_WORKERS", 2)))
+    check_waiting: int = field(default_factory=lambda: int(_f("DREAMFORGE_CHECK_WAITING", 8)))
+    probe_workers: int = field(default_factory=lambda: int(_f("DREAMFORGE_PROBE_WORKERS", 2)))
+    probe_waiting: int = field(default_factory=lambda: int(_f("DREAMFORGE_PROBE_WAITING", 2)))
     # Where stages run: "local" (child processes here) or "modal" (the deployed app's GPU functions).
     executor: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_EXECUTOR", "local"))
     modal_app: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_MODAL_APP", "dreamforge"))

@@ -116,9 +116,10 @@ async def store_reward(db, project_id: str, name: str, source: str) -> str:
     store it for this project; returns its id. Raises ``RewardError`` naming the line."""
     import secrets
 
+    from dreamforge.lanes import lane
     from pipeline.rewards.js import check_js_reward
 
-    await asyncio.to_thread(check_js_reward, source, name)
+    await lane("checks").run(project_id, check_js_reward, source, name)
     doc = {"_id": "rw_" + secrets.token_hex(8), "project_id": project_id, "name": name, "source": source,
            "created_at": queue.now()}  # fmt: skip
     await db[REWARDS].insert_one(doc)

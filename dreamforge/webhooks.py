@@ -217,7 +217,7 @@ def github_router(settings: Settings) -> APIRouter:
         try:
             event = json.loads(raw)
             repo = event["repository"]["full_name"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # unauthenticated yet: any bytes may arrive
             raise HTTPException(400, "not a GitHub webhook payload: set the content type to application/json") from None
         project = await db(request)[PROJECTS].find_one({"github_repos": repo})
         secret = (project or {}).get("github_webhook_secret")

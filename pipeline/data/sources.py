@@ -127,7 +127,7 @@ def parse_synthetic_uri(uri: str) -> dict[str, Any]:
     >>> parse_synthetic_uri("synthetic://retail-shelf?n=64&seed=0")
     {'kind': 'retail-shelf', 'n': 64, 'seed': 0}
     """
-    from pipeline.data.synthetic import KINDS  # local: synthetic imports this module (circular)
+    from pipeline.data.synthetic import KINDS, check_uri_bounds  # local: synthetic imports this module (circular)
 
     parts = urllib.parse.urlsplit(uri)
     kind = parts.netloc or parts.path.strip("/")
@@ -149,6 +149,10 @@ def parse_synthetic_uri(uri: str) -> dict[str, Any]:
     params.setdefault("n", 64)
     if params["n"] < 1:
         raise DataError(f"{uri}: n={params['n']} must be at least 1")
+    try:
+        check_uri_bounds(params)
+    except ValueError as e:
+        raise DataError(f"{uri}: {e}") from None
     return params
 
 

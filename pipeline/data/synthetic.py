@@ -485,6 +485,25 @@ def _caption(kind: str, objects: list[_Obj], size: int) -> str:
 
 # ------------------------------------------------------------------------------ generate
 
+# Upper bounds of a synthetic:// URI's parameters. A URI is user input (the API, GitHub pushes)
+# and is generated whole in memory, in the API process too (``POST /api/rewards/test``). Every
+# preset's sets fit (the warm-start's n=4000 is the largest, ~10 s); n × size² caps the pixels
+# held at once (~100 MB of RGB), so a large size needs a smaller n.
+URI_MAX = {"n": 5000, "size": 512, "min_objects": 16, "max_objects": 16}
+URI_MAX_PIXELS = 32_000_000
+
+
+def check_uri_bounds(params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the parameter of a synthetic:// URI that is over its bound."""
+    for key, most in URI_MAX.items():
+        if key in params and params[key] > most:
+            raise ValueError(f"{key}={params[key]} is over the limit of {most}; lower {key}")
+    n, size = params.get("n", 64), params.get("size", _BASE)
+    if n * size * size > URI_MAX_PIXELS:
+        raise ValueError(f"n={n} images of size={size} are {n * size * size / 1e6:.0f} M pixels, over the "
+                         f"{URI_MAX_PIXELS / 1e6:.0f} M limit; lower n or size")  # fmt: skip
+
+
 
 def generate(
     kind: str,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import random
 import statistics
+import urllib.parse
 from typing import Any
 
 CASES = ("exact", "shifted", "missing", "extra")
@@ -88,9 +89,14 @@ def probe_reward(reward, targets: list[dict[str, Any]], seed: int = 0) -> list[d
 
 
 def dataset_targets(uri: str, task: str, samples: int) -> list[dict[str, Any]]:
-    """The first ``samples`` ground truths of a dataset (train split first)."""
-    from pipeline.data import load_dataset
+    """The first ``samples`` ground truths of a dataset (train split first). Of a synthetic set
+    only those are generated: a sample depends on the seed and its index alone, not on ``n``."""
+    from pipeline.data import load_dataset, parse_synthetic_uri
 
+    if uri.startswith("synthetic://"):
+        parts = urllib.parse.urlsplit(uri)
+        query = dict(urllib.parse.parse_qsl(parts.query), n=str(min(parse_synthetic_uri(uri)["n"], samples)))
+        uri = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
     ds = load_dataset(uri, task)
     pool = [s for split in ("train", "val", "test") for s in ds.splits.get(split, [])]
     return [s.target for s in pool[:samples]]
