@@ -39,7 +39,7 @@ from dreamforge.schemas import (
 )
 from dreamforge.settings import Settings
 from dreamforge.store import DATASETS, GRIDFS_BUCKET, JOBS, LOGS, METRICS, REWARDS, async_client, ensure_indexes_async
-from dreamforge.submit import IdempotencyConflict, NotFound, resolve_dataset, store_reward, submit
+from dreamforge.submit import IdempotencyConflict, NotFound, check_reward, resolve_dataset, store_reward, submit
 from dreamforge.webhooks import github_router
 from pipeline.config import ConfigError
 from pipeline.rewards.base import RewardError
@@ -373,6 +373,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from pipeline.rewards.probe import dataset_targets, load_any_reward, probe_reward
 
         source, name = body.source, "reward.js"
+        if body.reward and not body.reward.startswith("rw_"):
+            try:  # the same gate as a job's reward: never a .js path on the server (issue 14, 2)
+                await check_reward(db(request), pid, body.reward)
+            except ConfigError as e:
+                raise HTTPException(422, [{"loc": ["reward"], "msg": x["msg"]} for x in e.errors]) from None
         if body.reward and body.reward.startswith("rw_"):
             doc = await db(request)[REWARDS].find_one({"_id": body.reward, "project_id": pid}, {"source": 1, "name": 1})
             if doc is None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from bson.errors import InvalidDocument
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from dreamforge.lanes import Busy
@@ -78,6 +79,13 @@ def document(app: FastAPI, extra: dict[tuple[str, str], dict[int, str | None]]) 
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        # FastAPI's own handler echoes each bad input back; NaN or Infinity (Python's JSON parser
+        # takes them) cannot be written as JSON, and a huge input need not travel back at all.
+        items = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")} for e in exc.errors()]
+        return JSONResponse({"detail": items}, status_code=422)
+
     @app.exception_handler(Busy)
     async def busy(request: Request, exc: Busy):
         return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers={"Retry-After": str(exc.retry_after)})

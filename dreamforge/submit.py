@@ -99,8 +99,14 @@ async def check_reward(db, project_id: str, reward: str) -> str | None:
     if reward.endswith(".js"):
         raise _refuse("reward", "a .js path is not readable by the service; upload it with POST /api/rewards "
                                 "and pass the returned id (rw_…)")  # fmt: skip
-    if reward.startswith("example:") or reward == "default":
-        return None  # the config itself admits only the shipped examples (pipeline.config.EXAMPLE_REWARDS)
+    if reward.startswith("example:"):
+        from pipeline.config import EXAMPLE_REWARDS
+
+        if reward.removeprefix("example:") not in EXAMPLE_REWARDS:  # by name from the fixed list, never a path
+            raise _refuse("reward", f"no such example; use one of {', '.join('example:' + n for n in EXAMPLE_REWARDS)}")
+        return None
+    if reward == "default":
+        return None
     # light import: the API process never loads torch
     from pipeline.rewards.builtin import get_reward
 

@@ -155,3 +155,23 @@ def test_an_unexpected_error_is_a_documented_500_without_internals(stack, db):
     assert "reference" in detail and "Traceback" not in detail and "KeyError" not in detail and "stages" not in detail
     ref = detail.split("reference ")[1].split(")")[0]
     assert ref in (stack.home / "logs" / "api.log").read_text()  # the log has the details under that reference
+
+
+def test_non_finite_numbers_in_a_request_are_a_documented_422(stack):
+    """JSON has no NaN or Infinity, but Python's parser takes them; the 422 that names the field
+    must not echo the value back into a response body JSON cannot hold."""
+    with api(stack) as c:
+        for path, body in [("/api/rewards/test", '{"dataset": "synthetic://generic?n=4", "samples": NaN}'),
+                           ("/api/train", '{"config": {}, "epochs": [1, Infinity]}'),
+                           ("/api/train", '{"config": {"seed": NaN}}')]:  # fmt: skip
+            r = c.post(path, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422, (path, r.status_code, r.text)
+            assert _problem(r)
+
+
+def test_the_reward_tester_reads_no_javascript_file_of_the_server(stack):
+    with api(stack) as c:
+        for reward in ("/etc/passwd.js", "../../pipeline/rewards/examples/iou.js", "example:../../x"):
+            r = c.post("/api/rewards/test", json={"dataset": "synthetic://generic?n=4", "reward": reward})
+            assert r.status_code == 422, (reward, r.text)
+            assert [d["loc"] for d in _problem(r)] == [["reward"]]

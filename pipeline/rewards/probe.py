@@ -97,7 +97,7 @@ def dataset_targets(uri: str, task: str, samples: int) -> list[dict[str, Any]]:
         parts = urllib.parse.urlsplit(uri)
         query = dict(urllib.parse.parse_qsl(parts.query), n=str(min(parse_synthetic_uri(uri)["n"], samples)))
         uri = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-    ds = load_dataset(uri, task)
+    ds = load_dataset(uri, task, keep_images=False)  # the targets are all it needs: bounded memory
     pool = [s for split in ("train", "val", "test") for s in ds.splits.get(split, [])]
     return [s.target for s in pool[:samples]]
 
