@@ -25,6 +25,7 @@ EXAMPLE_REWARDS = ("f1_class_penalty", "iou", "medical_miss_penalty", "retail_fa
 MAX_STEPS = 10_000_000
 MAX_STAGE_SECONDS = 7 * 86400
 SEED_MAX = 2**32 - 1  # numpy's seeding range
+AUTO_MAX_OBJECTS = 16  # each object costs ~5 generated tokens: a longer answer slows every step
 
 
 class _Strict(BaseModel):
@@ -174,7 +175,11 @@ class DataConfig(_Strict):
     split: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="train/val/test fractions when the dataset gives no split."
     )
-    max_objects: int = Field(4, ge=1, le=100, description="Most objects per answer (the decoding cap).")
+    max_objects: int | None = Field(
+        None, ge=1, le=100,
+        description="Most objects per answer (the decoding cap). Unset: the most objects in one training image "
+        f"of the dataset, at most {AUTO_MAX_OBJECTS} (the job logs the choice and warns about images holding more).",
+    )  # fmt: skip
     augment: list[Literal["hflip"]] = Field(
         default_factory=list,
         description="Augmentations of the domain training images in stages 2 and 3. 'hflip' adds a mirrored "

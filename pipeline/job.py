@@ -65,14 +65,29 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None):
         raise ConfigError(f"reward: {e}") from None
 
 
-def make_codec(cfg: CurriculumConfig, ds: Dataset) -> Codec:
+def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = None) -> Codec:
     return Codec(
         cfg.task,
         ds.categories,
         num_bins=cfg.num_bins,
-        max_objects=cfg.data.max_objects,
+        max_objects=cfg.data.max_objects or auto_max_objects(ds, reporter),
         keypoint_names=ds.keypoint_names or None,
     )
+
+
+def auto_max_objects(ds: Dataset, reporter: Reporter | None = None) -> int:
+    """The decoding cap from the data: the most objects in one training image, within bounds."""
+    from pipeline.config import AUTO_MAX_OBJECTS
+
+    counts = [len(s.target.get("boxes") or s.target.get("keypoints") or []) for s in ds.splits.get("train") or []]
+    most = max(counts, default=1)
+    chosen = max(1, min(most, AUTO_MAX_OBJECTS))
+    if reporter is not None:
+        over = sum(c > chosen for c in counts)
+        reporter.log(f"data.max_objects: {chosen}, the most objects in one training image of {ds.name}"
+                     + (f" (capped; {over} images hold more, up to {most}: set data.max_objects to answer them all)"
+                        if over else ""), level="warning" if over else "info")  # fmt: skip
+    return chosen
 
 
 def _vocabulary(*datasets: Dataset | None) -> list[str]:
@@ -165,7 +180,7 @@ def run_job(
         reporter=reporter,
         out=out,
         domain=domain,
-        domain_codec=make_codec(cfg, domain),
+        domain_codec=make_codec(cfg, domain, reporter),
         warm=warm,
         warm_codec=make_codec(cfg, warm) if warm else None,
         reward=reward,

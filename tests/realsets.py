@@ -70,9 +70,12 @@ def _boxes(labels: np.ndarray, x0: int, y0: int, size: int, areas: np.ndarray) -
     return boxes
 
 
-def build(name: str, n: int = 120, *, tile: int = 96, seed: int = 0, max_objects: int | None = None) -> Dataset:
-    """``n`` tiles split 60/20/20 by band of the photograph; tiles holding more than
-    ``max_objects`` boxed objects are skipped (None keeps all)."""
+def build(name: str, n: int = 120, *, tile: int = 96, seed: int = 0, max_objects: int | None = None,
+          counts: dict[str, int] | None = None) -> Dataset:  # fmt: skip
+    """``n`` tiles split 60/20/20 (or ``counts`` per split), each split from its own region of
+    the photograph; tiles holding more than ``max_objects`` boxed objects are skipped (None
+    keeps all)."""
+    counts = counts or {"train": round(n * 0.6), "val": round(n * 0.2), "test": round(n * 0.2)}
     rgb, labels, category = _labels(name)
     areas = np.bincount(labels.ravel())
     h, w = labels.shape
@@ -82,7 +85,7 @@ def build(name: str, n: int = 120, *, tile: int = 96, seed: int = 0, max_objects
     along_x = w >= h  # regions are cut along the longer side first
     long_, short = (w, h) if along_x else (h, w)
     for split, ((l0, l1), (s0, s1)) in REGIONS.items():
-        want = max(1, round(n * (0.6 if split == "train" else 0.2)))
+        want = counts[split]
         lo, lhi = int(l0 * long_), int(l1 * long_) - tile
         so, shi = int(s0 * short), int(s1 * short) - tile
         if lhi < lo or shi < so:

@@ -154,7 +154,7 @@ def judge(ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], se
         min_gain=ctx.cfg.evaluate.min_gain, min_parse_rate=ctx.cfg.evaluate.min_parse_rate,
         domain_steps=read_done(domain_dir).get("steps") if is_done(domain_dir) else None,
         warm_started="warm_start" in checkpoints,
-        label_causes=label_limits(ctx.domain.splits.get("train") or [], ctx.cfg.data.max_objects, ctx.cfg.num_bins),
+        label_causes=label_limits(ctx.domain.splits.get("train") or [], ctx.domain_codec.max_objects, ctx.cfg.num_bins),
     )  # fmt: skip
     for name, count in {"val": selection["n"], record["split"]: record["n"]}.items():
         if 0 < count < NOISY_SPLIT:
@@ -179,7 +179,9 @@ def pick_release(scores: dict[str, dict[str, float]], key: str, n: int) -> tuple
     reason = f"{TITLES[best]}, {key} {scores[best][key]:.3f} on {n} validation images"
     if best != last:
         reason += f"; {TITLES[last]} scored {scores[last][key]:.3f} < {scores[best][key]:.3f} on validation"
-    return best, reason
+    named = {best, last}  # the last stage is already named when it lost
+    rest = [f"{TITLES[o]} {scores[o][key]:.3f}" for o in reversed(order) if o not in named]
+    return best, reason + (f" ({', '.join(rest)})" if rest else "")
 
 
 def _augment_hint(ctx: Context) -> str:
