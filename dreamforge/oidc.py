@@ -58,7 +58,10 @@ def verify(token: str, *, issuer: str, audience: str) -> dict[str, Any]:
 
 async def spend_jti(db, claims: dict[str, Any]) -> None:
     """Record the token's ``jti``; a second use of the same token is a replay."""
-    expires = datetime.fromtimestamp(int(claims["exp"]) + LEEWAY_S, UTC)
+    try:
+        expires = datetime.fromtimestamp(int(claims["exp"]) + LEEWAY_S, UTC)
+    except (OverflowError, ValueError, OSError):  # a finite but absurd exp (PyJWT checked it is a number)
+        raise OidcError("OIDC token: exp is out of range") from None
     try:
         await db[JTIS].insert_one({"_id": str(claims["jti"]), "expires_at": expires})
     except DuplicateKeyError:

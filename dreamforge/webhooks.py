@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from typing import Annotated, Any
 
@@ -57,6 +58,13 @@ def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     return bool(header) and hmac.compare_digest(signature(secret, body), header)  # constant time
 
 
+def fresh(signed_at: float, tolerance_s: float, now: float) -> bool:
+    """Whether a request signed at ``signed_at`` is inside the replay window. Written so that
+    anything non-finite fails: ``abs(now - nan) > tolerance`` would be False and pass."""
+    age = now - signed_at
+    return math.isfinite(age) and -tolerance_s <= age <= tolerance_s
+
+
 class ActionPush(BaseModel):
     """What the Action posts (``github_action``): one push or pull request and its config."""
 
@@ -72,7 +80,9 @@ class ActionPush(BaseModel):
     run_id: str | None = Field(None, max_length=50)
     run_attempt: int | None = None
     delivery: str = Field(..., min_length=8, max_length=100, description="Unique per Action run; kept across its retries.")
-    timestamp: float = Field(..., description="Unix time the Action signed the request (replay window).")
+    # strict and finite: NaN compares False with everything, so it would slip through any window.
+    timestamp: float = Field(..., strict=True, allow_inf_nan=False,
+                             description="Unix time the Action signed the request (replay window).")
     config: dict[str, Any]
     config_path: str = Field(CONFIG_FILE, max_length=300)
 
@@ -186,7 +196,7 @@ def github_router(settings: Settings) -> APIRouter:
             push = ActionPush.model_validate_json(raw)
         except ValidationError as e:
             raise HTTPException(422, [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()]) from None
-        if abs(time.time() - push.timestamp) > settings.webhook_tolerance_s:
+        if not fresh(push.timestamp, settings.webhook_tolerance_s, time.time()):
             raise HTTPException(401, f"stale request: signed {time.time() - push.timestamp:.0f} s ago (limit "
                                      f"{settings.webhook_tolerance_s:.0f} s); check the runner's clock")  # fmt: skip
         if claims is not None:

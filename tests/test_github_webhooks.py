@@ -316,3 +316,20 @@ def test_githubs_own_webhook_reads_the_config_at_the_pushed_sha(stack, db, key, 
     assert r.status_code == 201 and r.json()["status"] == "awaiting_approval"
     assert deliver(json.dumps(pull_request_event(REPO, REPO, 9, "x", sha(), action="closed")).encode(), "pull_request",
                    "d-4").status_code == 202  # fmt: skip
+
+
+def test_signed_bodies_with_a_non_finite_or_non_numeric_timestamp_are_refused(stack, db, key):
+    # abs(now - NaN) > limit is False: a NaN timestamp used to skip the replay window entirely.
+    before = db.jobs.count_documents({})
+    body = action_body(REPO, "nan-time", sha(), cfg("nan-time"))
+    stamp = json.dumps(body["timestamp"])
+    raws = [json.dumps(body).replace(f'"timestamp": {stamp}', f'"timestamp": {bad}').encode()
+            for bad in ("NaN", "Infinity", "-Infinity", "1e999", '"NaN"', f'"{stamp}"', "true", "null")]
+    assert all(b"timestamp" in raw and raw != json.dumps(body).encode() for raw in raws)
+    for raw in raws:
+        r = post_action(stack, key, raw)  # correctly signed: only the timestamp is wrong
+        assert r.status_code in (401, 422), (raw[-120:], r.status_code, r.text)
+        if r.status_code == 422:
+            assert any(e["loc"][-1] == "timestamp" for e in r.json()["detail"]), r.text
+    assert db.jobs.count_documents({}) == before
+    assert post_action(stack, key, body).status_code == 201  # the same body with a real timestamp is fine
