@@ -23,6 +23,7 @@ JOBS, LOGS, METRICS, PROJECTS, KEYS, DATASETS, REWARDS = (
 )  # fmt: skip
 GRIDFS_BUCKET = "datasets"
 QUEUE_HEAD = "queue_head"  # one document: a key at or below every queued key (queue.py's claim)
+GITHUB_PUSHES = "github_pushes"  # GitHub deliveries whose config is still to be read (push_outbox.py)
 
 INDEXES: dict[str, list[IndexModel]] = {
     JOBS: [
@@ -41,6 +42,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     PROJECTS: [IndexModel([("github_repos", ASCENDING)], name="github_repos", sparse=True),
                IndexModel([("github_repo_ids", ASCENDING)], name="github_repo_ids", sparse=True)],
     "github_deliveries": [IndexModel([("created_at", ASCENDING)], name="ttl", expireAfterSeconds=86400)],
+    GITHUB_PUSHES: [IndexModel([("due", ASCENDING)], name="due", sparse=True),
+                    IndexModel([("received_at", ASCENDING)], name="ttl", expireAfterSeconds=7 * 86400)],
     "github_oidc_jti": [IndexModel([("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0)],
     LOGS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
     METRICS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
