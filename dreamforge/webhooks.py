@@ -3,7 +3,9 @@
 Every push (or pull request) carrying ``dreamforge.config.json`` becomes one preview job per
 (repository, branch, sha, config hash); the newest job of a branch supersedes (cancels) the
 older unfinished ones. The routes only validate, record and enqueue, so they answer well within
-GitHub's 10 s; the commit status goes back through the outbox of ``github_status``.
+GitHub's 10 s; the commit status goes back through the outbox of ``github_status``. GitHub's own
+webhook names a commit, whose config is read from GitHub: the delivery is stored first, and
+when GitHub does not answer it waits in the outbox of ``push_outbox`` (202) instead of being lost.
 
 Credentials, per project (``PUT /api/github``):
 - the Action: the project's API key (``Authorization: Bearer``) plus an HMAC-SHA256 of the raw
