@@ -82,10 +82,11 @@ def test_a_push_while_github_is_away_is_kept_and_trains_once_github_is_back(stac
         assert db.jobs.count_documents({"source.sha": commit}) == 0
     finally:
         setattr(gh, outage, False)
-    job = wait_for(lambda: db.jobs.find_one({"source.sha": commit}))
+    # the stored delivery is removed last, once its job and the preview are in place
+    wait_for(lambda: db[GITHUB_PUSHES].count_documents({"delivery": f"d-{outage}"}) == 0)
+    job = db.jobs.find_one({"source.sha": commit})
     assert job["status"] == "queued" and job["config"]["name"] == f"outage-{outage}"
     assert job["source"]["branch"] == branch and job["source"]["repo"] == REPO
-    assert db[GITHUB_PUSHES].count_documents({"delivery": f"d-{outage}"}) == 0
     p = preview(stack, key, branch)
     assert (p["status"], p["jobId"], p["detail"]) == ("queued", job["_id"], None)
     r = push(stack, branch, commit, f"d-{outage}")  # a late redelivery finds the job, once
