@@ -82,8 +82,8 @@ async def resolve(db, settings: Settings, p: dict[str, Any], *, inline: bool) ->
                                          delivery=p["delivery"], source=source, fork=p["fork"],
                                          received_at=p["received_at"])  # fmt: skip
     except HTTPException as e:
-        if inline:
-            await db[PUSHES].delete_one({"_id": p["_id"]})
+        if inline:  # as before the outbox: the answer says why, and a redelivery starts over
+            await _forget(db, p)
             raise
         await _failed(db, p, _detail_text(e.detail))
         return JSONResponse({"detail": e.detail}, status_code=e.status_code)
@@ -128,9 +128,17 @@ async def _done(db, p: dict[str, Any], skipped: str | None = None) -> None:
     await db[PUSHES].delete_one({"_id": p["_id"]})
 
 
+async def _forget(db, p: dict[str, Any]) -> None:
+    """Drop the delivery entirely, so that GitHub's manual redelivery of it starts over."""
+    from dreamforge.webhooks import DELIVERIES
+
+    await db[DELIVERIES].delete_one({"_id": p["_id"]})
+    await db[PUSHES].delete_one({"_id": p["_id"]})
+
+
 async def _failed(db, p: dict[str, Any], detail: str) -> None:
-    await _marker(db, p, "failed", detail)
-    await db[PUSHES].update_one({"_id": p["_id"]}, {"$set": {"error": detail, "failed": True}, "$unset": {"due": ""}})
+    await _marker(db, p, "failed", detail)  # the preview keeps saying why
+    await _forget(db, p)
 
 
 async def _retry_later(db, p: dict[str, Any], e: Exception) -> JSONResponse:

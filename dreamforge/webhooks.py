@@ -345,7 +345,7 @@ async def _replayed(db, settings: Settings, pid: str, delivery: str) -> JSONResp
     if job is None and rec.get("skipped"):
         return JSONResponse({"skipped": rec["skipped"]}, status_code=202)
     pending = await db[GITHUB_PUSHES].find_one({"_id": queue.scoped(pid, delivery)}) if job is None else None
-    if pending is not None and not pending.get("failed"):
+    if pending is not None:
         return push_outbox.waiting_response(pending, duplicate=True)
     if job is None:
         raise HTTPException(409, f"delivery {delivery} is being processed or failed; send a new delivery")

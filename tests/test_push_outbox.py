@@ -124,3 +124,6 @@ def test_a_bad_config_read_after_an_outage_shows_on_the_preview(stack, db, key, 
     p = wait_for(lambda: (q := preview(stack, key, branch))["status"] == "failed" and q)
     assert p["jobId"] is None and "rl.tmperature" in p["detail"]
     assert db.jobs.count_documents({"source.sha": commit}) == 0
+    # GitHub's manual redelivery of it starts over: the same bad file, now said to GitHub
+    r = push(stack, branch, commit, "d-bad")
+    assert r.status_code == 422 and "tmperature" in r.text
