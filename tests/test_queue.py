@@ -229,3 +229,26 @@ def test_wakeup_fires_when_a_job_becomes_ready_and_not_for_other_writes(db):
         assert queue.Wakeup(db, stop).wait(5) is False and time.perf_counter() - t0 < 1  # a stopping worker does not wait
     finally:
         w.close()
+
+
+def test_an_idle_worker_picks_up_a_new_job_at_once_not_at_its_next_poll(db, tmp_path):
+    from dreamforge.settings import Settings
+    from dreamforge.worker import Worker
+
+    # A poll every 30 s: only the change stream can make the pickup quick.
+    w = Worker(Settings(mongodb_uri=uri_of(db), db_name=db.name, home=tmp_path, poll_s=30), worker_id="idle")
+    th = threading.Thread(target=w.run_forever, daemon=True)
+    th.start()
+    try:
+        time.sleep(2)  # idle, waiting
+        doc = queue.new_job("p", {"task": "detect"}, "h", source={}, reward_ref="rw_gone")  # fails at once: no stage runs
+        db[JOBS].insert_one(doc)
+        deadline = time.monotonic() + 10
+        while (job := db[JOBS].find_one({"_id": doc["_id"]}))["status"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job["status"] in ("running", "failed"), job["status"]
+        assert (job["claimed_at"] - job["created_at"]).total_seconds() < 2, job
+    finally:
+        w.stop()
+        th.join(10)
+    assert not th.is_alive()
