@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from dreamforge import auth, errors, queue
+from dreamforge import auth, errors, push_outbox, queue
 from dreamforge.lanes import lane
 from dreamforge.routes_samples import router as samples_router
 from dreamforge.schemas import (
@@ -129,7 +129,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_indexes_async(app.state.db)
         except PyMongoError as e:  # start anyway: routes answer 503 until the database is back
             log.warning("database unavailable at start-up (%s); indexes will be created by the worker", e)
+        outbox = push_outbox.start(app.state.db, settings)  # GitHub deliveries read while GitHub was away
         yield
+        await push_outbox.stop(outbox)
         await app.state.client.close()
 
     app = FastAPI(

@@ -11,6 +11,7 @@ under the same name gets a new id) to the project that pinned it.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +51,8 @@ def verify(token: str, *, issuer: str, audience: str) -> dict[str, Any]:
         raise OidcError(f"OIDC token: wrong audience; request the token with audience {audience!r}") from None
     except jwt.InvalidTokenError as e:
         raise OidcError(f"OIDC token rejected: {e}") from None
+    if not re.fullmatch(r"[0-9]{1,20}", str(claims["repository_id"])):  # it keys the project lookup as an int
+        raise OidcError("OIDC token rejected: repository_id is not a number")
     if claims.get("event_name") in REFUSED_EVENTS:
         raise OidcError(f"OIDC token from a {claims['event_name']} workflow: refused, since such workflows run with the "
                         "base repository's rights next to code a fork controls; use on: push or pull_request")  # fmt: skip
@@ -58,7 +61,10 @@ def verify(token: str, *, issuer: str, audience: str) -> dict[str, Any]:
 
 async def spend_jti(db, claims: dict[str, Any]) -> None:
     """Record the token's ``jti``; a second use of the same token is a replay."""
-    expires = datetime.fromtimestamp(int(claims["exp"]) + LEEWAY_S, UTC)
+    try:
+        expires = datetime.fromtimestamp(int(claims["exp"]) + LEEWAY_S, UTC)
+    except (OverflowError, ValueError, OSError):  # a finite but absurd exp (PyJWT checked it is a number)
+        raise OidcError("OIDC token: exp is out of range") from None
     try:
         await db[JTIS].insert_one({"_id": str(claims["jti"]), "expires_at": expires})
     except DuplicateKeyError:

@@ -5,7 +5,8 @@ SecantusDB fetches every document matching a filter and sorts in Python before t
 on the same single indexed field:
 
 - claim: ``queue_key`` exists only while a job is queued and sorts by ready time, so the claim
-  filters and sorts on that one field;
+  filters and sorts on that one field, in short windows starting at the queue's head
+  (``QUEUE_HEAD``): a range over the whole backlog would fetch all of it;
 - reaper: ``lease_expires`` exists only while a job runs;
 - log/metric tails: ``(job_id, seq)`` unique, read as ``seq > n`` with a limit;
 - job lists: ``list_key`` = project id, creation time and job id in one sortable string, so a
@@ -21,6 +22,8 @@ JOBS, LOGS, METRICS, PROJECTS, KEYS, DATASETS, REWARDS = (
     "jobs", "logs", "metrics", "projects", "api_keys", "datasets", "rewards",
 )  # fmt: skip
 GRIDFS_BUCKET = "datasets"
+QUEUE_HEAD = "queue_head"  # one document: a key at or below every queued key (queue.py's claim)
+GITHUB_PUSHES = "github_pushes"  # GitHub deliveries whose config is still to be read (push_outbox.py)
 
 INDEXES: dict[str, list[IndexModel]] = {
     JOBS: [
@@ -39,6 +42,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     PROJECTS: [IndexModel([("github_repos", ASCENDING)], name="github_repos", sparse=True),
                IndexModel([("github_repo_ids", ASCENDING)], name="github_repo_ids", sparse=True)],
     "github_deliveries": [IndexModel([("created_at", ASCENDING)], name="ttl", expireAfterSeconds=86400)],
+    GITHUB_PUSHES: [IndexModel([("due", ASCENDING)], name="due", sparse=True),
+                    IndexModel([("received_at", ASCENDING)], name="ttl", expireAfterSeconds=7 * 86400)],
     "github_oidc_jti": [IndexModel([("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0)],
     LOGS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
     METRICS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],

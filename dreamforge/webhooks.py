@@ -3,7 +3,9 @@
 Every push (or pull request) carrying ``dreamforge.config.json`` becomes one preview job per
 (repository, branch, sha, config hash); the newest job of a branch supersedes (cancels) the
 older unfinished ones. The routes only validate, record and enqueue, so they answer well within
-GitHub's 10 s; the commit status goes back through the outbox of ``github_status``.
+GitHub's 10 s; the commit status goes back through the outbox of ``github_status``. GitHub's own
+webhook names a commit, whose config is read from GitHub: the delivery is stored first, and
+when GitHub does not answer it waits in the outbox of ``push_outbox`` (202) instead of being lost.
 
 Credentials, per project (``PUT /api/github``):
 - the Action: the project's API key (``Authorization: Bearer``) plus an HMAC-SHA256 of the raw
@@ -22,6 +24,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from typing import Annotated, Any
 
@@ -31,11 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from dreamforge import oidc, queue
+from dreamforge import oidc, push_outbox, queue
 from dreamforge.github_status import COMMENTS, dashboard_link, due, key_metric
 from dreamforge.schemas import JobSource, TrainRequest
 from dreamforge.settings import Settings
-from dreamforge.store import JOBS, PROJECTS
+from dreamforge.store import GITHUB_PUSHES, JOBS, PROJECTS
 from dreamforge.submit import NotFound, submit
 from pipeline.config import ConfigError, build_config, config_hash
 
@@ -57,6 +60,13 @@ def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     return bool(header) and hmac.compare_digest(signature(secret, body), header)  # constant time
 
 
+def fresh(signed_at: float, tolerance_s: float, now: float) -> bool:
+    """Whether a request signed at ``signed_at`` is inside the replay window. Written so that
+    anything non-finite fails: ``abs(now - nan) > tolerance`` would be False and pass."""
+    age = now - signed_at
+    return math.isfinite(age) and -tolerance_s <= age <= tolerance_s
+
+
 class ActionPush(BaseModel):
     """What the Action posts (``github_action``): one push or pull request and its config."""
 
@@ -72,7 +82,9 @@ class ActionPush(BaseModel):
     run_id: str | None = Field(None, max_length=50)
     run_attempt: int | None = None
     delivery: str = Field(..., min_length=8, max_length=100, description="Unique per Action run; kept across its retries.")
-    timestamp: float = Field(..., description="Unix time the Action signed the request (replay window).")
+    # strict and finite: NaN compares False with everything, so it would slip through any window.
+    timestamp: float = Field(..., strict=True, allow_inf_nan=False,
+                             description="Unix time the Action signed the request (replay window).")
     config: dict[str, Any]
     config_path: str = Field(CONFIG_FILE, max_length=300)
 
@@ -100,8 +112,9 @@ class GithubLinkView(BaseModel):
 class Preview(BaseModel):
     repo: str
     branch: str
-    jobId: str
+    jobId: str | None = Field(None, description="None while a push waits for GitHub (waiting_for_github) or failed before its job.")
     status: str
+    detail: str | None = Field(None, description="Why a push has no job yet (GitHub unreachable, a bad config).")
     sha: str | None = None
     pr: int | None = None
     stage: str | None = None
@@ -186,7 +199,7 @@ def github_router(settings: Settings) -> APIRouter:
             push = ActionPush.model_validate_json(raw)
         except ValidationError as e:
             raise HTTPException(422, [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()]) from None
-        if abs(time.time() - push.timestamp) > settings.webhook_tolerance_s:
+        if not fresh(push.timestamp, settings.webhook_tolerance_s, time.time()):
             raise HTTPException(401, f"stale request: signed {time.time() - push.timestamp:.0f} s ago (limit "
                                      f"{settings.webhook_tolerance_s:.0f} s); check the runner's clock")  # fmt: skip
         if claims is not None:
@@ -229,25 +242,17 @@ def github_router(settings: Settings) -> APIRouter:
         target = push_target(x_github_event, event)
         if isinstance(target, str):
             return JSONResponse({"skipped": target}, status_code=202)
-        branch, sha, pr, fork = target
         if not x_github_delivery:
             raise HTTPException(400, "missing X-GitHub-Delivery")
-        if await db(request)[DELIVERIES].find_one({"_id": queue.scoped(project["_id"], x_github_delivery)}):
+        # Stored before GitHub is asked for the config: GitHub never redelivers on its own, so
+        # a delivery it cannot be asked about now is read later from the outbox (push_outbox.py).
+        p = push_outbox.pending_doc(project["_id"], x_github_delivery, repo, target)
+        try:
+            await db(request)[DELIVERIES].insert_one({"_id": p["_id"], "created_at": queue.now()})
+        except DuplicateKeyError:
             return await _replayed(db(request), settings, project["_id"], x_github_delivery)
-        try:
-            text = await asyncio.to_thread(fetch_config, settings, repo, sha)
-        except Exception as e:  # noqa: BLE001 — PyGithub raises many kinds; GitHub retries the delivery on 5xx
-            raise HTTPException(502, f"could not read {CONFIG_FILE} of {repo}@{sha[:12]} from GitHub: {e}") from None
-        if text is None:
-            return JSONResponse({"skipped": f"no {CONFIG_FILE} at {sha[:12]}"}, status_code=202)
-        try:
-            config = json.loads(text)
-        except ValueError as e:
-            raise HTTPException(422, f"{CONFIG_FILE} at {sha[:12]} is not valid JSON: {e}") from None
-        return await create_preview(
-            db(request), settings, project["_id"], config=config, config_path=CONFIG_FILE, delivery=x_github_delivery,
-            source=JobSource(kind="github", repo=repo, branch=branch, sha=sha, pr=pr), fork=fork,
-        )  # fmt: skip
+        await db(request)[GITHUB_PUSHES].insert_one(p)
+        return await push_outbox.resolve(db(request), settings, p, inline=True)
 
     # -- approvals and previews ------------------------------------------------------------
     @router.post("/api/jobs/{job_id}/approve", tags=["jobs"])
@@ -272,10 +277,15 @@ def github_router(settings: Settings) -> APIRouter:
         lo = f"{pid}|{repo}|" if repo else f"{pid}|"
         heads = await db(request)[PREVIEWS].find({"_id": {"$gt": lo, "$lt": lo + "~"}}).to_list(1000)
         jobs = {d["_id"]: d for d in await db(request)[JOBS].find(
-            {"_id": {"$in": [h["job_id"] for h in heads]}}, JOB_FIELDS).to_list(1000)}  # fmt: skip
+            {"_id": {"$in": [h["job_id"] for h in heads if h.get("job_id")]}}, JOB_FIELDS).to_list(1000)}  # fmt: skip
         out = []
         for h in heads:
-            job = jobs.get(h["job_id"])
+            pending = h.get("pending")
+            if pending and (not h.get("job_id") or pending["since"] >= (h.get("received_at") or h["updated_at"])):
+                out.append(Preview(repo=h["repo"], branch=h["branch"], status=pending["status"], sha=pending["sha"],
+                                   pr=pending.get("pr"), detail=pending.get("detail"), updated_at=pending["since"]))  # fmt: skip
+                continue
+            job = jobs.get(h.get("job_id"))
             if job is None:
                 continue
             src, metric = job.get("source") or {}, key_metric(job)
@@ -332,6 +342,11 @@ def fetch_config(settings: Settings, repo: str, sha: str) -> str | None:
 async def _replayed(db, settings: Settings, pid: str, delivery: str) -> JSONResponse:
     rec = await db[DELIVERIES].find_one({"_id": queue.scoped(pid, delivery)}) or {}
     job = await db[JOBS].find_one({"_id": rec.get("job_id")}, {"status": 1}) if rec.get("job_id") else None
+    if job is None and rec.get("skipped"):
+        return JSONResponse({"skipped": rec["skipped"]}, status_code=202)
+    pending = await db[GITHUB_PUSHES].find_one({"_id": queue.scoped(pid, delivery)}) if job is None else None
+    if pending is not None:
+        return push_outbox.waiting_response(pending, duplicate=True)
     if job is None:
         raise HTTPException(409, f"delivery {delivery} is being processed or failed; send a new delivery")
     return JSONResponse({"jobId": job["_id"], "status": job["status"], "created": False, "duplicate": True,
@@ -345,6 +360,14 @@ async def create_preview(db, settings: Settings, pid: str, *, config: dict[str, 
         await db[DELIVERIES].insert_one({"_id": queue.scoped(pid, delivery), "created_at": queue.now()})
     except DuplicateKeyError:
         return await _replayed(db, settings, pid, delivery)
+    return await create_job(db, settings, pid, config=config, config_path=config_path, delivery=delivery, source=source,
+                            fork=fork)  # fmt: skip
+
+
+async def create_job(db, settings: Settings, pid: str, *, config: dict[str, Any], config_path: str, delivery: str,
+                     source: JobSource, fork: bool, received_at: Any = None) -> JSONResponse:  # fmt: skip
+    """Create (or find) the job of a recorded delivery and supersede the branch's older jobs;
+    ``received_at``: when the delivery arrived (later than now for one read from the outbox)."""
     try:
         chash = config_hash(build_config(config, source=config_path))
         key = f"github|{source.repo}|{source.branch}|{source.sha}|{chash}"
@@ -367,19 +390,21 @@ async def create_preview(db, settings: Settings, pid: str, *, config: dict[str, 
         await db[JOBS].update_one({"_id": doc["_id"]}, {"$set": {"github_outbox": due(queue.now())}})
         if source.pr:
             await db[COMMENTS].update_one({"_id": f"{pid}|{source.repo}#{source.pr}"}, {"$set": {"job_id": doc["_id"]}}, upsert=True)
-        superseded = await supersede(db, pid, source, doc["_id"])
+        superseded = await supersede(db, pid, source, doc["_id"], received_at)
     return JSONResponse({"jobId": doc["_id"], "status": doc["status"], "created": created, "duplicate": False,
                          "dashboard_url": dashboard_link(settings, doc["_id"]), "superseded": superseded},
                         status_code=201 if created else 200)  # fmt: skip
 
 
-async def supersede(db, pid: str, source: JobSource, job_id: str) -> list[str]:
+async def supersede(db, pid: str, source: JobSource, job_id: str, received_at: Any = None) -> list[str]:
     """Make ``job_id`` the branch's preview and cancel the job it replaces if unfinished. The
     swap is one atomic update of the branch's preview document, so of racing pushes each
     cancels exactly the job it displaced."""
+    t = queue.now()
     prev = await db[PREVIEWS].find_one_and_update(
         {"_id": f"{pid}|{source.repo}|{source.branch}"},
-        {"$set": {"job_id": job_id, "repo": source.repo, "branch": source.branch, "updated_at": queue.now()}},
+        {"$set": {"job_id": job_id, "repo": source.repo, "branch": source.branch, "updated_at": t,
+                  "received_at": received_at or t}},
         upsert=True, return_document=ReturnDocument.BEFORE,
     )  # fmt: skip
     old = (prev or {}).get("job_id")

@@ -100,6 +100,7 @@ class Worker:
         """Claim and run jobs until stopped; survives the database going away and coming back."""
         last_reap = last_cleanup = 0.0
         start_sync_thread(self.db, self.settings, self._stop)  # commit statuses to GitHub (github_status.py)
+        wake = queue.Wakeup(self.db, self._stop)  # a change stream: idle workers pick up new jobs at once
         while not self._stop.is_set():
             try:
                 if not self._indexed:
@@ -112,7 +113,7 @@ class Worker:
                     cleanup_temporary(self.settings, self.db)
                     last_cleanup = time.monotonic()
                 if not self.run_once():
-                    self._stop.wait(self.settings.poll_s)
+                    wake.wait(self.settings.poll_s)
             except PyMongoError as e:
                 log.warning("database unavailable (%s); retrying", type(e).__name__)
                 self._stop.wait(1.0)

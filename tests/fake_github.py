@@ -3,7 +3,8 @@
 PyGithub is pointed at it with ``base_url`` (``GITHUB_API_URL``). It answers the few endpoints
 DreamForge uses, shaped like GitHub's (every object carries loopback ``url`` fields, which
 PyGithub follows): commit statuses, issue comments (create, edit) and file contents. ``down``
-makes it answer 503 to everything, as GitHub does in an outage.
+makes it answer 503 to everything, as GitHub does in an outage; ``unreachable`` makes it drop
+every connection without an answer, as a network failure does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class FakeGitHub:
         self.requests: list[dict] = []  # {"method", "path", "query", "json", "auth"} in arrival order
         self.files: dict[tuple[str, str, str], str] = {}  # (repo, sha, path) -> text
         self.down = False
+        self.unreachable = False
         self._next_comment = 1000
         self._lock = threading.Lock()
         fake = self
@@ -43,6 +45,9 @@ class FakeGitHub:
                 url = urlsplit(self.path)
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) if n else b""
+                if fake.unreachable:
+                    self.close_connection = True
+                    return
                 with fake._lock:
                     fake.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
                                           "json": json.loads(raw) if raw else None,

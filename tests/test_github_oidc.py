@@ -151,3 +151,17 @@ def test_the_action_uses_the_runners_oidc_token(stack, db, project, issuer, tmp_
                    env={"ACTIONS_ID_TOKEN_REQUEST_URL": f"{issuer.url}/token?api-version=2.0",
                         "ACTIONS_ID_TOKEN_REQUEST_TOKEN": REQUEST_TOKEN})  # fmt: skip
     assert r.rc == 1 and "`wait: true` reads the job with the `api-key` input" in r.stdout
+
+
+def test_signed_tokens_with_absurd_numbers_are_401_not_500(stack, db, project, issuer):
+    # Signed by the issuer, so only GitHub could send them; still a clear 401, never a crash.
+    before = db.jobs.count_documents({})
+    for what, token, says in [
+        ("exp past year 9999", issuer.token(exp=10**15), "exp"),
+        ("NaN repository id", issuer.token(repository_id="NaN"), "repository_id"),
+        ("huge repository id", issuer.token(repository_id="9" * 40), "repository_id"),
+    ]:
+        r = post(stack, token, action_body(REPO, "main", sha(), tiny_job_config(name="absurd")))
+        assert r.status_code == 401, (what, r.status_code, r.text)
+        assert says in r.json()["detail"], (what, r.text)
+    assert db.jobs.count_documents({}) == before

@@ -327,3 +327,20 @@ def test_a_model_that_did_not_learn_is_a_failed_check_naming_the_released_stage(
     assert f"Released: {reason}." in github_status.comment_body(job, settings)
     job["result"]["verdict"] = {"verdict": "did_not_learn", "problems": ["iou 0.310 on val against 0.300 for the base model"]}
     assert github_status.desired_status(job) == ("failure", "did not learn: iou 0.310, see the dashboard for likely causes")
+
+
+def test_signed_bodies_with_a_non_finite_or_non_numeric_timestamp_are_refused(stack, db, key):
+    # abs(now - NaN) > limit is False: a NaN timestamp used to skip the replay window entirely.
+    before = db.jobs.count_documents({})
+    body = action_body(REPO, "nan-time", sha(), cfg("nan-time"))
+    stamp = json.dumps(body["timestamp"])
+    raws = [json.dumps(body).replace(f'"timestamp": {stamp}', f'"timestamp": {bad}').encode()
+            for bad in ("NaN", "Infinity", "-Infinity", "1e999", '"NaN"', f'"{stamp}"', "true", "null")]
+    assert all(b"timestamp" in raw and raw != json.dumps(body).encode() for raw in raws)
+    for raw in raws:
+        r = post_action(stack, key, raw)  # correctly signed: only the timestamp is wrong
+        assert r.status_code in (401, 422), (raw[-120:], r.status_code, r.text)
+        if r.status_code == 422:
+            assert any(e["loc"][-1] == "timestamp" for e in r.json()["detail"]), r.text
+    assert db.jobs.count_documents({}) == before
+    assert post_action(stack, key, body).status_code == 201  # the same body with a real timestamp is fine

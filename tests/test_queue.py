@@ -132,3 +132,126 @@ def test_temporary_artifacts_expire_final_models_stay(db, tmp_path):
     assert sorted(removed) == sorted([str(job_dir / "out" / "stages"), str(job_dir / "dataset.zip")])
     assert (tmp_path / "artifacts" / done / "out" / "model-4bit").exists()
     assert (tmp_path / "artifacts" / running / "out" / "stages").exists()  # a running job keeps everything
+
+
+def uri_of(db) -> str:
+    host, port = db.client.address
+    return embedded_db.uri_for(port) if host == "127.0.0.1" else f"mongodb://{host}:{port}/"
+
+
+def keyed_jobs(db, ready_at: list) -> list[str]:
+    """Queued jobs whose ready times are ``ready_at`` (a backlog from the past, retries due later)."""
+    docs = [queue.new_job("p", {"task": "detect"}, "h", source={}) for _ in ready_at]
+    for d, t in zip(docs, ready_at, strict=True):
+        d["queue_key"] = queue.queue_key(t, d["_id"])
+    db[JOBS].insert_many(docs)
+    return [d["_id"] for d in docs]
+
+
+def test_claims_take_the_oldest_ready_key_across_gaps_stragglers_and_processes(db, tmp_path):
+    from datetime import timedelta
+
+    t = queue.now()
+    # an old backlog with hour-long gaps, a burst, and a job not due for a minute
+    old = keyed_jobs(db, [t - timedelta(hours=h) for h in (5, 3, 3, 1)] + [t - timedelta(seconds=30, microseconds=i) for i in range(20)])
+    later = keyed_jobs(db, [t + timedelta(minutes=1)])
+    expect = [d["_id"] for d in db[JOBS].find({"_id": {"$in": old}}).sort("queue_key", 1)]
+    got = [queue.claim(db, "w", 30)["_id"] for _ in range(6)]
+    assert got == expect[:6]
+    # a straggler: stamped before the head but written only now; it is the oldest, so it is next
+    (straggler,) = keyed_jobs(db, [t - timedelta(hours=2)])
+    assert queue.claim(db, "w", 30)["_id"] == straggler
+    # another process starts from the head the first one saved, and goes on in order
+    time.sleep(queue._SAVE_EVERY_S)
+    assert queue.claim(db, "w", 30)["_id"] == expect[6]  # and saves the head (at most once a second)
+    with client(uri_of(db)) as c2:
+        other = c2[db.name]
+        assert db[queue.QUEUE_HEAD].find_one({"_id": "head"})["key"] > queue.queue_key(t - timedelta(hours=2), "")
+        rest = [j["_id"] for j in iter(lambda: queue.claim(other, "w2", 30), None)]
+    assert rest == expect[7:]
+    assert db[JOBS].find_one({"_id": later[0]})["status"] == "queued"  # not due yet: untouched
+    assert db[JOBS].count_documents({"status": "running"}) == len(old) + 1
+
+
+def test_racing_processes_with_their_own_heads_claim_each_job_once(db):
+    ids = add_jobs(db, 60)
+    uri = uri_of(db)
+    claimed: dict[str, list[str]] = {f"w{i}": [] for i in range(4)}
+
+    def work(name: str) -> None:
+        with client(uri) as c:  # a client per racer: each keeps its own head, as separate workers do
+            while (job := queue.claim(c[db.name], name, 30)) is not None:
+                claimed[name].append(job["_id"])
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in claimed]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    got = [j for js in claimed.values() for j in js]
+    assert sorted(got) == sorted(ids) and len(got) == len(set(got))
+
+
+def test_a_claim_at_a_large_backlog_reads_a_few_keys_not_the_backlog(db):
+    import statistics
+
+    add_jobs(db, 10)
+    for _ in range(10):
+        queue.claim(db, "w", 30)
+    add_jobs(db, 3000)
+    top = queue.queue_key(queue.now(), "~")
+    full = []
+    for _ in range(3):  # what the claim read before: every ready key, then the limit
+        t0 = time.perf_counter()
+        list(db[JOBS].find({"queue_key": {"$lte": top}}, {"queue_key": 1}).sort("queue_key", 1).limit(8))
+        full.append(time.perf_counter() - t0)
+    claims = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        assert queue.claim(db, "w", 30) is not None
+        claims.append(time.perf_counter() - t0)
+    # relative, so a busy machine slows both alike: the full read fetches 3000 jobs, a claim ~20
+    assert statistics.median(claims) < statistics.median(full) / 4, (claims, full)
+
+
+def test_wakeup_fires_when_a_job_becomes_ready_and_not_for_other_writes(db):
+    w = queue.Wakeup(db)
+    try:
+        assert w.wait(0.05) is False  # opens the stream; nothing queued yet
+        (job_id,) = add_jobs(db, 1)
+        t0 = time.perf_counter()
+        assert w.wait(5) is True and time.perf_counter() - t0 < 1
+        job = queue.claim(db, "w", 30)
+        queue.set_progress(db, job_id, job["attempt"], "domain", 10)  # a running job's writes do not wake anyone
+        assert w.wait(0.5) is False
+        queue.retry_later(db, job_id, job["attempt"], "domain", "node lost", limit=3, backoff_s=0)  # back in the queue
+        assert w.wait(5) is True
+        stop = threading.Event()
+        stop.set()
+        t0 = time.perf_counter()
+        assert queue.Wakeup(db, stop).wait(5) is False and time.perf_counter() - t0 < 1  # a stopping worker does not wait
+    finally:
+        w.close()
+
+
+def test_an_idle_worker_picks_up_a_new_job_at_once_not_at_its_next_poll(db, tmp_path):
+    from dreamforge.settings import Settings
+    from dreamforge.worker import Worker
+
+    # A poll every 30 s: only the change stream can make the pickup quick.
+    w = Worker(Settings(mongodb_uri=uri_of(db), db_name=db.name, home=tmp_path, poll_s=30), worker_id="idle")
+    th = threading.Thread(target=w.run_forever, daemon=True)
+    th.start()
+    try:
+        time.sleep(2)  # idle, waiting
+        doc = queue.new_job("p", {"task": "detect"}, "h", source={}, reward_ref="rw_gone")  # fails at once: no stage runs
+        db[JOBS].insert_one(doc)
+        deadline = time.monotonic() + 10
+        while (job := db[JOBS].find_one({"_id": doc["_id"]}))["status"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job["status"] in ("running", "failed"), job["status"]
+        assert (job["claimed_at"] - job["created_at"]).total_seconds() < 2, job
+    finally:
+        w.stop()
+        th.join(10)
+    assert not th.is_alive()

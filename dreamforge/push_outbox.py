@@ -1,0 +1,195 @@
+"""GitHub's own push webhook while GitHub's API is away: keep the delivery, read its config later.
+
+A push or pull_request delivery names a commit, not its ``dreamforge.config.json``: the API reads
+the file at that sha from GitHub. GitHub never redelivers on its own, so a delivery must not be
+lost because that read failed. A verified delivery is stored first (``PUSHES``), then read at
+once; if GitHub does not answer, the request gets 202 (within GitHub's 10 s) and the stored
+delivery is retried from this outbox with a backoff, the way ``github_status`` retries commit
+statuses. Meanwhile the branch's preview shows "waiting_for_github" and why. Once GitHub answers,
+the job is submitted through the same path and dedupe as an immediate one (``webhooks``).
+
+Each stored delivery carries ``due``, the time (a sortable string) it is next tried; an API
+process takes due deliveries by moving ``due`` forward with a conditional update, so two API
+processes never read the same delivery at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from pymongo.errors import PyMongoError
+
+from dreamforge import queue
+from dreamforge.settings import Settings
+from dreamforge.store import GITHUB_PUSHES as PUSHES
+
+log = logging.getLogger("dreamforge.github")
+
+CLAIM_S = 60.0  # a read that dies mid-way (the process stopped) is tried again after this
+FIRST_RETRY_S = 1.0  # then doubling to RETRY_CAP_S: a push is what someone waits for
+RETRY_CAP_S = 1800.0
+MAX_FAILURES = 20  # ~5 h of outage; then the preview shows the failure: push again to retry
+EVERY_S = 1.0  # how often each API process looks for due deliveries
+WAITING = "waiting_for_github"
+
+
+def pending_doc(pid: str, delivery: str, repo: str, target: tuple[str, str, int | None, bool]) -> dict[str, Any]:
+    branch, sha, pr, fork = target
+    t = queue.now()
+    # Due only after CLAIM_S: the request that stores it reads GitHub first.
+    return {"_id": queue.scoped(pid, delivery), "project_id": pid, "delivery": delivery, "repo": repo, "branch": branch,
+            "sha": sha, "pr": pr, "fork": fork, "received_at": t, "failures": 0,
+            "due": queue.stamp(t + timedelta(seconds=CLAIM_S))}  # fmt: skip
+
+
+def waiting_response(p: dict[str, Any], *, duplicate: bool = False) -> JSONResponse:
+    return JSONResponse({"jobId": None, "status": WAITING, "created": False, "duplicate": duplicate,
+                         "detail": p.get("error") or "reading the config from GitHub", "superseded": []},
+                        status_code=202)  # fmt: skip
+
+
+async def resolve(db, settings: Settings, p: dict[str, Any], *, inline: bool) -> JSONResponse:
+    """Read the config at the delivery's sha and submit its job; or schedule another try.
+
+    ``inline`` (the webhook request itself): a bad config answers 422 as it always did. From the
+    outbox there is nobody to answer, so the preview shows the error instead."""
+    from dreamforge import webhooks
+
+    try:
+        text = await asyncio.to_thread(webhooks.fetch_config, settings, p["repo"], p["sha"])
+    except Exception as e:  # noqa: BLE001 — PyGithub and requests raise many kinds; all mean "try later"
+        return await _retry_later(db, p, e)
+    source = webhooks.JobSource(kind="github", repo=p["repo"], branch=p["branch"], sha=p["sha"], pr=p["pr"])
+    if text is None:
+        await _done(db, p, skipped=f"no {webhooks.CONFIG_FILE} at {p['sha'][:12]}")
+        return JSONResponse({"skipped": f"no {webhooks.CONFIG_FILE} at {p['sha'][:12]}"}, status_code=202)
+    try:
+        try:
+            config = json.loads(text)
+        except ValueError as e:
+            raise HTTPException(422, f"{webhooks.CONFIG_FILE} at {p['sha'][:12]} is not valid JSON: {e}") from None
+        if await _newer_push(db, p):
+            await _done(db, p, skipped=f"a newer push of {p['branch']} arrived while GitHub was away")
+            return JSONResponse({"skipped": "superseded by a newer push"}, status_code=202)
+        resp = await webhooks.create_job(db, settings, p["project_id"], config=config, config_path=webhooks.CONFIG_FILE,
+                                         delivery=p["delivery"], source=source, fork=p["fork"],
+                                         received_at=p["received_at"])  # fmt: skip
+    except HTTPException as e:
+        if inline:  # as before the outbox: the answer says why, and a redelivery starts over
+            await _forget(db, p)
+            raise
+        await _failed(db, p, _detail_text(e.detail))
+        return JSONResponse({"detail": e.detail}, status_code=e.status_code)
+    await _done(db, p)
+    return resp
+
+
+def _detail_text(detail: Any) -> str:
+    if isinstance(detail, list):  # validation errors: "where: what" per error
+        return "; ".join(f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg')}" for d in detail)[:500]
+    return str(detail)[:500]
+
+
+async def _newer_push(db, p: dict[str, Any]) -> bool:
+    """Whether the branch's preview already comes from a delivery received after this one."""
+    from dreamforge.webhooks import PREVIEWS
+
+    head = await db[PREVIEWS].find_one({"_id": f"{p['project_id']}|{p['repo']}|{p['branch']}"}, {"received_at": 1, "job_id": 1})
+    return bool(head and head.get("job_id") and head.get("received_at") and head["received_at"] > p["received_at"])
+
+
+async def _marker(db, p: dict[str, Any], status: str, detail: str) -> None:
+    """What the branch's preview shows until the job exists."""
+    from dreamforge.webhooks import PREVIEWS
+
+    await db[PREVIEWS].update_one(
+        {"_id": f"{p['project_id']}|{p['repo']}|{p['branch']}"},
+        {"$set": {"repo": p["repo"], "branch": p["branch"],
+                  "pending": {"delivery": p["delivery"], "sha": p["sha"], "pr": p["pr"], "since": p["received_at"],
+                              "status": status, "detail": detail}}},
+        upsert=True,
+    )  # fmt: skip
+
+
+async def _done(db, p: dict[str, Any], skipped: str | None = None) -> None:
+    from dreamforge.webhooks import DELIVERIES, PREVIEWS
+
+    if skipped:
+        await db[DELIVERIES].update_one({"_id": p["_id"]}, {"$set": {"skipped": skipped}})
+    await db[PREVIEWS].update_one({"_id": f"{p['project_id']}|{p['repo']}|{p['branch']}", "pending.delivery": p["delivery"]},
+                                  {"$unset": {"pending": ""}})  # fmt: skip
+    await db[PUSHES].delete_one({"_id": p["_id"]})
+
+
+async def _forget(db, p: dict[str, Any]) -> None:
+    """Drop the delivery entirely, so that GitHub's manual redelivery of it starts over."""
+    from dreamforge.webhooks import DELIVERIES
+
+    await db[DELIVERIES].delete_one({"_id": p["_id"]})
+    await db[PUSHES].delete_one({"_id": p["_id"]})
+
+
+async def _failed(db, p: dict[str, Any], detail: str) -> None:
+    await _marker(db, p, "failed", detail)  # the preview keeps saying why
+    await _forget(db, p)
+
+
+async def _retry_later(db, p: dict[str, Any], e: Exception) -> JSONResponse:
+    from dreamforge.webhooks import CONFIG_FILE
+
+    failures = int(p.get("failures", 0)) + 1
+    what = f"GitHub did not answer reading {CONFIG_FILE} of {p['repo']}@{p['sha'][:12]} ({type(e).__name__}: {e})"[:400]
+    log.warning("delivery %s: %s, attempt %d", p["delivery"], what, failures)
+    if failures >= MAX_FAILURES:
+        p = {**p, "failures": failures}
+        await _failed(db, p, f"{what}; gave up after {failures} tries: push again")
+        return waiting_response({**p, "error": what})
+    delay = min(RETRY_CAP_S, FIRST_RETRY_S * 2 ** (failures - 1))
+    error = f"{what}; trying again in {delay:.0f} s"
+    await db[PUSHES].update_one({"_id": p["_id"]}, {"$set": {"failures": failures, "error": error,
+                                "due": queue.stamp(queue.now() + timedelta(seconds=delay))}})  # fmt: skip
+    await _marker(db, p, WAITING, error)
+    return waiting_response({**p, "error": error})
+
+
+async def resolve_due(db, settings: Settings, *, now: datetime | None = None) -> int:
+    """Try every stored delivery that is due; returns how many were taken."""
+    t = now or queue.now()
+    due = await db[PUSHES].find({"due": {"$lte": queue.stamp(t)}}).sort("due", 1).to_list(20)
+    taken = 0
+    for p in due:
+        claimed = await db[PUSHES].update_one({"_id": p["_id"], "due": p["due"]},
+                                              {"$set": {"due": queue.stamp(t + timedelta(seconds=CLAIM_S))}})  # fmt: skip
+        if claimed.modified_count:
+            taken += 1
+            await resolve(db, settings, p, inline=False)
+    return taken
+
+
+def start(db, settings: Settings) -> asyncio.Task:
+    """The API process's outbox loop (cancel the task to stop it)."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await resolve_due(db, settings)
+            except PyMongoError as e:
+                log.warning("GitHub push outbox: database unavailable (%s)", type(e).__name__)
+            except Exception:  # a bug must not end the loop for every later delivery
+                log.exception("GitHub push outbox")
+            await asyncio.sleep(EVERY_S)
+
+    return asyncio.get_running_loop().create_task(loop(), name="github-push-outbox")
+
+
+async def stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
