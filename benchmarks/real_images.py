@@ -6,7 +6,7 @@ stained cell nuclei, the Hubble deep field; tests/realsets.py), with fixed seeds
 base model and every stage on a held-out test split of its own region of the photograph. With
 ``--no-warm`` it runs each set a second time with stage 1 off: what the warm start contributes.
 
-    python benchmarks/real_images.py [--sets coins nuclei] [--seed 0] [--no-warm] [--train 120]
+    python benchmarks/real_images.py [--sets coins galaxies] [--seed 0] [--no-warm] [--train 120]
 
 The last line is one JSON object: per set, iou_base, iou_best (the released model), f1_best,
 parse_rate_best, released, verdict and wall_s (and the same with `_nowarm`).
@@ -53,7 +53,7 @@ def main() -> None:
     import realsets
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sets", nargs="+", default=["coins", "nuclei"], choices=realsets.SETS)
+    ap.add_argument("--sets", nargs="+", default=["coins", "galaxies"], choices=realsets.SETS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train", type=int, default=120, help="labelled training tiles per set")
     ap.add_argument("--test", type=int, default=60, help="held-out test tiles per set (>= 60)")
