@@ -16,6 +16,7 @@ seed gives byte-identical images and annotations, on any machine, whatever ``n``
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -25,20 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.data.sources import synthetic_uri
 from pipeline.structures import TASKS, Dataset, Sample, empty_target
 
 __all__ = ["KINDS", "CATEGORIES", "KEYPOINT_NAMES", "generate", "write_coco", "synthetic_uri"]
 
-KINDS: tuple[str, ...] = ("generic", "retail-shelf", "medical-scan", "traffic-camera")
+KINDS: tuple[str, ...] = ("generic", "retail-shelf", "medical-scan", "traffic-camera", "photo")
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "generic": ("square", "circle", "triangle"),
     "retail-shelf": ("cola", "water", "chips", "soap"),
     "medical-scan": ("lesion",),
     "traffic-camera": ("car", "truck", "bus"),
+    "photo": ("blob", "box", "triangle"),
 }
 # K = 3 named keypoints per instance, the same for every category of a kind.
 KEYPOINT_NAMES: dict[str, tuple[str, ...]] = {
@@ -46,12 +48,14 @@ KEYPOINT_NAMES: dict[str, tuple[str, ...]] = {
     "retail-shelf": ("top", "label", "bottom"),  # label = middle of the white label band
     "medical-scan": ("left", "center", "right"),
     "traffic-camera": ("front", "center", "rear"),  # front = middle of the front bumper
+    "photo": ("top", "center", "bottom"),
 }
 DEFAULT_OBJECTS: dict[str, tuple[int, int]] = {
     "generic": (1, 3),
     "retail-shelf": (1, 2),
     "medical-scan": (1, 2),
     "traffic-camera": (1, 2),
+    "photo": (1, 6),
 }
 _BASE = 64  # every size below is in pixels of a 64×64 image and scaled by size / 64
 _TRIES = 200  # placement attempts per object before giving up on it
@@ -190,6 +194,72 @@ def _generic(
             draw.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=colour)
             polygon = [float(x1), float(y2), float(x2), float(y2), (x1 + x2) / 2, float(y1)]
         objects.append(_Obj(label, box, polygon, _vertical_keypoints(box), {"colour": colour_name}))
+    return np.asarray(image), objects
+
+
+def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Random values on a ``cells``-square grid, bilinearly upsampled: light, stains, texture."""
+    coarse = Image.fromarray(rng.integers(0, 256, size=(cells, cells), dtype=np.uint8), "L")
+    return np.asarray(coarse.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0 - 0.5
+
+
+def _photo(
+    rng: np.random.Generator, size: int, count: int, min_count: int
+) -> tuple[np.ndarray, list[_Obj]]:
+    """Objects as a camera or a microscope sees them, for a warm start that transfers to real
+    photographs: uneven light and texture behind, objects from a few pixels to half the image
+    that differ from it by a little or a lot (brighter or darker, textured, shaded towards the
+    rim), sometimes in grey, then blur, sensor noise and JPEG artefacts. On real coins the
+    flat-colour ``generic`` warm start scored below no warm start at all (benchmarks/real_images.py)."""
+    grey = rng.random() < 0.4
+    base = rng.uniform(30, 220, size=1 if grey else 3)
+    light = _smooth_field(rng, size, _rint(rng, 2, 4)) * rng.uniform(0, 120)
+    grain = _smooth_field(rng, size, _rint(rng, 8, max(9, size // 4))) * rng.uniform(0, 60)
+    pixels = base[None, None, :] + (light + grain)[..., None]
+    lo, hi = max(3, size // 24), max(6, size // 2)
+    objects: list[_Obj] = []
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for index in range(count):
+        label = CATEGORIES["photo"][_rint(rng, 0, 2)]
+        side = int(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # as many small objects as large
+        aspect = rng.uniform(0.6, 1.0)
+        w_range = (max(3, int(side * aspect)), side)
+        box = _place(rng, [o.box for o in objects], size, size, w_range, w_range, square=label == "blob" and rng.random() < 0.5)
+        if box is None:
+            if index < min_count:
+                raise _NoRoom()
+            break
+        x1, y1, x2, y2 = box
+        mask_img = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(mask_img)
+        if label == "box":
+            draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=255)
+            polygon = _rect_polygon(box)
+        elif label == "blob":
+            draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=255)
+            polygon = _ellipse_polygon(box)
+        else:
+            draw.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=255)
+            polygon = [float(x1), float(y2), float(x2), float(y2), (x1 + x2) / 2, float(y1)]
+        mask = np.asarray(mask_img, dtype=np.float32)[..., None] / 255.0
+        # brighter on a dark surround, darker on a light one: a step past 0 or 255 would be clipped away
+        local = float((pixels * mask).sum() / max(mask.sum() * pixels.shape[-1], 1))
+        sign = 1 if local < 90 else -1 if local > 165 else (1 if rng.random() < 0.6 else -1)
+        contrast = rng.uniform(35, 140) * sign
+        tint = np.ones(1 if grey else 3) if rng.random() < 0.5 else rng.uniform(0.3, 1.3, size=1 if grey else 3)
+        cx, cy, r = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) / 2
+        rim = np.clip(1.0 - rng.uniform(0, 0.8) * ((xx - cx) ** 2 + (yy - cy) ** 2) / (r * r), 0, 1)[..., None]
+        texture = _smooth_field(rng, size, _rint(rng, 4, max(5, size // 3)))[..., None] * rng.uniform(0, 80)
+        pixels = pixels * (1 - mask) + (pixels + contrast * tint * rim + texture) * mask
+        objects.append(_Obj(label, box, polygon, _vertical_keypoints(box), {"colour": "grey" if grey else "mixed"}))
+    pixels = pixels + rng.normal(0, rng.uniform(1, 10), size=pixels.shape)
+    image = Image.fromarray(_to_uint8(np.broadcast_to(pixels, (size, size, 3)) if grey else pixels), "RGB")
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    if rng.random() < 0.5:
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=_rint(rng, 30, 90))
+        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     return np.asarray(image), objects
 
 
@@ -411,6 +481,7 @@ _PAINTERS: dict[str, Callable[..., tuple[np.ndarray, list[_Obj]]]] = {
     "retail-shelf": _retail_shelf,
     "medical-scan": _medical_scan,
     "traffic-camera": _traffic_camera,
+    "photo": _photo,
 }
 
 
@@ -450,6 +521,9 @@ def _groups(objects: list[_Obj], key: Callable[[_Obj], str], order: list[str]) -
 
 
 def _caption(kind: str, objects: list[_Obj], size: int) -> str:
+    if kind == "photo":
+        groups = _groups(objects, lambda o: o.label, list(CATEGORIES["photo"]))
+        return _join([_count(n, name) for name, n in groups]) if objects else "an empty background"
     if kind == "generic":
         if not objects:
             return "an empty background"
