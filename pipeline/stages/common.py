@@ -4,6 +4,7 @@ algorithm."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,12 @@ class Context:
     warm: Dataset | None = None
     warm_codec: Codec | None = None
     reward: Any = None  # pipeline.rewards.base.Reward
+    fence: Any = None  # pipeline.fence.Fence when the service runs the stage; None standalone
+
+    def publish(self) -> contextlib.AbstractContextManager:
+        """Wrap every write of a model or ``DONE.json``: raises ``FenceLost`` when a newer
+        attempt of the job owns the folder (``pipeline.fence``)."""
+        return self.fence.publishing() if self.fence is not None else contextlib.nullcontext()
 
     def stage_dir(self, stage: str) -> Path:
         return self.out / "stages" / stage
