@@ -18,6 +18,7 @@ half written. Standalone runs have no fence.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -29,6 +30,9 @@ from pipeline.reporter import BaseReporter
 OWNER_FILE = ".owner"
 # ``python -m pipeline.run``'s exit code when it stopped because a newer attempt owns the job.
 LOST_EXIT = 3
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 class FenceLost(RuntimeError):
@@ -55,6 +59,10 @@ def _locked(path: Path, timeout_s: float | None = None) -> Iterator[None]:
                 if time.monotonic() > deadline:  # type: ignore[operator]
                     raise TimeoutError(f"{path.name}: another process held the stage lock for {timeout_s:.0f} s") from None
                 time.sleep(0.05)
+            except OSError as e:
+                if e.errno not in _NO_LOCKS:
+                    raise
+                break  # a filesystem without locks (some network mounts): the owner check still holds
         yield
     finally:
         os.close(fd)  # closing drops the lock

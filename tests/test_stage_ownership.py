@@ -24,7 +24,9 @@ from dreamforge import embedded_db, queue
 from dreamforge.stack import start_stack
 from dreamforge.store import JOBS, METRICS, client, ensure_indexes
 from dreamforge.worker import MongoSink
+from pipeline.config import build_config
 from pipeline.fence import Fence, FenceLost, take_ownership
+from pipeline.reporter import BaseReporter
 
 
 # -- the fence, alone ------------------------------------------------------------------------
@@ -63,6 +65,25 @@ def test_a_publish_in_progress_holds_off_the_new_owner_until_it_is_written(tmp_p
     assert take_ownership(owner, 2, timeout_s=5)
     assert time.monotonic() - t0 >= 0.2
     t.join()
+
+
+class Recorder(BaseReporter):
+    def __init__(self) -> None:
+        self.states: list[tuple[str, str]] = []
+
+    def stage_state(self, stage: str, state: str, **info) -> None:
+        self.states.append((stage, state))
+
+
+def test_a_stage_process_reports_only_its_own_stage(tmp_path):
+    """The service runs one stage per process; each used to report every other stage as
+    skipped, so the job's log read "domain skipped" just before "domain starting"."""
+    from pipeline.job import run_job
+
+    cfg = build_config(tiny_job_config(warm_start={"enabled": False}))
+    rec = Recorder()
+    run_job(cfg, tmp_path / "out", stages=[1], reporter=rec)
+    assert rec.states == [("warm_start", "skipped")]  # disabled: a real state change, said once
 
 
 # -- metric points stored once, through outages ---------------------------------------------
@@ -237,7 +258,7 @@ def test_a_worker_paused_past_its_lease_leaves_one_trainer(stack, workers, db):
 
 
 def test_database_killed_mid_stage_stops_the_stage_and_loses_no_points(stack, workers, db):
-    (w,) = workers(1, DREAMFORGE_LEASE_S="4")
+    (w,) = workers(1, DREAMFORGE_LEASE_S="6")  # the stage trains on for 5 s without the database
     with api(stack) as c:
         job_id = c.post("/api/train", json={"config": long_domain(100)}).json()["jobId"]
         wait_for(lambda: stored_points(db, job_id, "domain"), timeout=60, what="training steps")
@@ -249,19 +270,22 @@ def test_database_killed_mid_stage_stops_the_stage_and_loses_no_points(stack, wo
             # It cannot renew its lease: the stage stops before the lease runs out.
             wait_for(lambda: not alive(stage), timeout=10, every=0.1, what="the stage to stop")
             stopped = time.time() - t_kill
+            assert not (stack.home / "artifacts" / job_id / "out" / "stages" / "domain" / "DONE.json").exists()
             time.sleep(1.0)
             assert not stage_pids([w])  # and nothing restarted it while the database is away
         finally:
             stack.db = embedded_db.start(storage, port, log=stack.home / "logs" / "db.log")
         job = wait_job(c, job_id, timeout=120)
-    assert stopped < 4.0 + 2.0, stopped
+    assert stopped < 6.0 + 2.0, stopped
     assert job["status"] == "succeeded", job["error"]
+    assert job["attempt"] == 1  # nobody took the job over meanwhile: the same attempt went on
     points = stored_points(db, job_id, "domain")
     assert [p["step"] for p in points] == list(range(10, 101, 10))
     # the points the stage logged while the database was away were buffered, then stored
     outage = [e for e in events(stack, job_id) if e.get("type") == "metric" and e["t"] >= t_kill
               and e["t"] <= t_kill + stopped and "train_runtime" not in e]  # fmt: skip
     stored = {p["step"]: p["values"]["loss"] for p in points}
+    assert outage
     for e in outage:
         assert stored[e["step"]] == pytest.approx(e["loss"])
     logs = [r["message"] for chunk in db.logs.find({"job_id": job_id}) for r in chunk["rows"]]
