@@ -174,8 +174,8 @@ class LocalExecutor:
 
         # The events go to the database from a thread of their own: a write that waits for an
         # unreachable database must not delay a cancel, a timeout or a lost lease here.
-        stop_pumping = threading.Event()
-        pumping = threading.Thread(target=_pump_until, args=(pump, stop_pumping, self.poll_s), daemon=True)
+        stop_pumping, failed = threading.Event(), []
+        pumping = threading.Thread(target=_pump_until, args=(pump, stop_pumping, self.poll_s, failed), daemon=True)
         pumping.start()
         started = time.monotonic()
         outcome: StageOutcome | None = None
@@ -198,6 +198,8 @@ class LocalExecutor:
                 _stop(proc)
             stop_pumping.set()
             pumping.join()
+        if failed:
+            raise failed[0]
         pump()
         if outcome is not None:
             return outcome
@@ -212,9 +214,12 @@ class LocalExecutor:
         return StageOutcome("infra_error", message)
 
 
-def _pump_until(pump: Callable[[], None], stop: threading.Event, every_s: float) -> None:
-    while not stop.wait(every_s):
-        pump()
+def _pump_until(pump: Callable[[], None], stop: threading.Event, every_s: float, failed: list) -> None:
+    try:
+        while not stop.wait(every_s):
+            pump()
+    except Exception as e:  # noqa: BLE001 — handed to run_stage, which stops the stage and raises it
+        failed.append(e)
 
 
 def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
