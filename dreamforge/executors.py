@@ -2,7 +2,9 @@
 
 ``LocalExecutor`` runs the stage as ``python -m pipeline.run --stages N`` in a child process;
 the child's reporter appends events to ``events.jsonl`` (``pipeline.reporter``), which the
-worker tails into MongoDB through a fenced sink. ``ModalExecutor`` (``dreamforge.modal_executor``)
+worker tails into MongoDB through a fenced sink. Before it starts the child, the executor makes
+the job's attempt the owner of the job folder (``pipeline.fence``): a stale stage of an older
+attempt then stops by itself and cannot publish there. ``ModalExecutor`` (``dreamforge.modal_executor``)
 spawns the stage's Modal function instead. Both answer with a :class:`StageOutcome`.
 """
 

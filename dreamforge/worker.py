@@ -1,8 +1,10 @@
 """``dreamforge worker``: claims jobs from MongoDB and drives their stages through an executor.
 
 One job at a time per worker; run as many workers as you have machines (or GPUs). A
-heartbeat thread renews the lease and notices cancels; the stage loop resumes at the first
-stage not yet done, so a job taken over after a crash repeats only the stage that was cut off.
+heartbeat thread renews the lease and notices cancels, every second; the stage loop resumes at
+the first stage not yet done, so a job taken over after a crash repeats only the stage that was
+cut off. A worker that cannot renew its lease stops its stage before the lease runs out, keeps
+what the stage reported, and goes on when the database is back if nobody took the job over.
 """
 
 from __future__ import annotations
