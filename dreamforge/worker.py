@@ -216,6 +216,8 @@ class Worker:
                 return
             except PyMongoError:
                 pass  # _owned() stops the stage if this lasts until the lease runs out
+            except Exception:  # noqa: BLE001 — the heartbeat must outlive any one failed beat
+                log.exception("job %s: heartbeat failed", job_id)
             time.sleep(max(self.beat_s - (time.monotonic() - t), 0.0))
 
     def _owned(self, state: dict) -> bool:
