@@ -161,7 +161,7 @@ class LocalExecutor:
         # cut off from the database) is still in the file: its points of this stage go in now
         # (the sink skips the steps already stored), so the curve has no hole where it was lost.
         for ev in EventTail(out / "events.jsonl", offset=0).read(until=tail.offset):
-            if ev.get("type") == "metric" and ev.get("stage") == stage:
+            if _training_point(ev, stage):
                 sink.event(ev)
         err_path = workdir / "logs" / f"{stage}-attempt{attempt}.log"
         err_path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,8 +170,8 @@ class LocalExecutor:
 
         def pump() -> None:
             for ev in tail.read():
-                if ev.get("attempt", attempt) == attempt:  # not a stale process's last words
-                    sink.event(ev)
+                if ev.get("attempt", attempt) == attempt or _training_point(ev, stage):
+                    sink.event(ev)  # a stale process's last words are not this attempt's, its steps are
             sink.flush()
 
         # The events go to the database from a thread of their own: a write that waits for an
@@ -214,6 +214,12 @@ class LocalExecutor:
         if code == USER_ERROR_EXIT:
             return StageOutcome("user_error", message)
         return StageOutcome("infra_error", message)
+
+
+def _training_point(ev: dict[str, Any], stage: str) -> bool:
+    """A metric point of ``stage``'s training (not its end-of-training summary), whichever
+    attempt logged it: the step it measured happened, and the sink stores each step once."""
+    return ev.get("type") == "metric" and ev.get("stage") == stage and "train_runtime" not in ev
 
 
 def _pump_until(pump: Callable[[], None], stop: threading.Event, every_s: float, failed: list) -> None:

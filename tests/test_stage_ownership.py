@@ -192,10 +192,12 @@ def alive(pid: int) -> bool:
 
 
 # A job of one stage (stage 2) that trains for a time, not a number of steps: the fault lands
-# mid-stage on a fast machine as on a slow one, and each test stays short.
+# mid-stage on a fast machine as on a slow one, and each test stays short. Epochs high enough that
+# the time ends the stage, and no validation checks, which could stop it early.
 def long_domain(seconds: float) -> dict:
     return tiny_job_config(warm_start={"enabled": False}, rl={"enabled": False}, evaluate={"enabled": False},
-                           domain={"max_steps": None, "max_seconds": seconds, "batch_size": 4})  # fmt: skip
+                           domain={"max_steps": None, "max_seconds": seconds, "epochs": 10_000, "batch_size": 4,
+                                   "val_checks": 0})  # fmt: skip
 
 
 def assert_complete(steps: list[int]) -> None:

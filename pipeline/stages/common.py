@@ -163,7 +163,10 @@ class CheckpointTimer(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         due_time = self.every_s is not None and time.monotonic() - self.last >= self.every_s
         due_step = bool(self.every_steps) and state.global_step % self.every_steps == 0
-        if (due_time or due_step) and state.global_step < state.max_steps:
+        # Not when the stage is stopping (it runs after ReporterCallback): a budget's end saves the
+        # final model anyway, and a stage stopped because a newer attempt owns the job must not
+        # write, or rotate away, the checkpoints that attempt resumes from.
+        if (due_time or due_step) and state.global_step < state.max_steps and not control.should_training_stop:
             control.should_save = True
         return control
 
