@@ -2,7 +2,9 @@
 
 ``LocalExecutor`` runs the stage as ``python -m pipeline.run --stages N`` in a child process;
 the child's reporter appends events to ``events.jsonl`` (``pipeline.reporter``), which the
-worker tails into MongoDB through a fenced sink. ``ModalExecutor`` (``dreamforge.modal_executor``)
+worker tails into MongoDB through a fenced sink. Before it starts the child, the executor makes
+the job's attempt the owner of the job folder (``pipeline.fence``): a stale stage of an older
+attempt then stops by itself and cannot publish there. ``ModalExecutor`` (``dreamforge.modal_executor``)
 spawns the stage's Modal function instead. Both answer with a :class:`StageOutcome`.
 """
 
@@ -14,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pipeline.config import STAGES
+from pipeline.fence import LOST_EXIT, OWNER_FILE, take_ownership
 from pipeline.procs import die_with_parent
 
 log = logging.getLogger("dreamforge.executors")
@@ -50,17 +54,17 @@ class Executor(Protocol):
 class EventTail:
     """Reads complete new lines of ``events.jsonl`` from where the last read stopped."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, offset: int | None = None) -> None:
         self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
+        self.offset = offset if offset is not None else path.stat().st_size if path.exists() else 0
         self._partial = b""
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self, until: int | None = None) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
         with self.path.open("rb") as fh:
             fh.seek(self.offset)
-            data = fh.read()
+            data = fh.read() if until is None else fh.read(max(until - self.offset, 0))
         self.offset += len(data)
         data = self._partial + data
         lines = data.split(b"\n")
@@ -87,16 +91,21 @@ def stage_info(out: Path, stage: str) -> dict[str, Any]:
     model = out / "stages" / stage / "model"
     result: dict[str, Any] = {"seconds": info.get("train_seconds") or info.get("seconds"),
                               "artifact": str(model) if model.exists() else None}  # fmt: skip
-    metrics = {k: v for k, v in info.items() if isinstance(v, int | float) and k not in ("train_seconds", "seconds")}
+    metrics = {k: v for k, v in info.items()
+               if isinstance(v, int | float) and k not in ("train_seconds", "seconds", "attempt")}  # fmt: skip
     if metrics:
         result["metrics"] = metrics
     return result
 
 
-def stage_command(python: str, cfg_path: Path, stage: str, out: Path, *, num_processes: int = 1) -> list[str]:
+def stage_command(python: str, cfg_path: Path, stage: str, out: Path, *, num_processes: int = 1,
+                  fence: tuple[Path, int] | None = None) -> list[str]:  # fmt: skip
     """``python -m pipeline.run`` for one stage; across ``num_processes`` GPUs through
-    ``accelerate launch``, which starts one process per GPU and sets up distributed training."""
+    ``accelerate launch``, which starts one process per GPU and sets up distributed training.
+    ``fence``: the owner file and the attempt the stage writes for (``pipeline.fence``)."""
     args = ["--config", str(cfg_path), "--stages", str(STAGE_NUMBER[stage]), "--output", str(out), "--quiet"]
+    if fence is not None:
+        args += ["--fence", str(fence[0]), str(fence[1])]
     if num_processes <= 1:
         return [python, "-m", "pipeline.run", *args]
     return [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
@@ -136,41 +145,89 @@ class LocalExecutor:
     def run_stage(self, job, stage, workdir, sink, check, timeout_s):
         out = workdir / "out"
         out.mkdir(parents=True, exist_ok=True)
-        cfg_path = workdir / "config.json"
-        cmd = stage_command(self.python, cfg_path, stage, out, num_processes=self.num_processes)
+        attempt = job["attempt"]
+        # Before the stage starts: from here on a stale stage of an older attempt stops by itself
+        # and can no longer publish into this folder, even while its own worker is paused.
+        owner = workdir / OWNER_FILE
+        try:
+            if not take_ownership(owner, attempt):
+                return StageOutcome("lost", f"a newer attempt than {attempt} owns the job's folder")
+        except TimeoutError as e:
+            return StageOutcome("infra_error", str(e))
+        cmd = stage_command(self.python, workdir / "config.json", stage, out, num_processes=self.num_processes,
+                            fence=(owner, attempt))  # fmt: skip
         tail = EventTail(out / "events.jsonl")
-        err_path = workdir / "logs" / f"{stage}-attempt{job['attempt']}.log"
+        # What an earlier attempt's stage logged while its worker could not store it (paused, or
+        # cut off from the database) is still in the file: its points of this stage go in now
+        # (the sink skips the steps already stored), so the curve has no hole where it was lost.
+        for ev in EventTail(out / "events.jsonl", offset=0).read(until=tail.offset):
+            if _training_point(ev, stage):
+                sink.event(ev)
+        err_path = workdir / "logs" / f"{stage}-attempt{attempt}.log"
         err_path.parent.mkdir(parents=True, exist_ok=True)
         err_path.write_bytes(b"")
         proc = self._start(cmd, err_path)
+
+        def pump() -> None:
+            for ev in tail.read():
+                if ev.get("attempt", attempt) == attempt or _training_point(ev, stage):
+                    sink.event(ev)  # a stale process's last words are not this attempt's, its steps are
+            sink.flush()
+
+        # The events go to the database from a thread of their own: a write that waits for an
+        # unreachable database must not delay a cancel, a timeout or a lost lease here.
+        stop_pumping, failed = threading.Event(), []
+        pumping = threading.Thread(target=_pump_until, args=(pump, stop_pumping, self.poll_s, failed), daemon=True)
+        pumping.start()
         started = time.monotonic()
         outcome: StageOutcome | None = None
-        while proc.poll() is None:
-            for ev in tail.read():
-                sink.event(ev)
-            sink.flush()
-            reason = check()
-            if reason in ("cancelled", "lost"):
+        try:
+            while proc.poll() is None:
+                if not pumping.is_alive():  # it raised (a lost lease): the stage stops, the error goes up
+                    break
+                reason = check()
+                if reason in ("cancelled", "lost"):
+                    _stop(proc)
+                    outcome = StageOutcome(reason, "cancelled by the user" if reason == "cancelled" else "lease lost")
+                    break
+                if time.monotonic() - started > timeout_s:
+                    _stop(proc)
+                    outcome = StageOutcome("timeout", f"stage {stage} ran past its {timeout_s:.0f} s limit")
+                    break
+                time.sleep(self.poll_s)
+        finally:  # whatever went wrong, the stage stops with it
+            if proc.poll() is None:
                 _stop(proc)
-                outcome = StageOutcome(reason, "cancelled by the user" if reason == "cancelled" else "lease lost")
-                break
-            if time.monotonic() - started > timeout_s:
-                _stop(proc)
-                outcome = StageOutcome("timeout", f"stage {stage} ran past its {timeout_s:.0f} s limit")
-                break
-            time.sleep(self.poll_s)
-        for ev in tail.read():
-            sink.event(ev)
-        sink.flush()
+            stop_pumping.set()
+            pumping.join()
+        if failed:
+            raise failed[0]
+        pump()
         if outcome is not None:
             return outcome
         code = proc.returncode
         if code == 0:
             return StageOutcome("done", info=stage_info(out, stage))
+        if code == LOST_EXIT:
+            return StageOutcome("lost", f"stage {stage}: a newer attempt owns the job")
         message = _error_line(err_path) or f"stage {stage} exited with code {code}"
         if code == USER_ERROR_EXIT:
             return StageOutcome("user_error", message)
         return StageOutcome("infra_error", message)
+
+
+def _training_point(ev: dict[str, Any], stage: str) -> bool:
+    """A metric point of ``stage``'s training (not its end-of-training summary), whichever
+    attempt logged it: the step it measured happened, and the sink stores each step once."""
+    return ev.get("type") == "metric" and ev.get("stage") == stage and "train_runtime" not in ev
+
+
+def _pump_until(pump: Callable[[], None], stop: threading.Event, every_s: float, failed: list) -> None:
+    try:
+        while not stop.wait(every_s):
+            pump()
+    except Exception as e:  # noqa: BLE001 — handed to run_stage, which stops the stage and raises it
+        failed.append(e)
 
 
 def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:

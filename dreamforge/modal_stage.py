@@ -47,7 +47,9 @@ class FollowingSink(MongoSink):
     knows when to stop: the job cancelled, or this call replaced by another."""
 
     def __init__(self, db, job_id: str, attempt: int, stage: str, token: str, check_every_s: float = 2.0) -> None:
-        super().__init__(db, job_id, attempt)
+        # a retried call resumes from its checkpoint: the steps it repeats are stored already
+        steps = (db[JOBS].find_one({"_id": job_id}, {"metric_steps": 1}) or {}).get("metric_steps")
+        super().__init__(db, job_id, attempt, stored_steps=steps)
         self.stage, self.token, self.check_every_s = stage, token, check_every_s
         self._checked = (0.0, None)  # (monotonic time, reason)
         self.superseded = False
@@ -61,20 +63,21 @@ class FollowingSink(MongoSink):
             self.attempt = attempt
         return state
 
-    def flush(self) -> None:
+    def flush(self, *, strict: bool = False) -> bool:
         try:
-            super().flush()
+            return super().flush(strict=strict)
         except queue.LostLease:
             state = self._follow()
             if state in ("run", "cancelled"):
                 try:
-                    super().flush()
+                    return super().flush(strict=strict)
                 except queue.LostLease:
                     pass  # ownership moved again; the next flush follows it
             elif state == "superseded":
                 self.logs, self.metrics, self.latest, self.progress = [], [], {}, None
             else:  # the job waits for a worker to take it over: keep the newest rows until then
                 self.logs, self.metrics = self.logs[-20_000:], self.metrics[-20_000:]
+            return False
 
     def check(self) -> str | None:
         """``LocalExecutor``'s check: "cancelled", "lost" (superseded) or None; reads the job

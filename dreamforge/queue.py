@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from dreamforge.schemas import FINAL_STATUSES, new_stages
 from dreamforge.store import JOBS, LOGS, METRICS, QUEUE_HEAD
@@ -369,39 +370,65 @@ _SEQ: dict[tuple[str, int, str], int] = {}
 
 
 def append(db: Database, job_id: str, attempt: int, kind: str, rows: list[dict[str, Any]],
-           latest: dict[str, Any] | None = None) -> None:  # fmt: skip
-    """Append log lines (``kind="logs"``) or metric points (``"metrics"``) with sequence numbers.
+           latest: dict[str, Any] | None = None, steps: dict[str, int] | None = None) -> None:  # fmt: skip
+    """Append log lines (``kind="logs"``) or metric points (``"metrics"``) with sequence numbers:
+    :func:`reserve` then :func:`insert_chunks`."""
+    insert_chunks(db, kind, reserve(db, job_id, attempt, kind, rows, latest, steps))
+
+
+def reserve(db: Database, job_id: str, attempt: int, kind: str, rows: list[dict[str, Any]],
+            latest: dict[str, Any] | None = None, steps: dict[str, int] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Number ``rows`` and return them as chunk documents for :func:`insert_chunks`.
 
     The range is reserved by a fenced ``$inc`` of the job's counter, so numbers are unique and
-    dense per job across takeovers, and a worker that lost its lease writes nothing.
+    dense per job across takeovers, and a worker that lost its lease writes nothing. ``steps``
+    raises the job's ``metric_steps.<stage>``, the newest training step stored per stage, which a
+    resumed stage reads to skip the steps it repeats (``worker.MongoSink``). After a database
+    error nobody knows whether the ``$inc`` happened, so the counter is read again next time
+    (a gap in the numbers, never a number used twice).
     """
-    if not rows and not latest:
-        return
+    if not rows and not latest and not steps:
+        return []
     counter = "log_seq" if kind == "logs" else "metric_seq"
     key = (job_id, attempt, kind)
     update: dict[str, Any] = {"$inc": {counter: len(rows)}}
     if latest:
         update["$set"] = dict(latest)
-    if key not in _SEQ:
-        doc = db[JOBS].find_one(fence(job_id, attempt), {counter: 1})
-        if doc is None:
-            raise LostLease(job_id)
-        _SEQ[key] = int(doc.get(counter, 0))
-    _fenced(db, job_id, attempt, update)
+    if steps:
+        update["$max"] = {f"metric_steps.{stage}": int(step) for stage, step in steps.items()}
+    try:
+        if key not in _SEQ:
+            doc = db[JOBS].find_one(fence(job_id, attempt), {counter: 1})
+            if doc is None:
+                raise LostLease(job_id)
+            _SEQ[key] = int(doc.get(counter, 0))
+        _fenced(db, job_id, attempt, update)
+    except PyMongoError:
+        _SEQ.pop(key, None)
+        raise
     first = _SEQ[key] + 1
     _SEQ[key] += len(rows)
-    if rows:
-        # One document per chunk of up to CHUNK rows (MongoDB's bucket pattern): SecantusDB
-        # inserts ~3.5k small documents/s, so a document per log line could not keep up.
-        rows = [{**r, "seq": first + i} for i, r in enumerate(rows)]
-        chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
-        db[LOGS if kind == "logs" else METRICS].insert_many(
-            [{"job_id": job_id, "seq": c[-1]["seq"], "first": c[0]["seq"], "attempt": attempt, "rows": c} for c in chunks],
-            ordered=False,
-        )
+    # One document per chunk of up to CHUNK rows (MongoDB's bucket pattern): SecantusDB
+    # inserts ~3.5k small documents/s, so a document per log line could not keep up.
+    rows = [{**r, "seq": first + i} for i, r in enumerate(rows)]
+    chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
+    return [{"job_id": job_id, "seq": c[-1]["seq"], "first": c[0]["seq"], "attempt": attempt, "rows": c} for c in chunks]
+
+
+def insert_chunks(db: Database, kind: str, chunks: list[dict[str, Any]]) -> None:
+    """Store numbered chunks; safe to repeat after an error: a chunk already stored (its
+    acknowledgement lost with the connection) is a duplicate ``(job_id, seq)`` and skipped."""
+    if not chunks:
+        return
+    try:
+        db[LOGS if kind == "logs" else METRICS].insert_many([dict(c) for c in chunks], ordered=False)
+    except BulkWriteError as e:
+        if any(err.get("code") != DUPLICATE_KEY for err in e.details.get("writeErrors", [])) or e.details.get("writeConcernErrors"):
+            raise
 
 
 CHUNK = 500
+DUPLICATE_KEY = 11000  # MongoDB's error code
 
 
 def read_rows(chunks: list[dict[str, Any]], after: int, limit: int) -> list[dict[str, Any]]:

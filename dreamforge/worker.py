@@ -1,8 +1,10 @@
 """``dreamforge worker``: claims jobs from MongoDB and drives their stages through an executor.
 
 One job at a time per worker; run as many workers as you have machines (or GPUs). A
-heartbeat thread renews the lease and notices cancels; the stage loop resumes at the first
-stage not yet done, so a job taken over after a crash repeats only the stage that was cut off.
+heartbeat thread renews the lease and notices cancels, every second; the stage loop resumes at
+the first stage not yet done, so a job taken over after a crash repeats only the stage that was
+cut off. A worker that cannot renew its lease stops its stage before the lease runs out, keeps
+what the stage reported, and goes on when the database is back if nobody took the job over.
 """
 
 from __future__ import annotations
@@ -31,14 +33,29 @@ log = logging.getLogger("dreamforge.worker")
 
 
 class MongoSink:
-    """Buffers a stage's events and writes them to MongoDB fenced on (job, attempt)."""
+    """Buffers a stage's events and writes them to MongoDB fenced on (job, attempt).
 
-    def __init__(self, db, job_id: str, attempt: int, max_rows: int = 500) -> None:
+    While the database is away the rows wait here (at most ``max_buffer`` of each kind; past
+    that the oldest log lines go, with a note) and are written by the first flush that reaches
+    it, under the numbers reserved for them (``queue.reserve``), so a flush repeated after an
+    error stores nothing twice. A resumed or restarted stage repeats the steps since its last
+    checkpoint: metric points of a step already stored for the stage (``stored_steps``, the job's
+    ``metric_steps``) are skipped, so each step is stored once.
+    """
+
+    def __init__(self, db, job_id: str, attempt: int, max_rows: int = 500, *,
+                 stored_steps: dict[str, int] | None = None, max_buffer: int = 100_000) -> None:  # fmt: skip
         self.db, self.job_id, self.attempt, self.max_rows = db, job_id, attempt, max_rows
+        self.max_buffer = max_buffer
         self.logs: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []
         self.latest: dict[str, Any] = {}
         self.progress: tuple[str, float] | None = None
+        self.steps: dict[str, int] = {k: int(v) for k, v in (stored_steps or {}).items()}
+        self._new_steps: dict[str, int] = {}
+        self._reserved: dict[str, list[dict[str, Any]]] = {"logs": [], "metrics": []}
+        self._dropped = 0
+        self._flushed_at = time.monotonic()
 
     def log(self, message: str, level: str = "info", stage: str | None = None) -> None:
         self.logs.append({"t": time.time(), "level": level, "stage": stage, "message": message})
@@ -49,11 +66,15 @@ class MongoSink:
             self.logs.append({"t": ev.get("t", time.time()), "level": ev.get("level", "info"), "stage": ev.get("stage"),
                               "message": str(ev.get("message", ""))[:10_000]})  # fmt: skip
         elif kind == "metric":
-            values = {k: float(v) for k, v in ev.items() if k not in ("t", "type", "stage", "step")
+            values = {k: float(v) for k, v in ev.items() if k not in ("t", "type", "stage", "step", "attempt")
                       and isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
-            row = {"t": ev.get("t", time.time()), "stage": ev["stage"], "step": int(ev.get("step", 0)), "values": values}
-            self.metrics.append(row)
-            self.latest[f"metrics.{ev['stage']}"] = {"step": row["step"], **values}
+            stage, step = ev["stage"], int(ev.get("step", 0))
+            if "train_runtime" not in values:  # the end-of-training summary shares the last step
+                if step <= self.steps.get(stage, -1):
+                    return
+                self.steps[stage] = self._new_steps[stage] = step
+            self.metrics.append({"t": ev.get("t", time.time()), "stage": stage, "step": step, "values": values})
+            self.latest[f"metrics.{stage}"] = {"step": step, **values}
         elif kind == "progress":
             self.progress = (ev["stage"], overall_progress(ev["stage"], float(ev.get("fraction", 0))))
         elif kind == "stage":
@@ -61,19 +82,55 @@ class MongoSink:
             if ev.get("seconds") is not None:
                 msg += f" in {ev['seconds']:.1f}s"
             self.log(msg, stage=ev["stage"])
-        if len(self.logs) + len(self.metrics) >= self.max_rows:
-            self.flush()
+        if len(self.logs) + len(self.metrics) >= self.max_rows and time.monotonic() - self._flushed_at > 1.0:
+            self.flush()  # no more than once a second while the database is away
 
-    def flush(self) -> None:
+    def flush(self, *, strict: bool = False) -> bool:
+        """Write what is buffered; returns whether everything went out. A database error keeps
+        the rows for the next flush (``strict``: raises it); ``LostLease`` always raises."""
+        self._flushed_at = time.monotonic()
+        try:
+            self._write()
+            return True
+        except PyMongoError as e:
+            if strict:
+                raise
+            log.warning("job %s: cannot reach the database (%s); %d log lines and %d metric points kept",
+                        self.job_id, type(e).__name__, len(self.logs), len(self.metrics))  # fmt: skip
+            self._bound()
+            return False
+
+    def _write(self) -> None:
+        db, job_id, attempt = self.db, self.job_id, self.attempt
+        if self._dropped:
+            self.logs.insert(0, {"t": time.time(), "level": "warning", "stage": None,
+                                 "message": f"{self._dropped} log lines were dropped while the database was away"})  # fmt: skip
+            self._dropped = 0
         if self.logs:
-            queue.append(self.db, self.job_id, self.attempt, "logs", self.logs)
+            self._reserved["logs"] += queue.reserve(db, job_id, attempt, "logs", self.logs)
             self.logs = []
-        if self.metrics or self.latest:
-            queue.append(self.db, self.job_id, self.attempt, "metrics", self.metrics, self.latest or None)
-            self.metrics, self.latest = [], {}
+        if self.metrics or self.latest or self._new_steps:
+            self._reserved["metrics"] += queue.reserve(db, job_id, attempt, "metrics", self.metrics, self.latest or None,
+                                                       self._new_steps)  # fmt: skip
+            self.metrics, self.latest, self._new_steps = [], {}, {}
+        for kind, chunks in self._reserved.items():
+            while chunks:
+                queue.insert_chunks(db, kind, chunks[:1])
+                chunks.pop(0)
         if self.progress:
-            queue.set_progress(self.db, self.job_id, self.attempt, *self.progress)
+            queue.set_progress(db, job_id, attempt, *self.progress)
             self.progress = None
+
+    def _bound(self) -> None:
+        """Keep the buffer bounded through a long outage: metric points are few and each one is
+        a point of the curve, so log lines go first."""
+        over = len(self.logs) - self.max_buffer
+        if over > 0:
+            del self.logs[:over]
+            self._dropped += over
+        over = len(self.metrics) - self.max_buffer
+        if over > 0:
+            del self.metrics[:over]
 
 
 class Worker:
@@ -128,7 +185,8 @@ class Worker:
     # -- one job -------------------------------------------------------------------------
     def run_job(self, job: dict[str, Any]) -> None:
         job_id, attempt = job["_id"], job["attempt"]
-        state = {"cancel": bool(job.get("cancel_requested")), "lost": False}
+        state = {"cancel": bool(job.get("cancel_requested")), "lost": False, "done": False,
+                 "renewed": time.monotonic()}  # fmt: skip
         beat = threading.Thread(target=self._heartbeat, args=(job_id, attempt, state), daemon=True)
         beat.start()
         try:
@@ -139,18 +197,63 @@ class Worker:
             state["done"] = True
             beat.join(5)
 
+    @property
+    def beat_s(self) -> float:
+        """How often the heartbeat renews the lease. It is also how the worker hears of a cancel,
+        so at least every second whatever the lease (README: cancel stops a stage within a
+        second or two)."""
+        return min(self.settings.lease_s / 3, 1.0)
+
     def _heartbeat(self, job_id: str, attempt: int, state: dict) -> None:
-        interval = max(self.settings.lease_s / 3, 0.1)
-        while not state.get("done"):
+        while not state["done"]:
+            t = time.monotonic()
             try:
                 if queue.heartbeat(self.db, job_id, attempt, self.settings.lease_s):
                     state["cancel"] = True
+                state["renewed"] = t  # the lease now runs until t + lease_s at the earliest
             except queue.LostLease:
                 state["lost"] = True
                 return
             except PyMongoError:
-                pass  # the lease is long enough to ride out a short outage
-            time.sleep(interval)
+                pass  # _owned() stops the stage if this lasts until the lease runs out
+            except Exception:  # noqa: BLE001 — the heartbeat must outlive any one failed beat
+                log.exception("job %s: heartbeat failed", job_id)
+            time.sleep(max(self.beat_s - (time.monotonic() - t), 0.0))
+
+    def _owned(self, state: dict) -> bool:
+        """Whether this worker may still be sure it owns the job: one beat before the lease it
+        last renewed runs out, it is not (a database outage, or a pause), and its stage stops
+        before another worker can take the job over."""
+        return not state["lost"] and time.monotonic() - state["renewed"] < self.settings.lease_s - self.beat_s
+
+    def _retry(self, write, *args, **kw):
+        """A fenced write that waits out a database outage: retried until it lands, the lease
+        turns out lost (``LostLease``), or the worker is stopped."""
+        while True:
+            try:
+                return write(*args, **kw)
+            except PyMongoError as e:
+                if self._stop.is_set():
+                    raise
+                log.warning("database unavailable (%s); retrying %s", type(e).__name__, write.__name__)
+                self._stop.wait(1.0)
+
+    def _regained(self, state: dict, sink: MongoSink) -> bool:
+        """After a lease this worker could not renew: wait for the database. If the job is still
+        this attempt's (nobody took it over meanwhile), store what the sink kept and go on;
+        returns False when it is not."""
+        while not self._stop.is_set():
+            if state["lost"]:
+                return False
+            if self._owned(state):
+                try:
+                    self._retry(sink.flush, strict=True)
+                except queue.LostLease:
+                    return False
+                sink.log("the database is back and the job is still this attempt's: going on")
+                return True
+            self._stop.wait(0.2)
+        return False
 
     def workdir(self, job_id: str) -> Path:
         return self.settings.artifacts / job_id
@@ -169,18 +272,20 @@ class Worker:
 
     def _run_stages(self, job: dict[str, Any], state: dict) -> None:
         db, job_id, attempt = self.db, job["_id"], job["attempt"]
-        sink = MongoSink(db, job_id, attempt)
+        retry = self._retry
+        sink = MongoSink(db, job_id, attempt, stored_steps=job.get("metric_steps"))
         workdir = self.workdir(job_id)
         sink.log(f"attempt {attempt} on worker {self.id}")
         try:
             self._prepare(job, workdir)
         except _UserError as e:
-            sink.flush()
-            queue.finish(db, job_id, attempt, "failed", error={"kind": "user", "message": str(e)})
+            retry(sink.flush, strict=True)
+            retry(queue.finish, db, job_id, attempt, "failed", error={"kind": "user", "message": str(e)})
             return
 
         def check() -> str | None:
-            if state["lost"]:
+            if not self._owned(state):
+                state["unsure"] = not state["lost"]  # the lease may be lost, not known to be
                 return "lost"
             if state["cancel"]:
                 return "cancelled"
@@ -189,28 +294,33 @@ class Worker:
         for stage in STAGES:
             if job["stages"][stage]["status"] in ("done", "skipped"):
                 continue
-            if check():
+            if not self._owned(state) and not self._regained(state, sink):
+                raise queue.LostLease(job_id)
+            if state["cancel"]:
                 break
             elapsed = (queue.now() - job["created_at"]).total_seconds()
             if elapsed > self.settings.job_timeout_s:
-                sink.flush()
-                queue.finish(db, job_id, attempt, "failed", error={"kind": "timeout", "stage": stage,
-                             "message": f"the job ran past its {self.settings.job_timeout_s:.0f} s limit"})  # fmt: skip
+                retry(sink.flush, strict=True)
+                retry(queue.finish, db, job_id, attempt, "failed", error={"kind": "timeout", "stage": stage,
+                      "message": f"the job ran past its {self.settings.job_timeout_s:.0f} s limit"})  # fmt: skip
                 return
-            queue.stage_started(db, job_id, attempt, stage)
-            sink.log(f"stage {stage} starting", stage=stage)
-            outcome = self.executor.run_stage(job, stage, workdir, sink, check, self.settings.stage_timeout_s)
+            while True:
+                retry(queue.stage_started, db, job_id, attempt, stage)
+                sink.log(f"stage {stage} starting", stage=stage)
+                outcome = self.executor.run_stage(job, stage, workdir, sink, check, self.settings.stage_timeout_s)
+                if outcome.kind == "lost" and state.pop("unsure", False) and self._regained(state, sink):
+                    continue  # stopped for a lease it could not renew, and it is still ours
+                break
             if not self._settle(job, stage, outcome, sink):
                 return
-        if state["lost"]:
-            raise queue.LostLease(job_id)
         if state["cancel"]:
-            sink.flush()
-            queue.finish(db, job_id, attempt, "cancelled", error={"kind": "cancelled", "message": self._cancel_reason(job_id)})
+            retry(sink.flush, strict=True)
+            retry(queue.finish, db, job_id, attempt, "cancelled",
+                  error={"kind": "cancelled", "message": self._cancel_reason(job_id)})  # fmt: skip
             return
         sink.log("job succeeded")
-        sink.flush()
-        queue.finish(db, job_id, attempt, "succeeded", result=job_result(workdir / "out"))
+        retry(sink.flush, strict=True)
+        retry(queue.finish, db, job_id, attempt, "succeeded", result=job_result(workdir / "out"))
 
     def _cancel_reason(self, job_id: str) -> str:
         """Why a running job was cancelled: a newer push of its branch, or the user."""
@@ -222,23 +332,25 @@ class Worker:
         db, job_id, attempt = self.db, job["_id"], job["attempt"]
         if outcome.kind == "lost":
             raise queue.LostLease(job_id)
+        retry = self._retry
         if outcome.kind == "done":
-            sink.flush()
-            queue.stage_finished(db, job_id, attempt, stage, "done", outcome.info)
+            retry(sink.flush, strict=True)
+            retry(queue.stage_finished, db, job_id, attempt, stage, "done", outcome.info)
             return True
         sink.log(f"stage {stage}: {outcome.message}", level="error", stage=stage)
-        sink.flush()
+        retry(sink.flush, strict=True)
         if outcome.kind == "cancelled":
-            queue.stage_finished(db, job_id, attempt, stage, "cancelled", {})
-            queue.finish(db, job_id, attempt, "cancelled", error={"kind": "cancelled", "stage": stage,
-                         "message": self._cancel_reason(job_id)})  # fmt: skip
+            retry(queue.stage_finished, db, job_id, attempt, stage, "cancelled", {})
+            retry(queue.finish, db, job_id, attempt, "cancelled", error={"kind": "cancelled", "stage": stage,
+                  "message": self._cancel_reason(job_id)})  # fmt: skip
         elif outcome.kind in ("user_error", "timeout"):
-            queue.stage_finished(db, job_id, attempt, stage, "failed", {})
+            retry(queue.stage_finished, db, job_id, attempt, stage, "failed", {})
             kind = "user" if outcome.kind == "user_error" else "timeout"
-            queue.finish(db, job_id, attempt, "failed", error={"kind": kind, "stage": stage, "message": outcome.message})
+            retry(queue.finish, db, job_id, attempt, "failed",
+                  error={"kind": kind, "stage": stage, "message": outcome.message})  # fmt: skip
         else:
-            queue.retry_later(db, job_id, attempt, stage, outcome.message, limit=self.settings.infra_retries,
-                              backoff_s=self.settings.backoff_s)  # fmt: skip
+            retry(queue.retry_later, db, job_id, attempt, stage, outcome.message, limit=self.settings.infra_retries,
+                  backoff_s=self.settings.backoff_s)  # fmt: skip
         return False
 
 

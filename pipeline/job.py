@@ -22,6 +22,7 @@ from pipeline.codec import Codec
 from pipeline.config import STAGES, ConfigError, CurriculumConfig, config_hash  # noqa: F401 — re-exported
 from pipeline.data import load_dataset
 from pipeline.device import pick_device
+from pipeline.fence import Fence
 from pipeline.models.loading import TINY_MODEL
 from pipeline.reporter import BaseReporter, Reporter
 from pipeline.rewards.builtin import DEFAULT_REWARD, get_reward
@@ -149,8 +150,11 @@ def run_job(
     *,
     stages: list[int] | None = None,
     reporter: Reporter | None = None,
+    fence: Fence | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the curriculum into ``out``; return the metrics record."""
+    """Run (or resume) the curriculum into ``out``; return the metrics record. With a
+    ``fence`` (the service's runs), every model and ``DONE.json`` is written only while this
+    process's attempt still owns the job (``pipeline.fence``)."""
     t_start = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,6 +188,7 @@ def run_job(
         warm=warm,
         warm_codec=make_codec(cfg, warm) if warm else None,
         reward=reward,
+        fence=fence,
     )
     base = prepare_base_model(ctx)
     checkpoints: dict[str, Path] = {"base": base}
@@ -196,17 +201,21 @@ def run_job(
             stage_info[stage] = {**info, "resumed": True}
             if stage != "evaluate" and (sdir / "model").exists():
                 checkpoints[stage] = previous = sdir / "model"
-            reporter.stage_state(stage, "skipped", reason="already finished")
-            reporter.progress(stage, 1.0)
+            if stage in wanted:  # the service runs one stage a process: the others are not news
+                reporter.stage_state(stage, "skipped", reason="already finished")
+                reporter.progress(stage, 1.0)
             continue
-        cfg_stage = cfg.stage(stage)
-        if stage not in wanted or not cfg_stage.enabled:
+        if stage not in wanted:
             stage_info[stage] = {"state": "skipped"}
-            reporter.stage_state(stage, "skipped", reason="not requested")
+            continue
+        if not cfg.stage(stage).enabled:
+            stage_info[stage] = {"state": "skipped"}
+            reporter.stage_state(stage, "skipped", reason="disabled in the config")
             continue
         reporter.stage_state(stage, "running")
         reporter.progress(stage, 0.0)
-        fresh_dir(sdir)
+        with ctx.publish():  # a stale process must not empty the new owner's folder either
+            fresh_dir(sdir)
         t0 = time.monotonic()
         if stage == "evaluate":
             info = {"evaluation": _evaluate(ctx, checkpoints)}
@@ -217,7 +226,10 @@ def run_job(
                 # samples a JavaScript reward failed on and that were scored 0 (reward_errors: zero)
                 info["reward_errors"] = reward.errors
         info.update(state="completed", seconds=round(time.monotonic() - t0, 2))
-        mark_done(sdir, info)
+        if fence is not None:
+            info["attempt"] = fence.token  # which attempt of the job published the stage
+        with ctx.publish():
+            mark_done(sdir, info)
         stage_info[stage] = info
         reporter.stage_state(stage, "completed", seconds=info["seconds"])
         reporter.progress(stage, 1.0)
@@ -232,10 +244,11 @@ def run_job(
         "wall_seconds": round(time.monotonic() - t_start, 2),
     }
     evaluation = stage_info.get("evaluate", {}).get("evaluation")
-    if evaluation:
-        record["evaluation"] = evaluation
-        write_model_card(out, cfg, record)
-    (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    with ctx.publish():
+        if evaluation:
+            record["evaluation"] = evaluation
+            write_model_card(out, cfg, record)
+        (out / "metrics.json").write_text(json.dumps(record, indent=1))
     if hasattr(reward, "close"):
         reward.close()  # the JavaScript reward's worker process
     return record

@@ -61,7 +61,7 @@ class BaseReporter:
 
 
 class MultiReporter(BaseReporter):
-    def __init__(self, *reporters: Reporter) -> None:
+    def __init__(self, *reporters: Reporter | None) -> None:
         self.reporters = [r for r in reporters if r is not None]
 
     def log(self, message: str, *, level: str = "info", stage: str | None = None) -> None:
@@ -91,14 +91,15 @@ class MultiReporter(BaseReporter):
 class MetricsFileReporter(BaseReporter):
     """Appends every metric point and stage transition to ``events.jsonl`` in the output folder."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tag: dict[str, Any] | None = None) -> None:
         self.path = path
+        self.tag = tag or {}  # added to every event
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = path.open("a", encoding="utf-8")
         self._last_progress: tuple[str, float] = ("", -1.0)
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(obj) + "\n")
+        self._fh.write(json.dumps({**obj, **self.tag}) + "\n")
         self._fh.flush()
 
     def log(self, message: str, *, level: str = "info", stage: str | None = None) -> None:

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from pipeline.config import ConfigError, build_config, load_config
+from pipeline.fence import LOST_EXIT, Fence, FenceLost
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
     p.add_argument("--output", type=Path, required=True, help="output folder (resumes if it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--fence", nargs=2, metavar=("OWNER_FILE", "ATTEMPT"),
+                   help="(the service) write only while OWNER_FILE names ATTEMPT; stop when it does not")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -78,20 +81,27 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.job import run_job
     from pipeline.reporter import ConsoleReporter, MetricsFileReporter, MultiReporter
     from pipeline.rewards.base import RewardError
+    from pipeline.stages.common import StageCancelled
 
     try:
         cfg = config_from_args(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)  # noqa: T201
         return 2
+    fence = Fence(Path(args.fence[0]), int(args.fence[1])) if args.fence else None
     console = ConsoleReporter(quiet=args.quiet)
-    reporter = MultiReporter(console, MetricsFileReporter(args.output / "events.jsonl"))
+    # Events carry the attempt, so the new owner's worker skips what a stale process still appends.
+    tag = {"attempt": fence.token} if fence else {}
+    reporter = MultiReporter(console, MetricsFileReporter(args.output / "events.jsonl", tag=tag), fence)
     try:
-        record = run_job(cfg, args.output, stages=args.stages, reporter=reporter)
+        record = run_job(cfg, args.output, stages=args.stages, reporter=reporter, fence=fence)
     except (ConfigError, DataError, RewardError) as e:  # the user's to fix: exit 2, never retried
         reporter.close()
         print(f"error: {e}", file=sys.stderr)  # noqa: T201
         return 2
+    except (FenceLost, StageCancelled) as e:  # only a fence stops a standalone stage
+        print(f"stopped: {e}", file=sys.stderr)  # noqa: T201
+        return LOST_EXIT
     finally:
         reporter.close()
     summary = {"output": str(args.output), "wall_seconds": record["wall_seconds"]}

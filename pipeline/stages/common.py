@@ -4,6 +4,7 @@ algorithm."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,12 @@ class Context:
     warm: Dataset | None = None
     warm_codec: Codec | None = None
     reward: Any = None  # pipeline.rewards.base.Reward
+    fence: Any = None  # pipeline.fence.Fence when the service runs the stage; None standalone
+
+    def publish(self) -> contextlib.AbstractContextManager:
+        """Wrap every write of a model or ``DONE.json``: raises ``FenceLost`` when a newer
+        attempt of the job owns the folder (``pipeline.fence``)."""
+        return self.fence.publishing() if self.fence is not None else contextlib.nullcontext()
 
     def stage_dir(self, stage: str) -> Path:
         return self.out / "stages" / stage
@@ -156,7 +163,10 @@ class CheckpointTimer(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         due_time = self.every_s is not None and time.monotonic() - self.last >= self.every_s
         due_step = bool(self.every_steps) and state.global_step % self.every_steps == 0
-        if (due_time or due_step) and state.global_step < state.max_steps:
+        # Not when the stage is stopping (it runs after ReporterCallback): a budget's end saves the
+        # final model anyway, and a stage stopped because a newer attempt owns the job must not
+        # write, or rotate away, the checkpoints that attempt resumes from.
+        if (due_time or due_step) and state.global_step < state.max_steps and not control.should_training_stop:
             control.should_save = True
         return control
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.codec import CODEC_FILE
+from pipeline.fence import FenceLost
 from pipeline.metrics import evaluate as compute_metrics
 from pipeline.metrics import primary_metric
 from pipeline.models.loading import load_model
@@ -109,7 +110,8 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     record["release"] = release
     record["verdict"] = judge(ctx, checkpoints, record, selection)
     record["final_stage"] = names[-1]
-    (ctx.out / "predictions.json").write_text(json.dumps(examples))
+    with ctx.publish():
+        (ctx.out / "predictions.json").write_text(json.dumps(examples))
     ctx.reporter.progress("evaluate", 1.0)
     return record
 
@@ -230,10 +232,11 @@ def export(ctx: Context, name: str, final_dir: Path, record: dict, samples, exam
     """Package ``name``'s checkpoint (``final_dir``) as the release: 16-bit, then gated 4-bit."""
     key = record["primary_metric"]
     out_full = ctx.out / "model"
-    if out_full.exists():
-        shutil.rmtree(out_full)
-    shutil.copytree(final_dir, out_full)
-    write_codec(ctx, out_full)
+    with ctx.publish():
+        if out_full.exists():
+            shutil.rmtree(out_full)
+        shutil.copytree(final_dir, out_full)
+        write_codec(ctx, out_full)
     full_bytes = dir_bytes(out_full)
     full_metric = record["models"][name][key]
     info: dict[str, Any] = {"full_dir": str(out_full), "full_bytes": full_bytes, "quantization": ctx.cfg.export.quantization}
@@ -243,6 +246,8 @@ def export(ctx: Context, name: str, final_dir: Path, record: dict, samples, exam
     q_dir = ctx.out / "model-4bit"
     try:
         q_metric_rec = quantize_and_eval(ctx, out_full, q_dir, samples, examples)
+    except FenceLost:
+        raise  # not an export failure: this process no longer owns the job
     except Exception as e:  # noqa: BLE001 — a failed export must not lose the trained model
         ctx.reporter.log(f"4-bit export failed ({type(e).__name__}: {e}); releasing the 16-bit model", level="warning", stage="evaluate")
         info.update(release_dir=str(out_full), release_format="16-bit", quantization_error=str(e))
@@ -308,14 +313,15 @@ def quantize_and_eval(ctx: Context, full_dir: Path, q_dir: Path, samples, exampl
         llm_int8_skip_modules=list(ctx.cfg.export.keep_16bit),
     )
     model, processor = load_model(full_dir, ctx.device, quantization_config=qcfg)
-    if q_dir.exists():
-        shutil.rmtree(q_dir)
-    model.save_pretrained(q_dir)
-    processor.save_pretrained(q_dir)
-    write_codec(ctx, q_dir)
-    for meta in ("dreamforge_model.json",):
-        if (full_dir / meta).exists():
-            shutil.copy(full_dir / meta, q_dir / meta)
+    with ctx.publish():
+        if q_dir.exists():
+            shutil.rmtree(q_dir)
+        model.save_pretrained(q_dir)
+        processor.save_pretrained(q_dir)
+        write_codec(ctx, q_dir)
+        for meta in ("dreamforge_model.json",):
+            if (full_dir / meta).exists():
+                shutil.copy(full_dir / meta, q_dir / meta)
     del model
     metrics, ex = evaluate_model(ctx, q_dir, samples)
     examples["4bit"] = ex

@@ -104,7 +104,8 @@ def train_grpo(
     seconds = time.monotonic() - t0
     if callback.cancelled:
         raise StageCancelled(f"stage {stage} cancelled")
-    save_model(trainer.model, processor, out_model)
+    with ctx.publish():
+        save_model(trainer.model, processor, out_model)
     drop_checkpoints(ctx, stage)
     return {
         "train_seconds": round(seconds, 2),

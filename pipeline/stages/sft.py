@@ -137,7 +137,8 @@ def train_sft(
             ctx.reporter.log(f"keeping the weights of step {validation.best_step}: validation {validation.key} "
                              f"{validation.best:.3f}, the best of {len(validation.curve)} checks", stage=stage)  # fmt: skip
         info.update(validation.summary())
-    save_model(trainer.model, processor, out_model)
+    with ctx.publish():
+        save_model(trainer.model, processor, out_model)
     drop_checkpoints(ctx, stage)
     return info
 
