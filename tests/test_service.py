@@ -282,7 +282,8 @@ def test_database_down_is_503_and_nothing_is_lost(tmp_path):
     s = start_stack(tmp_path / "stack", workers=1, extra_env={"DREAMFORGE_POLL_S": "0.1"})
     try:
         with api(s) as c:
-            job_id = c.post("/api/train", json={"config": tiny_job_config(data={"dataset": "synthetic://no-such-kind?n=4"})}).json()["jobId"]
+            gone = {"config": tiny_job_config(data={"dataset": str(tmp_path / "no-such-folder")})}  # fails fast, as the user's
+            job_id = c.post("/api/train", json=gone).json()["jobId"]
             wait_job(c, job_id, timeout=120)
             port, storage = s.db.port, s.db.storage
             s.db.kill()  # SIGKILL: what was acknowledged must survive (--sync-on-commit)
@@ -293,7 +294,7 @@ def test_database_down_is_503_and_nothing_is_lost(tmp_path):
             wait_for(lambda: c.get("/api/jobs").status_code == 200, timeout=30, what="the API to reconnect")
             assert c.get("/api/train/status", params={"jobId": job_id}).json()["status"] == "failed"
             # the worker rode out the outage: a new job is still picked up and run
-            job2 = c.post("/api/train", json={"config": tiny_job_config(data={"dataset": "synthetic://no-such-kind?n=4"})}).json()["jobId"]
+            job2 = c.post("/api/train", json=gone).json()["jobId"]
             job = wait_job(c, job2, timeout=120)
             assert job["status"] == "failed" and job["error"]["kind"] == "user" and job["attempt"] == 1
     finally:
