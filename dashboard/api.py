@@ -89,6 +89,9 @@ class Api:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/api/jobs/{job_id}/cancel")
 
+    def approve(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/jobs/{job_id}/approve")
+
     def samples(self, job_id: str, n: int = 6) -> dict[str, Any]:
         return self._call("GET", f"/api/jobs/{job_id}/samples", params={"n": n})
 
@@ -112,3 +115,7 @@ class Api:
 
     def presets(self) -> dict[str, Any]:
         return self._call("GET", "/api/presets")
+
+    def meta(self) -> dict[str, Any]:
+        """The service's vocabulary: stages, statuses and their sets (final, active, held …)."""
+        return self._call("GET", "/api/meta")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,15 +24,16 @@ def duration(seconds: float | None) -> str:
     return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
 
 
-def timing(job: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(elapsed, remaining estimate) in seconds; the estimate extrapolates the overall progress."""
+def timing(job: dict[str, Any], final: Collection[str]) -> tuple[float | None, float | None]:
+    """(elapsed, remaining estimate) in seconds; the estimate extrapolates the overall progress.
+    ``final``: the statuses of a finished job (``GET /api/meta``)."""
     starts = [ui.parse_time(s.get("started_at")) for s in job["stages"].values() if s.get("started_at")]
     if not starts:
         return None, None
     end = ui.parse_time(job.get("finished_at")) or datetime.now(UTC)
     elapsed = (end - min(starts)).total_seconds()
     p = float(job.get("progress") or 0)
-    if job["status"] in ui.FINAL:
+    if job["status"] in final:
         return elapsed, 0.0
     return elapsed, (elapsed * (100 - p) / p if p > 0 else None)
 

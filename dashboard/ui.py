@@ -1,4 +1,5 @@
-"""What every page shares: the session's API client, status badges, the key metric of a job."""
+"""What every page shares: the session's API client, the service's vocabulary, status badges,
+the key metric of a job."""
 
 from __future__ import annotations
 
@@ -9,19 +10,25 @@ from typing import Any
 import streamlit as st
 
 from dashboard.api import Api
+from pipeline.config import CurriculumConfig
+from pipeline.stage_table import BY_NAME, STAGE_TABLE, TRAINED, models_newest_first
 
-STAGES = ("warm_start", "domain", "reward", "evaluate")
-STAGE_TITLES = {"warm_start": "1 · warm-start SFT", "domain": "2 · domain SFT", "reward": "3 · RL (GRPO)",
-                "evaluate": "4 · evaluate & 4-bit"}  # fmt: skip
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "dead")
-FINAL = ("succeeded", "failed", "cancelled", "dead")
+STAGE_TITLES = {s.name: s.label for s in STAGE_TABLE}
 # Markdown with Streamlit's Material icons (no emoji: see streamlit_app.py); tables, which do not
 # render Markdown, show the plain status.
 BADGES = {"queued": ":material/schedule: queued", "running": ":material/autorenew: running",
           "succeeded": ":material/check_circle: succeeded", "failed": ":material/error: failed",
-          "cancelled": ":material/cancel: cancelled", "dead": ":material/dangerous: dead"}  # fmt: skip
+          "cancelled": ":material/cancel: cancelled", "dead": ":material/dangerous: dead",
+          "awaiting_approval": ":material/front_hand: awaiting approval"}  # fmt: skip
 # The row labels of the metrics table, in curriculum order.
-MODEL_TITLES = {"base": "base", "warm_start": "warm-start", "domain": "domain", "reward": "RL", "4bit": "4-bit"}
+MODEL_TITLES = {"base": "base", **{s: BY_NAME[s].title for s in TRAINED}, "4bit": "4-bit"}
+
+
+def stage_defaults() -> dict[str, dict[str, Any]]:
+    """The curriculum's own settings of each trained stage, by config section: what the server
+    uses for a field a preset leaves out (derived, never copied, so the page cannot drift)."""
+    cfg = CurriculumConfig()
+    return {s.section: getattr(cfg, s.section).model_dump() for s in STAGE_TABLE if s.trains}
 
 
 def api() -> Api:
@@ -33,6 +40,23 @@ def api() -> Api:
         client = Api(url, key)
         st.session_state["_api"] = client
     return client
+
+
+def meta() -> dict[str, Any]:
+    """The service's statuses and their sets (``GET /api/meta``), read once per session and API."""
+    client = api()
+    cached = st.session_state.get("_meta")
+    if cached is None or cached[0] != client.url:
+        cached = (client.url, client.meta())
+        st.session_state["_meta"] = cached
+    return cached[1]
+
+
+def is_live(status: str) -> bool:
+    """A job a worker may still change: its page refreshes itself. A held job (awaiting a
+    person's approval) changes only when someone acts, so its page waits for that."""
+    m = meta()
+    return status not in m["final"] and status not in m["held"]
 
 
 def badge(status: str) -> str:
@@ -63,7 +87,7 @@ def key_metric(job: dict[str, Any]) -> tuple[str, float | None]:
     models = result.get("models") or {}
     key = result.get("primary_metric")
     if key and models:
-        for name in ((result.get("release") or {}).get("stage"), "reward", "domain", "warm_start", "base"):
+        for name in models_newest_first((result.get("release") or {}).get("stage"), base=True):
             if isinstance((models.get(name) or {}).get(key), int | float):
                 return key, float(models[name][key])
     latest = (job.get("metrics") or {}).get(job.get("stage") or "") or {}
@@ -81,7 +105,7 @@ def fmt_metric(job: dict[str, Any]) -> str:
 def fit_caption(result: dict[str, Any]) -> str:
     """One line on memorisation: the last domain-trained model on its own training images."""
     fit, key = result.get("train_fit") or {}, result.get("primary_metric")
-    name = next((n for n in ("reward", "domain") if n in fit), None)
+    name = next((n for n in models_newest_first() if n in fit), None)
     if not name or not key:
         return ""
     m = fit[name]

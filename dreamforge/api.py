@@ -1,6 +1,6 @@
 """The HTTP API (FastAPI): submit, watch and cancel jobs; upload datasets; store rewards.
 
-Every route but ``/healthz`` and ``/api/presets`` needs ``Authorization: Bearer <API key>``;
+Every route but ``/healthz``, ``/api/presets`` and ``/api/meta`` needs ``Authorization: Bearer <API key>``;
 a project sees only its own jobs, datasets and rewards, and anything else is a 404, so ids
 from other tenants cannot even be probed. The same app runs under uvicorn locally and under
 ``@modal.asgi_app`` in production.
@@ -25,9 +25,14 @@ from dreamforge import auth, errors, push_outbox, queue
 from dreamforge.lanes import lane
 from dreamforge.routes_samples import router as samples_router
 from dreamforge.schemas import (
+    ACTIVE_STATUSES,
     FINAL_STATUSES,
+    HELD_STATUSES,
+    REQUEUABLE_STATUSES,
+    WAITING_STATUSES,
     DatasetView,
     JobPage,
+    JobStatus,
     JobView,
     LogLine,
     MetricPoint,
@@ -170,6 +175,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return {name: load_preset(name) for name in preset_names()}
 
+    @app.get("/api/meta", tags=["meta"])
+    async def meta():
+        """The service's vocabulary, for clients that must not copy it (the dashboard, the Action):
+        the curriculum's stages in order, the job statuses, and which are final, active (waiting
+        or training), waiting (no worker holds them: a cancel ends them at once), held (waiting
+        for a person's approval, not a worker) or requeuable."""
+        from pipeline.stage_table import as_json
+
+        return {"stages": as_json(), "statuses": [s.value for s in JobStatus],
+                "final": list(FINAL_STATUSES), "active": list(ACTIVE_STATUSES),
+                "waiting": list(WAITING_STATUSES), "held": list(HELD_STATUSES),
+                "requeuable": list(REQUEUABLE_STATUSES)}  # fmt: skip
+
     @app.post("/api/train", status_code=201, tags=["jobs"])
     async def train(request: Request, body: TrainRequest, pid: Project,
                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None):  # fmt: skip
@@ -299,24 +317,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/api/jobs/{job_id}/cancel", status_code=202, response_model=JobView, tags=["jobs"], responses=errors.responses(404))
     async def cancel(request: Request, job_id: str, pid: Project):
-        """A queued job is cancelled at once; a running one stops within seconds."""
-        coll = db(request)[JOBS]
-        t = queue.now()
-        res = await coll.update_one(
-            {"_id": job_id, "project_id": pid, "status": "queued"},
-            {"$set": {"status": "cancelled", "cancel_requested": True, "finished_at": t, "updated_at": t,
-                      "error": {"kind": "cancelled", "message": "cancelled by the user"}}, "$unset": {"queue_key": ""}},
-        )  # fmt: skip
-        if not res.modified_count:
-            await coll.update_one({"_id": job_id, "project_id": pid, "status": "running"},
-                                  {"$set": {"cancel_requested": True, "updated_at": t}})  # fmt: skip
+        """A queued job (or one awaiting approval) is cancelled at once; a running one stops within seconds."""
+        await queue.cancel(db(request), {"_id": job_id, "project_id": pid}, "cancelled by the user")
         return job_view(await own_job(request, job_id, pid))
 
     @app.post("/api/jobs/{job_id}/requeue", response_model=JobView, tags=["jobs"], responses=errors.responses(404, 409))
     async def requeue(request: Request, job_id: str, pid: Project):
         """Put a dead, failed or cancelled job back in the queue; its finished stages are kept."""
         doc = await own_job(request, job_id, pid)
-        if doc["status"] not in queue.REQUEUABLE:
+        if doc["status"] not in REQUEUABLE_STATUSES:
             raise HTTPException(409, f"job {job_id} is {doc['status']}; only dead, failed or cancelled jobs can be requeued")
         await db(request)[JOBS].update_one({"_id": job_id, "project_id": pid, "status": doc["status"]},
                                            queue.requeue_update(doc, queue.now()))  # fmt: skip

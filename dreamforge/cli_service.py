@@ -1,5 +1,5 @@
 """``dreamforge`` commands that talk to the service: up, worker, train, status, logs, cancel,
-jobs, init, demo. Registered on the main Typer app by ``dreamforge.cli``."""
+approve, jobs, init, demo. Registered on the main Typer app by ``dreamforge.cli``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from typing import Annotated, Any
 import typer
 
 from dreamforge.client import STACK_FILE, ApiError, Client
+from pipeline.stage_table import BY_NAME
 
-STAGE_TITLES = {"warm_start": "1 warm-start", "domain": "2 domain SFT", "reward": "3 RL (GRPO)", "evaluate": "4 evaluate"}
+
+def stage_label(stage: str | None) -> str:
+    return BY_NAME[stage].label if stage in BY_NAME else stage or ""
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -48,7 +51,7 @@ def follow_job(c: Client, job_id: str, *, show_logs: bool = True) -> dict[str, A
             stage = job.get("stage") or job["status"]
             latest = (job.get("metrics") or {}).get(job.get("stage") or "", {})
             info = " ".join(f"{k}={v:.4g}" for k, v in latest.items() if k in ("loss", "reward", "train_loss"))
-            bar.update(task, completed=job["progress"], stage=STAGE_TITLES.get(stage, stage), info=info)
+            bar.update(task, completed=job["progress"], stage=stage_label(stage), info=info)
     return job
 
 
@@ -201,7 +204,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{job['jobId']}  {job['status']}  {job['progress']:.0f}%  stage={job.get('stage') or '-'}")
         for s, st in job["stages"].items():
             secs = f"{st['seconds']:.1f}s" if st.get("seconds") else ""
-            typer.echo(f"  {STAGE_TITLES[s]:<14} {st['status']:<9} attempts={st['attempts']} {secs}")
+            typer.echo(f"  {stage_label(s):<20} {st['status']:<9} attempts={st['attempts']} {secs}")
         print_summary(job)
 
     @app.command()
@@ -231,6 +234,16 @@ def register(app: typer.Typer) -> None:
             except ApiError as e:
                 raise _fail(str(e)) from None
         typer.echo(f"{job_id}: {'cancelled' if job['status'] == 'cancelled' else 'cancelling'}")
+
+    @app.command()
+    def approve(job_id: str) -> None:
+        """Let a job awaiting approval (a pull request from a fork) train: it joins the queue."""
+        with _client() as c:
+            try:
+                job = c.approve(job_id)
+            except ApiError as e:
+                raise _fail(str(e)) from None
+        typer.echo(f"{job_id}: approved, {job['status']}")
 
     @app.command()
     def jobs(

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.settings import Settings
 
 STACK_FILE = "stack.json"
@@ -89,6 +90,9 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/api/jobs/{job_id}/cancel")
 
+    def approve(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/jobs/{job_id}/approve")
+
     def logs(self, job_id: str, after: int = 0) -> dict[str, Any]:
         return self.request("GET", f"/api/jobs/{job_id}/logs", params={"after": after})
 
@@ -100,7 +104,7 @@ class Client:
             body = self.logs(job_id, after)
             after = body["next"]
             yield job, body["lines"]
-            if job["status"] in ("succeeded", "failed", "cancelled", "dead") and not body["lines"]:
+            if job["status"] in FINAL_STATUSES and not body["lines"]:
                 return
             if not body["lines"]:
                 time.sleep(every)

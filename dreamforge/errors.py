@@ -54,7 +54,7 @@ COMMON = responses(400, 413, 422, 500, 503)
 
 
 # Every route but these reads an API key (or, for GitHub's webhook, a signature): 401.
-PUBLIC = ("/healthz", "/api/presets")
+PUBLIC = ("/healthz", "/api/presets", "/api/meta")
 
 
 def document(app: FastAPI, extra: dict[tuple[str, str], dict[int, str | None]]) -> None:

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pipeline.config import STAGES
 from pipeline.fence import LOST_EXIT, OWNER_FILE, take_ownership
 from pipeline.procs import die_with_parent
+from pipeline.stage_table import BY_NAME
 
 log = logging.getLogger("dreamforge.executors")
 
-STAGE_NUMBER = {s: i + 1 for i, s in enumerate(STAGES)}
 # pipeline.run's exit code for a user's mistake (bad config, data or reward): never retried.
 USER_ERROR_EXIT = 2
 
@@ -103,7 +102,7 @@ def stage_command(python: str, cfg_path: Path, stage: str, out: Path, *, num_pro
     """``python -m pipeline.run`` for one stage; across ``num_processes`` GPUs through
     ``accelerate launch``, which starts one process per GPU and sets up distributed training.
     ``fence``: the owner file and the attempt the stage writes for (``pipeline.fence``)."""
-    args = ["--config", str(cfg_path), "--stages", str(STAGE_NUMBER[stage]), "--output", str(out), "--quiet"]
+    args = ["--config", str(cfg_path), "--stages", str(BY_NAME[stage].number), "--output", str(out), "--quiet"]
     if fence is not None:
         args += ["--fence", str(fence[0]), str(fence[1])]
     if num_processes <= 1:

@@ -20,19 +20,24 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from dreamforge import queue
+from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.settings import Settings
-from dreamforge.store import JOBS
+from dreamforge.store import COMMENTS, JOBS
+from pipeline.stage_table import BY_NAME, STAGES, models_newest_first
 
 log = logging.getLogger("dreamforge.github")
 
 CONTEXT = "dreamforge/train"
-COMMENTS = "github_comments"  # _id "project|owner/name#pr" -> the PR's comment id and latest job
 COMMENT_MARK = "<!-- dreamforge:preview -->"
 LOOK_EVERY_S = 2.0  # how often an unfinished job's state is compared with what GitHub shows
 CLAIM_S = 60.0  # a sync that dies mid-post is retried after this
 MAX_FAILURES = 16  # 2 s doubling to a 30 min cap: 1 h for the first 11 tries, then 4 more: ~3 h of outage
-STAGE_TITLES = {"warm_start": "1/4 warm-start", "domain": "2/4 domain", "reward": "3/4 reward (RL)",
-                "evaluate": "4/4 evaluate & package"}  # fmt: skip
+
+
+def stage_text(stage: str | None) -> str:
+    """``2/4 domain SFT``: where a running job is, as a commit status says it."""
+    s = BY_NAME.get(stage or "")
+    return f"{s.number}/{len(STAGES)} {s.title}" if s else stage or "starting"
 
 
 def due(t: datetime) -> str:
@@ -48,10 +53,10 @@ def key_metric(job: dict[str, Any]) -> tuple[str, float] | None:
     result = job.get("result") or {}
     key, models = result.get("primary_metric"), result.get("models") or {}
     released = (result.get("release") or {}).get("stage")
-    for name in (released, "reward", "domain", "warm_start"):
+    for name in models_newest_first(released):
         if key and isinstance((models.get(name) or {}).get(key), int | float):
             return key, float(models[name][key])
-    for stage in ("reward", "domain", "warm_start"):
+    for stage in models_newest_first():
         values = (job.get("metrics") or {}).get(stage) or {}
         for k in ("reward", "loss", "train_loss"):
             if isinstance(values.get(k), int | float):
@@ -70,7 +75,7 @@ def desired_status(job: dict[str, Any]) -> tuple[str, str]:
     elif status == "queued":
         state, text = "pending", "queued"
     elif status == "running":
-        state, text = "pending", f"training: stage {STAGE_TITLES.get(stage or '', stage or 'starting')}"
+        state, text = "pending", f"training: stage {stage_text(stage)}"
     elif status == "succeeded" and ((job.get("result") or {}).get("verdict") or {}).get("verdict") == "did_not_learn":
         # A model no better than its base must not show a green check (pipeline/verdict.py).
         state, text = "failure", "did not learn" + (f": {m}" if m else "") + ", see the dashboard for likely causes"
@@ -144,7 +149,7 @@ def _sync_job(db, settings: Settings, gh, job: dict[str, Any], t: datetime) -> N
     src = job.get("source") or {}
     state, text = desired_status(job)
     posted = f"{state}|{text}"
-    final = job["status"] in ("succeeded", "failed", "cancelled", "dead")
+    final = job["status"] in FINAL_STATUSES
     sets: dict[str, Any] = {}
     try:
         repo = gh.get_repo(src["repo"])

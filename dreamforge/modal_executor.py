@@ -20,11 +20,10 @@ from dreamforge import modal_calls, queue
 from dreamforge.executors import StageOutcome, stage_info
 from dreamforge.settings import Settings
 from dreamforge.store import client
+from pipeline.stage_table import SECTION
 
 log = logging.getLogger("dreamforge.modal_executor")
 
-# The Modal function of each stage (``modal_app/app.py`` registers them under these names).
-FUNCTIONS = {"warm_start": "warm_start", "domain": "domain", "reward": "reward", "evaluate": "evaluate"}
 # GPU per stage when the job's config gives no ``compute`` hint. SFT of a small VLM fits an L40S
 # (48 GB); RL holds the policy plus rollouts of num_generations samples per prompt, so it gets
 # the largest; evaluation and 4-bit export are generation only.
@@ -33,8 +32,7 @@ DEFAULT_GPU = {"warm_start": "L40S", "domain": "L40S", "reward": "H100", "evalua
 
 def stage_gpu(config: dict[str, Any], stage: str) -> str:
     """The job's compute hint for ``stage`` (``rl.compute`` for the reward stage), else the default."""
-    section = {"warm_start": "warm_start", "domain": "domain", "reward": "rl", "evaluate": "evaluate"}[stage]
-    return (config.get(section) or {}).get("compute") or DEFAULT_GPU[stage]
+    return (config.get(SECTION[stage]) or {}).get("compute") or DEFAULT_GPU[stage]
 
 
 def modal_lookup(app_name: str) -> Callable[[str], Any]:
@@ -99,12 +97,12 @@ class ModalExecutor:
         job_id, attempt = job["_id"], job["attempt"]
         config, reward_source = _inputs(workdir)
         gpu = stage_gpu(config, stage)
-        fn = self.lookup(FUNCTIONS[stage])
+        fn = self.lookup(stage)  # modal_app/app.py registers one function per stage, named after it
         if gpu != DEFAULT_GPU[stage]:
             fn = fn.with_options(gpu=gpu)
         token = modal_calls.new_token()
         modal_calls.record_token(self.db, job_id, attempt, stage, token, gpu)  # before anything runs
-        sink.log(f"stage {stage}: spawning Modal function {FUNCTIONS[stage]} on {gpu}", stage=stage)
+        sink.log(f"stage {stage}: spawning Modal function {stage} on {gpu}", stage=stage)
         sink.flush()
         call = fn.spawn(job_id, token, config, reward_source, gpu)
         try:

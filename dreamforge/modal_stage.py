@@ -22,12 +22,13 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from dreamforge import queue
-from dreamforge.executors import STAGE_NUMBER, EventTail, LocalExecutor, StageOutcome, stage_info
+from dreamforge.executors import EventTail, LocalExecutor, StageOutcome, stage_info
 from dreamforge.modal_calls import owner
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS, client
 from dreamforge.worker import MongoSink
 from pipeline.reporter import BaseReporter, MetricsFileReporter, MultiReporter
+from pipeline.stage_table import BY_NAME
 
 log = logging.getLogger("dreamforge.modal_stage")
 
@@ -183,7 +184,7 @@ def _in_process(cfg_dict: dict[str, Any], stage: str, out: Path, sink: Following
     pumping = threading.Thread(target=pump, daemon=True)
     pumping.start()
     try:
-        run_job(build_config(cfg_dict), out, stages=[STAGE_NUMBER[stage]], reporter=reporter)
+        run_job(build_config(cfg_dict), out, stages=[BY_NAME[stage].number], reporter=reporter)
         outcome = StageOutcome("done", info=stage_info(out, stage))
     except (ConfigError, DataError, RewardError) as e:
         reporter.log(f"error: {e}", level="error", stage=stage)

@@ -18,7 +18,8 @@ from typing import Any
 import jwt
 from pymongo.errors import DuplicateKeyError
 
-JTIS = "github_oidc_jti"  # one document per token seen; a TTL index drops it once the token expired
+from dreamforge.store import JTIS
+
 REFUSED_EVENTS = ("pull_request_target", "workflow_run")
 LEEWAY_S = 30  # clock skew between GitHub and us
 _CLIENTS: dict[str, jwt.PyJWKClient] = {}

@@ -28,6 +28,7 @@ from pymongo.errors import PyMongoError
 
 from dreamforge import queue
 from dreamforge.settings import Settings
+from dreamforge.store import DELIVERIES, PREVIEWS
 from dreamforge.store import GITHUB_PUSHES as PUSHES
 
 log = logging.getLogger("dreamforge.github")
@@ -99,16 +100,12 @@ def _detail_text(detail: Any) -> str:
 
 async def _newer_push(db, p: dict[str, Any]) -> bool:
     """Whether the branch's preview already comes from a delivery received after this one."""
-    from dreamforge.webhooks import PREVIEWS
-
     head = await db[PREVIEWS].find_one({"_id": f"{p['project_id']}|{p['repo']}|{p['branch']}"}, {"received_at": 1, "job_id": 1})
     return bool(head and head.get("job_id") and head.get("received_at") and head["received_at"] > p["received_at"])
 
 
 async def _marker(db, p: dict[str, Any], status: str, detail: str) -> None:
     """What the branch's preview shows until the job exists."""
-    from dreamforge.webhooks import PREVIEWS
-
     await db[PREVIEWS].update_one(
         {"_id": f"{p['project_id']}|{p['repo']}|{p['branch']}"},
         {"$set": {"repo": p["repo"], "branch": p["branch"],
@@ -119,8 +116,6 @@ async def _marker(db, p: dict[str, Any], status: str, detail: str) -> None:
 
 
 async def _done(db, p: dict[str, Any], skipped: str | None = None) -> None:
-    from dreamforge.webhooks import DELIVERIES, PREVIEWS
-
     if skipped:
         await db[DELIVERIES].update_one({"_id": p["_id"]}, {"$set": {"skipped": skipped}})
     await db[PREVIEWS].update_one({"_id": f"{p['project_id']}|{p['repo']}|{p['branch']}", "pending.delivery": p["delivery"]},
@@ -130,8 +125,6 @@ async def _done(db, p: dict[str, Any], skipped: str | None = None) -> None:
 
 async def _forget(db, p: dict[str, Any]) -> None:
     """Drop the delivery entirely, so that GitHub's manual redelivery of it starts over."""
-    from dreamforge.webhooks import DELIVERIES
-
     await db[DELIVERIES].delete_one({"_id": p["_id"]})
     await db[PUSHES].delete_one({"_id": p["_id"]})
 

@@ -22,7 +22,7 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from dreamforge.schemas import FINAL_STATUSES, new_stages
+from dreamforge.schemas import FINAL_STATUSES, REQUEUABLE_STATUSES, WAITING_STATUSES, JobStatus, new_stages
 from dreamforge.store import JOBS, LOGS, METRICS, QUEUE_HEAD
 
 
@@ -342,9 +342,6 @@ def reap(db: Database, *, limit: int) -> list[str]:
     return reaped
 
 
-REQUEUABLE = ("dead", "failed", "cancelled")
-
-
 def requeue_update(job: dict[str, Any], t: datetime) -> dict[str, Any]:
     """The update that puts a dead, failed or cancelled job back in the queue (its finished
     stages are kept); a GitHub job's commit status becomes due again (``github_status``)."""
@@ -358,9 +355,40 @@ def requeue_update(job: dict[str, Any], t: datetime) -> dict[str, Any]:
 def requeue(db: Database, job_id: str, project_id: str) -> bool:
     """Explicitly requeue a dead, failed or cancelled job (see :func:`requeue_update`)."""
     job = db[JOBS].find_one({"_id": job_id, "project_id": project_id}, {"status": 1, "source": 1})
-    if job is None or job["status"] not in REQUEUABLE:
+    if job is None or job["status"] not in REQUEUABLE_STATUSES:
         return False
     res = db[JOBS].update_one({"_id": job_id, "status": job["status"]}, requeue_update(job, now()))
+    return bool(res.modified_count)
+
+
+async def cancel(db, flt: dict[str, Any], reason: str, *, superseded: bool = False) -> bool:
+    """Cancel the job ``flt`` matches (on the API's async database): a job no worker holds yet
+    (queued, or awaiting approval) ends at once; a running one is asked to stop and its worker
+    ends it within seconds, saying ``reason``. ``superseded`` records that a newer push of the
+    branch replaced it (the worker then reports the loss, not a user's cancel). True if the job
+    changed."""
+    t = now()
+    extra = {"superseded_by": reason} if superseded else {}
+    res = await db[JOBS].update_one(
+        {**flt, "status": {"$in": list(WAITING_STATUSES)}},
+        {"$set": {"status": JobStatus.CANCELLED, "cancel_requested": True, "finished_at": t, "updated_at": t, **extra,
+                  "error": {"kind": "cancelled", "message": reason}}, "$unset": {"queue_key": ""}},
+    )  # fmt: skip
+    if not res.modified_count:
+        res = await db[JOBS].update_one({**flt, "status": JobStatus.RUNNING},
+                                        {"$set": {"cancel_requested": True, "updated_at": t, **extra}})  # fmt: skip
+    return bool(res.modified_count)
+
+
+async def approve(db, job_id: str, project_id: str) -> bool:
+    """Let a job awaiting approval (a fork's pull request) join the queue; its commit status
+    becomes due (``github_status``). False if the job is not awaiting approval."""
+    t = now()
+    res = await db[JOBS].update_one(
+        {"_id": job_id, "project_id": project_id, "status": JobStatus.AWAITING_APPROVAL},
+        {"$set": {"status": JobStatus.QUEUED, "queue_key": queue_key(t, job_id), "updated_at": t, "approved_at": t,
+                  "github_outbox": stamp(t)}},
+    )  # fmt: skip
     return bool(res.modified_count)
 
 

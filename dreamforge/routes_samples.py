@@ -28,6 +28,7 @@ from dreamforge import errors
 from dreamforge.lanes import lane
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS
+from pipeline.stage_table import models_newest_first
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -90,7 +91,7 @@ def _default_model(doc: dict[str, Any], by_model: dict[str, Any]) -> str:
     release = (doc.get("result") or {}).get("release") or {}
     if release.get("release_format") in ("nf4", "fp4") and "4bit" in by_model:
         return "4bit"
-    for name in (release.get("stage"), "reward", "domain", "warm_start", "base"):
+    for name in models_newest_first(release.get("stage"), base=True):
         if name in by_model:
             return name
     return next(iter(by_model))

@@ -4,16 +4,37 @@ shared by the API, the CLI, the worker and the documents in MongoDB."""
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import STAGES
 
-# awaiting_approval: a pull request from a fork, held (not claimable) until a project member approves it.
-JobStatus = Literal["awaiting_approval", "queued", "running", "succeeded", "failed", "cancelled", "dead"]
+
+class JobStatus(StrEnum):
+    """A job's state; the one spelling of each (``GET /api/meta`` publishes them to clients)."""
+
+    AWAITING_APPROVAL = "awaiting_approval"  # a fork's pull request, held (not claimable) until a member approves it
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD = "dead"  # out of infrastructure retries (dead-lettered)
+
+
+# A final job never changes again (unless requeued); an active one is waiting or training.
+FINAL_STATUSES: tuple[JobStatus, ...] = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD)
+ACTIVE_STATUSES: tuple[JobStatus, ...] = tuple(s for s in JobStatus if s not in FINAL_STATUSES)
+# Not claimed by a worker yet: a cancel ends these at once (a running job is asked to stop).
+WAITING_STATUSES: tuple[JobStatus, ...] = (JobStatus.AWAITING_APPROVAL, JobStatus.QUEUED)
+# Waiting for a person, not a worker: nothing changes until someone approves (or cancels) the job.
+HELD_STATUSES: tuple[JobStatus, ...] = (JobStatus.AWAITING_APPROVAL,)
+# What POST /api/jobs/{id}/requeue puts back in the queue (a succeeded job is done).
+REQUEUABLE_STATUSES: tuple[JobStatus, ...] = (JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED)
+
 StageStatus = Literal["pending", "running", "done", "failed", "skipped", "cancelled"]
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "dead")
 
 
 class _Strict(BaseModel):

@@ -24,6 +24,10 @@ JOBS, LOGS, METRICS, PROJECTS, KEYS, DATASETS, REWARDS = (
 GRIDFS_BUCKET = "datasets"
 QUEUE_HEAD = "queue_head"  # one document: a key at or below every queued key (queue.py's claim)
 GITHUB_PUSHES = "github_pushes"  # GitHub deliveries whose config is still to be read (push_outbox.py)
+DELIVERIES = "github_deliveries"  # _id "project|delivery id" -> job id; TTL-expired after a day
+PREVIEWS = "github_previews"  # _id "project|owner/name|branch" -> the branch's latest job
+COMMENTS = "github_comments"  # _id "project|owner/name#pr" -> the PR's comment id and latest job
+JTIS = "github_oidc_jti"  # one document per GitHub OIDC token seen; a TTL index drops it once the token expired
 
 INDEXES: dict[str, list[IndexModel]] = {
     JOBS: [
@@ -41,10 +45,10 @@ INDEXES: dict[str, list[IndexModel]] = {
     # GitHub (webhooks.py, oidc.py): repository -> project lookups; replay records expire.
     PROJECTS: [IndexModel([("github_repos", ASCENDING)], name="github_repos", sparse=True),
                IndexModel([("github_repo_ids", ASCENDING)], name="github_repo_ids", sparse=True)],
-    "github_deliveries": [IndexModel([("created_at", ASCENDING)], name="ttl", expireAfterSeconds=86400)],
+    DELIVERIES: [IndexModel([("created_at", ASCENDING)], name="ttl", expireAfterSeconds=86400)],
     GITHUB_PUSHES: [IndexModel([("due", ASCENDING)], name="due", sparse=True),
                     IndexModel([("received_at", ASCENDING)], name="ttl", expireAfterSeconds=7 * 86400)],
-    "github_oidc_jti": [IndexModel([("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0)],
+    JTIS: [IndexModel([("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0)],
     LOGS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
     METRICS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
     KEYS: [IndexModel([("project_id", ASCENDING)], name="project")],

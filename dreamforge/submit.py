@@ -16,6 +16,7 @@ from dreamforge import queue
 from dreamforge.schemas import TrainRequest
 from dreamforge.store import DATASETS, JOBS, REWARDS
 from pipeline.config import ConfigError, CurriculumConfig, build_config, config_hash, deep_merge
+from pipeline.stage_table import TRAINED_SECTIONS
 
 # The config fields that name data; each goes through resolve_dataset.
 DATA_FIELDS = ("dataset", "warm_start_dataset")
@@ -138,7 +139,7 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict
     if req.dataset:
         raw = deep_merge(raw, {"data": {"dataset": req.dataset}})
     if req.epochs:
-        for key, n in zip(("warm_start", "domain", "rl"), req.epochs, strict=False):
+        for key, n in zip(TRAINED_SECTIONS, req.epochs, strict=False):
             raw = deep_merge(raw, {key: {"epochs": n}})
     reward = req.reward
     if req.reward_js is not None:

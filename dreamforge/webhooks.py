@@ -35,18 +35,16 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from dreamforge import oidc, push_outbox, queue
-from dreamforge.github_status import COMMENTS, dashboard_link, due, key_metric
+from dreamforge.github_status import dashboard_link, due, key_metric
 from dreamforge.schemas import JobSource, TrainRequest
 from dreamforge.settings import Settings
-from dreamforge.store import GITHUB_PUSHES, JOBS, PROJECTS
+from dreamforge.store import COMMENTS, DELIVERIES, GITHUB_PUSHES, JOBS, PREVIEWS, PROJECTS
 from dreamforge.submit import NotFound, submit
 from pipeline.config import ConfigError, build_config, config_hash
 
 log = logging.getLogger("dreamforge.webhooks")
 
 SIGNATURE_HEADER = "X-DreamForge-Signature-256"
-DELIVERIES = "github_deliveries"  # _id "project|delivery id" -> job id; TTL-expired after a day
-PREVIEWS = "github_previews"  # _id "project|owner/name|branch" -> the branch's latest job
 REPO_PATTERN = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 CONFIG_FILE = "dreamforge.config.json"
 
@@ -258,16 +256,11 @@ def github_router(settings: Settings) -> APIRouter:
     @router.post("/api/jobs/{job_id}/approve", tags=["jobs"])
     async def approve(request: Request, job_id: str, pid: Project):
         """Let a fork's pull request train: the held job joins the queue."""
-        t = queue.now()
-        res = await db(request)[JOBS].update_one(
-            {"_id": job_id, "project_id": pid, "status": "awaiting_approval"},
-            {"$set": {"status": "queued", "queue_key": queue.queue_key(t, job_id), "updated_at": t, "approved_at": t,
-                      "github_outbox": due(t)}},
-        )  # fmt: skip
+        approved = await queue.approve(db(request), job_id, pid)
         doc = await db(request)[JOBS].find_one({"_id": job_id, "project_id": pid}, JOB_FIELDS)
         if doc is None:
             raise HTTPException(404, f"job {job_id} not found")
-        if not res.modified_count:
+        if not approved:
             raise HTTPException(409, f"job {job_id} is {doc['status']}; only jobs awaiting approval can be approved")
         return job_view(doc)
 
@@ -410,15 +403,6 @@ async def supersede(db, pid: str, source: JobSource, job_id: str, received_at: A
     old = (prev or {}).get("job_id")
     if not old or old == job_id:
         return []
-    t = queue.now()
-    reason = f"superseded by {source.sha[:12]}"
-    res = await db[JOBS].update_one(
-        {"_id": old, "status": {"$in": ["queued", "awaiting_approval"]}},
-        {"$set": {"status": "cancelled", "cancel_requested": True, "finished_at": t, "updated_at": t, "superseded_by": reason,
-                  "error": {"kind": "cancelled", "message": reason}}, "$unset": {"queue_key": ""}},
-    )  # fmt: skip
-    if not res.modified_count:
-        res = await db[JOBS].update_one({"_id": old, "status": "running"},
-                                        {"$set": {"cancel_requested": True, "updated_at": t, "superseded_by": reason}})  # fmt: skip
-    return [old] if res.modified_count else []
+    cancelled = await queue.cancel(db, {"_id": old}, f"superseded by {source.sha[:12]}", superseded=True)
+    return [old] if cancelled else []
 

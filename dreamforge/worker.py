@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 from dreamforge import queue
 from dreamforge.executors import Executor, LocalExecutor, StageOutcome
 from dreamforge.github_status import start_sync_thread
+from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS, REWARDS, client, ensure_indexes
 from pipeline.config import STAGES
@@ -386,8 +387,8 @@ def cleanup_temporary(settings: Settings, db) -> list[str]:
     cutoff = queue.now().timestamp() - settings.temp_retention_s
     removed = []
     for job_dir in settings.artifacts.glob("job_*"):
-        doc = db["jobs"].find_one({"_id": job_dir.name}, {"status": 1, "finished_at": 1})
-        if not doc or doc.get("status") not in ("succeeded", "failed", "cancelled", "dead"):
+        doc = db[JOBS].find_one({"_id": job_dir.name}, {"status": 1, "finished_at": 1})
+        if not doc or doc.get("status") not in FINAL_STATUSES:
             continue
         if doc.get("finished_at") and doc["finished_at"].timestamp() > cutoff:
             continue

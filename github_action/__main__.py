@@ -22,9 +22,8 @@ from typing import Any
 import httpx
 
 from github_action.workflow import annotate, event, get_input, key_lines, line_of, set_output, write_summary
+from pipeline.stage_table import STAGES, models_newest_first
 
-FINAL = ("succeeded", "failed", "cancelled", "dead")
-STAGES = ("warm_start", "domain", "reward", "evaluate")
 RETRIES = 5
 PERMISSIONS_FIX = "permissions:\n  id-token: write\n  contents: read"
 
@@ -162,17 +161,22 @@ def _detail(r: httpx.Response) -> str:
         return r.text[:500]
 
 
-def wait_for_job(endpoint: str, api_key: str, job_id: str, timeout_s: float) -> dict[str, Any]:
+def wait_for_job(endpoint: str, api_key: str, job_id: str, timeout_s: float) -> tuple[dict[str, Any], bool]:
+    """The job once it has finished (``(job, True)``), or as it is when ``timeout_s`` runs out."""
     poll = float(os.environ.get("DREAMFORGE_ACTION_POLL_S", "10"))
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=endpoint, headers={"Authorization": f"Bearer {api_key}"}, timeout=30) as http:
+        r = request_with_retries(http, "GET", "/api/meta")  # which statuses are final: the server's word
+        if r.status_code != 200:
+            raise fail(f"cannot read the API's vocabulary (GET /api/meta): HTTP {r.status_code} {_detail(r)}")
+        final = set(r.json()["final"])
         while True:
             r = request_with_retries(http, "GET", f"/api/jobs/{job_id}")
             if r.status_code != 200:
                 raise fail(f"cannot read job {job_id}: HTTP {r.status_code} {_detail(r)}")
             job = r.json()
-            if job["status"] in FINAL or time.monotonic() > deadline:
-                return job
+            if job["status"] in final or time.monotonic() > deadline:
+                return job, job["status"] in final
             time.sleep(poll)
 
 
@@ -218,7 +222,7 @@ def summary(push: dict[str, Any], answer: dict[str, Any], job: dict[str, Any] | 
         if models:
             primary = result.get("primary_metric")
             released = (result.get("release") or {}).get("stage")
-            trained = [n for n in (released, "reward", "domain", "warm_start")
+            trained = [n for n in models_newest_first(released)
                        if isinstance((models.get(n) or {}).get(primary), int | float)]  # fmt: skip
             final = trained[0] if trained else None
             if final:
@@ -266,11 +270,11 @@ def run() -> None:
     job_id = answer["jobId"]
     set_output("job-id", job_id)
     set_output("dashboard-url", answer.get("dashboard_url") or "")
-    job = None
+    job, finished = None, False
     if wait:
         if not api_key:
             raise fail("`wait: true` reads the job with the `api-key` input; add it (a project API key)")
-        job = wait_for_job(endpoint, api_key, job_id, timeout_s)
+        job, finished = wait_for_job(endpoint, api_key, job_id, timeout_s)
     elif api_key:
         with httpx.Client(base_url=endpoint, headers={"Authorization": f"Bearer {api_key}"}, timeout=30) as http:
             r = request_with_retries(http, "GET", f"/api/jobs/{job_id}")
@@ -280,7 +284,7 @@ def run() -> None:
     set_output("verdict", verdict_of(job))
     set_output("metrics", json.dumps(metrics_of(job) if job else {}))
     write_summary(summary(push, answer, job))
-    if wait and status not in FINAL:
+    if wait and not finished:
         raise fail(f"job {job_id} still {status} after {timeout_s / 60:.0f} minutes (timeout-minutes)")
     if wait and status != "succeeded":
         err = (job or {}).get("error") or {}

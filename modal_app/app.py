@@ -68,7 +68,6 @@ VOLUMES = {ARTIFACTS_PATH: artifacts, "/hf": hf_cache}
 
 mongodb = modal.Secret.from_name("dreamforge-mongodb", required_keys=["MONGODB_URI"])
 github = modal.Secret.from_name("dreamforge-github", required_keys=["GITHUB_TOKEN"])  # commit statuses
-webhook = modal.Secret.from_name("dreamforge-webhook", required_keys=["DREAMFORGE_WEBHOOK_SECRET"])
 huggingface = modal.Secret.from_name("dreamforge-huggingface", required_keys=["HF_TOKEN"])
 
 app = modal.App(APP_NAME, image=image)
@@ -204,7 +203,7 @@ def spawn_on_queue(api, spawn) -> None:
         return response
 
 
-@app.function(secrets=[mongodb, github, webhook], scaledown_window=5 * MINUTES)
+@app.function(secrets=[mongodb, github], scaledown_window=5 * MINUTES)
 @modal.concurrent(max_inputs=100)
 @modal.asgi_app()
 def web():

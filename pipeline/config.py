@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-STAGES = ("warm_start", "domain", "reward", "evaluate")
+from pipeline.stage_table import SECTION, STAGES  # noqa: F401 — STAGES re-exported for callers of the config
+
 PRESETS = ("generic", "medical-scan", "retail-shelf", "traffic-camera")
 # The shipped JavaScript examples, by name: ``example:NAME`` resolves only to these, so a name can
 # never walk out of the examples folder (``example:../../x``).
@@ -41,13 +42,6 @@ class StageConfig(_Strict):
     epochs: float = Field(1.0, gt=0, le=10_000, description="Passes over the stage's training split.")
     max_steps: int | None = Field(
         None, gt=0, le=MAX_STEPS, description="Stop after this many optimizer steps (overrides epochs)."
-    )
-    min_steps: int | None = Field(
-        None,
-        gt=0,
-        le=MAX_STEPS,
-        description="Train at least this many optimizer steps when the epochs give fewer: a domain set of a few "
-        "dozen images needs more passes than a big one (ignored with max_steps or max_seconds).",
     )
     max_seconds: float | None = Field(
         None, gt=0, le=MAX_STAGE_SECONDS, description="Wall-clock budget for the stage's training loop; training stops cleanly when spent."
@@ -83,6 +77,13 @@ class SupervisedConfig(StageConfig):
         description="Validation checks over the stage (at most one every 20 steps); 0 turns them off. Each check "
         "decodes val_samples images and reports val_<primary metric> and val_parse_rate as metrics.",
     )  # fmt: skip
+    min_steps: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_STEPS,
+        description="Train at least this many optimizer steps when the epochs give fewer: a domain set of a few "
+        "dozen images needs more passes than a big one (ignored with max_steps or max_seconds).",
+    )
     val_samples: int = Field(32, ge=1, le=10_000, description="Validation images decoded per check.")
     patience: int = Field(
         3, ge=1, le=1000,
@@ -113,6 +114,18 @@ class RLConfig(StageConfig):
         description="Memory limit of the JavaScript reward: its V8 heap plus buffers and strings; "
         "the sandbox adds 64 MiB for its harness.",
     )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_min_steps(cls, data: Any) -> Any:
+        # min_steps was once accepted here and ignored (GRPO's TRL trainer plans its own steps):
+        # an unset one, as configs dumped back then carry, is dropped; a set one is refused.
+        if isinstance(data, dict) and "min_steps" in data:
+            if data["min_steps"] is not None:
+                raise ValueError("min_steps applies to the supervised stages (warm_start, domain) only; the RL "
+                                 "stage trains for epochs, max_steps or max_seconds: remove rl.min_steps")
+            data = {k: v for k, v in data.items() if k != "min_steps"}
+        return data
 
     @model_validator(mode="after")
     def _group_divides_batch(self) -> RLConfig:
@@ -241,9 +254,8 @@ class CurriculumConfig(_Strict):
         return v
 
     def stage(self, name: str) -> StageConfig | EvalConfig:
-        return {"warm_start": self.warm_start, "domain": self.domain, "reward": self.rl, "evaluate": self.evaluate}[
-            name
-        ]
+        """The settings of stage ``name`` (``reward`` lives in the ``rl`` section)."""
+        return getattr(self, SECTION[name])
 
 
 class ConfigError(ValueError):

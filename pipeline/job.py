@@ -26,10 +26,9 @@ from pipeline.fence import Fence
 from pipeline.models.loading import TINY_MODEL
 from pipeline.reporter import BaseReporter, Reporter
 from pipeline.rewards.builtin import DEFAULT_REWARD, get_reward
+from pipeline.stage_table import BY_NUMBER
 from pipeline.stages.common import Context, fresh_dir, is_done, mark_done, read_done
 from pipeline.structures import Dataset
-
-STAGE_NUMBERS = {i + 1: s for i, s in enumerate(STAGES)}
 
 
 def seed_everything(seed: int) -> None:
@@ -159,7 +158,7 @@ def run_job(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     reporter = reporter or BaseReporter()
-    wanted = {STAGE_NUMBERS[i] for i in (stages or [1, 2, 3, 4])}
+    wanted = {BY_NUMBER[i].name for i in (stages or list(BY_NUMBER))}
     chash = config_hash(cfg)
     cfg_file = out / "config.json"
     if cfg_file.exists():

@@ -13,19 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.config import STAGES
-
-# Share of the overall progress bar each stage takes; roughly its share of the demo's time.
-STAGE_WEIGHTS = {"warm_start": 45.0, "domain": 10.0, "reward": 25.0, "evaluate": 20.0}
-
+from pipeline.stage_table import STAGE_TABLE
 
 
 def overall_progress(stage: str, fraction: float) -> float:
     done = 0.0
-    for s in STAGES:
-        if s == stage:
-            return round(done + STAGE_WEIGHTS[s] * min(max(fraction, 0.0), 1.0), 2)
-        done += STAGE_WEIGHTS[s]
+    for s in STAGE_TABLE:
+        if s.name == stage:
+            return round(done + s.weight * min(max(fraction, 0.0), 1.0), 2)
+        done += s.weight
     return 100.0
 
 

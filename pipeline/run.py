@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, build_config, load_config
 from pipeline.fence import LOST_EXIT, Fence, FenceLost
+from pipeline.stage_table import TRAINED_SECTIONS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +46,7 @@ def config_from_args(args: argparse.Namespace):
     if args.epochs:
         if len(args.epochs) > 3:
             raise ConfigError("--epochs takes at most three numbers: stage 1, stage 2 and the RL stage")
-        for key, n in zip(("warm_start", "domain", "rl"), args.epochs, strict=False):
+        for key, n in zip(TRAINED_SECTIONS, args.epochs, strict=False):
             over[key] = {"epochs": n}
     if args.config:
         base = load_config(args.config, preset=args.preset).model_dump(by_alias=True, exclude_none=True)

@@ -35,6 +35,14 @@ def test_group_size_must_divide_batch_and_the_error_suggests_a_value():
     assert "use batch_size 8" in str(e.value)
 
 
+def test_min_steps_is_refused_on_the_rl_stage_it_never_applied_to():
+    with pytest.raises(ConfigError) as e:
+        build_config({"rl": {"min_steps": 50}})
+    assert "remove rl.min_steps" in str(e.value) and e.value.errors[0]["loc"] == "rl"
+    assert "min_steps" not in build_config({"rl": {"min_steps": None}}).rl.model_dump()  # an old dump still loads
+    assert build_config({"domain": {"min_steps": 50}}).domain.min_steps == 50  # where it applies
+
+
 def test_bad_gpu_hint_is_rejected():
     with pytest.raises(ConfigError, match="H100:2"):
         build_config({"rl": {"compute": "H100:two"}})

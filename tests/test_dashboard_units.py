@@ -9,6 +9,7 @@ import pandas as pd
 from dashboard import jobview as page
 from dashboard import ui
 from dashboard.api import describe
+from pipeline.stage_table import STAGES
 
 
 def test_curves_drop_end_of_stage_summaries_when_the_stage_logged_steps():
@@ -36,12 +37,14 @@ def test_thin_keeps_the_ends_and_caps_the_points():
 
 def test_remaining_time_extrapolates_progress():
     start = datetime.now(UTC) - timedelta(seconds=100)
-    stages = {s: {"started_at": None} for s in ui.STAGES}
+    stages = {s: {"started_at": None} for s in STAGES}
     stages["warm_start"]["started_at"] = start.isoformat()
-    elapsed, remaining = page.timing({"status": "running", "progress": 25.0, "stages": stages})
+    final = ("succeeded", "failed")
+    elapsed, remaining = page.timing({"status": "running", "progress": 25.0, "stages": stages}, final)
     assert 99 <= elapsed <= 110 and 290 <= remaining <= 330  # 25 % in 100 s: 300 s to go
-    assert page.timing({"status": "running", "progress": 0.0, "stages": stages})[1] is None
-    assert page.timing({"status": "queued", "progress": 0.0, "stages": {s: {} for s in ui.STAGES}}) == (None, None)
+    assert page.timing({"status": "running", "progress": 0.0, "stages": stages}, final)[1] is None
+    assert page.timing({"status": "queued", "progress": 0.0, "stages": {s: {} for s in STAGES}}, final) == (None, None)
+    assert page.timing({"status": "failed", "progress": 40.0, "stages": stages}, final)[1] == 0.0  # finished: nothing left
 
 
 def test_key_metric_prefers_the_held_out_metric_then_the_running_stage():
@@ -55,7 +58,7 @@ def test_key_metric_prefers_the_held_out_metric_then_the_running_stage():
 def test_models_table_orders_stages_and_keeps_numbers_only():
     rows = ui.models_table({"models": {"4bit": {"mean_iou": 0.5}, "base": {"mean_iou": 0.1, "note": "x"},
                                        "reward": {"mean_iou": 0.55}, "domain": {"mean_iou": 0.4}}})  # fmt: skip
-    assert [r["model"] for r in rows] == ["base", "domain", "RL", "4-bit"]
+    assert [r["model"] for r in rows] == ["base", "domain SFT", "RL (GRPO)", "4-bit"]
     assert rows[0] == {"model": "base", "mean_iou": 0.1}
 
 
@@ -79,8 +82,19 @@ def test_fit_caption_flags_memorisation_only_past_the_gap():
     assert ui.fit_caption({"primary_metric": "mean_iou"}) == ""
     fit = {"n": 42, "domain": {"mean_iou": 0.90, "gap": 0.65}, "reward": {"mean_iou": 0.89, "gap": 0.62}}
     line = ui.fit_caption({"primary_metric": "mean_iou", "train_fit": fit})
-    assert line.startswith("RL on 42 of its training images: mean_iou 0.890 (+0.620 vs held-out)")
+    assert line.startswith("RL (GRPO) on 42 of its training images: mean_iou 0.890 (+0.620 vs held-out)")
     assert "memorised" in line
     ok = {"n": 64, "domain": {"mean_iou": 0.62, "gap": 0.05}}
     line = ui.fit_caption({"primary_metric": "mean_iou", "train_fit": ok})
-    assert line.startswith("domain on 64") and "memorised" not in line
+    assert line.startswith("domain SFT on 64") and "memorised" not in line
+
+
+def test_stage_knob_defaults_are_the_curriculums_own():
+    from pipeline.config import CurriculumConfig
+
+    cfg, defaults = CurriculumConfig(), ui.stage_defaults()
+    assert list(defaults) == ["warm_start", "domain", "rl"]  # config sections of the trained stages
+    for section, d in defaults.items():
+        for knob in ("epochs", "max_steps", "lr"):
+            assert d[knob] == getattr(getattr(cfg, section), knob), (section, knob)
+    assert (defaults["rl"]["num_generations"], defaults["rl"]["batch_size"]) == (cfg.rl.num_generations, cfg.rl.batch_size)

@@ -231,8 +231,8 @@ def test_commit_status_and_one_pr_comment_follow_the_job(stack, db, key, gh, set
         ("POST", f"/repos/{REPO}/issues/12/comments"),
     ]
     states = [(r["json"]["state"], r["json"]["description"]) for r in mine[:4]]
-    assert states == [("pending", "queued"), ("pending", "training: stage 1/4 warm-start"),
-                      ("pending", "training: stage 2/4 domain"), ("success", "trained: iou 0.420, nf4 release")]  # fmt: skip
+    assert states == [("pending", "queued"), ("pending", "training: stage 1/4 warm-start SFT"),
+                      ("pending", "training: stage 2/4 domain SFT"), ("success", "trained: iou 0.420, nf4 release")]  # fmt: skip
     assert {r["json"]["context"] for r in mine[:4]} == {"dreamforge/train"}
     assert {r["json"]["target_url"] for r in mine[:4]} == {f"{DASH}/job?job={job_id}"}
     assert mine[0]["auth"] == "token ghs_test"

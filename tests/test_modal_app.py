@@ -13,8 +13,8 @@ from conftest import ROOT
 from dreamforge.executors import stage_command
 from dreamforge.modal_executor import DEFAULT_GPU, stage_gpu
 from dreamforge.modal_stage import gpu_count
+from pipeline.stage_table import STAGES
 
-STAGE_FUNCTIONS = ("warm_start", "domain", "reward", "evaluate")
 VOLUMES = {"/data/artifacts": "dreamforge-artifacts", "/hf": "dreamforge-hf-cache"}
 
 
@@ -36,7 +36,7 @@ def test_app_imports_without_torch_or_a_modal_token(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("stage", STAGE_FUNCTIONS)
+@pytest.mark.parametrize("stage", STAGES)  # the executor looks each stage up by its name
 def test_every_stage_is_a_gpu_function_with_timeout_retries_volumes_and_secrets(deployed, stage):
     info = getattr(deployed, stage).info()
     assert info.gpus == [(DEFAULT_GPU[stage], 1)]
@@ -65,9 +65,9 @@ def test_orchestrator_sweep_and_web_endpoint(deployed):
     assert sweep.gpus == [] and sweep.schedule == "Period(minutes=1)"
     web = deployed.web.info()
     assert web.gpus == [] and web.web_info is not None
+    # Webhook secrets are per project, in the database (POST /api/github/link): no deployment-wide one.
     assert sorted(web.secrets) == ["modal.Secret.from_name('dreamforge-github')",
-                                   "modal.Secret.from_name('dreamforge-mongodb')",
-                                   "modal.Secret.from_name('dreamforge-webhook')"]  # fmt: skip
+                                   "modal.Secret.from_name('dreamforge-mongodb')"]  # fmt: skip
 
 
 def test_image_installs_the_projects_own_dependencies_with_cuda_torch(deployed):

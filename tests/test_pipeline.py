@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline.stage_table import BY_NAME
 from tests.conftest import PY, ROOT, tiny_job_config
 
 pytestmark = pytest.mark.slow
@@ -71,7 +72,7 @@ def test_four_stage_job_writes_metrics_checkpoints_and_both_exports(detect_job):
     assert sel["split"] == "val" and sel["n"] > 0 and list(sel["models"]) == ["base", "warm_start", "domain", "reward"]
     trained = ["warm_start", "domain", "reward"]  # the base model is scored for the verdict, never released
     best = max(trained, key=lambda n: (sel["models"][n]["mean_iou"], sel["models"][n].get("reward_score", 0), trained.index(n)))
-    assert rel["stage"] == best and rel["reason"].startswith({"warm_start": "warm-start SFT", "domain": "domain SFT", "reward": "RL"}[best])
+    assert rel["stage"] == best and rel["reason"].startswith(BY_NAME[best].title)
     assert summary["released"] == rel["reason"] and f"Released: {rel['reason']}." in (out / "MODEL_CARD.md").read_text()
     # 4 domain steps cannot teach anything: the job says so, with causes it checked, on every surface
     verdict = ev["verdict"]

@@ -4,7 +4,6 @@ driven over HTTP exactly as the CLI, the dashboard and the GitHub Action drive i
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import signal
@@ -17,6 +16,7 @@ from service_helpers import all_logs, api, wait_for, wait_job
 
 from dreamforge.auth import create_project
 from dreamforge.stack import start_stack
+from pipeline.config import build_config, load_preset, preset_names
 from pipeline.rewards.js import EXAMPLES
 
 
@@ -271,9 +271,12 @@ def test_worker_killed_mid_stage_is_resumed_by_another(stack, db):
 def test_presets_listed_in_json(stack):
     import httpx
 
-    p = httpx.get(stack.api_url + "/api/presets").json()["retail-shelf"]
-    assert json.dumps(p)  # serialisable
-    assert p["task"] == "detect"
+    presets = httpx.get(stack.api_url + "/api/presets").json()
+    assert set(presets) == set(preset_names())
+    for name, p in presets.items():  # each served as its shipped file, and valid as a whole curriculum
+        assert p == load_preset(name)
+        assert build_config(p, source=name).task == p.get("task", "detect")
+    assert presets["retail-shelf"]["task"] == "detect"
 
 
 def test_database_down_is_503_and_nothing_is_lost(tmp_path):

@@ -18,6 +18,7 @@ from dashboard import ui
 from dashboard.api import ApiError
 from dashboard.jobview import curves, duration, thin, timing
 from dashboard.stream import PANEL_LINES, job_stream
+from pipeline.stage_table import STAGES
 
 REFRESH_S = 2.0
 TAIL_LINES = 30
@@ -31,7 +32,7 @@ def chart(df: pd.DataFrame, title: str, y: str) -> None:
         "encoding": {
             "x": {"field": "step", "type": "quantitative", "title": "step"},
             "y": {"field": "value", "type": "quantitative", "title": y},
-            "color": {"field": "stage", "type": "nominal", "sort": list(ui.STAGES)},
+            "color": {"field": "stage", "type": "nominal", "sort": list(STAGES)},
         },
     }
     st.vega_lite_chart(df, spec, width="stretch")
@@ -49,14 +50,14 @@ def progress_panel(job: dict[str, Any]) -> None:
     stage = job.get("stage")
     p = float(job.get("progress") or 0)
     st.progress(min(100, int(round(p))), text=f"{ui.STAGE_TITLES.get(stage, 'waiting for a worker')} · {p:.0f}%")
-    elapsed, remaining = timing(job)
+    elapsed, remaining = timing(job, ui.meta()["final"])
     c = st.columns(4)
     c[0].metric("Status", job["status"])
     c[1].metric("Stage", ui.STAGE_TITLES.get(stage, "–") if stage else "–")
     c[2].metric("Elapsed", duration(elapsed))
     c[3].metric("Remaining", duration(remaining) if remaining is not None else "estimating…")
     rows = []
-    for s in ui.STAGES:
+    for s in STAGES:
         st_ = job["stages"][s]
         rows.append({"stage": ui.STAGE_TITLES[s], "status": st_["status"], "attempts": st_["attempts"],
                      "seconds": st_.get("seconds")})  # fmt: skip
@@ -93,7 +94,7 @@ def live(job_id: str) -> None:
         else:
             st.info("No reward points yet (the RL stage reports them).")
     n = stream.log_next
-    with st.expander(f"Logs ({n} lines)", expanded=job["status"] not in ui.FINAL):
+    with st.expander(f"Logs ({n} lines)", expanded=job["status"] not in ui.meta()["final"]):
         # The newest TAIL_LINES in order, always in view: the panel follows the log like
         # `tail -f` without any scrolling; the longer view scrolls.
         more = st.toggle(f"show the last {PANEL_LINES}", key=f"more_logs_{job_id}")
@@ -103,7 +104,7 @@ def live(job_id: str) -> None:
         text = "\n".join(f"{ln['seq']:>6} {ln['level']:<7} {('[' + ln['stage'] + '] ') if ln.get('stage') else ''}{ln['message']}"
                          for ln in shown)  # fmt: skip
         st.code(text or "(no log lines yet)", language=None, height=420 if more else "content")
-    if job["status"] in ui.FINAL and st.session_state.get("_was_live") == job_id:
+    if not ui.is_live(job["status"]) and st.session_state.get("_was_live") == job_id:
         st.session_state.pop("_was_live")
         st.rerun()  # the job just ended: draw the final sections once, and stop refreshing
     st.session_state["_job"] = job
@@ -135,7 +136,7 @@ def results(job: dict[str, Any]) -> None:
         st.info("This job has no evaluation record.")
     stage_rows = [{"stage": ui.STAGE_TITLES[s], **{k: v for k, v in (job["stages"][s].get("metrics") or {}).items()
                                                    if isinstance(v, int | float)}}
-                  for s in ui.STAGES if job["stages"][s].get("metrics")]  # fmt: skip
+                  for s in STAGES if job["stages"][s].get("metrics")]  # fmt: skip
     if stage_rows:
         st.subheader("Training metrics per stage")
         st.dataframe(pd.DataFrame(stage_rows), hide_index=True, key="stage_metrics_table")
@@ -180,8 +181,23 @@ def samples(job: dict[str, Any]) -> None:
             st.caption(f"answer: `{s['text'][:120]}`")
 
 
+def approve_button(job: dict[str, Any]) -> None:
+    """A held job (a fork's pull request) trains only once a project member approves it."""
+    if job["status"] not in ui.meta()["held"]:
+        return
+    st.info("A pull request from a fork: it trains once a project member approves it.")
+    if st.button("Approve", key="approve", type="primary"):
+        try:
+            ui.api().approve(job["jobId"])
+        except ApiError as e:
+            st.error(f"approve failed: {e}")
+            return
+        st.session_state.pop("_job", None)
+        st.rerun()  # now queued: the page follows it live
+
+
 def cancel_button(job: dict[str, Any]) -> None:
-    if job["status"] in ui.FINAL:
+    if job["status"] in ui.meta()["final"]:
         return
     if job.get("cancel_requested"):
         st.caption("cancel requested: the job stops within seconds")
@@ -217,11 +233,12 @@ if job_id:
         st.error(str(e))
         st.stop()
     header(first)
-    running = first["status"] not in ui.FINAL
+    running = ui.is_live(first["status"])
     if running:
         st.session_state["_was_live"] = job_id
     st.fragment(live, run_every=REFRESH_S if running else None)(job_id)
     job = st.session_state.get("_job") or first
+    approve_button(job)
     cancel_button(job)
     if job["status"] == "succeeded":
         results(job)

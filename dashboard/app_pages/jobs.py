@@ -26,7 +26,12 @@ st.title("Jobs")
 f = st.columns([2, 2, 3])
 repo = f[0].text_input("Repository", key="f_repo", placeholder="owner/name").strip() or None
 branch = f[1].text_input("Branch", key="f_branch").strip() or None
-statuses = f[2].multiselect("Status", ui.STATUSES, key="f_status")
+try:
+    known = ui.meta()["statuses"]
+except ApiError as e:
+    st.error(str(e))
+    st.stop()
+statuses = f[2].multiselect("Status", known, key="f_status")
 try:
     page = ui.api().jobs(repo=repo, branch=branch, status=",".join(statuses) or None, limit=200)
 except ApiError as e:

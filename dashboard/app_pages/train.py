@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import ui
 from dashboard.api import ApiError
+from pipeline.stage_table import STAGE_TABLE
 
 BUILTIN_REWARDS = ("default", "iou", "f1", "mask_iou", "oks", "format", "caption")
 TASK_REWARDS = {"detect": "iou", "segment": "mask_iou", "keypoints": "oks", "caption": "caption"}  # what "default" means
@@ -24,10 +25,10 @@ function reward(out, gt) {
   return (iw * ih) / (area(a) + area(b) - iw * ih);
 }
 """
-# Stage knobs the configurator exposes, with the curriculum's defaults for fields a preset omits.
-STAGE_KEYS = {"warm_start": "1 · warm-start SFT", "domain": "2 · domain SFT", "rl": "3 · RL (GRPO)"}
-DEFAULTS = {"warm_start": {"lr": 1e-3, "epochs": 1.0}, "domain": {"lr": 1e-3, "epochs": 1.0},
-            "rl": {"lr": 5e-5, "epochs": 1.0, "num_generations": 8, "batch_size": 16}}  # fmt: skip
+# Stage knobs the configurator exposes (by config section), with the curriculum's defaults for
+# fields a preset omits.
+STAGE_KEYS = {s.section: s.label for s in STAGE_TABLE if s.trains}
+DEFAULTS = ui.stage_defaults()
 
 
 def dataset_section(task: str, preset_dataset: str) -> str | None:

@@ -27,10 +27,10 @@ from pipeline.metrics import evaluate as compute_metrics
 from pipeline.metrics import primary_metric
 from pipeline.models.loading import load_model
 from pipeline.predict import predict_targets
+from pipeline.stage_table import BY_NAME, TRAINED
 from pipeline.stages.common import Context
 
-TRAINED = ("warm_start", "domain", "reward")
-TITLES = {"warm_start": "warm-start SFT", "domain": "domain SFT", "reward": "RL"}
+TITLES = {s: BY_NAME[s].title for s in TRAINED}
 
 
 def dir_bytes(path: Path) -> int:

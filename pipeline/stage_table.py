@@ -1,0 +1,57 @@
+"""The curriculum's stages, defined once: every other module, the API's ``GET /api/meta``, the
+dashboard and the GitHub Action read this table instead of spelling stages out.
+
+Imports nothing but the standard library, so the Action and the dashboard can use it without the
+training code. The stage that trains against the reward is named ``reward`` (stage files, job
+documents, metrics) while its hyperparameters live in the config's ``rl`` section: ``section``
+maps one to the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # stage files, job documents, metrics, logs
+    number: int  # ``python -m pipeline.run --stages N``
+    title: str  # what people read
+    section: str  # the CurriculumConfig field holding the stage's settings
+    weight: float  # share of the job's progress bar (roughly its share of the demo's time)
+    trains: bool  # produces a model of its own
+
+    @property
+    def label(self) -> str:
+        """``1 · warm-start SFT``: the title with its place in the curriculum."""
+        return f"{self.number} · {self.title}"
+
+
+STAGE_TABLE: tuple[Stage, ...] = (
+    Stage("warm_start", 1, "warm-start SFT", "warm_start", 45.0, True),
+    Stage("domain", 2, "domain SFT", "domain", 10.0, True),
+    Stage("reward", 3, "RL (GRPO)", "rl", 25.0, True),
+    Stage("evaluate", 4, "evaluate & 4-bit", "evaluate", 20.0, False),
+)
+STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE)
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGE_TABLE}
+BY_NUMBER: dict[int, Stage] = {s.number: s for s in STAGE_TABLE}
+SECTION: dict[str, str] = {s.name: s.section for s in STAGE_TABLE}
+# Stages that produce a model, in curriculum order (each continues the one before).
+TRAINED: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE if s.trains)
+# Their config sections: what ``--epochs A B C`` and the API's ``epochs`` list set, in order.
+TRAINED_SECTIONS: tuple[str, ...] = tuple(SECTION[s] for s in TRAINED)
+
+
+def models_newest_first(released: str | None = None, *, base: bool = False) -> list[str]:
+    """The models of a job to show when "the job's model" is meant: the released one first (a
+    job may release an earlier stage's model when a later one did worse), then the trained
+    stages from the last back, then the untrained base model if asked for."""
+    order = [released] if released else []
+    order += [s for s in reversed(TRAINED) if s != released]
+    return order + (["base"] if base else [])
+
+
+def as_json() -> list[dict[str, Any]]:
+    return [{**asdict(s), "label": s.label} for s in STAGE_TABLE]
