@@ -178,6 +178,26 @@ def test_cancel_button_cancels_a_queued_job(stack, db):
         assert c.get("/api/train/status", params={"jobId": job_id}).json()["status"] == "cancelled"
 
 
+def test_a_held_fork_preview_can_be_filtered_and_approved(stack, db):
+    # A fork's pull request waits for a member's approval (webhooks.py): its status must be
+    # filterable, and its page must offer the approval instead of refreshing while nothing moves.
+    with api(stack) as c:
+        job_id = submit(c, tiny_job_config(), repo=REPO, branch="fork-held", sha="5555555eeee")
+        db.jobs.update_one({"_id": job_id}, {"$set": {"status": "awaiting_approval"}, "$unset": {"queue_key": ""}})
+        at = app(stack, "app_pages/jobs.py")
+        at.multiselect(key="f_status").set_value(["awaiting_approval"]).run()
+        assert not at.exception
+        assert [u.split("=")[1] for u in frame(at, "progress")["job"]] == [job_id]
+        at = app(stack, "app_pages/job.py", job=job_id)
+        assert not at.exception
+        assert {m.label: m.value for m in at.metric}["Status"] == "awaiting_approval"
+        assert any("approves it" in t for t in texts(at, "info"))
+        at.button(key="approve").click().run()
+        assert not at.exception
+        assert c.get("/api/train/status", params={"jobId": job_id}).json()["status"] == "queued"
+        assert {m.label: m.value for m in at.metric}["Status"] == "queued" and not [b for b in at.button if b.key == "approve"]
+
+
 def test_jobs_page_lists_and_filters_by_repo_branch_status(stack, jobs, finished):
     at = app(stack, "app_pages/jobs.py")
     assert not at.exception
