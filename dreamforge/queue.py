@@ -24,6 +24,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from dreamforge.schemas import FINAL_STATUSES, REQUEUABLE_STATUSES, WAITING_STATUSES, JobStatus, new_stages
 from dreamforge.store import JOBS, LOGS, METRICS, QUEUE_HEAD
+from pipeline.stage_table import STAGES
 
 
 def now() -> datetime:
@@ -323,7 +324,7 @@ def reap(db: Database, *, limit: int) -> list[str]:
     t = now()
     reaped = []
     for doc in db[JOBS].find({"lease_expires": {"$lt": t}}, {"attempt": 1, "stage": 1, "infra_failures": 1}).limit(100):
-        stage = doc.get("stage") or "warm_start"
+        stage = doc.get("stage") or STAGES[0]
         failures = int((doc.get("infra_failures") or {}).get(stage, 0)) + 1
         flt = {"_id": doc["_id"], "attempt": doc["attempt"], "lease_expires": {"$lt": t}}
         common = {f"infra_failures.{stage}": failures, "updated_at": t}

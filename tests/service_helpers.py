@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-FINAL = ("succeeded", "failed", "cancelled", "dead")
+from dreamforge.schemas import FINAL_STATUSES as FINAL
 
 
 def api(stack, key: str | None = None) -> httpx.Client:
