@@ -46,6 +46,11 @@ def thin(df: pd.DataFrame, n: int = MAX_CHART_POINTS) -> pd.DataFrame:
     return df.iloc[idx]
 
 
+def validation_names(points: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The validation score a supervised stage reports (``val_<its primary metric>``)."""
+    return tuple(sorted({k for p in points for k in p["values"] if k.startswith("val_") and k != "val_parse_rate"}))
+
+
 def curves(points: list[dict[str, Any]], names: tuple[str, ...]) -> pd.DataFrame:
     """Long table (stage, step, metric, value) of the first of ``names`` each point carries.
     A stage's end-of-training summary (it carries ``train_runtime``) is drawn only when the stage

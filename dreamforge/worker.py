@@ -54,6 +54,7 @@ class MongoSink:
         self.progress: tuple[str, float] | None = None
         self.steps: dict[str, int] = {k: int(v) for k, v in (stored_steps or {}).items()}
         self._new_steps: dict[str, int] = {}
+        self._latest_values: dict[str, dict[str, float]] = {}
         self._reserved: dict[str, list[dict[str, Any]]] = {"logs": [], "metrics": []}
         self._dropped = 0
         self._flushed_at = time.monotonic()
@@ -70,12 +71,17 @@ class MongoSink:
             values = {k: float(v) for k, v in ev.items() if k not in ("t", "type", "stage", "step", "attempt")
                       and isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
             stage, step = ev["stage"], int(ev.get("step", 0))
+            # A validation check reports at a step the training log may report too: its own series.
+            series = f"{stage}:val" if any(k.startswith("val_") for k in values) else stage
             if "train_runtime" not in values:  # the end-of-training summary shares the last step
-                if step <= self.steps.get(stage, -1):
+                if step <= self.steps.get(series, -1):
                     return
-                self.steps[stage] = self._new_steps[stage] = step
+                self.steps[series] = self._new_steps[series] = step
             self.metrics.append({"t": ev.get("t", time.time()), "stage": stage, "step": step, "values": values})
-            self.latest[f"metrics.{stage}"] = {"step": step, **values}
+            # the stage's latest of every value (a validation point must not hide the latest loss)
+            latest = self._latest_values.setdefault(stage, {})
+            latest.update(values)
+            self.latest[f"metrics.{stage}"] = {**latest, "step": step}
         elif kind == "progress":
             self.progress = (ev["stage"], overall_progress(ev["stage"], float(ev.get("fraction", 0))))
         elif kind == "stage":

@@ -156,6 +156,23 @@ def test_running_job_page_shows_progress_and_fetches_only_new_rows(stack, db, jo
         assert [ln["seq"] for ln in tail["lines"]] == list(range(26, 36)) and tail["next"] == 35
 
 
+def test_validation_checks_are_drawn_as_their_own_curve(stack, db, jobs):
+    with api(stack) as c:
+        job_id = submit(c, tiny_job_config())  # no repository: it stays off the previews page
+    attempt = 1  # what a claim does, without taking the fixture's queued job
+    db.jobs.update_one({"_id": job_id}, {"$set": {"status": "running", "attempt": attempt}, "$unset": {"queue_key": ""}})
+    queue.stage_started(db, job_id, attempt, "domain")
+    val = [{"t": time.time(), "stage": "domain", "step": s, "values": {"val_mean_iou": v, "val_parse_rate": 1.0}}
+           for s, v in ((20, 0.1), (40, 0.3), (60, 0.25))]  # fmt: skip
+    queue.append(db, job_id, attempt, "metrics", metric_rows(6, "domain", start=0) + val)
+    at = app(stack, "app_pages/job.py", job=job_id)
+    assert not at.exception
+    curve = chart_data(at, "validation vs step")
+    assert list(curve["step"]) == [20, 40, 60] and list(curve["value"]) == [0.1, 0.3, 0.25]
+    assert set(curve["metric"]) == {"val_mean_iou"} and len(chart_data(at, "loss vs step")) == 6
+    queue.finish(db, job_id, attempt, "cancelled", error={"kind": "cancelled", "message": "test over"})
+
+
 def test_failed_job_page_names_the_stage_and_the_problem(stack, jobs):
     at = app(stack, "app_pages/job.py", job=jobs["failed"])
     assert not at.exception

@@ -124,6 +124,28 @@ def test_a_resumed_stage_does_not_store_its_earlier_steps_twice(qdb):
     assert "attempt" not in rows[0]["values"]
 
 
+def test_a_validation_point_at_a_training_step_is_its_own_series(qdb):
+    """The domain stage's validation check reports at a step its loss log reports too: both are
+    stored, a resume still skips each series' stored steps, and the job's latest keeps the loss."""
+    doc = queue.new_job("p", {"task": "detect"}, "h", source={})
+    qdb[JOBS].insert_one(doc)
+    job = queue.claim(qdb, "w1", 30)
+    sink = MongoSink(qdb, job["_id"], job["attempt"], stored_steps=job.get("metric_steps"))
+    sink.event(metric("domain", 20, 0.5))
+    sink.event({"type": "metric", "stage": "domain", "step": 20, "val_mean_iou": 0.3, "val_parse_rate": 1.0})
+    sink.flush(strict=True)
+    stored = qdb[JOBS].find_one({"_id": job["_id"]})
+    assert stored["metric_steps"] == {"domain": 20, "domain:val": 20}
+    assert stored["metrics"]["domain"] == {"step": 20, "loss": 0.5, "val_mean_iou": 0.3, "val_parse_rate": 1.0}
+    resumed = MongoSink(qdb, job["_id"], job["attempt"], stored_steps=stored["metric_steps"])
+    resumed.event({"type": "metric", "stage": "domain", "step": 20, "val_mean_iou": 0.3, "val_parse_rate": 1.0})
+    resumed.event({"type": "metric", "stage": "domain", "step": 40, "val_mean_iou": 0.4, "val_parse_rate": 1.0})
+    resumed.flush(strict=True)
+    rows = queue.read_rows(list(qdb[METRICS].find({"job_id": job["_id"]})), 0, 100)
+    assert [(r["step"], sorted(r["values"])) for r in rows] == [
+        (20, ["loss"]), (20, ["val_mean_iou", "val_parse_rate"]), (40, ["val_mean_iou", "val_parse_rate"])]  # fmt: skip
+
+
 # -- the live stack ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):

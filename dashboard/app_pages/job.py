@@ -16,7 +16,7 @@ import streamlit as st
 
 from dashboard import ui
 from dashboard.api import ApiError
-from dashboard.jobview import curves, duration, thin, timing
+from dashboard.jobview import curves, duration, thin, timing, validation_names
 from dashboard.stream import PANEL_LINES, job_stream
 from pipeline.stage_table import STAGES
 
@@ -93,6 +93,12 @@ def live(job_id: str) -> None:
             chart(reward, "reward vs step", "reward")
         else:
             st.info("No reward points yet (the RL stage reports them).")
+    # The supervised stages' validation checks (pipeline/stages/validation.py): the curve that
+    # chose the kept weights and stopped the stage early.
+    val = curves(stream.points, validation_names(stream.points))
+    if len(val):
+        with st.container(key="val-chart").columns(2)[0]:
+            chart(val, "validation vs step", "validation score")
     n = stream.log_next
     with st.expander(f"Logs ({n} lines)", expanded=job["status"] not in ui.meta()["final"]):
         # The newest TAIL_LINES in order, always in view: the panel follows the log like
