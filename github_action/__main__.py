@@ -190,7 +190,7 @@ def metrics_of(job: dict[str, Any]) -> dict[str, Any]:
 
 def verdict_of(job: dict[str, Any] | None) -> str:
     """``learned`` / ``did_not_learn`` for a finished job (pipeline/verdict.py), else empty."""
-    return ((job or {}).get("result") or {}).get("verdict", {}).get("verdict") or ""
+    return ((((job or {}).get("result") or {}).get("verdict") or {}).get("verdict")) or ""
 
 
 def summary(push: dict[str, Any], answer: dict[str, Any], job: dict[str, Any] | None) -> str:

@@ -28,7 +28,8 @@ from pipeline.metrics import primary_metric
 from pipeline.models.loading import load_model
 from pipeline.predict import predict_targets
 from pipeline.stage_table import BY_NAME, TRAINED
-from pipeline.stages.common import Context
+from pipeline.stages.common import Context, is_done, read_done
+from pipeline.verdict import DID_NOT_LEARN, NOISY_SPLIT, label_limits, learning_verdict, small_split, verdict_line
 
 TITLES = {s: BY_NAME[s].title for s in TRAINED}
 
@@ -145,9 +146,6 @@ def choose_release(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]
 
 def judge(ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], selection: dict[str, Any]) -> dict[str, Any]:
     """The learning verdict on validation (on the held-out split when there is no validation)."""
-    from pipeline.stages.common import is_done, read_done
-    from pipeline.verdict import DID_NOT_LEARN, NOISY_SPLIT, label_limits, learning_verdict, small_split, verdict_line
-
     on_val = bool(selection["models"])
     scores, split, n = (selection["models"], "val", selection["n"]) if on_val else (record["models"], record["split"], record["n"])
     domain_dir = ctx.stage_dir("domain")
