@@ -115,7 +115,17 @@ class DomainConfig(SupervisedConfig):
 
 
 class RLConfig(StageConfig):
-    """The reward stage: TRL GRPO against the job's reward."""
+    """The reward stage: TRL GRPO, or rejection-sampling fine-tuning, against the job's reward."""
+
+    algorithm: Literal["grpo", "rft"] = Field(
+        "grpo", description="grpo: TRL's GRPO. rft: rejection-sampling fine-tuning: sample num_generations answers "
+        "per image, keep the best when its reward clears rft_threshold, and train on those with SFT.",
+    )  # fmt: skip
+    label_kinds: list[Literal["full", "points", "counts", "none"]] | None = Field(
+        None, min_length=1,
+        description="Which images stage 3 trains on, by what their labels hold (full boxes, points, counts, none). "
+        "Default: every kind the reward can score (a JavaScript reward: full only).",
+    )  # fmt: skip
 
     lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of the policy.")
     batch_size: int = Field(16, ge=2, le=4096, description="Completions per step; a multiple of num_generations.")

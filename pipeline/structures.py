@@ -13,10 +13,20 @@ A ``Target`` is what a reward sees for both ``out`` (the parsed model output) an
      "points": [[x, y], ...],               # every visible keypoint of every instance, flat
      "keypoints": [[[x, y, v], ...], ...],  # per instance, K keypoints, v=0 absent / 2 visible
      "masks":  [[x1, y1, x2, y2, ...], ...],# per instance, one polygon (flat xy list)
+     "point_labels": ["cola", ...],         # one per point when the points are clicks (weak labels)
+     "counts": {"cola": 3, ...},            # objects per category in the image (weak labels)
      "text":   "a caption",
      "image":  {"width": W, "height": H}}
 
-Missing parts are empty lists / empty string, never absent keys.
+Missing parts are empty lists / empty string / empty dict, never absent keys.
+
+Weak labels (detect and segment tasks): an image's ``Sample.label_kind`` says what its target
+can be trusted for. ``"full"``: boxes (and masks) of every object, as above. ``"points"``: one
+click per object in ``points`` (pixels, ``point_labels`` alongside, "" when the click has no
+category) and ``counts`` derived from them; ``boxes`` empty. ``"counts"``: only ``counts``.
+``"none"``: unlabelled, nothing is known (an image with no annotations and no marker is a
+*negative*, ``"full"`` with no objects). Only fully labelled images are used for SFT and for
+evaluation; stage 3 uses every image its reward can score (``pipeline.rewards``).
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 Task = Literal["detect", "segment", "keypoints", "caption"]
+LabelKind = Literal["full", "points", "counts", "none"]
+LABEL_KINDS: tuple[str, ...] = ("full", "points", "counts", "none")
+WEAK_TASKS: tuple[str, ...] = ("detect", "segment")  # tasks whose images may carry weak labels
 TASKS: tuple[str, ...] = ("detect", "segment", "keypoints", "caption")
 
 
@@ -37,6 +50,8 @@ def empty_target(width: int, height: int) -> dict[str, Any]:
         "points": [],
         "keypoints": [],
         "masks": [],
+        "point_labels": [],
+        "counts": {},
         "text": "",
         "image": {"width": int(width), "height": int(height)},
     }
@@ -57,6 +72,7 @@ class Sample:
     target: dict[str, Any]
     image: Any = None  # PIL.Image.Image, RGB
     path: Path | None = None
+    label_kind: str = "full"  # one of LABEL_KINDS: what ``target`` holds (see the module doc)
 
 
 @dataclass
