@@ -70,3 +70,42 @@ def test_stage_killed_mid_way_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     assert done["steps"] == STEPS
     assert (out / "stages" / "warm_start" / "model" / "config.json").exists()
     assert not ckpts.exists()  # the optimizer state is deleted once the stage's model is saved
+
+
+def test_a_resumed_stage_keeps_the_time_budget_it_had_left(tmp_path, monkeypatch):
+    budget = 40.0
+    cfg = tiny_job_config(warm_start={"max_seconds": budget, "max_steps": None, "epochs": 10_000, "batch_size": 4})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline.run", "--config", str(tmp_path / "config.json"), "--stages", "1",
+           "--output", str(out), "--quiet"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DREAMFORGE_CHECKPOINT_S": "0", "DREAMFORGE_CHECKPOINT_STEPS": "3"}
+    ckpts = out / "stages" / "warm_start.checkpoints"
+    first = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while first.poll() is None and not (newest_checkpoint(ckpts) and (newest_checkpoint(ckpts) / "dreamforge_clock.json").exists()):
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    ckpt = newest_checkpoint(ckpts)
+    clock = json.loads((ckpt / "dreamforge_clock.json").read_text())
+    assert 0 < clock["spent_seconds"] < budget
+    # As if the killed attempt had run for most of its budget before this checkpoint.
+    (ckpt / "dreamforge_clock.json").write_text(json.dumps({"spent_seconds": budget - 2}))
+
+    from pipeline.job import run_job
+    from pipeline.reporter import MetricsFileReporter
+
+    offset = (out / "events.jsonl").stat().st_size
+    for k in ("DREAMFORGE_CHECKPOINT_S", "DREAMFORGE_CHECKPOINT_STEPS"):
+        monkeypatch.setenv(k, env[k])
+    reporter = MetricsFileReporter(out / "events.jsonl")
+    try:
+        run_job(build_config(cfg), out, stages=[1], reporter=reporter)
+    finally:
+        reporter.close()
+    logs = [e["message"] for e in _events(out / "events.jsonl", offset) if e["type"] == "log"]
+    assert "stage warm_start resumes with 2 s of its 40 s budget left" in logs
+    done = json.loads((out / "stages" / "warm_start" / "DONE.json").read_text())
+    assert done["train_seconds"] < budget / 4  # a fresh budget would have trained ~40 s more

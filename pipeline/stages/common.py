@@ -83,24 +83,72 @@ def grpo_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
     ]
 
 
-def time_cosine(optimizer, *, max_seconds: float | None, total_steps: int, warmup_steps: int):
+class StageClock:
+    """The seconds a stage has spent of its ``max_seconds`` budget, across restarts.
+
+    A stage resumed from a checkpoint (a preempted Modal container, a killed worker) keeps the
+    budget it had left rather than starting a fresh one: the seconds spent up to each
+    checkpoint are saved in it (``CLOCK_FILE``) and read back at resume.
+    """
+
+    CLOCK_FILE = "dreamforge_clock.json"
+
+    def __init__(self, max_seconds: float | None, spent_before: float = 0.0) -> None:
+        self.max_seconds = max_seconds
+        self.spent_before = float(spent_before)
+        self.t0: float | None = None
+
+    def start(self) -> None:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+
+    def spent(self) -> float:
+        return self.spent_before + (time.monotonic() - self.t0 if self.t0 is not None else 0.0)
+
+    def fraction(self) -> float:
+        """Share of the budget spent, 0 without a budget."""
+        return min(self.spent() / self.max_seconds, 1.0) if self.max_seconds else 0.0
+
+    def out_of_time(self) -> bool:
+        return bool(self.max_seconds) and self.spent() >= self.max_seconds  # type: ignore[operator]
+
+    def save(self, checkpoint: Path) -> None:
+        if checkpoint.is_dir():
+            (checkpoint / self.CLOCK_FILE).write_text(json.dumps({"spent_seconds": round(self.spent(), 3)}))
+
+    @classmethod
+    def resumed(cls, ctx: Context, stage: str, max_seconds: float | None) -> StageClock:
+        """The clock of ``stage``: what its newest checkpoint had spent, or a fresh one."""
+        ckpt = newest_checkpoint(ctx.resume_dir(stage))
+        spent = 0.0
+        if ckpt is not None and (ckpt / cls.CLOCK_FILE).exists():
+            with contextlib.suppress(ValueError, OSError, TypeError, KeyError):
+                spent = max(0.0, float(json.loads((ckpt / cls.CLOCK_FILE).read_text())["spent_seconds"]))
+        if spent and max_seconds:
+            ctx.reporter.log(f"stage {stage} resumes with {max(0.0, max_seconds - spent):.0f} s of its "
+                             f"{max_seconds:.0f} s budget left", stage=stage)  # fmt: skip
+        return cls(max_seconds, spent)
+
+
+def time_cosine(optimizer, *, max_seconds: float | None, total_steps: int, warmup_steps: int,
+                clock: StageClock | None = None):  # fmt: skip
     """Linear warm-up then cosine decay, over steps or wall-clock time, whichever runs out first.
 
     A budget stops training mid-schedule; a step-based cosine would then end at a high
     learning rate. Decaying over elapsed time lands the schedule exactly on the budget, and
-    over steps on the step ceiling when that comes first.
+    over steps on the step ceiling when that comes first. ``clock`` carries the time a resumed
+    stage had already spent, so the schedule picks up where it stopped.
     """
-    start = [None]
+    clock = clock or StageClock(max_seconds)
 
     def factor(step: int) -> float:
-        if step < warmup_steps:
+        if step < warmup_steps and not clock.spent_before:
             return (step + 1) / (warmup_steps + 1)
         frac = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        if max_seconds:
-            if start[0] is None:
-                start[0] = time.monotonic()
-            frac = max(frac, min((time.monotonic() - start[0]) / max_seconds, 1.0))
-        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * frac))
+        if clock.max_seconds:
+            clock.start()
+            frac = max(frac, clock.fraction())
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * max(frac, 0.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -108,31 +156,32 @@ def time_cosine(optimizer, *, max_seconds: float | None, total_steps: int, warmu
 class ReporterCallback(TrainerCallback):
     """Streams trainer logs to the reporter, enforces the time budget and cancellation."""
 
-    def __init__(self, reporter: Reporter, stage: str, max_seconds: float | None, step_offset: int = 0) -> None:
+    def __init__(self, reporter: Reporter, stage: str, max_seconds: float | None, step_offset: int = 0,
+                 clock: StageClock | None = None) -> None:  # fmt: skip
         self.reporter = reporter
         self.stage = stage
         self.max_seconds = max_seconds
-        self.t0 = time.monotonic()
+        self.clock = clock or StageClock(max_seconds)
         self.cancelled = False
         self.step_offset = step_offset
 
     def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.monotonic()
+        self.clock.start()
 
     def _fraction(self, state) -> float:
-        parts = [state.global_step / max(state.max_steps, 1)]
-        if self.max_seconds:
-            parts.append((time.monotonic() - self.t0) / self.max_seconds)
-        return min(max(parts), 1.0)
+        return min(max(state.global_step / max(state.max_steps, 1), self.clock.fraction()), 1.0)
 
     def on_step_end(self, args, state, control, **kw):
         self.reporter.progress(self.stage, self._fraction(state))
         if self.reporter.should_stop():
             self.cancelled = True
             control.should_training_stop = True
-        if self.max_seconds and time.monotonic() - self.t0 >= self.max_seconds:
+        if self.clock.out_of_time():
             control.should_training_stop = True
         return control
+
+    def on_save(self, args, state, control, **kw):
+        self.clock.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs:

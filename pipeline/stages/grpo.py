@@ -26,6 +26,7 @@ from pipeline.stages.common import (
     Context,
     ReporterCallback,
     StageCancelled,
+    StageClock,
     checkpoint_schedule,
     drop_checkpoints,
     grpo_rows,
@@ -87,8 +88,9 @@ def train_grpo(
         log_completions=False,
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=rl.lr, weight_decay=0.0)
-    scheduler = time_cosine(optimizer, max_seconds=rl.max_seconds, total_steps=max_steps, warmup_steps=2)
-    callback = ReporterCallback(ctx.reporter, stage, rl.max_seconds)
+    clock = StageClock.resumed(ctx, stage, rl.max_seconds)
+    scheduler = time_cosine(optimizer, max_seconds=rl.max_seconds, clock=clock, total_steps=max_steps, warmup_steps=2)
+    callback = ReporterCallback(ctx.reporter, stage, rl.max_seconds, clock=clock)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[reward_fn],

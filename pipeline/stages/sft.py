@@ -24,6 +24,7 @@ from pipeline.stages.common import (
     Context,
     ReporterCallback,
     StageCancelled,
+    StageClock,
     checkpoint_schedule,
     drop_checkpoints,
     lora_wrap,
@@ -106,8 +107,9 @@ def train_sft(
     loc_ids = processor.tokenizer.convert_tokens_to_ids(codec.location_tokens())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage_cfg.lr, weight_decay=0.0)
     warmup = min(50, max(1, max_steps // 20)) if not stage_cfg.max_seconds else 20
-    scheduler = time_cosine(optimizer, max_seconds=stage_cfg.max_seconds, total_steps=max_steps, warmup_steps=warmup)
-    callback = ReporterCallback(ctx.reporter, stage, stage_cfg.max_seconds)
+    clock = StageClock.resumed(ctx, stage, stage_cfg.max_seconds)
+    scheduler = time_cosine(optimizer, max_seconds=stage_cfg.max_seconds, clock=clock, total_steps=max_steps, warmup_steps=warmup)
+    callback = ReporterCallback(ctx.reporter, stage, stage_cfg.max_seconds, clock=clock)
     planned = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
     validation = _validation(ctx, stage, codec, stage_cfg, processor, planned=planned)
     trainer = LocationAwareSFTTrainer(
