@@ -264,6 +264,12 @@ class CurriculumConfig(_Strict):
         f"example ({', '.join(EXAMPLE_REWARDS)}).",
     )
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order, sampling and initialisation.")
+    budget_minutes: float | None = Field(
+        10.0, gt=0, le=MAX_STAGE_SECONDS / 60,
+        description="Wall-clock budget of the whole job. Each training stage gets a share of what is left when it "
+        "starts (warm start 30 %, domain SFT 50 %, RL 20 %, among the stages still to run; 10 % kept for "
+        "evaluation), capped by its own max_seconds. null: only the stages' own budgets.",
+    )  # fmt: skip
     num_bins: int = Field(32, ge=4, le=4096, description="Location-token bins per axis.")
     image_size: int = Field(64, ge=16, le=4096, description="Side of the square image the built-in model sees.")
     data: DataConfig = Field(default_factory=DataConfig)

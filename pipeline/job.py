@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.budget import with_stage_budget
 from pipeline.codec import Codec
 from pipeline.config import STAGES, ConfigError, CurriculumConfig, config_hash  # noqa: F401 — re-exported
 from pipeline.data import load_dataset
@@ -219,7 +220,13 @@ def run_job(
         if stage == "evaluate":
             info = {"evaluation": _evaluate(ctx, checkpoints)}
         else:
-            info = _train(ctx, stage, previous)
+            spent = sum(float(i.get("seconds") or 0.0) for i in stage_info.values())
+            ctx.cfg, why = with_stage_budget(cfg, stage, spent)
+            reporter.log(f"stage {stage} trains for at most {why}", stage=stage)
+            try:
+                info = _train(ctx, stage, previous)
+            finally:
+                ctx.cfg = cfg
             checkpoints[stage] = previous = sdir / "model"
             if stage == "reward" and hasattr(reward, "errors"):
                 # samples a JavaScript reward failed on and that were scored 0 (reward_errors: zero)

@@ -156,7 +156,7 @@ def _reward_stage_running(out: Path) -> bool:
 def test_worker_killed_mid_stage_resumes_at_that_stage(tmp_path):
     cfg = tmp_path / "c.json"
     # an RL stage on a time budget, long enough for the kill to land inside it
-    cfg.write_text(json.dumps(tiny_job_config(rl={"max_steps": None, "max_seconds": 8})))
+    cfg.write_text(json.dumps(tiny_job_config(rl={"max_steps": None, "max_seconds": 8, "epochs": 10_000})))
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(

@@ -58,9 +58,9 @@ def train_grpo(
     train = datasets.Dataset.from_list(rows)
     prompts_per_step = max(1, rl.batch_size // rl.num_generations)
     steps_per_epoch = math.ceil(len(rows) / prompts_per_step)
+    # As in the supervised stages, epochs stay a ceiling under a time budget: whichever ends first
+    # ends the stage (a budget from the job's budget_minutes must not turn 1 epoch into hours).
     max_steps = rl.max_steps or max(1, math.ceil(rl.epochs * steps_per_epoch))
-    if rl.max_seconds and not rl.max_steps:
-        max_steps = max(max_steps, 100_000)
     args = GRPOConfig(
         output_dir=str(ctx.resume_dir(stage)),
         per_device_train_batch_size=rl.batch_size,

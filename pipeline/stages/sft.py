@@ -106,7 +106,8 @@ def train_sft(
     )
     loc_ids = processor.tokenizer.convert_tokens_to_ids(codec.location_tokens())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage_cfg.lr, weight_decay=0.0)
-    warmup = min(50, max(1, max_steps // 20)) if not stage_cfg.max_seconds else 20
+    # A step-bounded stage warms up over 5 % of its steps; one bounded by time alone cannot know them.
+    warmup = min(50, max(1, max_steps // 20)) if stage_cfg.max_steps or not stage_cfg.max_seconds else 20
     clock = StageClock.resumed(ctx, stage, stage_cfg.max_seconds)
     scheduler = time_cosine(optimizer, max_seconds=stage_cfg.max_seconds, clock=clock, total_steps=max_steps, warmup_steps=warmup)
     callback = ReporterCallback(ctx.reporter, stage, stage_cfg.max_seconds, clock=clock)
