@@ -183,7 +183,11 @@ ERRORS = {
     ),
     "count-negative": (
         [_image(1, counts={"cola": -1})], [], "detect",
-        rf"{_FILE}: image 1 'img_001\.png': \"counts\" gives 'cola' -1; a count is a whole number, 0 or more",
+        rf"{_FILE}: image 1 'img_001\.png': \"counts\" gives 'cola' -1; a count is a whole number from 0 to 100000",
+    ),
+    "count-huge": (
+        [_image(1, counts={"cola": 10**30})], [], "detect",
+        rf"{_FILE}: image 1 'img_001\.png': \"counts\" gives 'cola' 1000000000000000000000000000000",
     ),
     "count-fraction": (
         [_image(1, counts={"cola": 1.5})], [], "detect",

@@ -54,6 +54,7 @@ MAX_CATEGORIES = 2000  # LVIS, the largest common detection vocabulary, has 1203
 MAX_NAME_CHARS = 200  # a category or keypoint name
 MAX_KEYPOINTS = 256  # named keypoints of a category (COCO-WholeBody has 133)
 MAX_FILE_NAME_CHARS = 1024
+MAX_COUNT = 100_000  # objects of one category in one image (a dense crowd is ~10k); bounds BSON and JS numbers
 # User values quoted in messages: short, and never recursing into deeply nested JSON.
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 60, 60, 4, 4
@@ -674,9 +675,10 @@ class _CocoReader:
                     f'{at}: "counts" names {_show(key)}, which is not a category (known: {names or "none"}); '
                     "use a category name or id"
                 )
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
                 raise DataError(
-                    f'{at}: "counts" gives {_show(key)} {_show(value)}; a count is a whole number, 0 or more'
+                    f'{at}: "counts" gives {_show(key)} {_show(value)}; a count is a whole number from 0 '
+                    f"to {MAX_COUNT}"
                 )
             if name in out:
                 raise DataError(f'{at}: "counts" gives category {_show(name)} twice (by name and by id); keep one')
