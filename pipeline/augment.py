@@ -6,7 +6,8 @@ image is a new image with an exact label for free: on 42 labelled shelf images, 
 mirrored copies scored 0.301 / 0.300 held-out IoU on two domain sets against 0.253 / 0.270
 without, for the same 240 steps.
 
-``hflip`` mirrors left to right: boxes, mask polygons, points and keypoints follow, and
+``hflip`` mirrors left to right: boxes, mask polygons, points (clicks too) and keypoints
+follow, counts and the image's label kind stay (a mirrored clicked image is clicked), and
 keypoints whose names say left or right swap names (``left_eye`` <-> ``right_eye``), so a
 mirrored person keeps a left eye on the left of its face. Captions cannot follow (they say
 "on the left"), so the job skips ``hflip`` for the caption task and logs a warning

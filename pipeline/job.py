@@ -21,7 +21,7 @@ import torch
 from pipeline.budget import with_stage_budget
 from pipeline.codec import Codec
 from pipeline.config import STAGES, ConfigError, CurriculumConfig, config_hash  # noqa: F401 — re-exported
-from pipeline.data import load_dataset
+from pipeline.data import label_summary, load_dataset
 from pipeline.device import pick_device
 from pipeline.fence import Fence
 from pipeline.models.loading import TINY_MODEL
@@ -176,7 +176,7 @@ def run_job(
     reward = resolve_reward(cfg, reporter)
     domain, warm = load_data(cfg, wanted, reporter)
     reporter.log(
-        f"dataset {domain.name}: " + ", ".join(f"{k} {len(v)}" for k, v in domain.splits.items()) + " images"
+        f"dataset {domain.name}: " + "; ".join(f"{k} {label_summary(v)}" for k, v in domain.splits.items())
     )
     ctx = Context(
         cfg=cfg,

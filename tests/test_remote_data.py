@@ -66,8 +66,9 @@ def s3(moto_endpoint, monkeypatch):
 
 @pytest.fixture
 def shelf(tmp_path):
-    """A small real COCO folder (6 synthetic shelf images) and a ZIP of it."""
-    folder = write_coco(generate("retail-shelf", 6, seed=0, task="detect"), tmp_path / "shelf")
+    """A small real COCO folder (6 synthetic shelf images: 4 boxed, 1 counted, 1 clicked, so
+    every remote source reads weak labels too) and a ZIP of it."""
+    folder = write_coco(generate("retail-shelf", 6, seed=0, task="detect", counts=1, points=1), tmp_path / "shelf")
     archive = tmp_path / "shelf.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(folder.rglob("*")):
@@ -92,6 +93,7 @@ def _same(remote, local) -> None:
     for name, sample in flat(local).items():
         other = flat(remote)[name]
         assert other.target == sample.target and other.image.tobytes() == sample.image.tobytes()
+        assert other.label_kind == sample.label_kind
         assert other.path.is_file()
 
 
@@ -110,6 +112,7 @@ def test_s3_zip_loads_like_the_local_zip_and_is_cached(s3, shelf, monkeypatch):
     s3.upload_file(str(archive), BUCKET, "zips/shelf.zip")
     remote = load_dataset(f"s3://{BUCKET}/zips/shelf.zip", "detect")
     assert remote.name == "shelf"
+    assert {s.label_kind for s in remote.splits["train"]} == {"full", "counts", "points"}
     _same(remote, load_dataset(folder, "detect"))
 
     _no_downloads(monkeypatch)

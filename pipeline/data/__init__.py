@@ -6,7 +6,7 @@
 ['test', 'train', 'val']
 """
 
-from pipeline.data.coco import load_dataset, mask_to_polygon, split_samples
+from pipeline.data.coco import check_evaluable, label_summary, load_dataset, mask_to_polygon, split_samples
 from pipeline.data.errors import DataError
 from pipeline.data.sources import parse_synthetic_uri, synthetic_uri
 from pipeline.data.synthetic import KINDS, generate, write_coco
@@ -14,7 +14,9 @@ from pipeline.data.synthetic import KINDS, generate, write_coco
 __all__ = [
     "KINDS",
     "DataError",
+    "check_evaluable",
     "generate",
+    "label_summary",
     "load_dataset",
     "mask_to_polygon",
     "parse_synthetic_uri",

@@ -5,6 +5,11 @@ are fatal ``DataError``s); only then is every image opened, size-checked from it
 verified and decoded once into RGB; finally the annotations of each usable image are
 converted to the canonical ``Target`` (xyxy half-open boxes, one polygon per instance, K
 keypoints, first caption). Per-file problems become warnings in ``Dataset.warnings``.
+
+Weak labels (detect and segment, README "Weak labels"): an annotation with ``"point": [x, y]``
+and no box is a click, an image's ``"counts": {"cola": 3}`` counts its objects, and
+``"unlabeled": true`` marks an image nobody labelled. Each image gets one ``label_kind``
+(``pipeline.structures``); only fully labelled images are split by hash into val and test.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from PIL import Image
 from pipeline.data.errors import DataError, os_reason
 from pipeline.data.sources import Source, remove_extracted, resolve_source
 from pipeline.data.synthetic import generate
-from pipeline.structures import TASKS, Dataset, Sample, empty_target
+from pipeline.structures import TASKS, WEAK_TASKS, Dataset, Sample, empty_target
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ MAX_CATEGORIES = 2000  # LVIS, the largest common detection vocabulary, has 1203
 MAX_NAME_CHARS = 200  # a category or keypoint name
 MAX_KEYPOINTS = 256  # named keypoints of a category (COCO-WholeBody has 133)
 MAX_FILE_NAME_CHARS = 1024
+MAX_COUNT = 100_000  # objects of one category in one image (a dense crowd is ~10k); bounds BSON and JS numbers
 # User values quoted in messages: short, and never recursing into deeply nested JSON.
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 60, 60, 4, 4
@@ -116,12 +122,14 @@ def _load_coco(
     parsed = {split: reader.parse_file(path, split) for split, path in files.items()}
     categories, keypoint_names = reader.merge_categories(parsed)
     all_samples = {split: reader.build_samples(part) for split, part in parsed.items()}
-    reader.check_usable(all_samples)
+    held_out_wanted = fractions[1] + fractions[2] > 0 if "all" in files else bool({"val", "test"} & set(files))
+    reader.check_usable(all_samples, held_out_wanted)
 
     if "all" in all_samples:
         splits = split_samples(all_samples["all"], seed=seed, fractions=fractions)
     else:
         splits = {split: all_samples.get(split, []) for split in SPLITS}
+    check_evaluable(reader.label, splits, held_out_wanted)
     return Dataset(
         name=name or resolved.name,
         task=task,
@@ -143,8 +151,17 @@ def split_samples(
     fraction is not 0) test is non-empty from 2 images on and val from 3 on, by moving the
     image whose hash is nearest the missing split's range. Order inside a split follows the
     input order.
+
+    Only fully labelled images are divided (and counted for the repairs): val and test are
+    for evaluation, which needs every object labelled, so weakly labelled images (clicks,
+    counts, unlabelled) all go to train, and adding them never moves a fully labelled image.
     """
     fractions = _check_fractions(fractions)
+    weak = [s for s in samples if s.label_kind != "full"]
+    if weak:
+        divided = split_samples([s for s in samples if s.label_kind == "full"], seed=seed, fractions=fractions)
+        train = {id(s) for s in divided["train"]} | {id(s) for s in weak}
+        return {**divided, "train": [s for s in samples if id(s) in train]}  # input order, as documented
     scores = [_hash_unit(seed, sample.file_name) for sample in samples]
     cut_train, cut_val = fractions[0], fractions[0] + fractions[1]
     assign = ["train" if u < cut_train else "val" if u < cut_val else "test" for u in scores]
@@ -165,6 +182,48 @@ def split_samples(
             if donors:
                 move(max(donors, key=scores.__getitem__), split)  # highest hash: nearest val/test
     return {split: [s for s, a in zip(samples, assign) if a == split] for split in SPLITS}
+
+
+# How a summary names each label kind: "400 images: 40 boxed, 300 clicked, 60 counted".
+_KIND_WORDS = {"full": "boxed", "points": "clicked", "counts": "counted", "none": "unlabelled"}
+
+
+def label_summary(samples: Sequence[Sample]) -> str:
+    """How many images and, when any is weakly labelled, how many of each label kind.
+
+    >>> label_summary([])
+    '0 images'
+    """
+    kinds = Counter(s.label_kind for s in samples)
+    head = f"{len(samples)} image{'' if len(samples) == 1 else 's'}"
+    if set(kinds) <= {"full"}:
+        return head  # no weak labels: "boxed" would be wrong for captions and keypoints
+    return head + ": " + ", ".join(f"{kinds[k]} {word}" for k, word in _KIND_WORDS.items() if kinds[k])
+
+
+def check_evaluable(label: str, splits: dict[str, list[Sample]], held_out_wanted: bool) -> None:
+    """Raise when a dataset with weak labels leaves val and test without a fully labelled image.
+
+    Weak images always train (``split_samples``), so a dataset of mostly clicks can end with
+    nothing to evaluate on; the job would fail only at stage 4, after the training time.
+    ``held_out_wanted`` is False for a load that asks for no val or test (a warm-start set).
+    """
+    everything = [s for samples in splits.values() for s in samples]
+    if not held_out_wanted or all(s.label_kind == "full" for s in everything):
+        return
+    if any(s.label_kind == "full" for split in ("val", "test") for s in splits.get(split, [])):
+        return
+    full = sum(s.label_kind == "full" for s in everything)
+    where = (
+        "none of its images is fully labelled" if not full
+        else "its one fully labelled image went to train" if full == 1
+        else f"its {full} fully labelled images all went to train"
+    )  # fmt: skip
+    raise DataError(
+        f"{label}: evaluation needs fully labelled images in val or test, and {where} "
+        f"({label_summary(everything)}); clicked, counted and unlabelled images always train — "
+        "box every object of a few dozen more images"
+    )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -202,6 +261,7 @@ def _load_synthetic(
     except ValueError as exc:
         raise DataError(f"{resolved.label}: {exc}") from exc
     dataset.splits = split_samples(dataset.splits["train"], seed=seed, fractions=fractions)
+    check_evaluable(resolved.label, dataset.splits, fractions[1] + fractions[2] > 0)
     dataset.name = name or dataset.name
     return dataset
 
@@ -297,6 +357,8 @@ class _ImageEntry:
     file_name: str
     width: int | None
     height: int | None
+    counts: dict[str, Any] | None = None  # the image's "counts" as written (keys resolved later)
+    unlabeled: bool = False
 
 
 @dataclass
@@ -311,6 +373,9 @@ class _Parsed:
     # image id -> [(annotation id, annotation)], in file order
     instances: dict[int, list[tuple[Any, dict[str, Any]]]] = field(default_factory=dict)
     captions: dict[int, list[str]] = field(default_factory=dict)
+    clicks: dict[int, list[tuple[Any, dict[str, Any]]]] = field(default_factory=dict)  # same shape
+    counts: dict[int, dict[str, int]] = field(default_factory=dict)  # image id -> {category name: n}, no zeros
+    kinds: dict[int, str] = field(default_factory=dict)  # image id -> label kind
 
 
 class _CocoReader:
@@ -416,8 +481,30 @@ class _CocoReader:
                         f"got {_show(value)}"
                     )
                 size.append(value)
-            entries.append(_ImageEntry(image_id, file_name, size[0], size[1]))
+            entry = _ImageEntry(image_id, file_name, size[0], size[1])
+            self._weak_marks(item, entry, f"{at} (image {image_id} '{file_name}')")
+            entries.append(entry)
         return entries
+
+    def _weak_marks(self, item: dict[str, Any], entry: _ImageEntry, at: str) -> None:
+        """Read an image entry's "counts" and "unlabeled" (checked against the categories later)."""
+        counts, unlabeled = item.get("counts"), item.get("unlabeled")
+        if counts is None and unlabeled in (None, False):
+            return
+        if self.task not in WEAK_TASKS:
+            key = '"counts"' if counts is not None else '"unlabeled"'
+            raise DataError(
+                f"{at}: {key} is a weak label, which only tasks {' and '.join(WEAK_TASKS)} accept, "
+                f"not {self.task}; remove it"
+            )
+        if unlabeled is not None and not isinstance(unlabeled, bool):
+            raise DataError(f'{at}: "unlabeled" must be true or false, got {_show(unlabeled)}')
+        if counts is not None and not isinstance(counts, dict):
+            raise DataError(
+                f'{at}: "counts" must be an object of category name: number, e.g. {{"cola": 3}}, '
+                f"got {_show(counts)}"
+            )
+        entry.counts, entry.unlabeled = counts, bool(unlabeled)
 
     def _categories(self, raw: list[Any], where: str) -> dict[int, tuple[str, list[str]]]:
         categories: dict[int, tuple[str, list[str]]] = {}
@@ -480,6 +567,9 @@ class _CocoReader:
                     "annotation dropped — add the image or remove the annotation"
                 )
                 continue
+            if ann.get("point") is not None:
+                self._click(ann, ann_id, at, images[image_id], parsed, known)
+                continue
             if "caption" in ann:
                 if not isinstance(ann["caption"], str):
                     raise DataError(f'{at}: "caption" must be a string, got {type(ann["caption"]).__name__}')
@@ -503,6 +593,114 @@ class _CocoReader:
                 f"{where}: {crowd} crowd annotations (iscrowd=1) skipped; "
                 "DreamForge trains on single instances"
             )
+        for entry in parsed.images:
+            parsed.kinds[entry.id] = self._label_kind(entry, parsed)
+
+    def _click(
+        self, ann: dict[str, Any], ann_id: Any, at: str, image: _ImageEntry, parsed: _Parsed, known: str
+    ) -> None:
+        """Check a click annotation (a point without a box) and file it under its image."""
+        at = f"{at} (image {image.id} '{image.file_name}')"
+        if self.task not in WEAK_TASKS:
+            raise DataError(
+                f'{at} is a click ("point" without a box), a weak label, which only tasks '
+                f"{' and '.join(WEAK_TASKS)} accept, not {self.task}; remove it"
+            )
+        extra = [key for key in ("bbox", "segmentation") if ann.get(key) is not None]
+        if extra:
+            raise DataError(
+                f'{at} has a "point" and a "{extra[0]}"; a click is a point alone — '
+                f'drop the "point" to keep the {extra[0]}, or the {extra[0]} to keep the click'
+            )
+        point = ann["point"]
+        if not (isinstance(point, list) and len(point) == 2 and all(_is_number(v) for v in point)):
+            raise DataError(f'{at}: "point" must be [x, y], two finite numbers, got {_show(point)}')
+        category_id = ann.get("category_id")
+        if category_id is not None and (
+            not isinstance(category_id, int) or isinstance(category_id, bool) or category_id not in parsed.categories
+        ):
+            raise DataError(
+                f'{at} refers to category {_show(category_id)}, which is not in "categories" '
+                f"(known ids: {known}); add the category, fix the click, or drop its category_id"
+            )
+        parsed.clicks.setdefault(image.id, []).append((ann_id, ann))
+
+    def _label_kind(self, entry: _ImageEntry, parsed: _Parsed) -> str:
+        """What the image's labels are ("full", "points", "counts", "none"), after checking
+        that its boxes, clicks, counts and marker agree."""
+        at = f"{parsed.where}: image {entry.id} '{entry.file_name}'"
+        boxes, clicks = parsed.instances.get(entry.id, []), parsed.clicks.get(entry.id, [])
+        if boxes and clicks:
+            raise DataError(
+                f"{at} mixes boxes (annotation {boxes[0][0]}) and clicks (annotation {clicks[0][0]}); "
+                "give all objects of an image the same kind of label: box the clicked ones, or click the boxed ones"
+            )
+        if entry.unlabeled:
+            labels = boxes or clicks
+            if labels or entry.counts is not None:
+                what = f"annotation {labels[0][0]}" if labels else '"counts"'
+                raise DataError(f'{at} is marked "unlabeled": true but has {what}; remove the marker or the labels')
+        elif entry.counts is not None:
+            counts = self._resolve_counts(entry.counts, at, parsed)
+            if boxes or clicks:
+                self._check_counts_agree(counts, boxes or clicks, at, parsed, "boxes" if boxes else "clicks")
+            parsed.counts[entry.id] = counts
+        kind = (
+            "none" if entry.unlabeled
+            else "points" if clicks
+            else "full" if boxes
+            else "counts" if entry.counts is not None
+            else "full"  # no annotations and no marker: a negative, every (zero) object labelled
+        )  # fmt: skip
+        if kind != "full" and parsed.split in ("val", "test"):
+            has = {"points": "has only clicks", "counts": "has only counts", "none": "is unlabelled"}[kind]
+            raise DataError(
+                f"{at} {has} but is in the {parsed.split} split, which is for evaluation and needs "
+                "every object boxed; move the image to the train file, or box its objects"
+            )
+        return kind
+
+    def _resolve_counts(self, raw: dict[str, Any], at: str, parsed: _Parsed) -> dict[str, int]:
+        """``{category name: n}`` from keys that are names or ids; zeros dropped (a category
+        not listed has no objects)."""
+        by_name = {name: name for name, _ in parsed.categories.values()}
+        out: dict[str, int] = {}
+        for key, value in raw.items():
+            name = by_name.get(key)
+            if name is None and key.isascii() and key.isdigit() and int(key) in parsed.categories:
+                name = parsed.categories[int(key)][0]
+            if name is None:
+                names = ", ".join(list(by_name)[:20]) + (", …" if len(by_name) > 20 else "")
+                raise DataError(
+                    f'{at}: "counts" names {_show(key)}, which is not a category (known: {names or "none"}); '
+                    "use a category name or id"
+                )
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+                raise DataError(
+                    f'{at}: "counts" gives {_show(key)} {_show(value)}; a count is a whole number from 0 '
+                    f"to {MAX_COUNT}"
+                )
+            if name in out:
+                raise DataError(f'{at}: "counts" gives category {_show(name)} twice (by name and by id); keep one')
+            out[name] = value
+        return {name: n for name, n in out.items() if n}
+
+    def _check_counts_agree(
+        self, counts: dict[str, int], anns: list[tuple[Any, dict[str, Any]]], at: str, parsed: _Parsed, what: str
+    ) -> None:
+        labelled = Counter(
+            parsed.categories[a["category_id"]][0] for _, a in anns if a.get("category_id") is not None
+        )
+        unnamed = len(anns) - sum(labelled.values())
+        if sum(counts.values()) == len(anns) and all(counts.get(c, 0) >= n for c, n in labelled.items()):
+            return
+        listed = ", ".join(f"{c} {n}" for c, n in counts.items()) or "nothing"
+        found = ", ".join(f"{c} {n}" for c, n in labelled.items()) or "none with a category"
+        raise DataError(
+            f'{at}: "counts" says {listed} but its {len(anns)} {what} give {found}'
+            + (f" and {unnamed} without a category" if unnamed else "")
+            + '; make them agree, or drop "counts"'
+        )
 
     def merge_categories(self, parsed: dict[str, _Parsed]) -> tuple[list[str], list[str]]:
         merged: dict[int, tuple[str, list[str]]] = {}
@@ -644,6 +842,13 @@ class _CocoReader:
                     target["keypoints"].append(keypoints)
                     target["points"].extend([[x, y] for x, y, v in keypoints if v > 0])
                 self.instances_kept += 1
+            kind = part.kinds.get(entry.id, "full")
+            if kind == "points":
+                self._fill_clicks(target, part, entry, width, height)
+            elif kind == "counts":
+                target["counts"] = dict(part.counts[entry.id])
+            elif kind == "full" and self.task in WEAK_TASKS:
+                target["counts"] = dict(Counter(target["labels"]))
             samples.append(
                 Sample(
                     id=entry.id,
@@ -653,9 +858,31 @@ class _CocoReader:
                     target=target,
                     image=image,
                     path=path,
+                    label_kind=kind,
                 )
             )
         return samples
+
+    def _fill_clicks(
+        self, target: dict[str, Any], part: _Parsed, entry: _ImageEntry, width: int, height: int
+    ) -> None:
+        """Points and point labels of a clicked image; its counts when every click names its
+        category (a click without one says "an object", not which), else those of "counts"."""
+        for ann_id, ann in part.clicks[entry.id]:
+            x, y = (float(v) for v in ann["point"])
+            if not (-BOX_TOLERANCE <= x <= width + BOX_TOLERANCE and -BOX_TOLERANCE <= y <= height + BOX_TOLERANCE):
+                self.warn(
+                    f"{part.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}') has a click at "
+                    f"({x:g}, {y:g}) outside the {width}×{height} image; annotation dropped — fix the click"
+                )
+                continue
+            target["points"].append([min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))])
+            cid = ann.get("category_id")
+            target["point_labels"].append(part.categories[cid][0] if cid is not None else "")
+        if all(target["point_labels"]):
+            target["counts"] = dict(Counter(target["point_labels"]))
+        else:
+            target["counts"] = dict(part.counts.get(entry.id, {}))
 
     def _numbers(
         self, ann: dict[str, Any], key: str, at: str, *, length: int | None = None, multiple: int = 1
@@ -832,7 +1059,7 @@ class _CocoReader:
             return None
         return polygon
 
-    def check_usable(self, parts: dict[str, list[Sample]]) -> None:
+    def check_usable(self, parts: dict[str, list[Sample]], held_out_wanted: bool = True) -> None:
         total = sum(len(samples) for samples in parts.values())
         if total == 0:
             raise DataError(
@@ -840,6 +1067,9 @@ class _CocoReader:
                 "add images, or fix the ones that were skipped"
                 + (f" — first: {self.warnings[0]}" if self.warnings else "")
             )
+        everything = [s for samples in parts.values() for s in samples]
+        if not any(s.label_kind == "full" for s in everything):  # before the check below blames "bbox"
+            check_evaluable(self.label, {"all": everything}, held_out_wanted)
         if self.task in _REQUIRED and self.instances_kept == 0:
             raise DataError(
                 f'{self.label}: no annotation has a usable "{_REQUIRED[self.task]}", which task '

@@ -47,6 +47,8 @@ SYNTHETIC_PARAMS: dict[str, type] = {
     "size": int,
     "min_objects": int,
     "max_objects": int,
+    "points": int,  # the last `points` images carry only clicks
+    "counts": int,  # the `counts` images before them only counts
     "task": str,
 }
 _COMPLETE_MARKER = ".dreamforge-complete"
@@ -122,7 +124,7 @@ def resolve_source(source: str | os.PathLike[str]) -> Source:
 
 
 def parse_synthetic_uri(uri: str) -> dict[str, Any]:
-    """Parse ``synthetic://KIND?n=N&seed=S[&size=..&min_objects=..&max_objects=..&task=..]``.
+    """Parse ``synthetic://KIND?n=N&seed=S[&size=..&min_objects=..&max_objects=..&points=..&counts=..&task=..]``.
 
     >>> parse_synthetic_uri("synthetic://retail-shelf?n=64&seed=0")
     {'kind': 'retail-shelf', 'n': 64, 'seed': 0}

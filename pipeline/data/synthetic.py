@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.data.sources import synthetic_uri
-from pipeline.structures import TASKS, Dataset, Sample, empty_target
+from pipeline.structures import TASKS, WEAK_TASKS, Dataset, Sample, empty_target
 
 __all__ = ["KINDS", "CATEGORIES", "KEYPOINT_NAMES", "generate", "write_coco", "synthetic_uri"]
 
@@ -563,7 +563,7 @@ def _caption(kind: str, objects: list[_Obj], size: int) -> str:
 # and is generated whole in memory, in the API process too (``POST /api/rewards/test``). Every
 # preset's sets fit (the warm-start's n=4000 is the largest, ~10 s); n × size² caps the pixels
 # held at once (~100 MB of RGB), so a large size needs a smaller n.
-URI_MAX = {"n": 5000, "size": 512, "min_objects": 16, "max_objects": 16}
+URI_MAX = {"n": 5000, "size": 512, "min_objects": 16, "max_objects": 16, "points": 5000, "counts": 5000}
 URI_MAX_PIXELS = 32_000_000
 
 
@@ -573,6 +573,14 @@ def check_uri_bounds(params: dict[str, Any]) -> None:
         if key in params and params[key] > most:
             raise ValueError(f"{key}={params[key]} is over the limit of {most}; lower {key}")
     n, size = params.get("n", 64), params.get("size", _BASE)
+    for key in ("points", "counts"):
+        if params.get(key, 0) < 0:
+            raise ValueError(f"{key}={params[key]} must be 0 or more")
+    if params.get("points", 0) + params.get("counts", 0) > n:
+        raise ValueError(
+            f"points={params.get('points', 0)} and counts={params.get('counts', 0)} weakly labelled images "
+            f"are more than the n={n} images; lower them or raise n"
+        )
     if n * size * size > URI_MAX_PIXELS:
         raise ValueError(f"n={n} images of size={size} are {n * size * size / 1e6:.0f} M pixels, over the "
                          f"{URI_MAX_PIXELS / 1e6:.0f} M limit; lower n or size")  # fmt: skip
@@ -588,12 +596,21 @@ def generate(
     size: int = 64,
     min_objects: int | None = None,
     max_objects: int | None = None,
+    points: int = 0,
+    counts: int = 0,
 ) -> Dataset:
     """``n`` synthetic samples of ``kind``, all in ``splits["train"]`` (callers split).
 
     Every target is filled for ``task``: boxes and labels always, plus one outline polygon
     per instance (segment), K=3 named keypoints per instance and their flat ``points``
-    (keypoints), or a short counting caption (caption).
+    (keypoints), or a short counting caption (caption); detect and segment targets also
+    count their objects per category.
+
+    Weak labels (detect, segment): the last ``points`` samples keep only a click at the
+    centre of each object's box (with its label), and the ``counts`` samples before them only
+    their counts; their boxes and masks are removed, as a user's clicked or counted images
+    have none (an image without objects stays a fully labelled negative). The pixels are the
+    same whatever ``points`` and ``counts`` are.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -614,6 +631,15 @@ def generate(
     hi = max_objects if max_objects is not None else max(hi_default, lo)
     if lo < 0 or hi < lo:
         raise ValueError(f"min_objects={lo} and max_objects={hi}: need 0 <= min_objects <= max_objects")
+    for key, value in (("points", points), ("counts", counts)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key}={value!r} must be a non-negative integer")
+    if points + counts > n:
+        raise ValueError(f"points={points} and counts={counts} weakly labelled images are more than n={n}")
+    if (points or counts) and task not in WEAK_TASKS:
+        raise ValueError(
+            f"points and counts are weak labels, which only tasks {' and '.join(WEAK_TASKS)} accept, not {task}"
+        )
 
     names = CATEGORIES[kind]
     kind_index = KINDS.index(kind)
@@ -638,6 +664,16 @@ def generate(
             target["points"] = [[float(x), float(y)] for o in objects for x, y in o.keypoints]
         elif task == "caption":
             target["text"] = _caption(kind, objects, size)
+        label_kind = "points" if i >= n - points else "counts" if i >= n - points - counts else "full"
+        if not objects:
+            label_kind = "full"  # nothing to click or count: a negative, which is fully labelled
+        if task in WEAK_TASKS:
+            target["counts"] = {name: c for name in names if (c := target["labels"].count(name))}
+        if label_kind == "points":
+            target["points"] = [[float(v) for v in _centre(o.box)] for o in objects]
+            target["point_labels"] = [o.label for o in objects]
+        if label_kind != "full":
+            target["boxes"], target["labels"], target["masks"] = [], [], []
         samples.append(
             Sample(
                 id=i + 1,
@@ -646,6 +682,7 @@ def generate(
                 height=size,
                 target=target,
                 image=Image.fromarray(pixels, "RGB"),
+                label_kind=label_kind,
             )
         )
     return Dataset(
@@ -669,7 +706,8 @@ def write_coco(dataset: Dataset, folder: Path, *, per_split: bool = False) -> Pa
     """Write ``dataset`` as a COCO folder (``images/*.png`` + ``annotations.json``); return ``folder``.
 
     ``load_dataset(folder, dataset.task)`` reads it back equal (same samples, targets,
-    categories, keypoint names). With ``per_split=True`` the annotations go to
+    label kinds, categories, keypoint names); weak labels are written as clicks, "counts"
+    and "unlabeled" (README "Weak labels"). With ``per_split=True`` the annotations go to
     ``train.json`` / ``val.json`` / ``test.json`` instead, so the splits survive the trip.
     """
     folder = Path(folder)
@@ -702,15 +740,29 @@ def write_coco(dataset: Dataset, folder: Path, *, per_split: bool = False) -> Pa
                 raise ValueError(
                     f"sample {sample.id} '{sample.file_name}' has neither an image nor a path to copy"
                 )
-            images.append(
-                {
-                    "id": sample.id,
-                    "file_name": sample.file_name,
-                    "width": sample.width,
-                    "height": sample.height,
-                }
-            )
+            image_entry: dict[str, Any] = {
+                "id": sample.id,
+                "file_name": sample.file_name,
+                "width": sample.width,
+                "height": sample.height,
+            }
             target = sample.target
+            if sample.label_kind == "none":
+                image_entry["unlabeled"] = True
+            elif sample.label_kind == "counts" or (
+                # a clicked image's counts come from its clicks when each names its category
+                sample.label_kind == "points" and target["counts"] and not all(target["point_labels"])
+            ):
+                image_entry["counts"] = dict(target["counts"])
+            images.append(image_entry)
+            if sample.label_kind == "points":
+                for point, label in zip(target["points"], target["point_labels"], strict=True):
+                    click: dict[str, Any] = {"id": next_ann, "image_id": sample.id, "point": list(point)}
+                    if label:
+                        click["category_id"] = category_ids[label]
+                    annotations.append(click)
+                    next_ann += 1
+                continue
             for k, (box, label) in enumerate(zip(target["boxes"], target["labels"])):
                 x1, y1, x2, y2 = box
                 ann: dict[str, Any] = {
