@@ -12,11 +12,12 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.stage_table import SECTION, STAGES  # noqa: F401 — STAGES re-exported for callers of the config
+from pipeline.structures import WEAK_TASKS
 
 PRESETS = ("generic", "medical-scan", "retail-shelf", "traffic-camera")
 # The shipped JavaScript examples, by name: ``example:NAME`` resolves only to these, so a name can
@@ -27,6 +28,39 @@ MAX_STEPS = 10_000_000
 MAX_STAGE_SECONDS = 7 * 86400
 SEED_MAX = 2**32 - 1  # numpy's seeding range
 AUTO_MAX_OBJECTS = 16  # each object costs ~5 generated tokens: a longer answer slows every step
+
+
+class RewardScope(NamedTuple):
+    tasks: tuple[str, ...] | None  # the tasks it fits; None: any
+    label_kinds: tuple[str, ...]  # the images it can score (Sample.label_kind)
+
+
+# What each built-in reward can score. Kept here, not beside the rewards, so the config refuses a
+# mismatch without importing the training code (the dashboard and the Action read this module);
+# the reward classes (pipeline.rewards.builtin) take their declarations from this table.
+BOXED = RewardScope(None, ("full",))
+REWARD_SCOPES: dict[str, RewardScope] = {
+    **dict.fromkeys(("iou", "f1", "mask_iou", "oks", "format", "caption"), BOXED),
+    "points": RewardScope(WEAK_TASKS, ("full", "points")),
+    "count": RewardScope(WEAK_TASKS, ("full", "points", "counts")),
+    "default": BOXED,  # every task's default reward scores boxed (fully labelled) images
+}
+
+
+def reward_problem(name: str, task: str, label_kinds: list[str] | tuple[str, ...] | None = None) -> str | None:
+    """Why built-in reward ``name`` cannot serve a ``task`` job training stage 3 on
+    ``label_kinds`` images (None: its own kinds), or None when it can (and for a JavaScript
+    reward, which scores whatever it is given)."""
+    scope = REWARD_SCOPES.get(name)
+    if scope is None:
+        return None
+    if scope.tasks is not None and task not in scope.tasks:
+        return f"the {name!r} reward scores {' and '.join(scope.tasks)} tasks only, not {task}"
+    extra = [k for k in label_kinds or () if k not in scope.label_kinds]
+    if extra:
+        return (f"the {name!r} reward cannot score images labelled {', '.join(map(repr, extra))}: it scores "
+                f"{', '.join(map(repr, scope.label_kinds))} images")  # fmt: skip
+    return None
 
 
 class _Strict(BaseModel):
@@ -259,7 +293,8 @@ class CurriculumConfig(_Strict):
     reward: str = Field(
         "default",
         max_length=2048,
-        description="Built-in reward name (iou, f1, mask_iou, oks, format, caption), 'default' for the task's "
+        description="Built-in reward name (iou, f1, mask_iou, oks, format, caption; points and count score "
+        "clicked and counted images of detect and segment tasks), 'default' for the task's "
         "own, a path to a JavaScript file defining reward(out, gt), or example:NAME for a shipped JavaScript "
         f"example ({', '.join(EXAMPLE_REWARDS)}).",
     )
@@ -288,6 +323,22 @@ class CurriculumConfig(_Strict):
         if v.startswith("example:") and v.removeprefix("example:") not in EXAMPLE_REWARDS:
             known = ", ".join("example:" + n for n in EXAMPLE_REWARDS)
             raise ValueError(f"{v!r} is not a shipped example; use one of {known}")
+        return v
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_fits_task(cls, v: str, info: ValidationInfo) -> str:
+        problem = reward_problem(v, info.data.get("task", "detect"))
+        if problem:
+            raise ValueError(f"{problem}; choose a reward for {info.data.get('task', 'detect')} (or 'default')")
+        return v
+
+    @field_validator("rl")
+    @classmethod
+    def _reward_scores_label_kinds(cls, v: RLConfig, info: ValidationInfo) -> RLConfig:
+        problem = reward_problem(info.data.get("reward", ""), info.data.get("task", "detect"), v.label_kinds)
+        if v.label_kinds and problem:
+            raise ValueError(f"label_kinds: {problem}; remove label_kinds or choose a reward that scores them")
         return v
 
     def stage(self, name: str) -> StageConfig | EvalConfig:

@@ -22,14 +22,15 @@ from pipeline.budget import with_stage_budget
 from pipeline.codec import Codec
 from pipeline.config import STAGES, ConfigError, CurriculumConfig, config_hash  # noqa: F401 — re-exported
 from pipeline.data import label_summary, load_dataset
+from pipeline.data.errors import DataError
 from pipeline.device import pick_device
 from pipeline.fence import Fence
 from pipeline.models.loading import TINY_MODEL
 from pipeline.reporter import BaseReporter, Reporter
 from pipeline.rewards.builtin import DEFAULT_REWARD, get_reward
 from pipeline.stage_table import BY_NUMBER
-from pipeline.stages.common import Context, fresh_dir, is_done, mark_done, read_done
-from pipeline.structures import Dataset
+from pipeline.stages.common import Context, fresh_dir, fully_labelled, is_done, mark_done, read_done
+from pipeline.structures import Dataset, Sample
 
 
 def seed_everything(seed: int) -> None:
@@ -80,7 +81,7 @@ def auto_max_objects(ds: Dataset, reporter: Reporter | None = None) -> int:
     """The decoding cap from the data: the most objects in one training image, within bounds."""
     from pipeline.config import AUTO_MAX_OBJECTS
 
-    counts = [len(s.target.get("boxes") or s.target.get("keypoints") or []) for s in ds.splits.get("train") or []]
+    counts = [object_count(s) for s in ds.splits.get("train") or []]
     most = max(counts, default=1)
     chosen = max(1, min(most, AUTO_MAX_OBJECTS))
     if reporter is not None:
@@ -89,6 +90,17 @@ def auto_max_objects(ds: Dataset, reporter: Reporter | None = None) -> int:
                      + (f" (capped; {over} images hold more, up to {most}: set data.max_objects to answer them all)"
                         if over else ""), level="warning" if over else "info")  # fmt: skip
     return chosen
+
+
+def object_count(sample: Sample) -> int:
+    """How many objects an image holds, whatever its labels say it with: stage 3 asks the model
+    for every object of clicked and counted images too."""
+    t = sample.target
+    if sample.label_kind == "points":
+        return len(t.get("points") or [])
+    if sample.label_kind == "counts":
+        return sum(int(v) for v in (t.get("counts") or {}).values())
+    return len(t.get("boxes") or t.get("keypoints") or [])
 
 
 def _vocabulary(*datasets: Dataset | None) -> list[str]:
@@ -151,10 +163,12 @@ def run_job(
     stages: list[int] | None = None,
     reporter: Reporter | None = None,
     fence: Fence | None = None,
+    data: tuple[Dataset, Dataset | None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the curriculum into ``out``; return the metrics record. With a
     ``fence`` (the service's runs), every model and ``DONE.json`` is written only while this
-    process's attempt still owns the job (``pipeline.fence``)."""
+    process's attempt still owns the job (``pipeline.fence``). ``data``: the domain and warm-start
+    datasets already loaded (benchmarks and tests that build their own), instead of the config's."""
     t_start = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +188,7 @@ def run_job(
     device = pick_device()
     reporter.log(f"device {device.kind}, precision {str(device.dtype).removeprefix('torch.')}")
     reward = resolve_reward(cfg, reporter)
-    domain, warm = load_data(cfg, wanted, reporter)
+    domain, warm = data if data is not None else load_data(cfg, wanted, reporter)
     reporter.log(
         f"dataset {domain.name}: " + "; ".join(f"{k} {label_summary(v)}" for k, v in domain.splits.items())
     )
@@ -190,6 +204,14 @@ def run_job(
         reward=reward,
         fence=fence,
     )
+    if cfg.evaluate.enabled:  # whichever stage this process runs: fail before training, not after it
+        from pipeline.stages.evaluate import held_out
+
+        held_out(ctx)
+    if hasattr(reward, "prepare"):  # e.g. the points reward's box-size prior, before stage 3 and evaluation
+        boxed = fully_labelled(domain.splits.get("train") or [])
+        reward.prepare(boxed)
+        reporter.log(f"reward {reward.name}: prepared on the {len(boxed)} fully labelled training images")
     base = prepare_base_model(ctx)
     checkpoints: dict[str, Path] = {"base": base}
     stage_info: dict[str, Any] = {}
@@ -267,22 +289,57 @@ def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
         from pipeline.stages.sft import train_sft
 
         assert ctx.warm is not None and ctx.warm_codec is not None
-        return train_sft(ctx, stage, previous, ctx.warm.splits["train"], ctx.warm_codec, cfg.warm_start, out_model)
-    labelled = ctx.domain.splits["train"]
-    samples = augmented_train(ctx, stage)
+        return train_sft(ctx, stage, previous, fully_labelled(ctx.warm.splits["train"]), ctx.warm_codec,
+                         cfg.warm_start, out_model)  # fmt: skip
     if stage == "domain":
         from pipeline.stages.sft import train_sft
 
-        return train_sft(ctx, stage, previous, samples, ctx.domain_codec, cfg.domain, out_model,
+        labelled = fully_labelled(ctx.domain.splits["train"])
+        if not labelled:
+            raise DataError(f"dataset {ctx.domain.name}: domain SFT needs fully labelled training images and has "
+                            f"none ({kind_counts(ctx.domain.splits['train'])}); box every object of some images, "
+                            "or disable the domain stage")  # fmt: skip
+        return train_sft(ctx, stage, previous, augmented_train(ctx, stage), ctx.domain_codec, cfg.domain, out_model,
                          epoch_examples=len(labelled))  # fmt: skip
     from pipeline.stages.grpo import train_grpo
 
-    return train_grpo(ctx, stage, previous, samples, ctx.domain_codec, cfg.rl, out_model)
+    return train_grpo(ctx, stage, previous, reward_train(ctx, stage), ctx.domain_codec, cfg.rl, out_model)
+
+
+KIND_WORDS = {"full": "boxed", "points": "clicked", "counts": "counted", "none": "unlabelled"}
+
+
+def kind_counts(samples: list[Sample]) -> str:
+    """``"40 boxed, 300 clicked"``: how many images of each label kind."""
+    n: dict[str, int] = {}
+    for s in samples:
+        n[s.label_kind] = n.get(s.label_kind, 0) + 1
+    return ", ".join(f"{v} {KIND_WORDS.get(k, k)}" for k, v in n.items()) or "no images"
+
+
+def reward_train(ctx: Context, stage: str) -> list[Sample]:
+    """Stage 3's images: every training image whose label kind the reward can score
+    (``rl.label_kinds``, else the reward's own ``label_kinds``); the boxed ones with the
+    config's augmentations."""
+    kinds = ctx.cfg.rl.label_kinds or getattr(ctx.reward, "label_kinds", ("full",))
+    train = ctx.domain.splits["train"]
+    weak = [s for s in train if s.label_kind != "full" and s.label_kind in kinds]
+    samples = (augmented_train(ctx, stage) if "full" in kinds else []) + weak
+    name = getattr(ctx.reward, "name", "reward")
+    if not samples:
+        raise ConfigError(
+            f"reward: stage 3 has no training images its reward can score: the {name!r} reward scores "
+            f"{', '.join(KIND_WORDS.get(k, k) for k in kinds)} images and the training split holds "
+            f"{kind_counts(train)}; choose a reward for those labels (points, count), or set rl.label_kinds"
+        )  # fmt: skip
+    ctx.reporter.log(f"stage 3 trains on {len(samples)} images: {kind_counts(samples)}", stage=stage)
+    return samples
 
 
 def augmented_train(ctx: Context, stage: str) -> list:
-    """The domain training split with the config's augmentations (``pipeline.augment``)."""
-    labelled = ctx.domain.splits["train"]
+    """The fully labelled images of the domain training split, with the config's augmentations
+    (``pipeline.augment``)."""
+    labelled = fully_labelled(ctx.domain.splits["train"])
     names = list(ctx.cfg.data.augment)
     if ctx.cfg.task == "caption" and "hflip" in names:
         names.remove("hflip")

@@ -175,3 +175,17 @@ def test_the_reward_tester_reads_no_javascript_file_of_the_server(stack):
             r = c.post("/api/rewards/test", json={"dataset": "synthetic://generic?n=4", "reward": reward})
             assert r.status_code == 422, (reward, r.text)
             assert [d["loc"] for d in _problem(r)] == [["reward"]]
+
+
+def test_the_reward_tester_runs_the_weak_rewards_and_refuses_them_for_other_tasks(stack):
+    with api(stack) as c:
+        for reward in ("points", "count"):
+            r = c.post("/api/rewards/test", json={"dataset": "synthetic://retail-shelf?n=6&seed=2", "reward": reward,
+                                                  "samples": 6})  # fmt: skip
+            assert r.status_code == 200, r.text
+            cases = {row["case"]: row["mean"] for row in r.json()["cases"]}
+            assert cases["exact"] == 1.0 > cases["missing"], (reward, cases)
+        r = c.post("/api/rewards/test", json={"dataset": "synthetic://generic?n=4", "reward": "points",
+                                              "task": "keypoints"})  # fmt: skip
+        assert r.status_code == 422, r.text
+        assert [d["loc"] for d in _problem(r)] == [["reward"]] and "detect and segment" in str(_problem(r))

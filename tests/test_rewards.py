@@ -108,7 +108,7 @@ def test_polygon_mask_iou_and_oks_and_centre_distance():
 
 
 def test_registry_names_are_pinned_because_they_are_metric_keys():
-    assert list(BUILTIN_REWARDS) == ["iou", "f1", "mask_iou", "oks", "format", "caption"]
+    assert list(BUILTIN_REWARDS) == ["iou", "f1", "mask_iou", "oks", "format", "caption", "points", "count"]
     assert DEFAULT_REWARD == {
         "detect": "iou", "segment": "mask_iou", "keypoints": "oks", "caption": "caption",
     }  # fmt: skip

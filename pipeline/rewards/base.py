@@ -12,10 +12,12 @@ import json
 import math
 import numbers
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pipeline.codec import Codec
+from pipeline.structures import WEAK_TASKS
 
 
 @runtime_checkable
@@ -25,6 +27,33 @@ class Reward(Protocol):
     name: str
 
     def score(self, outs: list[dict], gts: list[dict]) -> list[float]: ...
+
+
+def reward_target(target: dict[str, Any], task: str) -> dict[str, Any]:
+    """The ground truth a reward is given: one structure whatever the image's label kind.
+
+    For detect and segment, a fully labelled image also carries its objects as clicks (box
+    centres in ``points``, their labels in ``point_labels``) and ``counts`` from its labels; a
+    clicked image gets ``counts`` from its clicks' categories ("" for clicks without one). So
+    a reward written against clicks or counts scores boxed images too, built-in or JavaScript.
+
+    >>> t = reward_target({"boxes": [[0, 0, 10, 4]], "labels": ["cola"], "points": []}, "detect")
+    >>> t["points"], t["point_labels"], t["counts"]
+    ([[5.0, 2.0]], ['cola'], {'cola': 1})
+    """
+    if task not in WEAK_TASKS:  # keypoints keep their own points; captions have no objects
+        return target
+    t = {**target, "points": list(target.get("points") or []),
+         "point_labels": list(target.get("point_labels") or []), "counts": dict(target.get("counts") or {})}  # fmt: skip
+    boxes = t.get("boxes") or []
+    labels = ([str(x) for x in t.get("labels") or []] + [""] * len(boxes))[: len(boxes)]
+    if boxes and not t["points"]:
+        t["points"] = [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in boxes]
+        t["point_labels"] = labels
+    t["point_labels"] = (t["point_labels"] + [""] * len(t["points"]))[: len(t["points"])]
+    if not t["counts"]:
+        t["counts"] = dict(Counter(labels if boxes else t["point_labels"]))
+    return t
 
 
 LOADING = -1  # RewardError.index of a reward that does not compile or load

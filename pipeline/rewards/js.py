@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from pipeline.procs import die_with_parent
-from pipeline.rewards.base import LOADING, RewardError
+from pipeline.rewards.base import LOADING, RewardError, reward_target
 
 WORKER = Path(__file__).with_name("js_worker.py")
 EXAMPLES = Path(__file__).with_name("examples")
@@ -76,9 +76,11 @@ MAX_HEADER_BYTES = 64 * 1024
 
 
 def sample_target(task: str = "detect", width: int = 64, height: int = 64) -> dict[str, Any]:
-    """A small, valid ground truth of ``task`` for load-time checks."""
+    """A small, valid ground truth of ``task`` for load-time checks, as stage 3 gives it
+    (``reward_target``: detect and segment carry clicks and counts too)."""
     t: dict[str, Any] = {"boxes": [[8, 8, 24, 24], [30, 12, 50, 40]], "labels": ["object", "object"], "points": [],
-                         "keypoints": [], "masks": [], "text": "", "image": {"width": width, "height": height}}  # fmt: skip
+                         "keypoints": [], "masks": [], "point_labels": [], "counts": {}, "text": "",
+                         "image": {"width": width, "height": height}}  # fmt: skip
     if task == "segment":
         t["masks"] = [[8, 8, 24, 8, 24, 24, 8, 24], [30, 12, 50, 12, 50, 40, 30, 40]]
     elif task == "keypoints":
@@ -86,7 +88,7 @@ def sample_target(task: str = "detect", width: int = 64, height: int = 64) -> di
         t["points"] = [p[:2] for inst in t["keypoints"] for p in inst]
     elif task == "caption":
         t.update(boxes=[], labels=[], text="two objects on a plain background")
-    return t
+    return reward_target(t, task)
 
 
 def _child_setup() -> None:
@@ -110,6 +112,9 @@ class JsReward:
     """
 
     needs_parsed = False
+    # Which images stage 3 gives it unless rl.label_kinds says otherwise: a user's reward may
+    # read only boxes, so it gets clicked or counted images only when the config asks.
+    label_kinds: tuple[str, ...] = ("full",)
 
     def __init__(self, source: str, name: str = "reward.js", *, seed: int = 0, on_error: str = "fail",
                  limits: JsLimits | None = None, on_sample_error: Callable[[RewardError], None] | None = None) -> None:  # fmt: skip

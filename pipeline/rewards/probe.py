@@ -76,6 +76,8 @@ def probe_reward(reward, targets: list[dict[str, Any]], seed: int = 0) -> list[d
     """One row per case: ``{case, n, mean, min, max, std}``. Raises ``RewardError`` on any
     failure of the reward (a reward under test never scores a failure 0)."""
     rng = random.Random(seed)
+    if hasattr(reward, "prepare"):  # as a job does before stage 3 (the points reward's size prior)
+        reward.prepare(targets)
     rows = []
     for case in CASES:
         outs = [perturb(t, case, rng) for t in targets]
@@ -89,21 +91,25 @@ def probe_reward(reward, targets: list[dict[str, Any]], seed: int = 0) -> list[d
 
 
 def dataset_targets(uri: str, task: str, samples: int) -> list[dict[str, Any]]:
-    """The first ``samples`` ground truths of a dataset (train split first). Of a synthetic set
-    only those are generated: a sample depends on the seed and its index alone, not on ``n``."""
+    """The first ``samples`` fully labelled ground truths of a dataset (train split first), as
+    stage 3 gives them to a reward (``reward_target``: with clicks and counts); the cases are
+    perturbed boxes, so clicked or counted images cannot serve. Of a synthetic set only those
+    are generated: a sample depends on the seed and its index alone, not on ``n``."""
     from pipeline.data import load_dataset, parse_synthetic_uri
+    from pipeline.rewards.base import reward_target
 
     if uri.startswith("synthetic://"):
         parts = urllib.parse.urlsplit(uri)
         query = dict(urllib.parse.parse_qsl(parts.query), n=str(min(parse_synthetic_uri(uri)["n"], samples)))
         uri = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
     ds = load_dataset(uri, task, keep_images=False)  # the targets are all it needs: bounded memory
-    pool = [s for split in ("train", "val", "test") for s in ds.splits.get(split, [])]
-    return [s.target for s in pool[:samples]]
+    pool = [s for split in ("train", "val", "test") for s in ds.splits.get(split, []) if s.label_kind == "full"]
+    return [reward_target(s.target, task) for s in pool[:samples]]
 
 
 def load_any_reward(spec: str, task: str = "detect", **js_kw: Any):
     """A built-in by name, or a JavaScript reward (``.js`` path or ``example:NAME``), checked."""
+    from pipeline.config import reward_problem
     from pipeline.rewards.builtin import DEFAULT_REWARD, get_reward
 
     if spec.endswith(".js") or spec.startswith("example:"):
@@ -112,4 +118,7 @@ def load_any_reward(spec: str, task: str = "detect", **js_kw: Any):
         reward = load_js_reward(spec, **js_kw)
         check_reward(reward, task)
         return reward
+    problem = reward_problem(spec, task)
+    if problem:  # e.g. the points reward on a keypoints dataset: a table of numbers that mean nothing
+        raise ValueError(problem)
     return get_reward(DEFAULT_REWARD[task] if spec == "default" else spec)

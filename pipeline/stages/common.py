@@ -22,6 +22,7 @@ from pipeline.codec import Codec
 from pipeline.config import CurriculumConfig, StageConfig
 from pipeline.device import Device
 from pipeline.reporter import Reporter
+from pipeline.rewards.base import reward_target
 from pipeline.structures import Dataset, Sample
 
 
@@ -75,10 +76,19 @@ def sft_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
     ]
 
 
+def fully_labelled(samples: list[Sample]) -> list[Sample]:
+    """The samples whose targets hold every object (``label_kind == "full"``): the only ones
+    supervised training, validation and evaluation can use."""
+    return [s for s in samples if s.label_kind == "full"]
+
+
 def grpo_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
+    """Stage 3's rows. The ``gt`` column is :func:`reward_target`'s canonical structure, so
+    every reward sees boxed, clicked and counted images alike."""
     prompt = user_prompt(codec)
     return [
-        {"prompt": prompt, "image": s.image, "gt": json.dumps(s.target), "width": s.width, "height": s.height}
+        {"prompt": prompt, "image": s.image, "gt": json.dumps(reward_target(s.target, codec.task)),
+         "width": s.width, "height": s.height}  # fmt: skip
         for s in samples
     ]
 

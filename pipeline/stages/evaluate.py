@@ -22,13 +22,15 @@ from typing import Any
 import torch
 
 from pipeline.codec import CODEC_FILE
+from pipeline.data.errors import DataError
 from pipeline.fence import FenceLost
 from pipeline.metrics import evaluate as compute_metrics
 from pipeline.metrics import primary_metric
 from pipeline.models.loading import load_model
 from pipeline.predict import predict_targets
+from pipeline.rewards.base import reward_target
 from pipeline.stage_table import BY_NAME, TRAINED
-from pipeline.stages.common import Context, is_done, read_done
+from pipeline.stages.common import Context, fully_labelled, is_done, read_done
 from pipeline.verdict import DID_NOT_LEARN, NOISY_SPLIT, label_limits, learning_verdict, small_split, verdict_line
 
 TITLES = {s: BY_NAME[s].title for s in TRAINED}
@@ -39,10 +41,17 @@ def dir_bytes(path: Path) -> int:
 
 
 def held_out(ctx: Context):
+    """The evaluation images: the fully labelled ones of the configured split (of ``val`` when
+    that split has none). Clicked or counted images cannot be scored by the metrics."""
     split = ctx.cfg.evaluate.split
-    samples = ctx.domain.splits.get(split) or ctx.domain.splits.get("val") or []
+    splits = ctx.domain.splits
+    samples = fully_labelled(splits.get(split) or []) or fully_labelled(splits.get("val") or [])
     if not samples:
-        raise ValueError(f"dataset {ctx.domain.name}: the held-out split '{split}' is empty")
+        held = ", ".join(f"{k}: {len(splits.get(k) or [])} images" for k in dict.fromkeys((split, "val")))
+        raise DataError(
+            f"dataset {ctx.domain.name}: evaluation needs fully labelled images in the val/test split, and it has "
+            f"none ({held}; none has every object labelled); box every object of some held-out images"
+        )  # fmt: skip
     if ctx.cfg.evaluate.max_samples:
         samples = samples[: ctx.cfg.evaluate.max_samples]
     return samples
@@ -56,7 +65,7 @@ def reward_score(ctx: Context, preds: list[dict], samples, parsed: list[bool]) -
     reward = ctx.reward
     if reward is None or not samples:
         return None
-    gts = [s.target for s in samples]
+    gts = [reward_target(s.target, ctx.cfg.task) for s in samples]  # as stage 3 gave them
     try:
         scores = reward.score(preds, gts, parsed=parsed) if getattr(reward, "needs_parsed", False) else reward.score(preds, gts)
     except RewardError as e:
@@ -127,7 +136,7 @@ def choose_release(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]
     if not trained:
         raise ValueError("no trained stage to release")
     last = trained[-1]
-    val = list(ctx.domain.splits.get("val") or [])
+    val = fully_labelled(ctx.domain.splits.get("val") or [])
     if ctx.cfg.evaluate.max_samples:
         val = val[: ctx.cfg.evaluate.max_samples]
     if not val:
@@ -154,7 +163,8 @@ def judge(ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], se
         min_gain=ctx.cfg.evaluate.min_gain, min_parse_rate=ctx.cfg.evaluate.min_parse_rate,
         domain_steps=read_done(domain_dir).get("steps") if is_done(domain_dir) else None,
         warm_started="warm_start" in checkpoints,
-        label_causes=label_limits(ctx.domain.splits.get("train") or [], ctx.domain_codec.max_objects, ctx.cfg.num_bins),
+        label_causes=label_limits(fully_labelled(ctx.domain.splits.get("train") or []), ctx.domain_codec.max_objects,
+                                  ctx.cfg.num_bins),
     )  # fmt: skip
     for name, count in {"val": selection["n"], record["split"]: record["n"]}.items():
         if 0 < count < NOISY_SPLIT:
@@ -205,7 +215,7 @@ def train_fit(
     the reward stage, which samples the same images, has little to add, and more labelled
     images help more than more training. The job says so instead of leaving users to guess.
     """
-    train = ctx.domain.splits.get("train") or []
+    train = fully_labelled(ctx.domain.splits.get("train") or [])
     names = [n for n in ("domain", "reward") if n in checkpoints]
     if not train or not names:
         return {}

@@ -27,6 +27,7 @@ from pipeline.stages.common import (
     StageClock,
     checkpoint_schedule,
     drop_checkpoints,
+    fully_labelled,
     lora_wrap,
     resume_point,
     save_model,
@@ -154,7 +155,7 @@ def _validation(
     if not isinstance(stage_cfg, SupervisedConfig):
         return None
     dataset = ctx.warm if stage == "warm_start" else ctx.domain
-    val = list((dataset.splits.get("val") if dataset else None) or [])[: stage_cfg.val_samples]
+    val = fully_labelled((dataset.splits.get("val") if dataset else None) or [])[: stage_cfg.val_samples]
     every = check_interval(planned, stage_cfg.val_checks)
     every_s = check_seconds(stage_cfg.max_seconds, stage_cfg.val_checks) if not stage_cfg.max_steps else None
     if not val or (every is None and every_s is None):
