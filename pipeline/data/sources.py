@@ -40,14 +40,23 @@ SYNTHETIC_SCHEME = "synthetic"
 # Handled by pipeline.data.remote (downloaded into the cache, then read like a local copy).
 # http:// is listed so that remote can explain when it is allowed (local stack and tests only).
 REMOTE_SCHEMES = ("s3", "gs", "https", "http", "gridfs")
-# Query parameters a synthetic:// URI may carry, with the type each must parse as.
-SYNTHETIC_PARAMS: dict[str, type] = {
+
+
+def _flag(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(text)
+    return text == "1"
+
+
+# Query parameters a synthetic:// URI may carry, with the parser of each.
+SYNTHETIC_PARAMS: dict[str, Any] = {
     "n": int,
     "seed": int,
     "size": int,
     "min_objects": int,
     "max_objects": int,
     "task": str,
+    "shift": _flag,  # the shifted held-out look (pipeline.data.synthetic.generate)
 }
 _COMPLETE_MARKER = ".dreamforge-complete"
 
@@ -122,7 +131,7 @@ def resolve_source(source: str | os.PathLike[str]) -> Source:
 
 
 def parse_synthetic_uri(uri: str) -> dict[str, Any]:
-    """Parse ``synthetic://KIND?n=N&seed=S[&size=..&min_objects=..&max_objects=..&task=..]``.
+    """Parse ``synthetic://KIND?n=N&seed=S[&size=..&min_objects=..&max_objects=..&task=..&shift=0|1]``.
 
     >>> parse_synthetic_uri("synthetic://retail-shelf?n=64&seed=0")
     {'kind': 'retail-shelf', 'n': 64, 'seed': 0}
@@ -143,6 +152,8 @@ def parse_synthetic_uri(uri: str) -> dict[str, Any]:
         try:
             params[key] = kind_of(values[0])
         except ValueError:
+            if kind_of is _flag:
+                raise DataError(f"{uri}: parameter {key}={values[0]!r} must be 0 or 1; e.g. {key}=1") from None
             raise DataError(
                 f"{uri}: parameter {key}={values[0]!r} is not an integer; e.g. {key}=64"
             ) from None
