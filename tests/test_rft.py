@@ -94,7 +94,7 @@ def test_a_threshold_above_every_reward_keeps_nothing_and_says_so(rft_job, tmp_p
     from pipeline.stages.rft import train_rft
 
     rep = _Lines()
-    ctx = _context(tmp_path, rft_job, {"max_seconds": 6, "rft_threshold": 1000.0}, rep)
+    ctx = _context(tmp_path, rft_job, {"max_steps": None, "max_seconds": 6, "rft_threshold": 1000.0}, rep)
     domain_model = rft_job / "stages" / "domain" / "model"
     out_model = tmp_path / "model"
     info = train_rft(ctx, "reward", domain_model, ctx.domain.splits["train"], ctx.domain_codec, ctx.cfg.rl, out_model)
@@ -136,3 +136,55 @@ def test_pseudo_label_keeps_the_best_parsed_answer_scored_by_a_javascript_reward
     targets, parsed, _ = predict_targets(model, processor, samples, codec)
     assert [s.target for s in plain] == [t for t, ok in zip(targets, parsed) if ok]
     assert plain.indices == [i for i, ok in enumerate(parsed) if ok] and plain.best == []
+
+
+def test_a_time_budget_is_split_between_sampling_and_training(rft_job, tmp_path):
+    from pipeline.stages.rft import train_rft
+
+    # 4 s over 2 rounds; sampling may take 5 % of a round (0.1 s): a batch or two of the
+    # training images, a new set each round, and the rest of each round trains
+    rl = {"max_steps": None, "max_seconds": 4, "rft_threshold": -1.0, "rft_sample_share": 0.05, "lr": 1e-3}
+    ctx = _context(tmp_path, rft_job, rl, _Lines())
+    train = ctx.domain.splits["train"]
+    info = train_rft(ctx, "reward", rft_job / "stages" / "domain" / "model", train, ctx.domain_codec, ctx.cfg.rl,
+                     tmp_path / "model")  # fmt: skip
+    assert all(1 <= r["sampled"] < len(train) for r in info["round_stats"]), info["round_stats"]
+    assert info["steps"] > 0 and info["sample_seconds"] < 1.5
+    assert info["sample_seconds"] + info["train_seconds"] <= 4 + 1.0  # one step may run past the budget
+
+
+class _CancelInRound2(_Lines):
+    """Cancels the job once round 2 has sampled: the restart must not sample round 2 again."""
+
+    stop = False
+
+    def log(self, message, *, level="info", stage=None):
+        super().log(message, level=level, stage=stage)
+        self.stop = self.stop or message.startswith("rft round 2/2: sampled")
+
+    def should_stop(self):
+        return self.stop
+
+
+def test_a_restarted_stage_keeps_finished_rounds_and_the_kept_answers(rft_job, tmp_path):
+    from pipeline.stages.common import StageCancelled
+    from pipeline.stages.rft import train_rft
+
+    rl = {"max_steps": 4, "lr": 1e-3, "rft_threshold": -1.0}
+    first = _CancelInRound2()
+    ctx = _context(tmp_path, rft_job, rl, first)
+    train, domain_model = ctx.domain.splits["train"], rft_job / "stages" / "domain" / "model"
+    with pytest.raises(StageCancelled):
+        train_rft(ctx, "reward", domain_model, train, ctx.domain_codec, ctx.cfg.rl, tmp_path / "model")
+    rounds = tmp_path / "stages" / "reward.rounds"
+    assert (rounds / "round-1" / "DONE.json").exists() and (rounds / "round-2" / "kept.json").exists()
+    kept2 = len(json.loads((rounds / "round-2" / "kept.json").read_text())["indices"])
+    again = _Lines()
+    ctx = _context(tmp_path, rft_job, rl, again)
+    info = train_rft(ctx, "reward", domain_model, train, ctx.domain_codec, ctx.cfg.rl, tmp_path / "model")
+    logs = [m for _, m in again.lines]
+    assert "rft round 1/2: finished before the restart" in logs
+    assert f"rft round 2/2: retraining on the {kept2} answers kept before the restart" in logs
+    assert not any(m.startswith("rft round") and "sampled" in m for m in logs)  # nothing sampled twice
+    assert info["sampled"] == 2 * len(train) and info["steps"] == 4 and info["round_stats"][1]["kept"] == kept2
+    assert (tmp_path / "model" / "config.json").exists() and not rounds.exists()

@@ -213,11 +213,13 @@ def _round(
     budget = (rl.max_seconds - spent) / (rounds - r + 1) if rl.max_seconds else None
     lo, hi = (r - 1) / rounds, r / rounds
     kept_file = rdir / "kept.json"
+    earlier = 0.0  # seconds an interrupted attempt spent sampling this round
     if kept_file.exists():
         saved = json.loads(kept_file.read_text())
         pairs = zip(saved["indices"], saved["targets"], strict=True)
         kept = [dataclasses.replace(samples[i], target=t, label_kind="full") for i, t in pairs]
         stats = saved["stats"]
+        earlier = stats["sample_seconds"]
         ctx.reporter.log(f"rft round {r}/{rounds}: retraining on the {len(kept)} answers kept before the restart", stage=stage)
     else:
         labels = _sample(ctx, stage, current, samples, codec, rl, reward_fn, r, budget, lo, hi)
@@ -257,7 +259,7 @@ def _round(
         trained = train_sft(sub, stage, Path(current), kept, codec, cfg, rdir / "model")
     record = {"round": r, **stats, "kept": len(kept), "steps": trained["steps"],
               "train_seconds": trained["train_seconds"], "examples": trained["examples"],
-              "seconds": round(stats["sample_seconds"] + time.monotonic() - t0, 2)}  # fmt: skip
+              "seconds": round(earlier + time.monotonic() - t0, 2)}  # fmt: skip
     with ctx.publish():
         (rdir / "DONE.json").write_text(json.dumps(record))
     ctx.reporter.progress(stage, hi)
