@@ -190,7 +190,7 @@ def train_rft(
             model, processor = load_model(in_model, ctx.device)
             ensure_tokens(model, processor, codec.special_tokens())
             save_model(model, processor, out_model)
-    shutil.rmtree(rounds_dir, ignore_errors=True)
+        shutil.rmtree(rounds_dir, ignore_errors=True)
     return info
 
 
@@ -243,8 +243,9 @@ def _round(
                                        "rft_mean_best_reward": stats["best_sum"] / max(stats["sampled"], 1)})  # fmt: skip
     steps_left = rl.max_steps - step0 if rl.max_steps else None
     # As GRPO: a time budget without max_steps trains until the budget, whatever the epochs.
-    steps = math.ceil(steps_left / (rounds - r + 1)) if steps_left else (100_000 if budget else None)
-    train_budget = (budget - stats["sample_seconds"]) if budget else None
+    steps = math.ceil(steps_left / (rounds - r + 1)) if steps_left else (100_000 if budget is not None else None)
+    # what the round has left after loading and sampling (this attempt's, and an earlier one's)
+    train_budget = budget - earlier - (time.monotonic() - t0) if budget is not None else None
     trained: dict[str, Any] = {"steps": 0, "train_seconds": 0.0, "examples": 0}
     if not kept:
         ctx.reporter.log(f"rft round {r}/{rounds}: no answer reached rl.rft_threshold {rl.rft_threshold}; "
@@ -272,15 +273,16 @@ def _sample(ctx, stage, current, samples, codec, rl, reward_fn, r, budget, lo, h
     random.Random(ctx.cfg.seed * 1009 + r).shuffle(order)
     model, processor = load_model(current, ctx.device)
     ensure_tokens(model, processor, codec.special_tokens())
-    deadline = time.monotonic() + rl.rft_sample_share * budget if budget else None
+    window = rl.rft_sample_share * budget if budget is not None else None
+    deadline = time.monotonic() + window if window is not None else None
     mid = lo + (hi - lo) / 2
 
     def on_batch(done: int) -> None:
         if ctx.reporter.should_stop():
             raise StageCancelled(f"stage {stage} cancelled")
         part = done / len(samples)
-        if deadline is not None:
-            part = max(part, 1 - (deadline - time.monotonic()) / (rl.rft_sample_share * budget))
+        if deadline is not None and window > 0:
+            part = max(part, 1 - (deadline - time.monotonic()) / window)
         ctx.reporter.progress(stage, lo + (mid - lo) * min(part, 1.0))
 
     labels = pseudo_label(model, processor, [samples[i] for i in order], codec, reward_fn,
