@@ -142,8 +142,9 @@ def test_a_time_budget_is_split_between_sampling_and_training(rft_job, tmp_path)
     from pipeline.stages.rft import train_rft
 
     # 4 s over 2 rounds; sampling may take 0.1 % of a round (2 ms): only the first batch of
-    # images is sampled, and the rest of each round's 2 s trains on their answers
-    rl = {"max_steps": None, "max_seconds": 4, "rft_threshold": -1.0, "rft_sample_share": 0.001, "lr": 1e-3}
+    # images is sampled, and the rest of each round's 2 s trains on their answers (the epochs
+    # are a ceiling far above what the budget allows)
+    rl = {"max_steps": None, "epochs": 1000, "max_seconds": 4, "rft_threshold": -1.0, "rft_sample_share": 0.001, "lr": 1e-3}
     ctx = _context(tmp_path, rft_job, rl, _Lines())
     train = ctx.domain.splits["train"]
     info = train_rft(ctx, "reward", rft_job / "stages" / "domain" / "model", train, ctx.domain_codec, ctx.cfg.rl,

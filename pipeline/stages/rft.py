@@ -10,8 +10,8 @@ GRPO (FACTS.md); the reward only has to rank answers, not give a gradient.
 Time: with ``max_seconds`` each round gets an equal share of what is left; sampling stops at
 ``rft_sample_share`` of it (images come in a new order each round, so rounds see different
 ones) and training gets the rest, so a round that samples fast trains longer. ``max_steps`` is
-split over the rounds (and, as in GRPO, a budget without it trains until the budget); with
-neither, each round samples every image and trains ``epochs`` over its kept answers.
+split over the rounds; otherwise each round trains ``epochs`` over its kept answers, or until
+its time is up, whichever ends first (a round that ends early leaves its time to the next).
 
 Resume: a round is the unit. Its kept answers are written before it trains, its model and
 record after; a restarted stage skips finished rounds, retrains the interrupted round on the
@@ -242,8 +242,8 @@ def _round(
     ctx.reporter.metric(stage, step0, {"rft_kept_share": len(kept) / max(stats["sampled"], 1),
                                        "rft_mean_best_reward": stats["best_sum"] / max(stats["sampled"], 1)})  # fmt: skip
     steps_left = rl.max_steps - step0 if rl.max_steps else None
-    # As GRPO: a time budget without max_steps trains until the budget, whatever the epochs.
-    steps = math.ceil(steps_left / (rounds - r + 1)) if steps_left else (100_000 if budget is not None else None)
+    # As in the other stages, epochs stay a ceiling under a time budget (whichever ends first).
+    steps = math.ceil(steps_left / (rounds - r + 1)) if steps_left else None
     # what the round has left after loading and sampling (this attempt's, and an earlier one's)
     train_budget = budget - earlier - (time.monotonic() - t0) if budget is not None else None
     trained: dict[str, Any] = {"steps": 0, "train_seconds": 0.0, "examples": 0}
