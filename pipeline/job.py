@@ -268,13 +268,11 @@ def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
 
         return train_sft(ctx, stage, previous, samples, ctx.domain_codec, cfg.domain, out_model,
                          epoch_examples=len(labelled))  # fmt: skip
-    if cfg.rl.algorithm == "rft":
-        from pipeline.stages.rft import train_rft
-
-        return train_rft(ctx, stage, previous, samples, ctx.domain_codec, cfg.rl, out_model)
     from pipeline.stages.grpo import train_grpo
+    from pipeline.stages.rft import train_rft
 
-    return train_grpo(ctx, stage, previous, samples, ctx.domain_codec, cfg.rl, out_model)
+    train = train_rft if cfg.rl.algorithm == "rft" else train_grpo
+    return train(ctx, stage, previous, samples, ctx.domain_codec, cfg.rl, out_model)
 
 
 def augmented_train(ctx: Context, stage: str) -> list:

@@ -131,7 +131,7 @@ def resolve_source(source: str | os.PathLike[str]) -> Source:
 
 
 def parse_synthetic_uri(uri: str) -> dict[str, Any]:
-    """Parse ``synthetic://KIND?n=N&seed=S[&size=..&min_objects=..&max_objects=..&task=..&shift=0|1]``.
+    """Parse ``synthetic://KIND?n=N&seed=S[&size=..&min_objects=..&max_objects=..&task=..]``.
 
     >>> parse_synthetic_uri("synthetic://retail-shelf?n=64&seed=0")
     {'kind': 'retail-shelf', 'n': 64, 'seed': 0}

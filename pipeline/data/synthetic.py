@@ -696,21 +696,21 @@ def generate(
     *,
     seed: int,
     task: str = "detect",
+    shift: bool = False,
     size: int = 64,
     min_objects: int | None = None,
     max_objects: int | None = None,
-    shift: bool = False,
 ) -> Dataset:
     """``n`` synthetic samples of ``kind``, all in ``splits["train"]`` (callers split).
-
-    Every target is filled for ``task``: boxes and labels always, plus one outline polygon
-    per instance (segment), K=3 named keypoints per instance and their flat ``points``
-    (keypoints), or a short counting caption (caption).
 
     ``shift=True`` draws a held-out set outside the training distribution: other backgrounds,
     lighting and object scale, plus distractor shapes that are none of the categories and are
     not in the target. Same categories, same label semantics; its own random stream and file
     names, so it never repeats an unshifted image.
+
+    Every target is filled for ``task``: boxes and labels always, plus one outline polygon
+    per instance (segment), K=3 named keypoints per instance and their flat ``points``
+    (keypoints), or a short counting caption (caption).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic kind {kind!r}; choose one of {', '.join(KINDS)}")

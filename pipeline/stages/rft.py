@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from pipeline.codec import Codec
-from pipeline.config import RLConfig, StageConfig
+from pipeline.config import RLConfig, SupervisedConfig
 from pipeline.models.loading import ensure_tokens, load_model
 from pipeline.predict import generate_texts
 from pipeline.rewards.base import as_trl_reward
@@ -253,9 +253,9 @@ def _round(
     elif (train_budget is not None and train_budget < MIN_TRAIN_SECONDS) or steps_left == 0:
         ctx.reporter.log(f"rft round {r}/{rounds}: no budget left to train", level="warning", stage=stage)
     else:
-        cfg = StageConfig(epochs=rl.epochs, max_seconds=train_budget, lr=rl.lr, lora=rl.lora, lora_r=rl.lora_r,
-                          batch_size=rl.batch_size,
-                          max_steps=steps)  # fmt: skip
+        # A supervised stage without validation checks: the kept answers are the whole signal.
+        cfg = SupervisedConfig(epochs=rl.epochs, max_seconds=train_budget, lr=rl.lr, lora=rl.lora, lora_r=rl.lora_r,
+                               batch_size=rl.batch_size, max_steps=steps, val_checks=0)  # fmt: skip
         sub = dataclasses.replace(ctx, reporter=_RoundReporter(ctx.reporter, lo + (hi - lo) / 2, hi, step0))
         trained = train_sft(sub, stage, Path(current), kept, codec, cfg, rdir / "model")
     record = {"round": r, **stats, "kept": len(kept), "steps": trained["steps"],

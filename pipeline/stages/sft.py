@@ -77,8 +77,7 @@ def train_sft(
     train = datasets.Dataset.from_list(rows)
     bs = min(stage_cfg.batch_size, len(rows))
     steps_per_epoch = math.ceil((epoch_examples or len(rows)) / bs)
-    # min_steps belongs to the supervised stages' config; RFT trains with a plain StageConfig
-    max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), getattr(stage_cfg, "min_steps", None) or 0)
+    max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
     # With a time budget as well, the epochs stay a ceiling: whichever ends first ends the stage
     # (time_cosine decays over both), and validation may end it before either.
     args = SFTConfig(
@@ -109,7 +108,7 @@ def train_sft(
     warmup = min(50, max(1, max_steps // 20)) if not stage_cfg.max_seconds else 20
     scheduler = time_cosine(optimizer, max_seconds=stage_cfg.max_seconds, total_steps=max_steps, warmup_steps=warmup)
     callback = ReporterCallback(ctx.reporter, stage, stage_cfg.max_seconds)
-    planned = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), getattr(stage_cfg, "min_steps", None) or 0)
+    planned = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
     validation = _validation(ctx, stage, codec, stage_cfg, processor, planned=planned)
     trainer = LocationAwareSFTTrainer(
         model=model,
