@@ -155,13 +155,28 @@ class RLConfig(StageConfig):
         "grpo", description="grpo: TRL's GRPO. rft: rejection-sampling fine-tuning: sample num_generations answers "
         "per image, keep the best when its reward clears rft_threshold, and train on those with SFT.",
     )  # fmt: skip
+    rft_threshold: float = Field(
+        0.3, ge=-1e6, le=1e6,
+        description="rft: the least reward an image's best sampled answer needs to be trained on; images whose "
+        "answers all score below it are left out of that round.",
+    )  # fmt: skip
+    rft_rounds: int = Field(
+        2, ge=1, le=100,
+        description="rft: sample-then-train rounds; each round samples with the model the previous round trained "
+        "and gets an equal share of what is left of the stage's budget.",
+    )  # fmt: skip
+    rft_sample_share: float = Field(
+        0.5, gt=0, lt=1,
+        description="rft with max_seconds: the most of each round's time spent sampling (images are sampled in a "
+        "new order each round until it is spent); the rest trains on the kept answers.",
+    )  # fmt: skip
     label_kinds: list[Literal["full", "points", "counts", "none"]] | None = Field(
         None, min_length=1,
         description="Which images stage 3 trains on, by what their labels hold (full boxes, points, counts, none). "
         "Default: every kind the reward can score (a JavaScript reward: full only).",
     )  # fmt: skip
 
-    lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of the policy.")
+    lr: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of the policy (rft: of its supervised steps).")
     batch_size: int = Field(16, ge=2, le=4096, description="Completions per step; a multiple of num_generations.")
     num_generations: int = Field(8, ge=2, le=256, description="Samples per prompt (the GRPO group size).")
     beta: float = Field(0.0, ge=0, le=100, description="KL penalty towards the reference model (0 = none, no reference copy).")

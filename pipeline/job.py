@@ -302,8 +302,10 @@ def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
         return train_sft(ctx, stage, previous, augmented_train(ctx, stage), ctx.domain_codec, cfg.domain, out_model,
                          epoch_examples=len(labelled))  # fmt: skip
     from pipeline.stages.grpo import train_grpo
+    from pipeline.stages.rft import train_rft
 
-    return train_grpo(ctx, stage, previous, reward_train(ctx, stage), ctx.domain_codec, cfg.rl, out_model)
+    train = train_rft if cfg.rl.algorithm == "rft" else train_grpo
+    return train(ctx, stage, previous, reward_train(ctx, stage), ctx.domain_codec, cfg.rl, out_model)
 
 
 KIND_WORDS = {"full": "boxed", "points": "clicked", "counts": "counted", "none": "unlabelled"}

@@ -12,9 +12,18 @@ from pipeline.stages.common import user_prompt
 
 @torch.no_grad()
 def generate_texts(
-    model, processor, images: list[Any], codec: Codec, *, batch_size: int = 32, max_new_tokens: int | None = None
+    model,
+    processor,
+    images: list[Any],
+    codec: Codec,
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int | None = None,
+    num_samples: int = 1,
+    temperature: float | None = None,
 ) -> list[str]:
-    """Greedy answers for ``images`` (PIL), in order."""
+    """Answers for ``images`` (PIL), in order: greedy, or with a ``temperature`` ``num_samples``
+    sampled answers per image, consecutive (image 0's first, …). ``batch_size`` counts answers."""
     model.eval()
     tok = processor.tokenizer
     tok.padding_side = "left"  # generation appends on the right; pad the prompt on the left
@@ -22,8 +31,10 @@ def generate_texts(
     device = next(model.parameters()).device
     texts: list[str] = []
     cap = max_new_tokens or codec.max_new_tokens()
-    for i in range(0, len(images), batch_size):
-        chunk = images[i : i + batch_size]
+    per_call = max(1, batch_size // num_samples)
+    sampling = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    for i in range(0, len(images), per_call):
+        chunk = images[i : i + per_call]
         inputs = processor(
             text=[prompt] * len(chunk), images=[[im] for im in chunk], return_tensors="pt", padding=True
         )
@@ -33,7 +44,8 @@ def generate_texts(
         out = model.generate(
             **inputs,
             max_new_tokens=cap,
-            do_sample=False,
+            num_return_sequences=num_samples,
+            **sampling,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )

@@ -200,3 +200,74 @@ def test_synthetic_uri_errors_name_the_problem():
         load_dataset("synthetic://generic?n=many", "detect")
     with pytest.raises(DataError, match="task=caption"):
         load_dataset(synthetic_uri("generic", 4, 0, task="caption"), "detect")
+
+
+SHIFTED = ("retail-shelf", "traffic-camera", "medical-scan", "generic")
+
+
+def _stats(dataset):
+    samples = dataset.splits["train"]
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for s in samples for b in s.target["boxes"]]
+    backgrounds = []
+    for s in samples:
+        outside = np.ones((s.height, s.width), bool)
+        for x1, y1, x2, y2 in s.target["boxes"]:
+            outside[y1:y2, x1:x2] = False
+        backgrounds.append(np.asarray(s.image)[outside].mean(axis=0))
+    return float(np.mean(areas)), np.mean(backgrounds, axis=0)
+
+
+@pytest.mark.parametrize("kind", SHIFTED)
+def test_shifted_images_differ_in_background_and_object_size_with_the_same_categories(kind):
+    plain, shifted = generate(kind, 16, seed=3), generate(kind, 16, seed=3, shift=True)
+    (area, background), (area_s, background_s) = _stats(plain), _stats(shifted)
+    assert abs(area_s - area) / area > 0.2, (area, area_s)  # another object scale
+    assert np.linalg.norm(background_s - background) > 15, (background, background_s)  # other backgrounds and lighting
+    assert shifted.categories == plain.categories
+    labels = {label for s in shifted.splits["train"] for label in s.target["labels"]}
+    assert labels <= set(CATEGORIES[kind])
+    lo, hi = DEFAULT_OBJECTS[kind]
+    for s in shifted.splits["train"]:
+        t = s.target
+        assert lo <= len(t["boxes"]) <= hi and len(t["labels"]) == len(t["boxes"])
+        for i, (x1, y1, x2, y2) in enumerate(t["boxes"]):
+            assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64 and min(x2 - x1, y2 - y1) >= 6
+            assert not any(_overlap(t["boxes"][i], b) for b in t["boxes"][i + 1 :])
+    # deterministic, and never a copy of an unshifted image
+    assert _fingerprint(shifted) == _fingerprint(generate(kind, 16, seed=3, shift=True))
+    assert {s.file_name for s in shifted.splits["train"]}.isdisjoint(s.file_name for s in plain.splits["train"])
+
+
+@pytest.mark.parametrize("kind", SHIFTED)
+def test_shift_distractors_are_drawn_but_never_in_the_target(kind):
+    from pipeline.data.synthetic import _PAINTERS, SHIFT_SCALE, _Shift
+
+    drawn = 0
+    for i in range(8):
+        # the painter as generate calls it for sample i, to see where the distractors went
+        rng = np.random.default_rng([3, KINDS.index(kind), i, 1])
+        lo, hi = DEFAULT_OBJECTS[kind]
+        count = int(rng.integers(lo, hi + 1))
+        shift = _Shift(SHIFT_SCALE[kind])
+        pixels, objects = _PAINTERS[kind](rng, 64, count, lo, shift)
+        target = generate(kind, i + 1, seed=3, shift=True).splits["train"][i].target
+        assert target["boxes"] == [list(o.box) for o in objects]
+        for x1, y1, x2, y2 in shift.distractors:
+            assert not any(_overlap((x1, y1, x2, y2), b) for b in target["boxes"])
+            patch = pixels[y1:y2, x1:x2].reshape(-1, 3).astype(float)
+            drawn += patch.std(axis=0).max() > 20  # a shape is there, not plain background
+    assert drawn >= 8
+
+
+def test_shift_works_through_the_uri_and_is_validated():
+    shifted = load_dataset("synthetic://retail-shelf?n=12&seed=3&shift=1", "detect")
+    plain = load_dataset("synthetic://retail-shelf?n=12&seed=3&shift=0", "detect")
+    direct = generate("retail-shelf", 12, seed=3, shift=True).splits["train"]
+    got = sorted((s for v in shifted.splits.values() for s in v), key=lambda s: s.id)
+    assert [s.image.tobytes() for s in got] == [s.image.tobytes() for s in direct]
+    assert all("shifted" in s.file_name for s in got)
+    assert not any("shifted" in s.file_name for v in plain.splits.values() for s in v)
+    with pytest.raises(DataError, match="shift='yes' must be 0 or 1"):
+        load_dataset("synthetic://retail-shelf?n=4&shift=yes", "detect")
+    with pytest.raises(DataError, match="shift is not available for 'photo'"):
+        load_dataset("synthetic://photo?n=4&shift=1", "detect")

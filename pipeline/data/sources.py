@@ -40,8 +40,16 @@ SYNTHETIC_SCHEME = "synthetic"
 # Handled by pipeline.data.remote (downloaded into the cache, then read like a local copy).
 # http:// is listed so that remote can explain when it is allowed (local stack and tests only).
 REMOTE_SCHEMES = ("s3", "gs", "https", "http", "gridfs")
-# Query parameters a synthetic:// URI may carry, with the type each must parse as.
-SYNTHETIC_PARAMS: dict[str, type] = {
+
+
+def _flag(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(text)
+    return text == "1"
+
+
+# Query parameters a synthetic:// URI may carry, with the parser of each.
+SYNTHETIC_PARAMS: dict[str, Any] = {
     "n": int,
     "seed": int,
     "size": int,
@@ -50,6 +58,7 @@ SYNTHETIC_PARAMS: dict[str, type] = {
     "points": int,  # the last `points` images carry only clicks
     "counts": int,  # the `counts` images before them only counts
     "task": str,
+    "shift": _flag,  # the shifted held-out look (pipeline.data.synthetic.generate)
 }
 _COMPLETE_MARKER = ".dreamforge-complete"
 
@@ -145,6 +154,8 @@ def parse_synthetic_uri(uri: str) -> dict[str, Any]:
         try:
             params[key] = kind_of(values[0])
         except ValueError:
+            if kind_of is _flag:
+                raise DataError(f"{uri}: parameter {key}={values[0]!r} must be 0 or 1; e.g. {key}=1") from None
             raise DataError(
                 f"{uri}: parameter {key}={values[0]!r} is not an integer; e.g. {key}=64"
             ) from None

@@ -153,7 +153,7 @@ _GENERIC_COLOURS = {
 
 
 def _generic(
-    rng: np.random.Generator, size: int, count: int, min_count: int
+    rng: np.random.Generator, size: int, count: int, min_count: int, shift: _Shift | None = None
 ) -> tuple[np.ndarray, list[_Obj]]:
     scale = size / _BASE
     # Varied backgrounds (dark, mid, light, with or without straight edges) so the warm-start
@@ -161,7 +161,11 @@ def _generic(
     base = _rint(rng, 60, 215)
     background = np.clip(base + rng.integers(-20, 21, size=3), 0, 255)
     pixels = background[None, None, :].astype(np.int16) + _noise(rng, (size, size, 1), 4)
-    if rng.random() < 0.3:  # vertical grain, like wood or fabric
+    if shift is not None:  # diagonal stripes, which no unshifted background has
+        yy, xx = np.mgrid[0:size, 0:size]
+        period = _rint(rng, _s(6, scale), _s(12, scale))
+        pixels = pixels + np.where(((xx + yy) // period) % 2 == 0, 18, -18)[..., None].astype(np.int16)
+    elif rng.random() < 0.3:  # vertical grain, like wood or fabric
         pixels = pixels + rng.integers(-12, 13, size=(1, size, 1))
     image = Image.fromarray(_to_uint8(pixels), "RGB")
     draw = ImageDraw.Draw(image)
@@ -169,7 +173,7 @@ def _generic(
         y = _rint(rng, 0, size - 1)
         shade = tuple(int(v) for v in np.clip(background - _rint(rng, 40, 90), 0, 255))
         draw.line([(0, y), (size - 1, y)], fill=shade, width=max(1, round(2 * scale)))
-    lo, hi = _s(14, scale), _s(30, scale)
+    lo, hi = _s(14, _scaled(scale, shift)), _s(30, _scaled(scale, shift))
     objects: list[_Obj] = []
     for index in range(count):
         label = CATEGORIES["generic"][_rint(rng, 0, 2)]
@@ -194,6 +198,19 @@ def _generic(
             draw.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=colour)
             polygon = [float(x1), float(y2), float(x2), float(y2), (x1 + x2) / 2, float(y1)]
         objects.append(_Obj(label, box, polygon, _vertical_keypoints(box), {"colour": colour_name}))
+    if shift is not None:  # plus signs and hollow rings: shapes that are none of the categories
+
+        def plus(box: tuple[int, int, int, int]) -> None:
+            x1, y1, x2, y2 = box
+            bar = max(2, (x2 - x1) // 3)
+            cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+            draw.rectangle([x1, cy - bar // 2, x2 - 1, cy - bar // 2 + bar - 1], fill=(200, 60, 170))
+            draw.rectangle([cx - bar // 2, y1, cx - bar // 2 + bar - 1, y2 - 1], fill=(200, 60, 170))
+
+        def ring(box: tuple[int, int, int, int]) -> None:
+            draw.ellipse([box[0], box[1], box[2] - 1, box[3] - 1], outline=(245, 245, 245), width=max(2, round(2 * scale)))
+
+        _distract(rng, objects, size, shift, [plus, ring], (_s(10, scale), _s(16, scale)))
     return np.asarray(image), objects
 
 
@@ -272,10 +289,14 @@ _PRODUCT_COLOURS = {
 
 
 def _retail_shelf(
-    rng: np.random.Generator, size: int, count: int, min_count: int
+    rng: np.random.Generator, size: int, count: int, min_count: int, shift: _Shift | None = None
 ) -> tuple[np.ndarray, list[_Obj]]:
     scale = size / _BASE
-    if rng.random() < 0.6:  # light wood, with per-column grain
+    if shift is not None:  # dark slate or glossy white shelving, never seen unshifted
+        dark = rng.random() < 0.5
+        background = np.array([58, 62, 72] if dark else [232, 232, 226]) + _rint(rng, -8, 8)
+        grain = _noise(rng, (1, size, 1), 2)
+    elif rng.random() < 0.6:  # light wood, with per-column grain
         background = np.array([195, 165, 118]) + _rint(rng, -12, 12)
         grain = _noise(rng, (1, size, 1), 7)
     else:  # light gray metal shelving
@@ -288,6 +309,9 @@ def _retail_shelf(
     thickness = _s(3, scale)
     shelf_tops = [round(size * 0.85)] if rng.random() < 0.5 else [round(size * 0.45), round(size * 0.9)]
     shelf_colour = (70 + _rint(rng, -10, 10), 45, 25)
+    if shift is not None:
+        shelf_colour = (175, 178, 184) if dark else (40, 40, 46)
+    oscale = _scaled(scale, shift)
     for top in shelf_tops:
         draw.rectangle([0, top, size - 1, top + thickness - 1], fill=shelf_colour)
 
@@ -300,9 +324,9 @@ def _retail_shelf(
             shelf = _rint(rng, 0, len(shelf_tops) - 1)
             ceiling = 1 if shelf == 0 else shelf_tops[shelf - 1] + thickness + 1
             room = shelf_tops[shelf] - ceiling
-            width = _rint(rng, _s(12, scale), _s(18, scale))
-            height = min(_rint(rng, _s(16, scale), _s(26, scale)), room)
-            if height < _s(12, scale):
+            width = _rint(rng, _s(12, oscale), _s(18, oscale))
+            height = min(_rint(rng, _s(16, oscale), _s(26, oscale)), room)
+            if height < _s(12, oscale):
                 continue
             x1 = _rint(rng, 1, size - width - 1)
             candidate = (x1, shelf_tops[shelf] - height, x1 + width, shelf_tops[shelf])
@@ -330,18 +354,31 @@ def _retail_shelf(
                 {"colour": colour_name, "shelf": y2},
             )
         )
+    if shift is not None:  # purple and pink round items and price tags: on the shelf, not products
+
+        def round_item(box: tuple[int, int, int, int]) -> None:
+            colour = (150, 70, 180) if rng.random() < 0.5 else (240, 150, 190)
+            draw.ellipse([box[0], box[1], box[2] - 1, box[3] - 1], fill=colour, outline=_darker(colour))
+
+        def tag(box: tuple[int, int, int, int]) -> None:
+            x1, y1, x2, y2 = box
+            draw.rectangle([x1, y1, x2 - 1, min(y2, y1 + _s(6, scale)) - 1], fill=(250, 140, 40))
+
+        _distract(rng, objects, size, shift, [round_item, tag], (_s(8, scale), _s(12, scale)))
     return np.asarray(image), objects
 
 
 def _medical_scan(
-    rng: np.random.Generator, size: int, count: int, min_count: int
+    rng: np.random.Generator, size: int, count: int, min_count: int, shift: _Shift | None = None
 ) -> tuple[np.ndarray, list[_Obj]]:
     scale = size / _BASE
-    gray = Image.new("L", (size, size), _rint(rng, 10, 25))
+    # Shifted: another scanner, a grey surround and darker tissue (lesions stay ~100 levels above it).
+    gray = Image.new("L", (size, size), _rint(rng, 45, 60) if shift is not None else _rint(rng, 10, 25))
     draw = ImageDraw.Draw(gray)
     mx, my = _rint(rng, _s(2, scale), _s(6, scale)), _rint(rng, _s(2, scale), _s(6, scale))
     body = (mx, my, size - mx, size - my)
-    draw.ellipse([body[0], body[1], body[2] - 1, body[3] - 1], fill=_rint(rng, 105, 135))
+    tissue = _rint(rng, 80, 100) if shift is not None else _rint(rng, 105, 135)
+    draw.ellipse([body[0], body[1], body[2] - 1, body[3] - 1], fill=tissue)
     bcx, bcy = _centre(body)
     brx, bry = (body[2] - body[0]) / 2, (body[3] - body[1]) / 2
 
@@ -350,7 +387,7 @@ def _medical_scan(
         return all(((x - bcx) / brx) ** 2 + ((y - bcy) / bry) ** 2 <= 0.92 for x, y in corners)
 
     objects: list[_Obj] = []
-    lo, hi = _s(10, scale), _s(20, scale)
+    lo, hi = _s(10, _scaled(scale, shift)), _s(20, _scaled(scale, shift))
     for index in range(count):
         box = _place(rng, [o.box for o in objects], size, size, (lo, hi), (lo, hi), accept=inside_body)
         if box is None:
@@ -362,6 +399,17 @@ def _medical_scan(
         cx, cy = _centre(box)
         keypoints = [(float(x1), cy), (cx, cy), (float(x2), cy)]
         objects.append(_Obj("lesion", box, _ellipse_polygon(box), keypoints))
+    if shift is not None:  # dark cysts and tiny bright calcifications: findings that are not lesions
+
+        def cyst(box: tuple[int, int, int, int]) -> None:
+            draw.ellipse([box[0], box[1], box[2] - 1, box[3] - 1], fill=_rint(rng, 25, 40))
+
+        def speck(box: tuple[int, int, int, int]) -> None:
+            cx, cy = _centre(box)
+            r = max(1, round(1.5 * scale))
+            draw.ellipse([cx - r, cy - r, cx + r - 1, cy + r - 1], fill=_rint(rng, 215, 245))
+
+        _distract(rng, objects, size, shift, [cyst, speck], (_s(6, scale), _s(10, scale)), accept=inside_body)
     # Mild acquisition noise over everything; lesions stay ~100 gray levels above tissue.
     pixels = np.asarray(gray).astype(np.int16) + np.round(rng.normal(0, 5, (size, size))).astype(np.int16)
     channel = _to_uint8(pixels)
@@ -372,10 +420,10 @@ _VEHICLE_COLOURS = ((200, 30, 30), (40, 70, 200), (235, 235, 235), (25, 25, 30),
 
 
 def _traffic_camera(
-    rng: np.random.Generator, size: int, count: int, min_count: int
+    rng: np.random.Generator, size: int, count: int, min_count: int, shift: _Shift | None = None
 ) -> tuple[np.ndarray, list[_Obj]]:
     scale = size / _BASE
-    asphalt = _rint(rng, 85, 110)
+    asphalt = _rint(rng, 140, 160) if shift is not None else _rint(rng, 85, 110)  # shifted: pale concrete
     pixels = np.full((size, size, 3), asphalt, np.int16) + _noise(rng, (size, size, 1), 5)
     image = Image.fromarray(_to_uint8(pixels), "RGB")
     draw = ImageDraw.Draw(image)
@@ -390,7 +438,7 @@ def _traffic_camera(
             if x + dash > 0:
                 draw.rectangle(
                     [max(x, 0), y - mark // 2, min(x + dash, size) - 1, y - mark // 2 + mark - 1],
-                    fill=(240, 240, 240),
+                    fill=(240, 240, 240) if shift is None else (235, 200, 40),
                 )
     headings = [1 if rng.random() < 0.5 else -1 for _ in range(lanes)]  # +1: driving right
 
@@ -399,11 +447,12 @@ def _traffic_camera(
         label = CATEGORIES["traffic-camera"][_rint(rng, 0, 2)]
         length_range = {"car": (16, 20), "truck": (26, 34), "bus": (28, 36)}[label]
         width_range = (12, 13) if label == "car" else (13, 15)
+        oscale = _scaled(scale, shift)
         box = lane = None
         for _ in range(_TRIES):
             lane = _rint(rng, 0, lanes - 1)
-            length = _rint(rng, _s(length_range[0], scale), _s(length_range[1], scale))
-            width = _rint(rng, _s(width_range[0], scale), _s(width_range[1], scale))
+            length = _rint(rng, _s(length_range[0], oscale), _s(length_range[1], oscale))
+            width = _rint(rng, _s(width_range[0], oscale), _s(width_range[1], oscale))
             top_min, top_max = bounds[lane] + mark, bounds[lane + 1] - mark - width
             if top_max < top_min or length > size - 2:
                 continue
@@ -442,11 +491,73 @@ def _traffic_camera(
         cx, cy = _centre(box)
         front, rear = (float(x2), float(x1)) if heading > 0 else (float(x1), float(x2))
         objects.append(_Obj(label, box, _rect_polygon(box), [(front, cy), (cx, cy), (rear, cy)]))
+    if shift is not None:  # traffic cones and manhole covers: on the road, not vehicles
+
+        def cone(box: tuple[int, int, int, int]) -> None:
+            x1, y1, x2, y2 = box
+            draw.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=(250, 110, 20))
+
+        def manhole(box: tuple[int, int, int, int]) -> None:
+            draw.ellipse([box[0], box[1], box[2] - 1, box[3] - 1], fill=(45, 45, 50), outline=(20, 20, 20))
+
+        _distract(rng, objects, size, shift, [cone, manhole], (_s(6, scale), _s(10, scale)))
     return np.asarray(image), objects
 
 
 class _NoRoom(Exception):
     """Raised by a painter when min_objects cannot be placed; turned into a ValueError."""
+
+
+# ------------------------------------------------------------------------------- shift
+
+# Object size factor of a shifted image, per kind: a farther camera (smaller products and
+# vehicles), another zoom on the scanner (larger lesions), smaller generic shapes.
+SHIFT_SCALE = {"generic": 0.7, "retail-shelf": 0.75, "medical-scan": 1.3, "traffic-camera": 0.75}
+
+
+@dataclass
+class _Shift:
+    """What a painter changes for the shifted held-out set (``generate(shift=True)``): its own
+    backgrounds, object sizes times ``scale``, and unlabelled distractors (kept in
+    ``distractors`` so objects and distractors never overlap). Lighting is applied after
+    painting (``_relight``)."""
+
+    scale: float
+    distractors: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+
+def _scaled(scale: float, shift: _Shift | None) -> float:
+    return scale * (shift.scale if shift is not None else 1.0)
+
+
+def _distract(
+    rng: np.random.Generator,
+    objects: list[_Obj],
+    size: int,
+    shift: _Shift,
+    painters: list[Callable[[tuple[int, int, int, int]], None]],
+    side: tuple[int, int],
+    *,
+    accept: Callable[[tuple[int, int, int, int]], bool] | None = None,
+) -> None:
+    """Draw 1 to 3 distractors with ``painters`` in free space; they never enter the target."""
+    for _ in range(_rint(rng, 1, 3)):
+        box = _place(rng, [o.box for o in objects] + shift.distractors, size, size, side, side, accept=accept)
+        if box is None:
+            return
+        painters[_rint(rng, 0, len(painters) - 1)](box)
+        shift.distractors.append(box)
+
+
+def _relight(rng: np.random.Generator, pixels: np.ndarray, *, grey: bool) -> np.ndarray:
+    """Other lighting: dimmer overall, a light gradient across the image, a colour cast."""
+    size = pixels.shape[0]
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1) - 0.5
+    ramp = (np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(50, 90)
+    cast = np.full(3, rng.uniform(-12, 12)) if grey else rng.uniform(-15, 15, size=3)
+    out = pixels.astype(np.float32) * rng.uniform(0.75, 0.9) + ramp[..., None] + cast
+    return _to_uint8(np.round(out))
 
 
 def _place(
@@ -593,6 +704,7 @@ def generate(
     *,
     seed: int,
     task: str = "detect",
+    shift: bool = False,
     size: int = 64,
     min_objects: int | None = None,
     max_objects: int | None = None,
@@ -600,6 +712,11 @@ def generate(
     counts: int = 0,
 ) -> Dataset:
     """``n`` synthetic samples of ``kind``, all in ``splits["train"]`` (callers split).
+
+    ``shift=True`` draws a held-out set outside the training distribution: other backgrounds,
+    lighting and object scale, plus distractor shapes that are none of the categories and are
+    not in the target. Same categories, same label semantics; its own random stream and file
+    names, so it never repeats an unshifted image.
 
     Every target is filled for ``task``: boxes and labels always, plus one outline polygon
     per instance (segment), K=3 named keypoints per instance and their flat ``points``
@@ -614,6 +731,8 @@ def generate(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if shift and kind not in SHIFT_SCALE:
+        raise ValueError(f"shift is not available for {kind!r}; it is for {', '.join(SHIFT_SCALE)}")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if not isinstance(n, int) or n < 0:
@@ -645,10 +764,14 @@ def generate(
     kind_index = KINDS.index(kind)
     samples: list[Sample] = []
     for i in range(n):
-        rng = np.random.default_rng([seed, kind_index, i])
+        rng = np.random.default_rng([seed, kind_index, i, 1] if shift else [seed, kind_index, i])
         count = _rint(rng, lo, hi)
         try:
-            pixels, objects = _PAINTERS[kind](rng, size, count, lo)
+            if shift:
+                pixels, objects = _PAINTERS[kind](rng, size, count, lo, _Shift(SHIFT_SCALE[kind]))
+                pixels = _relight(rng, pixels, grey=kind == "medical-scan")
+            else:
+                pixels, objects = _PAINTERS[kind](rng, size, count, lo)
         except _NoRoom:
             raise ValueError(
                 f"cannot fit {lo} non-overlapping {kind} objects in a {size}×{size} image; "
@@ -677,7 +800,7 @@ def generate(
         samples.append(
             Sample(
                 id=i + 1,
-                file_name=f"{kind}-{i:05d}.png",
+                file_name=f"{kind}-{'shifted-' if shift else ''}{i:05d}.png",
                 width=size,
                 height=size,
                 target=target,
