@@ -10,6 +10,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard.api import Api
+from dreamforge.settings import dashboard_page
 from pipeline.config import CurriculumConfig
 from pipeline.stage_table import BY_NAME, STAGE_TABLE, TRAINED, models_newest_first
 
@@ -70,7 +71,7 @@ def status_text(job: dict[str, Any]) -> str:
 
 
 def job_url(job_id: str) -> str:
-    return f"/job?job={job_id}"
+    return dashboard_page("", "job", job_id)
 
 
 def parse_time(value: str | None) -> datetime | None:

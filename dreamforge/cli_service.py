@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dreamforge.client import STACK_FILE, ApiError, Client
+from dreamforge.client import STACK_FILE, ApiError, Client, stack_info
+from dreamforge.settings import dashboard_page
 from pipeline.stage_table import BY_NAME
 
 
@@ -105,7 +106,7 @@ def register(app: typer.Typer) -> None:
         try:
             typer.echo(f"DreamForge is up.\n  API:       {stack.api_url}  (docs at {stack.api_url}/docs)")
             if stack.dashboard_url:
-                typer.echo(f"  dashboard: {stack.dashboard_url}")
+                typer.echo(f"  dashboard: {dashboard_page(stack.dashboard_url, 'train')}")
             typer.echo(f"  API key:   {stack.dev_key}  (dev project; also in {home / 'dev-api-key'})")
             typer.echo(f"  database:  {stack.uri}\nPress Ctrl-C to stop.")
             # Wake up now and then: Ctrl-C may be delivered to one of the stack's threads, and a
@@ -183,6 +184,8 @@ def register(app: typer.Typer) -> None:
                     body["preset"] = "retail-shelf"
                 job_id = c.submit(body)["jobId"]
                 typer.echo(f"submitted {job_id}")
+                if dash := _dashboard_url(c):
+                    typer.echo(f"  dashboard: {dashboard_page(dash, 'job', job_id)}")
                 if follow:
                     job = follow_job(c, job_id)
                     print_summary(job)
@@ -322,6 +325,14 @@ def _start(home: Path, workers: int, dashboard: bool):
                                                "dashboard": stack.dashboard_url, "pid": os.getpid()}))  # fmt: skip
     (home / STACK_FILE).chmod(0o600)
     return stack
+
+
+def _dashboard_url(c: Client) -> str | None:
+    """The dashboard of the API this client talks to: $DREAMFORGE_DASHBOARD_URL, or the local
+    stack's own when the client talks to that stack."""
+    info = stack_info() or {}
+    own = info.get("dashboard") if info.get("url") == c.url else None
+    return os.environ.get("DREAMFORGE_DASHBOARD_URL") or own
 
 
 def _dataset_ref(c: Client, dataset: str, task: str) -> str:

@@ -21,7 +21,7 @@ from pymongo.errors import PyMongoError
 
 from dreamforge import queue
 from dreamforge.schemas import FINAL_STATUSES
-from dreamforge.settings import Settings
+from dreamforge.settings import Settings, dashboard_page
 from dreamforge.store import COMMENTS, JOBS
 from pipeline.stage_table import BY_NAME, STAGES, models_newest_first
 
@@ -45,7 +45,7 @@ def due(t: datetime) -> str:
 
 
 def dashboard_link(settings: Settings, job_id: str) -> str | None:
-    return f"{settings.dashboard_url.rstrip('/')}/job?job={job_id}" if settings.dashboard_url else None  # dashboard/ui.py job_link
+    return dashboard_page(settings.dashboard_url, "job", job_id) if settings.dashboard_url else None
 
 
 def key_metric(job: dict[str, Any]) -> tuple[str, float] | None:

@@ -379,7 +379,8 @@ def test_dreamforge_up_starts_the_dashboard_and_prints_its_url(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, "".join(out)
             out.append(proc.stdout.readline())
         url = next(ln.split()[1] for ln in out if ln.strip().startswith("dashboard:"))
-        assert httpx.get(url + "/_stcore/health", timeout=5).text == "ok"
+        assert url.endswith("/train")  # the named page, not the root
+        assert httpx.get(url.removesuffix("/train") + "/_stcore/health", timeout=5).text == "ok"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
@@ -449,3 +450,24 @@ def test_browser_follows_a_running_job_without_reloading(stack, db, jobs, browse
     page.get_by_text(f"Logs ({n + 3} lines)").wait_for(timeout=15_000)
     page.wait_for_function("document.body.innerText.includes('domain line 902')", timeout=15_000)
     page.close()
+
+
+def test_browser_opens_every_page_by_its_url(stack, browser):
+    """/train, /jobs, /job?job=…, /previews open by URL (links from the README, the API, the CLI
+    and the Action land there); the root and a bare /?job=… link go on to the right page."""
+    with api(stack) as c:
+        job_id = submit(c, tiny_job_config())
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        for path, title in (("/train", "Train"), ("/jobs", "Jobs"), (f"/job?job={job_id}", f"Job {job_id}"),
+                            ("/previews", "Previews"), ("/", "Train"), (f"/?job={job_id}", f"Job {job_id}")):  # fmt: skip
+            page.goto(stack.dashboard_url + path, timeout=60_000)
+            page.locator("h1").filter(has_text=title).first.wait_for(timeout=60_000)
+            assert "Page not found" not in page.inner_text("body"), path
+        assert page.url == f"{stack.dashboard_url}/job?job={job_id}"  # the address bar names the page too
+        page.goto(stack.dashboard_url + "/", timeout=60_000)
+        page.wait_for_url(f"{stack.dashboard_url}/train", timeout=30_000)
+    finally:
+        page.close()
+        with api(stack) as c:
+            c.post(f"/api/jobs/{job_id}/cancel")
