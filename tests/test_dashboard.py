@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from service_helpers import api, wait_job
 from dreamforge import queue
 from dreamforge.auth import create_project
 from dreamforge.stack import start_dashboard, start_stack
+from pipeline.rewards.js import EXAMPLES
 
 REPO = "acme/shelves"
 
@@ -44,11 +46,14 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished(stack):
-    """One real tiny job, all four stages, on branch main of acme/shelves."""
+    """One real tiny job, all four stages, on branch main of acme/shelves, trained with a stored
+    JavaScript reward (retail_facings): its held-out score shows under its name."""
     worker = stack.start_worker()
     try:
         with api(stack) as c:
-            job_id = submit(c, tiny_job_config(), repo=REPO, branch="main", sha="a1b2c3d4e5f6")
+            source = (EXAMPLES / "retail_facings.js").read_text()
+            rid = c.post("/api/rewards", json={"name": "retail_facings", "source": source}).json()["id"]
+            job_id = submit(c, tiny_job_config(reward=rid), repo=REPO, branch="main", sha="a1b2c3d4e5f6")
             job = wait_job(c, job_id, timeout=300)
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -105,6 +110,11 @@ def test_finished_job_page_shows_stages_curves_metrics_samples_artifacts(stack, 
     assert list(table["model"]) == ["base", "warm-start SFT", "domain SFT", "RL (GRPO)", "4-bit"]
     key = finished["result"]["primary_metric"]
     assert list(table[key]) == [finished["result"]["models"][m][key] for m in ("base", "warm_start", "domain", "reward", "4bit")]
+    # the job's own JavaScript reward, scored for every model, in a column named after it
+    assert finished["result"]["reward"] == "retail_facings.js"
+    scores = [finished["result"]["models"][m].get("reward_score") for m in ("base", "warm_start", "domain", "reward", "4bit")]
+    assert all(isinstance(x, float) for x in scores), scores
+    assert "reward_score" not in table.columns and list(table["reward: retail_facings"]) == scores
     per_stage = frame(at, "steps")
     assert list(per_stage["steps"]) == [6, 4, 2]  # tiny_job_config's max_steps per stage
     # curves: the loss chart holds the SFT stages, the reward chart the RL stage's reward
@@ -112,6 +122,8 @@ def test_finished_job_page_shows_stages_curves_metrics_samples_artifacts(stack, 
     assert {"warm_start", "domain"} <= set(loss["stage"])
     reward = chart_data(at, "reward vs step")
     assert set(reward["stage"]) == {"reward"} and set(reward["metric"]) == {"reward"}
+    spec = next(json.loads(c.proto.spec) for c in at.get("vega_lite_chart") if json.loads(c.proto.spec)["title"] == "reward vs step")
+    assert spec["encoding"]["y"]["title"] == "reward: retail_facings"
     # samples: each held-out image twice (prediction, ground truth), decodable PNGs
     assert len(at.get("image")) == 12
     artifacts = frame(at, "artifact")

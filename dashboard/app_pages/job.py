@@ -18,7 +18,7 @@ from dashboard import ui
 from dashboard.api import ApiError
 from dashboard.jobview import curves, duration, thin, timing, validation_names
 from dashboard.stream import PANEL_LINES, job_stream
-from pipeline.stage_table import STAGES
+from pipeline.stage_table import REWARD_SCORE, STAGES, metric_title
 
 REFRESH_S = 2.0
 TAIL_LINES = 30
@@ -90,7 +90,9 @@ def live(job_id: str) -> None:
             st.info("No loss points yet.")
     with right:
         if len(reward):
-            chart(reward, "reward vs step", "reward")
+            # a finished job knows its reward's name (metrics.json): the axis says which reward
+            name = (job.get("result") or {}).get("reward")
+            chart(reward, "reward vs step", metric_title(REWARD_SCORE, name) if name else "reward")
         else:
             st.info("No reward points yet (the RL stage reports them).")
     # The supervised stages' validation checks (pipeline/stages/validation.py): the curve that
