@@ -140,6 +140,7 @@ def register(app: typer.Typer) -> None:
         dataset: Annotated[str | None, typer.Option(
             help="s3://, gs://, https://, synthetic://, a stored dataset id, or a local .zip/folder (uploaded).")] = None,
         reward: Annotated[str | None, typer.Option(help="Built-in reward name, stored reward id, or a .js file (uploaded).")] = None,
+        name: Annotated[str | None, typer.Option(help="The name an uploaded --dataset keeps (default: its file name).")] = None,
         preset: Annotated[str | None, typer.Option(help="Curriculum preset.")] = None,
         config: Annotated[Path | None, typer.Option(help="dreamforge.config.json")] = None,
         epochs: Annotated[str | None, typer.Option(help="Epochs of stage 1, 2 and RL: --epochs 5 3 2.")] = None,
@@ -177,7 +178,7 @@ def register(app: typer.Typer) -> None:
         with _client() as c:
             try:
                 if dataset:
-                    body["dataset"] = _dataset_ref(c, dataset, (body.get("config") or {}).get("task", "detect"))
+                    body["dataset"] = _dataset_ref(c, dataset, (body.get("config") or {}).get("task", "detect"), name)
                 if reward:
                     body["reward"] = c.store_reward(Path(reward))["id"] if reward.endswith(".js") else reward
                 if not (config or preset or dataset):
@@ -205,6 +206,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(job, indent=1))
             return
         typer.echo(f"{job['jobId']}  {job['status']}  {job['progress']:.0f}%  stage={job.get('stage') or '-'}")
+        for field, ds in (job.get("datasets") or {}).items():
+            typer.echo(f"  {field.replace('_', ' ')}: {ds['name']} ({ds['id']})")
         for s, st in job["stages"].items():
             secs = f"{st['seconds']:.1f}s" if st.get("seconds") else ""
             typer.echo(f"  {stage_label(s):<20} {st['status']:<9} attempts={st['attempts']} {secs}")
@@ -335,12 +338,17 @@ def _dashboard_url(c: Client) -> str | None:
     return os.environ.get("DREAMFORGE_DASHBOARD_URL") or own
 
 
-def _dataset_ref(c: Client, dataset: str, task: str) -> str:
-    """A local file or folder is uploaded (the API may run elsewhere); anything else passes through."""
+def _dataset_ref(c: Client, dataset: str, task: str, name: str | None = None) -> str:
+    """A local file or folder is uploaded (the API may run elsewhere) under ``name`` (default: its
+    file name), which the job shows; anything else passes through."""
     path = Path(dataset)
     if "://" in dataset or dataset.startswith("ds_") or not path.exists():
+        if name:
+            raise _fail("--name names a dataset uploaded from a local .zip or folder; --dataset is not one", 2)
         return dataset
-    return c.upload_dataset(path, task=task)["id"]
+    up = c.upload_dataset(path, name=name, task=task)
+    typer.echo(f"uploaded {path.name} as dataset {up['name']} ({up['id']}): {up['images']} images")
+    return up["id"]
 
 
 def _fmt(ln: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ import zipfile
 
 import httpx
 import pytest
+from bson import ObjectId
 from conftest import tiny_job_config
 from dashboard_helpers import app, chart_data, claim, frame, log_rows, metric_rows, submit, texts
 from PIL import Image
@@ -309,6 +310,11 @@ def test_train_page_uploads_a_zip_and_launches_onto_the_job_page(stack, db, tmp_
     assert doc["config"]["rl"]["num_generations"] == 4 and doc["config"]["rl"]["batch_size"] == 8
     assert doc["config"]["reward"] == "f1"
     assert db.datasets.find_one({"_id": ds_id})["images"] == 8
+    # the upload keeps its name: in GridFS, on the job, and on the job's page (the id is for machines)
+    gid = doc["config"]["data"]["dataset"].removeprefix("gridfs://")
+    assert db["datasets.files"].find_one({"_id": ObjectId(gid)})["metadata"]["name"] == "shelves"
+    assert doc["datasets"] == {"dataset": {"id": ds_id, "name": "shelves"}}
+    assert any(" · dataset shelves · " in c for c in texts(at, "caption")), texts(at, "caption")
     with api(stack) as c:
         c.post(f"/api/jobs/{job_id}/cancel")
 

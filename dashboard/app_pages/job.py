@@ -42,7 +42,9 @@ def header(job: dict[str, Any]) -> None:
     src = job.get("source") or {}
     where = " · ".join(x for x in (src.get("repo"), src.get("branch"), (src.get("sha") or "")[:7]) if x)
     st.title(f"Job {job['jobId']}")
-    st.caption(f"{ui.badge(job['status'])} · preset {job.get('preset') or '–'} · task {job['task']}"
+    # uploaded datasets by the name they were uploaded under (the id is for machines)
+    data = "".join(f" · {f.replace('_', ' ')} {d['name']}" for f, d in (job.get("datasets") or {}).items())
+    st.caption(f"{ui.badge(job['status'])} · preset {job.get('preset') or '–'} · task {job['task']}{data}"
                + (f" · {where}" if where else "") + f" · from {src.get('kind', 'api')}")  # fmt: skip
 
 
