@@ -10,7 +10,6 @@ from typing import Any
 import streamlit as st
 
 from dashboard.api import Api
-from dreamforge.settings import dashboard_page
 from pipeline.config import CurriculumConfig
 from pipeline.stage_table import BY_NAME, STAGE_TABLE, TRAINED, metric_title, models_newest_first
 
@@ -71,7 +70,9 @@ def status_text(job: dict[str, Any]) -> str:
 
 
 def job_url(job_id: str) -> str:
-    return dashboard_page("", "job", job_id)
+    # The page's url_path (streamlit_app.py); the service builds the same links with
+    # dreamforge.settings.dashboard_page (the browser test opens those).
+    return f"/job?job={job_id}"
 
 
 def parse_time(value: str | None) -> datetime | None:

@@ -27,6 +27,7 @@ from service_helpers import api, wait_job
 
 from dreamforge import queue
 from dreamforge.auth import create_project
+from dreamforge.settings import dashboard_page
 from dreamforge.stack import start_dashboard, start_stack
 from pipeline.rewards.js import EXAMPLES
 
@@ -475,16 +476,19 @@ def test_browser_opens_every_page_by_its_url(stack, browser):
     and the Action land there); the root and a bare /?job=… link go on to the right page."""
     with api(stack) as c:
         job_id = submit(c, tiny_job_config())
+    base = stack.dashboard_url
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     try:
-        for path, title in (("/train", "Train"), ("/jobs", "Jobs"), (f"/job?job={job_id}", f"Job {job_id}"),
-                            ("/previews", "Previews"), ("/", "Train"), (f"/?job={job_id}", f"Job {job_id}")):  # fmt: skip
-            page.goto(stack.dashboard_url + path, timeout=60_000)
+        # the URLs the service prints (dashboard_page) must be the dashboard's own page names
+        for url, title in ((dashboard_page(base, "train"), "Train"), (dashboard_page(base, "jobs"), "Jobs"),
+                           (dashboard_page(base, "job", job_id), f"Job {job_id}"), (dashboard_page(base, "previews"), "Previews"),
+                           (base + "/", "Train"), (f"{base}/?job={job_id}", f"Job {job_id}")):  # fmt: skip
+            page.goto(url, timeout=60_000)
             page.locator("h1").filter(has_text=title).first.wait_for(timeout=60_000)
-            assert "Page not found" not in page.inner_text("body"), path
-        assert page.url == f"{stack.dashboard_url}/job?job={job_id}"  # the address bar names the page too
-        page.goto(stack.dashboard_url + "/", timeout=60_000)
-        page.wait_for_url(f"{stack.dashboard_url}/train", timeout=30_000)
+            assert "Page not found" not in page.inner_text("body"), url
+        assert page.url == f"{base}/job?job={job_id}"  # the address bar names the page too
+        page.goto(base + "/", timeout=60_000)
+        page.wait_for_url(f"{base}/train", timeout=30_000)
     finally:
         page.close()
         with api(stack) as c:
