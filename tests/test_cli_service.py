@@ -96,6 +96,8 @@ def test_train_follow_status_logs_jobs_init(up, tmp_path):
     assert json.loads(out.read_text())["preset"] == "medical-scan"
     bad = df("train", "--preset", "retail-shelf", "--reward", "nope", env=env)
     assert bad.returncode == 2 and "reward" in bad.stderr
+    bad = df("train", "--dataset", "synthetic://retail-shelf?n=8", "--name", "coins", env=env)
+    assert bad.returncode == 2 and "--name names a dataset uploaded from a local .zip or folder" in bad.stderr
 
 
 def test_up_stops_everything_on_ctrl_c(up):
