@@ -113,8 +113,9 @@ def test_push_event_creates_the_job_with_outputs_and_summary(stack, db, key, tmp
     assert re.fullmatch(r"job_[0-9a-f]{16}", job_id)
     assert r.outputs["status"] == "queued"
     assert r.outputs["dashboard-url"] == f"{DASH}/job?job={job_id}"
-    assert json.loads(r.outputs["metrics"]) == {"primary_metric": None, "models": {}, "training": {}, "verdict": "", "released": None}
-    assert r.outputs["verdict"] == ""  # queued: no verdict yet
+    assert json.loads(r.outputs["metrics"]) == {"primary_metric": None, "reward": None, "models": {}, "training": {}, "verdict": "",
+                                                "released": None}  # fmt: skip
+    assert r.outputs["verdict"] == r.outputs["reward"] == r.outputs["reward-score"] == ""  # queued: no verdict or score yet
     job = db.jobs.find_one({"_id": job_id})
     assert job["source"] == {"kind": "github", "repo": REPO, "branch": "master", "sha": FIXTURE["after"], "run_id": "9001"}
     assert job["config"]["name"] == "hello" and job["status"] == "queued"
