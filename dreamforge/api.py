@@ -63,7 +63,7 @@ def job_view(doc: dict[str, Any]) -> JobView:
         stages=doc["stages"], metrics=doc.get("metrics") or {}, error=doc.get("error"), source=doc.get("source") or {},
         preset=doc.get("preset"), task=doc.get("task", "detect"), attempt=doc.get("attempt", 0),
         created_at=doc["created_at"], updated_at=doc["updated_at"], finished_at=doc.get("finished_at"),
-        result=doc.get("result"), cancel_requested=doc.get("cancel_requested", False),
+        result=doc.get("result"), cancel_requested=doc.get("cancel_requested", False), datasets=doc.get("datasets") or {},
     )  # fmt: skip
 
 
@@ -351,7 +351,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             bucket = AsyncGridFSBucket(db(request), GRIDFS_BUCKET)
             with path.open("rb") as fh:
-                gid = await bucket.upload_from_stream(f"{pid}/{name}.zip", fh, metadata={"project_id": pid})
+                gid = await bucket.upload_from_stream(f"{pid}/{name}.zip", fh, metadata={"project_id": pid, "name": name})
         doc = {"_id": "ds_" + secrets.token_hex(8), "project_id": pid, "name": name, "gridfs_id": str(gid),
                "created_at": queue.now(), "size": size, **summary}  # fmt: skip
         await db(request)[DATASETS].insert_one(doc)

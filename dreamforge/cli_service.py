@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from dreamforge.client import STACK_FILE, ApiError, Client
-from pipeline.stage_table import BY_NAME
+from dreamforge.client import STACK_FILE, ApiError, Client, stack_info
+from dreamforge.settings import dashboard_page
+from pipeline.stage_table import BY_NAME, REWARD_SCORE, metric_title
 
 
 def stage_label(stage: str | None) -> str:
@@ -70,8 +71,8 @@ def print_summary(job: dict[str, Any]) -> None:
     models = result.get("models") or {}
     if models:
         key = result.get("primary_metric", "mean_iou")
-        cols = (key, "f1_50", "parse_rate", "reward_score")
-        table = Table("model", *cols, title="held-out metrics")
+        cols = (key, "f1_50", "parse_rate", REWARD_SCORE)
+        table = Table("model", *(metric_title(k, result.get("reward")) for k in cols), title="held-out metrics")
         for name, m in models.items():
             table.add_row(name, *(f"{m[k]:.3f}" if isinstance(m.get(k), int | float) else "-" for k in cols))
         console.print(table)
@@ -105,7 +106,7 @@ def register(app: typer.Typer) -> None:
         try:
             typer.echo(f"DreamForge is up.\n  API:       {stack.api_url}  (docs at {stack.api_url}/docs)")
             if stack.dashboard_url:
-                typer.echo(f"  dashboard: {stack.dashboard_url}")
+                typer.echo(f"  dashboard: {dashboard_page(stack.dashboard_url, 'train')}")
             typer.echo(f"  API key:   {stack.dev_key}  (dev project; also in {home / 'dev-api-key'})")
             typer.echo(f"  database:  {stack.uri}\nPress Ctrl-C to stop.")
             # Wake up now and then: Ctrl-C may be delivered to one of the stack's threads, and a
@@ -139,6 +140,7 @@ def register(app: typer.Typer) -> None:
         dataset: Annotated[str | None, typer.Option(
             help="s3://, gs://, https://, synthetic://, a stored dataset id, or a local .zip/folder (uploaded).")] = None,
         reward: Annotated[str | None, typer.Option(help="Built-in reward name, stored reward id, or a .js file (uploaded).")] = None,
+        name: Annotated[str | None, typer.Option(help="The name an uploaded --dataset keeps (default: its file name).")] = None,
         preset: Annotated[str | None, typer.Option(help="Curriculum preset.")] = None,
         config: Annotated[Path | None, typer.Option(help="dreamforge.config.json")] = None,
         epochs: Annotated[str | None, typer.Option(help="Epochs of stage 1, 2 and RL: --epochs 5 3 2.")] = None,
@@ -176,13 +178,15 @@ def register(app: typer.Typer) -> None:
         with _client() as c:
             try:
                 if dataset:
-                    body["dataset"] = _dataset_ref(c, dataset, (body.get("config") or {}).get("task", "detect"))
+                    body["dataset"] = _dataset_ref(c, dataset, (body.get("config") or {}).get("task", "detect"), name)
                 if reward:
                     body["reward"] = c.store_reward(Path(reward))["id"] if reward.endswith(".js") else reward
                 if not (config or preset or dataset):
                     body["preset"] = "retail-shelf"
                 job_id = c.submit(body)["jobId"]
                 typer.echo(f"submitted {job_id}")
+                if dash := _dashboard_url(c):
+                    typer.echo(f"  dashboard: {dashboard_page(dash, 'job', job_id)}")
                 if follow:
                     job = follow_job(c, job_id)
                     print_summary(job)
@@ -202,6 +206,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(job, indent=1))
             return
         typer.echo(f"{job['jobId']}  {job['status']}  {job['progress']:.0f}%  stage={job.get('stage') or '-'}")
+        for field, ds in (job.get("datasets") or {}).items():
+            typer.echo(f"  {field.replace('_', ' ')}: {ds['name']} ({ds['id']})")
         for s, st in job["stages"].items():
             secs = f"{st['seconds']:.1f}s" if st.get("seconds") else ""
             typer.echo(f"  {stage_label(s):<20} {st['status']:<9} attempts={st['attempts']} {secs}")
@@ -324,12 +330,25 @@ def _start(home: Path, workers: int, dashboard: bool):
     return stack
 
 
-def _dataset_ref(c: Client, dataset: str, task: str) -> str:
-    """A local file or folder is uploaded (the API may run elsewhere); anything else passes through."""
+def _dashboard_url(c: Client) -> str | None:
+    """The dashboard of the API this client talks to: $DREAMFORGE_DASHBOARD_URL, or the local
+    stack's own when the client talks to that stack."""
+    info = stack_info() or {}
+    own = info.get("dashboard") if info.get("url") == c.url else None
+    return os.environ.get("DREAMFORGE_DASHBOARD_URL") or own
+
+
+def _dataset_ref(c: Client, dataset: str, task: str, name: str | None = None) -> str:
+    """A local file or folder is uploaded (the API may run elsewhere) under ``name`` (default: its
+    file name), which the job shows; anything else passes through."""
     path = Path(dataset)
     if "://" in dataset or dataset.startswith("ds_") or not path.exists():
+        if name:
+            raise _fail("--name names a dataset uploaded from a local .zip or folder; --dataset is not one", 2)
         return dataset
-    return c.upload_dataset(path, task=task)["id"]
+    up = c.upload_dataset(path, name=name, task=task)
+    typer.echo(f"uploaded {path.name} as dataset {up['name']} ({up['id']}): {up['images']} images")
+    return up["id"]
 
 
 def _fmt(ln: dict[str, Any]) -> str:

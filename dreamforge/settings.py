@@ -11,6 +11,17 @@ def _f(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+# The dashboard's named pages (dashboard/streamlit_app.py's url_path of each): every link we print
+# (README, API answers, CLI, commit status, PR comment, the Action) opens one of them by name.
+DASHBOARD_PAGES = ("train", "jobs", "job", "previews")
+
+
+def dashboard_page(base: str, page: str, job_id: str | None = None) -> str:
+    """``https://dash/job?job=ID``: the URL of one dashboard page."""
+    assert page in DASHBOARD_PAGES, page
+    return f"{base.rstrip('/')}/{page}" + (f"?job={job_id}" if job_id else "")
+
+
 @dataclass(frozen=True)
 class Settings:
     mongodb_uri: str | None = field(default_factory=lambda: os.environ.get("MONGODB_URI"))

@@ -55,3 +55,18 @@ def models_newest_first(released: str | None = None, *, base: bool = False) -> l
 
 def as_json() -> list[dict[str, Any]]:
     return [{**asdict(s), "label": s.label} for s in STAGE_TABLE]
+
+
+# The held-out mean of the job's own reward per model (pipeline/stages/evaluate.py), and the
+# title every held-out table gives it: the reward's name (metrics.json's "reward"), because for a
+# user who wrote a business reward that is the number they know it by.
+REWARD_SCORE = "reward_score"
+
+
+def metric_title(key: str, reward: str | None) -> str:
+    """``reward: retail_facings`` for the reward score of a job whose reward is retail_facings.js;
+    any other metric keeps its key."""
+    if key != REWARD_SCORE:
+        return key
+    name = (reward or "").removesuffix(".js")
+    return f"reward: {name}" if name else "reward score"
