@@ -79,6 +79,23 @@ def iou_matrix(preds: Sequence[Sequence[float]], gts: Sequence[Sequence[float]])
     return np.where(valid, inter / np.where(valid, union, 1.0), 0.0)
 
 
+def ioa_matrix(preds: Sequence[Sequence[float]], regions: Sequence[Sequence[float]]) -> np.ndarray:
+    """``(len(preds), len(regions))``: the share of each prediction's area inside each region
+    (COCO's overlap with a crowd region); 0.0 for a prediction with no area.
+
+    >>> ioa_matrix([[0, 0, 10, 10]], [[0, 0, 100, 5]]).tolist()
+    [[0.5]]
+    """
+    p = np.asarray(preds, dtype=np.float64).reshape(-1, 4)
+    r = np.asarray(regions, dtype=np.float64).reshape(-1, 4)
+    pw, ph = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+    pa = np.where((pw > 0) & (ph > 0), pw * ph, 0.0)
+    iw = np.minimum(p[:, None, 2], r[None, :, 2]) - np.maximum(p[:, None, 0], r[None, :, 0])
+    ih = np.minimum(p[:, None, 3], r[None, :, 3]) - np.maximum(p[:, None, 1], r[None, :, 1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    return np.where(pa[:, None] > 0, inter / np.where(pa > 0, pa, 1.0)[:, None], 0.0)
+
+
 def match_matrix(sim: np.ndarray, thr: float = 0.0) -> list[tuple[int, int, float]]:
     """Hungarian matching on a similarity matrix (rows: predictions, columns: ground truth).
 

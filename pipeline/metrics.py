@@ -3,6 +3,9 @@
 All inputs are canonical targets in ORIGINAL-image pixels (``pipeline.codec.Codec.decode``
 gives them for model text). Per task:
 
+Detections on crowd regions are left out of every metric (``without_crowd_hits``; COCOeval
+is given the regions as ``iscrowd`` ground truth and does the same).
+
 * detect: ``mean_iou`` (mean over images of the ``iou`` reward), ``map50`` (COCO mAP at IoU
   0.5, pycocotools), ``f1_50`` (pooled over the dataset: 2·TP / (#pred + #gt), class-aware),
   ``parse_rate``, ``mean_count_error`` (mean |#pred − #gt| per image);
@@ -30,6 +33,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from pipeline.geometry import class_mask, ioa_matrix, iou_matrix, match_matrix
 from pipeline.rewards.builtin import (
     caption_f1,
     f1_counts,
@@ -88,13 +92,15 @@ def evaluate(
             "caption_f1": _mean(caption_f1(p, g) for p, g in zip(preds, gts, strict=True)),
             "parse_rate": parse_rate,
         }
+    raw_preds = preds
+    preds = [without_crowd_hits(p, g) for p, g in zip(preds, gts, strict=True)]
     tp = n_pred = n_gt = 0
     for p, g in zip(preds, gts, strict=True):
         t, a, b = f1_counts(p, g, 0.5, class_aware=True)
         tp, n_pred, n_gt = tp + t, n_pred + a, n_gt + b
     out = {
         "mean_iou": _mean(soft_iou(p, g) for p, g in zip(preds, gts, strict=True)),
-        "map50": map50(preds, gts, categories),
+        "map50": map50(raw_preds, gts, categories),  # COCOeval ignores crowd hits itself
         "f1_50": 1.0 if n_pred + n_gt == 0 else 2.0 * tp / (n_pred + n_gt),
         "parse_rate": parse_rate,
         "mean_count_error": _mean(
@@ -106,6 +112,41 @@ def evaluate(
         out["mask_iou"] = _mean(soft_mask_iou(p, g) for p, g in zip(preds, gts, strict=True))
     elif task == "keypoints":
         out["oks"] = _mean(soft_oks(p, g, sigmas) for p, g in zip(preds, gts, strict=True))
+    return out
+
+
+CROWD_IOA = 0.5  # COCOeval's IoU threshold applied to a crowd region as overlap / detection area
+_PER_OBJECT = ("boxes", "labels", "masks", "keypoints")
+
+
+def without_crowd_hits(pred: Target, gt: Target) -> Target:
+    """``pred`` without the detections COCO would ignore: those that cover a crowd region of
+    their label (intersection over the detection's area >= 0.5) and match no real object of
+    that label at IoU >= 0.5 (``pipeline.structures``, crowd regions).
+
+    >>> gt = {"boxes": [], "labels": [], "crowd": [{"box": [0, 0, 20, 20], "label": "p"}]}
+    >>> without_crowd_hits({"boxes": [[2, 2, 8, 8]], "labels": ["p"]}, gt)["boxes"]
+    []
+    """
+    crowd = gt.get("crowd") or []
+    boxes = pred.get("boxes") or []
+    if not crowd or not boxes:
+        return pred
+    labels = ([str(x) for x in pred.get("labels") or []] + [""] * len(boxes))[: len(boxes)]
+    ioa = ioa_matrix(boxes, [c["box"] for c in crowd])
+    on_crowd = ((ioa >= CROWD_IOA) & class_mask(labels, [c["label"] for c in crowd])).any(axis=1)
+    sim = iou_matrix(boxes, gt.get("boxes") or [])
+    if sim.size:
+        sim = np.where(class_mask(labels, [str(x) for x in gt.get("labels") or []]), sim, 0.0)
+    matched = {i for i, _, _ in match_matrix(sim, 0.5)}
+    keep = [i for i in range(len(boxes)) if i in matched or not on_crowd[i]]
+    if len(keep) == len(boxes):
+        return pred
+    out = dict(pred)
+    for key in _PER_OBJECT:
+        values = pred.get(key) or []
+        if len(values) == len(boxes):
+            out[key] = [values[i] for i in keep]
     return out
 
 
@@ -135,6 +176,15 @@ def map50(preds: list[Target], gts: list[Target], categories: list[str]) -> floa
                 "id": len(gt_anns) + 1, "image_id": img_id, "category_id": cat_id[label],
                 "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0,
             })  # fmt: skip
+        for region in g.get("crowd") or []:
+            if region["label"] not in cat_id:
+                continue
+            x1, y1, x2, y2 = (float(v) for v in region["box"])
+            w, h = max(x2 - x1, 0.0), max(y2 - y1, 0.0)
+            gt_anns.append({
+                "id": len(gt_anns) + 1, "image_id": img_id, "category_id": cat_id[region["label"]],
+                "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 1,
+            })  # fmt: skip
         boxes = p.get("boxes") or []
         max_per_image = max(max_per_image, len(boxes))
         for box, label in zip(boxes, p.get("labels") or [], strict=False):
@@ -145,8 +195,8 @@ def map50(preds: list[Target], gts: list[Target], categories: list[str]) -> floa
                 "image_id": img_id, "category_id": cat_id[label],
                 "bbox": [x1, y1, max(x2 - x1, 0.0), max(y2 - y1, 0.0)], "score": 1.0,
             })  # fmt: skip
-    if not gt_anns:
-        return 1.0 if not any(p.get("boxes") for p in preds) else 0.0
+    if not any(a["iscrowd"] == 0 for a in gt_anns):
+        return 1.0 if not any(without_crowd_hits(p, g).get("boxes") for p, g in zip(preds, gts, strict=True)) else 0.0
     if not dets:
         return 0.0  # pycocotools' loadRes cannot take an empty list
     # pycocotools prints progress ("creating index...", "Running per image evaluation...").

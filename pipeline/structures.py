@@ -15,10 +15,18 @@ A ``Target`` is what a reward sees for both ``out`` (the parsed model output) an
      "masks":  [[x1, y1, x2, y2, ...], ...],# per instance, one polygon (flat xy list)
      "point_labels": ["cola", ...],         # one per point when the points are clicks (weak labels)
      "counts": {"cola": 3, ...},            # objects per category in the image (weak labels)
+     "crowd":  [{"box": [x1, y1, x2, y2], "label": "person"}, ...],  # crowd regions (ground truth)
      "text":   "a caption",
      "image":  {"width": W, "height": H}}
 
 Missing parts are empty lists / empty string / empty dict, never absent keys.
+
+Crowd regions (COCO ``iscrowd: 1``: "many objects here, not boxed one by one") are kept out of
+``boxes`` (so out of every training target: the codec encodes ``boxes`` only) and carried in
+``crowd`` instead. Evaluation passes them to COCOeval as ignore regions: a detection of that
+label covering a crowd region (intersection over the detection's area >= 0.5) that matches no
+real object is neither a true nor a false positive, for ``map50`` / ``ap`` and for the pooled
+``f1_50``, ``mean_iou`` and ``mean_count_error`` alike (``pipeline.metrics``).
 
 Weak labels (detect and segment tasks): an image's ``Sample.label_kind`` says what its target
 can be trusted for. ``"full"``: boxes (and masks) of every object, as above. ``"points"``: one
@@ -52,6 +60,7 @@ def empty_target(width: int, height: int) -> dict[str, Any]:
         "masks": [],
         "point_labels": [],
         "counts": {},
+        "crowd": [],
         "text": "",
         "image": {"width": int(width), "height": int(height)},
     }

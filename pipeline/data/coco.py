@@ -375,6 +375,7 @@ class _Parsed:
     instances: dict[int, list[tuple[Any, dict[str, Any]]]] = field(default_factory=dict)
     captions: dict[int, list[str]] = field(default_factory=dict)
     clicks: dict[int, list[tuple[Any, dict[str, Any]]]] = field(default_factory=dict)  # same shape
+    crowds: dict[int, list[tuple[Any, dict[str, Any]]]] = field(default_factory=dict)  # iscrowd=1, same shape
     counts: dict[int, dict[str, int]] = field(default_factory=dict)  # image id -> {category name: n}, no zeros
     kinds: dict[int, str] = field(default_factory=dict)  # image id -> label kind
 
@@ -551,7 +552,6 @@ class _CocoReader:
         images = {entry.id: entry for entry in parsed.images}
         ids = sorted(parsed.categories)
         known = (", ".join(str(c) for c in ids[:20]) + (", …" if len(ids) > 20 else "")) or "none"
-        crowd = 0
         for index, ann in enumerate(raw):
             if not isinstance(ann, dict):
                 raise DataError(f"{where}: annotations[{index}] must be an object, not {type(ann).__name__}")
@@ -586,14 +586,11 @@ class _CocoReader:
                     "add the category or fix the annotation"
                 )
             if ann.get("iscrowd"):
-                crowd += 1  # crowd regions mark "many objects, not counted": the Target has no place for them
+                # "Many objects here, not boxed one by one": never a training target, an ignore
+                # region for evaluation (pipeline.structures, "crowd").
+                parsed.crowds.setdefault(image_id, []).append((ann_id, ann))
                 continue
             parsed.instances.setdefault(image_id, []).append((ann_id, ann))
-        if crowd:
-            self.warn(
-                f"{where}: {crowd} crowd annotations (iscrowd=1) skipped; "
-                "DreamForge trains on single instances"
-            )
         for entry in parsed.images:
             parsed.kinds[entry.id] = self._label_kind(entry, parsed)
 
@@ -778,7 +775,9 @@ class _CocoReader:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as probe:
-                    width, height = upright_size(probe)  # from the header only: nothing decoded yet
+                    # The stored size: turning does not change the pixel count. The upright size
+                    # comes after verify(): a PNG's getexif() loads the image, which verify() refuses.
+                    width, height = probe.size
                     if width * height > self.max_image_pixels:
                         self.warn(
                             f"{at}: the header says {width}×{height} = {width * height} pixels, more than "
@@ -788,6 +787,7 @@ class _CocoReader:
                         return None
                     probe.verify()
                 with Image.open(io.BytesIO(data)) as reopened:  # verify() leaves the image unusable
+                    width, height = upright_size(reopened)
                     if self.keep_images:
                         image = upright_rgb(reopened)  # decodes: the one decode this image gets
                     else:  # decode to find truncated data as a load would, then let the pixels go
@@ -843,6 +843,11 @@ class _CocoReader:
                     target["keypoints"].append(keypoints)
                     target["points"].extend([[x, y] for x, y, v in keypoints if v > 0])
                 self.instances_kept += 1
+            for ann_id, ann in part.crowds.get(entry.id, []):
+                at = f"{part.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}', iscrowd=1)"
+                box = self._crowd_box(ann, at, width, height)
+                if box is not None:
+                    target["crowd"].append({"box": box, "label": part.categories[ann["category_id"]][0]})
             kind = part.kinds.get(entry.id, "full")
             if kind == "points":
                 self._fill_clicks(target, part, entry, width, height)
@@ -884,6 +889,19 @@ class _CocoReader:
             target["counts"] = dict(Counter(target["point_labels"]))
         else:
             target["counts"] = dict(part.counts.get(entry.id, {}))
+
+    def _crowd_box(self, ann: dict[str, Any], at: str, width: int, height: int) -> list[float] | None:
+        """The xyxy box of a crowd region, clipped to the image; None (with a warning) without one."""
+        if ann.get("bbox") is None:
+            self.warn(f'{at} has no "bbox"; crowd region dropped — add its box so evaluation can ignore it')
+            return None
+        x, y, w, h = self._numbers(ann, "bbox", at, length=4)
+        box = [max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            self.warn(f"{at} has a box {_fmt([x, y, w, h])} with no area inside the {width}×{height} image; "
+                      "crowd region dropped")  # fmt: skip
+            return None
+        return box
 
     def _numbers(
         self, ann: dict[str, Any], key: str, at: str, *, length: int | None = None, multiple: int = 1
