@@ -203,8 +203,11 @@ def oks(
     ``kps`` are ``[[x, y, v], ...]``. As in COCO, ground-truth keypoints with ``v == 0`` are
     ignored and the predicted visibility is not scored, except that a keypoint the model
     marked absent (``v == 0``) where the ground truth has one scores 0 for it. ``area`` is
-    the object scale s² (COCO uses the segment area; DreamForge passes the box area).
-    ``sigmas`` default to ``DEFAULT_SIGMA`` each. A ground truth with no labelled keypoint
+    the object scale s² (COCO's annotation ``area``, the segment's; the box area when the
+    data has none). ``sigmas`` default to ``DEFAULT_SIGMA`` each (:func:`default_sigmas`
+    gives COCO's for its person skeleton). Unlike pycocotools, a predicted keypoint marked
+    absent scores 0 instead of being placed where it was written; with every predicted
+    keypoint present the two agree (``tests/test_coco_standard.py``). A ground truth with no labelled keypoint
     scores 1.0 if the prediction also has none, else 0.0.
 
     >>> oks([[10, 10, 2]], [[10, 10, 2]], area=100.0)
@@ -249,7 +252,14 @@ def oks_matrix(
 
 
 def default_sigmas(keypoint_names: Sequence[str] | None) -> list[float] | None:
-    """COCO's person sigmas when the skeleton is COCO's person, else None (0.05 each)."""
+    """COCO's person sigmas when the skeleton is COCO's person (its 17 keypoint names in
+    order), else None: ``DEFAULT_SIGMA`` (0.05) each, COCO's own sigma for mid-sized joints,
+    since a new skeleton has no measured annotator spread. The one place both the evaluation
+    (``pipeline.metrics.evaluate``) and the ``oks`` reward (``pipeline.job``) take them from.
+
+    >>> default_sigmas(COCO_PERSON_KEYPOINTS)[:2], default_sigmas(["tip", "base"])
+    ([0.026, 0.025], None)
+    """
     if keypoint_names is not None and tuple(keypoint_names) == COCO_PERSON_KEYPOINTS:
         return list(COCO_PERSON_SIGMAS)
     return None

@@ -25,6 +25,7 @@ from pipeline.data import label_summary, load_dataset
 from pipeline.data.errors import DataError
 from pipeline.device import pick_device
 from pipeline.fence import Fence
+from pipeline.geometry import default_sigmas
 from pipeline.models.loading import TINY_MODEL
 from pipeline.reporter import BaseReporter, Reporter
 from pipeline.rewards.builtin import DEFAULT_REWARD, get_reward
@@ -81,6 +82,8 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, doma
         check_reward(reward, cfg.task)
         return reward
     try:
+        if name == "oks" and domain is not None:  # COCO's sigmas for COCO's person skeleton
+            return get_reward(name, sigmas=default_sigmas(domain.keypoint_names))
         return get_reward(name)
     except (KeyError, ValueError) as e:
         raise ConfigError(f"reward: {e}") from None

@@ -33,7 +33,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.geometry import class_mask, ioa_matrix, iou_matrix, match_matrix
+from pipeline.geometry import class_mask, default_sigmas, ioa_matrix, iou_matrix, match_matrix
 from pipeline.rewards.builtin import (
     caption_f1,
     f1_counts,
@@ -67,10 +67,12 @@ def evaluate(
     task: str,
     categories: list[str],
     sigmas: Sequence[float] | None = None,
+    keypoint_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``preds[i]`` against ``gts[i]`` (see the module docstring).
 
-    ``sigmas`` are the OKS sigmas per keypoint (default 0.05 each).
+    ``sigmas`` are the OKS sigmas per keypoint; by default ``geometry.default_sigmas`` of
+    ``keypoint_names`` (COCO's for its person skeleton, else 0.05 each).
 
     >>> gt = {"boxes": [[0, 0, 8, 8]], "labels": ["a"], "image": {"width": 16, "height": 16}}
     >>> m = evaluate([gt], [gt], [True], "detect", ["a"])
@@ -87,6 +89,8 @@ def evaluate(
     if not gts:
         raise ValueError("evaluate: no images to evaluate")
     parse_rate = float(np.mean([bool(p) for p in parsed]))
+    if sigmas is None:
+        sigmas = default_sigmas(keypoint_names)
     if task == "caption":
         return {
             "caption_f1": _mean(caption_f1(p, g) for p, g in zip(preds, gts, strict=True)),

@@ -16,10 +16,16 @@ A ``Target`` is what a reward sees for both ``out`` (the parsed model output) an
      "point_labels": ["cola", ...],         # one per point when the points are clicks (weak labels)
      "counts": {"cola": 3, ...},            # objects per category in the image (weak labels)
      "crowd":  [{"box": [x1, y1, x2, y2], "label": "person"}, ...],  # crowd regions (ground truth)
+     "areas":  [812.5, ...],                # per instance, COCO's "area" (ground truth; [] = unknown)
      "text":   "a caption",
      "image":  {"width": W, "height": H}}
 
 Missing parts are empty lists / empty string / empty dict, never absent keys.
+
+``areas`` is the object's size as the annotation gives it (COCO's ``"area"``: the segment's
+area, not the box's), one per instance when a dataset was loaded from COCO (the box area where
+an annotation has none), ``[]`` otherwise. It is OKS's scale s² (``pipeline.geometry.oks``);
+with ``[]`` the box area stands in.
 
 Crowd regions (COCO ``iscrowd: 1``: "many objects here, not boxed one by one") are kept out of
 ``boxes`` (so out of every training target: the codec encodes ``boxes`` only) and carried in
@@ -61,6 +67,7 @@ def empty_target(width: int, height: int) -> dict[str, Any]:
         "point_labels": [],
         "counts": {},
         "crowd": [],
+        "areas": [],
         "text": "",
         "image": {"width": int(width), "height": int(height)},
     }

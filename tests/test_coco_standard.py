@@ -3,14 +3,21 @@ for OKS, multi-part masks, and the standard metrics checked against pycocotools 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
 from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from pipeline.augment import hflip
 from pipeline.codec import Codec
+from pipeline.config import build_config
 from pipeline.data import load_dataset
+from pipeline.geometry import COCO_PERSON_KEYPOINTS, default_sigmas, oks_matrix
+from pipeline.job import resolve_reward
 from pipeline.metrics import evaluate
 from pipeline.structures import empty_target
 
@@ -70,3 +77,76 @@ def test_a_detection_on_a_crowd_region_changes_neither_precision_nor_recall():
     # A crowd region is never a miss either, and a detection of another label on it still counts.
     other = [_tgt([[2, 2, 12, 12], [35, 15, 45, 30]], ["person", "car"]), perfect[1]]
     assert evaluate(other, gts, [True, True], "detect", ["person", "car"])["f1_50"] < 1.0
+
+
+# ---------------------------------------------------------------------------------- OKS
+
+# Two people in COCO's person-keypoint format: 17 named keypoints, v = 0 (not labelled),
+# 1 (labelled, hidden) or 2 (visible), and "area" the segment's area, well below the box's.
+PERSON = {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO_PERSON_KEYPOINTS),
+          "skeleton": [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7]]}  # fmt: skip
+PEOPLE = [
+    {"bbox": [100, 60, 120, 300], "area": 14523.5, "keypoints": [
+        160, 80, 2, 166, 74, 2, 154, 74, 2, 174, 78, 1, 0, 0, 0, 190, 120, 2, 130, 122, 2, 200, 170, 2,
+        120, 172, 2, 206, 220, 2, 112, 218, 1, 178, 230, 2, 142, 231, 2, 180, 290, 2, 140, 292, 2, 0, 0, 0,
+        138, 350, 2]},
+    {"bbox": [300, 100, 80, 200], "area": 6120.0, "keypoints": [
+        340, 115, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 360, 150, 2, 320, 152, 2, 366, 190, 2,
+        314, 192, 2, 0, 0, 0, 0, 0, 0, 352, 220, 2, 328, 221, 2, 354, 260, 1, 326, 262, 2, 356, 296, 2,
+        324, 297, 2]},
+]  # fmt: skip
+
+
+def _moved(flat, seed):
+    """A detection near ``flat``: every keypoint present (v = 2), shifted a few pixels."""
+    rng = np.random.default_rng(seed)
+    xy = np.asarray(flat, float).reshape(-1, 3)[:, :2] + rng.normal(0, 6, (17, 2))
+    return [[float(x), float(y), 2] for x, y in xy]
+
+
+def _coco_oks(people, dets):
+    """pycocotools' own OKS matrix (detections × people) for one image, COCO's default sigmas."""
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "width": 640, "height": 480}], "categories": [PERSON],
+                  "annotations": [{**p, "id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                                   "num_keypoints": sum(v > 0 for v in p["keypoints"][2::3])}
+                                  for k, p in enumerate(people)]}  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dt = gt.loadRes([{"image_id": 1, "category_id": 1, "score": 1.0 - 0.1 * i,
+                          "keypoints": [c for kp in d for c in kp]} for i, d in enumerate(dets)])  # fmt: skip
+        ev = COCOeval(gt, dt, iouType="keypoints")
+        ev.evaluate()
+    return np.asarray(ev.ious[(1, 1)])
+
+
+def test_oks_matches_pycocotools_on_coco_person_keypoints():
+    dets = [_moved(PEOPLE[0]["keypoints"], 1), _moved(PEOPLE[1]["keypoints"], 2), _moved(PEOPLE[0]["keypoints"], 3)]
+    gt_kps = [np.asarray(p["keypoints"], float).reshape(-1, 3).tolist() for p in PEOPLE]
+    ours = oks_matrix(dets, gt_kps, [p["area"] for p in PEOPLE], default_sigmas(COCO_PERSON_KEYPOINTS))
+    theirs = _coco_oks(PEOPLE, dets)
+    assert ours.shape == theirs.shape == (3, 2)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+    assert 0.2 < theirs[0, 0] < 0.99  # a real, partial match: the comparison is not trivial
+
+
+def test_a_loaded_person_is_scored_with_its_area_and_cocos_sigmas(tmp_path):
+    doc = {"images": [{"id": 1, "file_name": "p.png", "width": 640, "height": 480}],
+           "annotations": [{**PEOPLE[0], "id": 1, "image_id": 1, "category_id": 1, "num_keypoints": 14}],
+           "categories": [PERSON]}  # fmt: skip
+    _write_coco(tmp_path, doc, {"p.png": (640, 480)})
+    ds = load_dataset(tmp_path, "keypoints", fractions=(1.0, 0.0, 0.0))
+    (s,) = ds.splits["train"]
+    assert s.target["areas"] == [14523.5]
+    det = _moved(PEOPLE[0]["keypoints"], 4)
+    pred = _tgt([s.target["boxes"][0]], ["person"], w=640, h=480, keypoints=[det])
+    got = evaluate([pred], [s.target], [True], "keypoints", ["person"], keypoint_names=ds.keypoint_names)["oks"]
+    want = float(_coco_oks(PEOPLE[:1], [det])[0, 0])
+    assert abs(got - want) < 1e-6
+    # The old scale (the 120×300 box) with 0.05 everywhere scores the same answer differently.
+    old = dict(s.target, areas=[])
+    assert abs(evaluate([pred], [old], [True], "keypoints", ["person"])["oks"] - want) > 1e-3
+    # Stage 3's oks reward takes the same sigmas from the same place.
+    cfg = build_config({"task": "keypoints", "reward": "oks", "data": {"dataset": str(tmp_path)}})
+    reward = resolve_reward(cfg, None, ds)
+    assert abs(reward.score([pred], [s.target])[0] - want) < 1e-6

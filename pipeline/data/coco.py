@@ -275,6 +275,10 @@ def _fmt(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
+def _box_area(box: Sequence[float]) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
 def _polygon_area(flat: Sequence[float]) -> float:
     xs, ys = flat[0::2], flat[1::2]
     return abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
@@ -837,6 +841,8 @@ class _CocoReader:
                 box, mask, keypoints = instance
                 target["boxes"].append(box)
                 target["labels"].append(part.categories[ann["category_id"]][0])
+                area = ann.get("area")
+                target["areas"].append(float(area) if _is_number(area) and area > 0 else _box_area(box))
                 if self.task == "segment":
                     target["masks"].append(mask)
                 if self.task == "keypoints":

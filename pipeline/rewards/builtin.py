@@ -116,7 +116,11 @@ def soft_mask_iou(out: Target, gt: Target, class_aware: bool = False) -> float:
 
 
 def _kp_area(gt: Target, j: int) -> float:
-    """OKS scale of ground-truth instance ``j``: its box area, else its keypoints' extent."""
+    """OKS scale of ground-truth instance ``j``: its annotated ``area`` (COCO's, the segment's),
+    else its box area, else its keypoints' extent."""
+    areas = gt.get("areas") or []
+    if j < len(areas) and areas[j] > 0:
+        return float(areas[j])
     boxes = gt.get("boxes") or []
     if j < len(boxes) and box_area(boxes[j]) > 0:
         return box_area(boxes[j])
@@ -130,8 +134,8 @@ def _kp_area(gt: Target, j: int) -> float:
 def soft_oks(
     out: Target, gt: Target, sigmas: Sequence[float] | None = None, class_aware: bool = False
 ) -> float:
-    """Soft F1 on COCO OKS (scale = ground-truth box area; sigma 0.05 per keypoint unless
-    given).
+    """Soft F1 on COCO OKS (scale = the ground truth's annotated area, its box area when it has
+    none; sigma 0.05 per keypoint unless given: ``geometry.default_sigmas``).
 
     >>> gt = {"boxes": [[0, 0, 10, 10]], "keypoints": [[[2, 2, 2], [8, 8, 2]]]}
     >>> soft_oks({"keypoints": [[[2, 2, 2], [8, 8, 2]]]}, gt)

@@ -82,7 +82,8 @@ def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_confi
         model, processor, samples, ctx.domain_codec, batch_size=ctx.cfg.evaluate.batch_size
     )
     metrics = compute_metrics(
-        preds, [s.target for s in samples], parsed, ctx.cfg.task, ctx.domain.categories
+        preds, [s.target for s in samples], parsed, ctx.cfg.task, ctx.domain.categories,
+        keypoint_names=ctx.domain.keypoint_names,
     )
     score = reward_score(ctx, preds, samples, parsed)
     if score is not None:
