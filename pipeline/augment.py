@@ -55,6 +55,8 @@ def hflip(sample: Sample, keypoint_perm: list[int] | None = None) -> Sample:
     t["boxes"] = [[w - b[2], b[1], w - b[0], b[3]] for b in t["boxes"]]
     t["points"] = [[w - p[0], p[1]] for p in t["points"]]
     t["masks"] = [[w - v if k % 2 == 0 else v for k, v in enumerate(poly)] for poly in t["masks"]]
+    t["mask_parts"] = [[[w - v if k % 2 == 0 else v for k, v in enumerate(poly)] for poly in parts]
+                       for parts in t.get("mask_parts") or []]  # fmt: skip
     t["crowd"] = [{**c, "box": [w - c["box"][2], c["box"][1], w - c["box"][0], c["box"][3]]}
                   for c in t.get("crowd") or []]  # fmt: skip
     kps = []

@@ -159,18 +159,36 @@ def polygon_to_rle(poly: Sequence[float], width: int, height: int) -> dict:
     return mask_utils.encode(empty)
 
 
+def is_multipart(mask: Sequence) -> bool:
+    """Whether an instance mask is a list of polygons (COCO's parts) rather than one flat polygon."""
+    return bool(mask) and isinstance(mask[0], (list, tuple))
+
+
+def instance_rle(mask: Sequence, width: int, height: int) -> dict:
+    """Rasterise one instance mask, one flat polygon or a list of them (their union, as COCO's)."""
+    if not is_multipart(mask):
+        return polygon_to_rle(mask, width, height)
+    return mask_utils.merge([polygon_to_rle(part, width, height) for part in mask])
+
+
 def mask_iou_matrix(
-    polys_pred: Sequence[Sequence[float]],
-    polys_gt: Sequence[Sequence[float]],
+    polys_pred: Sequence[Sequence],
+    polys_gt: Sequence[Sequence],
     width: int,
     height: int,
 ) -> np.ndarray:
-    """``(len(pred), len(gt))`` mask IoU of polygons rasterised on a ``width × height`` grid."""
+    """``(len(pred), len(gt))`` mask IoU of instance masks rasterised on a ``width × height``
+    grid; each mask is one flat polygon or a list of them (every part of a split object).
+
+    >>> two = [[0, 0, 10, 0, 10, 10, 0, 10], [20, 0, 25, 0, 25, 10, 20, 10]]
+    >>> mask_iou_matrix([two, two[0]], [two], 32, 32).ravel().tolist()  # 150 pixels, 100 of them
+    [1.0, 0.6666666666666666]
+    """
     out = np.zeros((len(polys_pred), len(polys_gt)), dtype=np.float64)
     if out.size == 0 or width <= 0 or height <= 0:
         return out
-    rp = [polygon_to_rle(p, width, height) for p in polys_pred]
-    rg = [polygon_to_rle(g, width, height) for g in polys_gt]
+    rp = [instance_rle(p, width, height) for p in polys_pred]
+    rg = [instance_rle(g, width, height) for g in polys_gt]
     ap = mask_utils.area(rp)
     ag = mask_utils.area(rg)
     ious = np.asarray(mask_utils.iou(rp, rg, [0] * len(rg)), dtype=np.float64)

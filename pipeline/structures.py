@@ -17,10 +17,18 @@ A ``Target`` is what a reward sees for both ``out`` (the parsed model output) an
      "counts": {"cola": 3, ...},            # objects per category in the image (weak labels)
      "crowd":  [{"box": [x1, y1, x2, y2], "label": "person"}, ...],  # crowd regions (ground truth)
      "areas":  [812.5, ...],                # per instance, COCO's "area" (ground truth; [] = unknown)
+     "mask_parts": [[[x1, y1, ...], ...], ...],  # per instance, every polygon of its mask (ground truth)
      "text":   "a caption",
      "image":  {"width": W, "height": H}}
 
 Missing parts are empty lists / empty string / empty dict, never absent keys.
+
+``mask_parts`` holds every part of each instance's mask (COCO's list of polygons: an object
+split by an occluder has several; RLE masks give one per connected component, holes filled,
+since COCO polygons add up and cannot cut holes). ``masks`` keeps one polygon per instance,
+the largest part, because the codec writes one polygon per object: that part is what the
+model learns, and the other parts are dropped from training (the load says so in a warning).
+Scoring uses every part (:func:`instance_masks`); ``[]`` means ``masks`` are whole.
 
 ``areas`` is the object's size as the annotation gives it (COCO's ``"area"``: the segment's
 area, not the box's), one per instance when a dataset was loaded from COCO (the box area where
@@ -68,9 +76,22 @@ def empty_target(width: int, height: int) -> dict[str, Any]:
         "counts": {},
         "crowd": [],
         "areas": [],
+        "mask_parts": [],
         "text": "",
         "image": {"width": int(width), "height": int(height)},
     }
+
+
+def instance_masks(target: dict[str, Any]) -> list[Any]:
+    """Each instance's whole mask, to score against: its parts (a list of flat polygons) when
+    the target has ``mask_parts`` for every instance, else its polygon in ``masks``.
+
+    >>> instance_masks({"masks": [[0, 0, 4, 0, 4, 4]], "mask_parts": []})
+    [[0, 0, 4, 0, 4, 4]]
+    """
+    masks = target.get("masks") or []
+    parts = target.get("mask_parts") or []
+    return list(parts) if parts and len(parts) == len(masks) else list(masks)
 
 
 @dataclass

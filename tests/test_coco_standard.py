@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -16,7 +17,7 @@ from pipeline.augment import hflip
 from pipeline.codec import Codec
 from pipeline.config import build_config
 from pipeline.data import load_dataset
-from pipeline.geometry import COCO_PERSON_KEYPOINTS, default_sigmas, oks_matrix
+from pipeline.geometry import COCO_PERSON_KEYPOINTS, default_sigmas, mask_iou_matrix, oks_matrix
 from pipeline.job import resolve_reward
 from pipeline.metrics import evaluate
 from pipeline.structures import empty_target
@@ -150,3 +151,39 @@ def test_a_loaded_person_is_scored_with_its_area_and_cocos_sigmas(tmp_path):
     cfg = build_config({"task": "keypoints", "reward": "oks", "data": {"dataset": str(tmp_path)}})
     reward = resolve_reward(cfg, None, ds)
     assert abs(reward.score([pred], [s.target])[0] - want) < 1e-6
+
+
+# --------------------------------------------------------------------- multi-part masks
+
+BIG = [4.0, 4.0, 24.0, 4.0, 24.0, 20.0, 4.0, 20.0]  # 20×16 = 320 pixels
+SMALL = [40.0, 10.0, 50.0, 10.0, 50.0, 18.0, 40.0, 18.0]  # 10×8 = 80 pixels, across an occluder
+
+
+def test_a_two_part_polygon_keeps_both_parts_and_is_scored_with_both(tmp_path):
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 32},
+                      {"id": 2, "file_name": "b.png", "width": 64, "height": 32}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [SMALL, BIG]},
+                           # the same object as an RLE mask: one part per connected component
+                           {"id": 2, "image_id": 2, "category_id": 1, "segmentation": mask_utils.merge(
+                               mask_utils.frPyObjects([BIG, SMALL], 32, 64))}],
+           "categories": [{"id": 1, "name": "pipe"}]}  # fmt: skip
+    doc["annotations"][1]["segmentation"]["counts"] = doc["annotations"][1]["segmentation"]["counts"].decode()
+    _write_coco(tmp_path, doc, {"a.png": (64, 32), "b.png": (64, 32)})
+    ds = load_dataset(tmp_path, "segment", fractions=(1.0, 0.0, 0.0))
+    a, b = ds.splits["train"]
+    assert a.target["masks"] == [BIG]  # what the codec can write: the largest part
+    assert a.target["mask_parts"] == [[SMALL, BIG]]
+    assert a.target["boxes"] == [[4.0, 4.0, 50.0, 20.0]]  # the box of every part
+    assert sorted(map(sorted, b.target["mask_parts"][0])) == sorted(map(sorted, [BIG, SMALL]))
+    assert any("several parts" in w and "drops the others" in w for w in ds.warnings)  # said in the log
+    whole = a.target["mask_parts"][0]
+    assert mask_iou_matrix([whole], [whole], 64, 32)[0, 0] == 1.0
+    assert mask_iou_matrix([BIG], [whole], 64, 32)[0, 0] == 320 / 400
+    # The metric scores every part: the largest part alone is not a perfect answer.
+    exact = _tgt(a.target["boxes"], ["pipe"], w=64, h=32, masks=[whole])
+    largest = _tgt(a.target["boxes"], ["pipe"], w=64, h=32, masks=[BIG])
+    assert evaluate([exact], [a.target], [True], "segment", ["pipe"])["mask_iou"] == 1.0
+    assert evaluate([largest], [a.target], [True], "segment", ["pipe"])["mask_iou"] == 320 / 400
+    assert evaluate([largest], [b.target], [True], "segment", ["pipe"])["mask_iou"] == 320 / 400
+    flipped = hflip(a).target["mask_parts"][0]
+    assert flipped[1] == [60.0, 4.0, 40.0, 4.0, 40.0, 20.0, 60.0, 20.0]

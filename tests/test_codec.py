@@ -286,7 +286,8 @@ def test_decode_never_raises_and_returns_a_canonical_target(text, task, w, h):
     codec = Codec(task, CATS, num_bins=32, max_objects=4, keypoint_names=["a", "b"])
     out, ok = codec.decode(text, w, h)
     assert isinstance(ok, bool)
-    assert set(out) == {"boxes", "labels", "points", "point_labels", "counts", "crowd", "areas", "keypoints", "masks", "text", "image"}
+    assert set(out) == {"boxes", "labels", "points", "point_labels", "counts", "crowd", "areas", "mask_parts",
+                        "keypoints", "masks", "text", "image"}  # fmt: skip
     assert len(out["boxes"]) == len(out["labels"]) <= 4
     ww, hh = out["image"]["width"], out["image"]["height"]
     for x1, y1, x2, y2 in out["boxes"]:

@@ -105,7 +105,7 @@ def test_file_names_relative_to_the_folder_and_a_file_uri_work(tmp_path):
     assert dataset.name == "mine" and len(_all(dataset)) == 3
 
 
-def test_polygon_segmentation_keeps_the_largest_polygon_and_derives_a_missing_box(tmp_path):
+def test_polygon_segmentation_trains_on_the_largest_polygon_keeps_every_part_and_derives_a_missing_box(tmp_path):
     small, large = [1, 1, 4, 1, 4, 4], [10, 2, 20, 2, 20, 12, 10, 12]
     folder = _coco(
         tmp_path / "seg",
@@ -114,8 +114,9 @@ def test_polygon_segmentation_keeps_the_largest_polygon_and_derives_a_missing_bo
         ],
     )
     target = _all(load_dataset(folder, "segment"))["img_000.png"].target
-    assert target["masks"] == [large]
-    assert target["boxes"] == [[10, 2, 20, 12]]
+    assert target["masks"] == [large]  # the codec writes one polygon per object
+    assert target["mask_parts"] == [[small, large]]  # scored with every part
+    assert target["boxes"] == [[1, 1, 20, 12]]  # COCO's box holds every part
 
 
 @pytest.mark.parametrize("compressed", [True, False])
@@ -123,7 +124,7 @@ def test_rle_mask_becomes_one_polygon_inside_its_box(tmp_path, compressed):
     binary = np.zeros((H, W), np.uint8)
     binary[4:14, 5:20] = 1
     binary[8:14, 9:14] = 0  # a notch: a convex hull would cover it, the traced outline does not
-    binary[20:22, 25:27] = 1  # a smaller blob: only the largest component is kept
+    binary[20:22, 25:27] = 1  # a smaller blob: a second part, not the polygon the model learns
     rle = mask_utils.encode(np.asfortranarray(binary))
     if compressed:
         segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
@@ -139,8 +140,9 @@ def test_rle_mask_becomes_one_polygon_inside_its_box(tmp_path, compressed):
     )
     target = _all(load_dataset(folder, "segment"))["img_000.png"].target
     (polygon,) = target["masks"]
-    assert target["boxes"] == [[5, 4, 20, 14]]
-    x1, y1, x2, y2 = target["boxes"][0]
+    assert target["boxes"] == [[5, 4, 27, 22]]  # both components
+    assert target["mask_parts"] == [[polygon, [25.0, 20.0, 27.0, 20.0, 27.0, 22.0, 25.0, 22.0]]]
+    x1, y1, x2, y2 = 5, 4, 20, 14  # the largest component's box
     assert all(x1 <= x <= x2 for x in polygon[0::2]) and all(y1 <= y <= y2 for y in polygon[1::2])
     xs, ys = polygon[0::2], polygon[1::2]
     area = abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2

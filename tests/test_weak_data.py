@@ -393,7 +393,8 @@ def test_write_coco_writes_weak_labels_that_load_back_equal(tmp_path, task):
     original = generate("traffic-camera", 12, seed=5, task=task, points=4, counts=4)
     extra = original.splits["train"]
     extra[0].label_kind = "none"  # an unlabelled image
-    extra[0].target = {**extra[0].target, "boxes": [], "labels": [], "masks": [], "counts": {}}
+    extra[0].target = {**extra[0].target, "boxes": [], "labels": [], "masks": [], "counts": {},
+                        "areas": [], "mask_parts": []}
     clicked = extra[-1].target  # clicks without a category, with counts given beside them
     clicked["point_labels"] = [""] * len(clicked["points"])
     clicked["counts"] = {"car": len(clicked["points"])}

@@ -3,8 +3,8 @@
 Reading order, and why: all JSON is parsed and checked first (cheap, and structural mistakes
 are fatal ``DataError``s); only then is every image opened, size-checked from its header,
 verified and decoded once into RGB; finally the annotations of each usable image are
-converted to the canonical ``Target`` (xyxy half-open boxes, one polygon per instance, K
-keypoints, first caption). Per-file problems become warnings in ``Dataset.warnings``.
+converted to the canonical ``Target`` (xyxy half-open boxes, one polygon per instance plus
+every part of a multi-part mask in ``mask_parts``, K keypoints, first caption). Per-file problems become warnings in ``Dataset.warnings``.
 
 Weak labels (detect and segment, README "Weak labels"): an annotation with ``"point": [x, y]``
 and no box is a click, an image's ``"counts": {"cola": 3}`` counts its objects, and
@@ -818,6 +818,7 @@ class _CocoReader:
 
     def build_samples(self, part: _Parsed) -> list[Sample]:
         samples: list[Sample] = []
+        split_objects = 0
         for entry in part.images:
             captions = [c for c in part.captions.get(entry.id, []) if c]
             if self.task == "caption" and not captions:
@@ -838,13 +839,17 @@ class _CocoReader:
                 instance = self._instance(ann, at, width, height, part.categories[ann["category_id"]][1])
                 if instance is None:
                     continue
-                box, mask, keypoints = instance
+                box, parts, keypoints = instance
                 target["boxes"].append(box)
                 target["labels"].append(part.categories[ann["category_id"]][0])
                 area = ann.get("area")
                 target["areas"].append(float(area) if _is_number(area) and area > 0 else _box_area(box))
                 if self.task == "segment":
-                    target["masks"].append(mask)
+                    # The codec writes one polygon per object: it learns the largest part, and
+                    # the metrics score the whole mask (pipeline.structures, "mask_parts").
+                    target["masks"].append(max(parts, key=_polygon_area))
+                    target["mask_parts"].append(parts)
+                    split_objects += len(parts) > 1
                 if self.task == "keypoints":
                     target["keypoints"].append(keypoints)
                     target["points"].extend([[x, y] for x, y, v in keypoints if v > 0])
@@ -872,6 +877,13 @@ class _CocoReader:
                     path=path,
                     label_kind=kind,
                 )
+            )
+        if split_objects:
+            self.warn(
+                f"{part.where}: {split_objects} object{'s have' if split_objects > 1 else ' has'} a mask in "
+                "several parts (split by an occluder); the model learns and writes one polygon per object, "
+                "the largest part, and drops the others — evaluation scores every part, so such objects "
+                "score below 1.0 mask IoU even when the largest part is exact"
             )
         return samples
 
@@ -932,13 +944,13 @@ class _CocoReader:
         if needed is not None and ann.get(needed) is None:
             self.warn(f'{at} has no "{needed}", which task {self.task} needs; annotation dropped')
             return None
-        mask: list[float] = []
+        parts: list[list[float]] = []
         keypoints: list[list[Any]] = []
         if self.task == "segment":
-            mask_or_none = self._mask(ann["segmentation"], at, width, height)
-            if mask_or_none is None:
+            parts_or_none = self._mask(ann["segmentation"], at, width, height)
+            if parts_or_none is None:
                 return None
-            mask = mask_or_none
+            parts = parts_or_none
         if self.task == "keypoints":
             flat = self._numbers(ann, "keypoints", at, multiple=3)
             if keypoint_names and len(flat) != 3 * len(keypoint_names):
@@ -971,8 +983,10 @@ class _CocoReader:
                 )
                 return None
             box = [x, y, x + w, y + h]
-        elif mask:  # segment: derive the box from the polygon
-            box = [min(mask[0::2]), min(mask[1::2]), max(mask[0::2]), max(mask[1::2])]
+        elif parts:  # segment: derive the box from the polygons, every part
+            xs = [v for part in parts for v in part[0::2]]
+            ys = [v for part in parts for v in part[1::2]]
+            box = [min(xs), min(ys), max(xs), max(ys)]
         elif keypoints and any(v > 0 for _, _, v in keypoints):
             xs = [x for x, _, v in keypoints if v > 0]
             ys = [y for _, y, v in keypoints if v > 0]
@@ -1004,12 +1018,14 @@ class _CocoReader:
                 "annotation dropped"
             )
             return None
-        return box, mask, keypoints
+        return box, parts, keypoints
 
-    def _mask(self, segmentation: Any, at: str, width: int, height: int) -> list[float] | None:
+    def _mask(self, segmentation: Any, at: str, width: int, height: int) -> list[list[float]] | None:
+        """Every part of the instance's mask as flat polygons, clipped to the image; None
+        (with a warning) when it has none or leaves the image."""
         if isinstance(segmentation, dict):
-            polygon = self._rle_polygon(segmentation, at, width, height)
-            if polygon is None:
+            polygons = self._rle_polygons(segmentation, at, width, height)
+            if polygons is None:
                 return None
         else:
             if not isinstance(segmentation, list) or not segmentation:
@@ -1029,8 +1045,9 @@ class _CocoReader:
             if not valid:
                 self.warn(f"{at}: no segmentation polygon has 3 or more points; annotation dropped")
                 return None
-            polygon = max(valid, key=_polygon_area)  # the canonical target keeps one polygon: the largest
-        xs, ys = polygon[0::2], polygon[1::2]
+            polygons = valid
+        xs = [v for polygon in polygons for v in polygon[0::2]]
+        ys = [v for polygon in polygons for v in polygon[1::2]]
         if (
             min(xs) < -BOX_TOLERANCE
             or min(ys) < -BOX_TOLERANCE
@@ -1042,9 +1059,12 @@ class _CocoReader:
                 "annotation dropped — fix the polygon"
             )
             return None
-        return [min(max(v, 0.0), float(width if i % 2 == 0 else height)) for i, v in enumerate(polygon)]
+        return [
+            [min(max(v, 0.0), float(width if i % 2 == 0 else height)) for i, v in enumerate(polygon)]
+            for polygon in polygons
+        ]
 
-    def _rle_polygon(self, rle: dict[str, Any], at: str, width: int, height: int) -> list[float] | None:
+    def _rle_polygons(self, rle: dict[str, Any], at: str, width: int, height: int) -> list[list[float]] | None:
         from pycocotools import mask as mask_utils  # C extension; only RLE datasets need it
 
         size, counts = rle.get("size"), rle.get("counts")
@@ -1078,11 +1098,11 @@ class _CocoReader:
             binary = np.asarray(mask_utils.decode(encoded), dtype=bool)
         if binary.ndim == 3:
             binary = binary[:, :, 0]
-        polygon = mask_to_polygon(binary)
-        if not polygon:
+        polygons = mask_to_polygons(binary)
+        if not polygons:
             self.warn(f"{at}: the RLE mask is empty; annotation dropped")
             return None
-        return polygon
+        return polygons
 
     def check_usable(self, parts: dict[str, list[Sample]], held_out_wanted: bool = True) -> None:
         total = sum(len(samples) for samples in parts.values())
@@ -1129,6 +1149,21 @@ def _rle_string_counts(text: str) -> list[int]:
             value += counts[-2]
         counts.append(value)
     return counts
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """The outline of every 4-connected component of ``mask``, largest first (see
+    :func:`mask_to_polygon`; holes are filled: COCO polygons add up, they cannot cut holes).
+
+    >>> m = np.zeros((4, 8), bool); m[0:2, 0:2] = m[1:4, 4:8] = True
+    >>> mask_to_polygons(m)
+    [[4.0, 1.0, 8.0, 1.0, 8.0, 4.0, 4.0, 4.0], [0.0, 0.0, 2.0, 0.0, 2.0, 2.0, 0.0, 2.0]]
+    """
+    from scipy import ndimage
+
+    labels, count = ndimage.label(np.asarray(mask, dtype=bool))
+    sizes = np.bincount(labels.ravel())[1:]
+    return [mask_to_polygon(labels == k + 1) for k in np.argsort(-sizes, kind="stable")[:count]]
 
 
 def mask_to_polygon(mask: np.ndarray) -> list[float]:

@@ -780,8 +780,12 @@ def generate(
         target = empty_target(size, size)
         target["boxes"] = [[int(v) for v in o.box] for o in objects]
         target["labels"] = [o.label for o in objects]
+        # As a COCO load gives them (write_coco writes the same "area"): the polygon's area, else the box's.
+        target["areas"] = [float((b[2] - b[0]) * (b[3] - b[1])) for b in target["boxes"]]
         if task == "segment":
             target["masks"] = [[float(v) for v in o.polygon] for o in objects]
+            target["mask_parts"] = [[mask] for mask in target["masks"]]
+            target["areas"] = [float(_polygon_area(mask)) for mask in target["masks"]]
         elif task == "keypoints":
             target["keypoints"] = [[[float(x), float(y), 2] for x, y in o.keypoints] for o in objects]
             target["points"] = [[float(x), float(y)] for o in objects for x, y in o.keypoints]
@@ -797,6 +801,7 @@ def generate(
             target["point_labels"] = [o.label for o in objects]
         if label_kind != "full":
             target["boxes"], target["labels"], target["masks"] = [], [], []
+            target["areas"], target["mask_parts"] = [], []
         samples.append(
             Sample(
                 id=i + 1,
@@ -897,13 +902,22 @@ def write_coco(dataset: Dataset, folder: Path, *, per_split: bool = False) -> Pa
                     "iscrowd": 0,
                 }
                 if k < len(target["masks"]) and target["masks"]:
-                    ann["segmentation"] = [list(target["masks"][k])]
+                    parts = target.get("mask_parts") or []
+                    ann["segmentation"] = [list(p) for p in parts[k]] if k < len(parts) else [list(target["masks"][k])]
                     ann["area"] = _polygon_area(target["masks"][k])
+                if k < len(target.get("areas") or []):
+                    ann["area"] = target["areas"][k]
                 if k < len(target["keypoints"]) and target["keypoints"]:
                     kps = target["keypoints"][k]
                     ann["keypoints"] = [v for x, y, vis in kps for v in (x, y, int(vis))]
                     ann["num_keypoints"] = sum(1 for _, _, vis in kps if vis > 0)
                 annotations.append(ann)
+                next_ann += 1
+            for region in target.get("crowd") or []:
+                x1, y1, x2, y2 = region["box"]
+                annotations.append({"id": next_ann, "image_id": sample.id, "category_id": category_ids[region["label"]],
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                    "iscrowd": 1})  # fmt: skip
                 next_ann += 1
             if target.get("text"):
                 annotations.append({"id": next_ann, "image_id": sample.id, "caption": target["text"]})

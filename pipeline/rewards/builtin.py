@@ -37,6 +37,7 @@ from pipeline.geometry import (
     oks_matrix,
 )
 from pipeline.rewards.base import Reward, RewardError
+from pipeline.structures import instance_masks
 
 Target = dict[str, Any]
 
@@ -109,7 +110,7 @@ def soft_mask_iou(out: Target, gt: Target, class_aware: bool = False) -> float:
     >>> soft_mask_iou({"masks": [[0, 0, 5, 0, 5, 10, 0, 10]]}, gt)  # half the square
     0.5
     """
-    p, g = out.get("masks") or [], gt.get("masks") or []
+    p, g = out.get("masks") or [], instance_masks(gt)  # every part of a split object counts
     img = gt.get("image") or {}
     sim = mask_iou_matrix(p, g, int(img.get("width", 0)), int(img.get("height", 0)))
     return _soft_match(_restrict(sim, out, gt, class_aware), len(p), len(g))
