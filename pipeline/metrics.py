@@ -13,26 +13,28 @@ is given the regions as ``iscrowd`` ground truth and does the same).
 * keypoints: the detect metrics plus ``oks`` (mean of the ``oks`` reward);
 * caption: ``caption_f1`` (mean of the ``caption`` reward), ``parse_rate``.
 
+Every task with objects also reports COCO's standard metrics through COCOeval
+(``pipeline.coco_eval``): ``ap`` (box AP@[.5:.95]) and ``ap50`` (= ``map50``), ``mask_ap`` /
+``mask_ap50`` for segment (every part of a split mask), ``kp_ap`` / ``kp_ap50`` for keypoints
+(OKS with the annotation's area), and ``ap_per_class``: ``[{"label", "ap", "ap50", ...}]``.
+
 mAP without confidences: a VLM's answer has no scores, so every prediction gets score 1.0.
 pycocotools sorts detections with a stable sort, so ties keep the input order: images in
 dataset order, objects in the order the model emitted them (reading order). The precision–
 recall curve therefore has a single operating point per category, and mAP@0.5 is 1.0 only
 when every object is found with no extra. Categories with no ground truth are left out of
 the mean (COCO's rule); predictions with labels outside ``categories`` are false positives
-in ``f1_50`` and ignored by ``map50`` (they have no category to be evaluated in).
+in ``f1_50`` and ignored by the AP metrics (they have no category to be evaluated in).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
+from pipeline.coco_eval import coco_ap, standard_metrics, to_coco
 from pipeline.geometry import class_mask, default_sigmas, ioa_matrix, iou_matrix, match_matrix
 from pipeline.rewards.builtin import (
     caption_f1,
@@ -104,7 +106,6 @@ def evaluate(
         tp, n_pred, n_gt = tp + t, n_pred + a, n_gt + b
     out = {
         "mean_iou": _mean(soft_iou(p, g) for p, g in zip(preds, gts, strict=True)),
-        "map50": map50(raw_preds, gts, categories),  # COCOeval ignores crowd hits itself
         "f1_50": 1.0 if n_pred + n_gt == 0 else 2.0 * tp / (n_pred + n_gt),
         "parse_rate": parse_rate,
         "mean_count_error": _mean(
@@ -116,6 +117,9 @@ def evaluate(
         out["mask_iou"] = _mean(soft_mask_iou(p, g) for p, g in zip(preds, gts, strict=True))
     elif task == "keypoints":
         out["oks"] = _mean(soft_oks(p, g, sigmas) for p, g in zip(preds, gts, strict=True))
+    standard = standard_metrics(raw_preds, gts, categories, task, sigmas)  # COCOeval ignores crowd hits itself
+    out["map50"] = standard["ap50"]  # box mAP@0.5, the same COCOeval run
+    out.update(standard)
     return out
 
 
@@ -163,65 +167,4 @@ def map50(preds: list[Target], gts: list[Target], categories: list[str]) -> floa
 
     With no ground-truth object at all: 1.0 if there is no prediction either, else 0.0.
     """
-    names = list(categories)
-    for g in gts:
-        names += [lab for lab in g.get("labels") or [] if lab not in names]
-    cat_id = {name: i + 1 for i, name in enumerate(names)}
-    images, gt_anns, dets = [], [], []
-    max_per_image = 1
-    for img_id, (p, g) in enumerate(zip(preds, gts, strict=True), start=1):
-        size = g.get("image") or {}
-        w_img, h_img = size.get("width", 0), size.get("height", 0)
-        images.append({"id": img_id, "width": w_img, "height": h_img})
-        for box, label in zip(g.get("boxes") or [], g.get("labels") or [], strict=True):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            w, h = max(x2 - x1, 0.0), max(y2 - y1, 0.0)
-            gt_anns.append({
-                "id": len(gt_anns) + 1, "image_id": img_id, "category_id": cat_id[label],
-                "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0,
-            })  # fmt: skip
-        for region in g.get("crowd") or []:
-            if region["label"] not in cat_id:
-                continue
-            x1, y1, x2, y2 = (float(v) for v in region["box"])
-            w, h = max(x2 - x1, 0.0), max(y2 - y1, 0.0)
-            gt_anns.append({
-                "id": len(gt_anns) + 1, "image_id": img_id, "category_id": cat_id[region["label"]],
-                "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 1,
-            })  # fmt: skip
-        boxes = p.get("boxes") or []
-        max_per_image = max(max_per_image, len(boxes))
-        for box, label in zip(boxes, p.get("labels") or [], strict=False):
-            if label not in cat_id:
-                continue
-            x1, y1, x2, y2 = (float(v) for v in box)
-            dets.append({
-                "image_id": img_id, "category_id": cat_id[label],
-                "bbox": [x1, y1, max(x2 - x1, 0.0), max(y2 - y1, 0.0)], "score": 1.0,
-            })  # fmt: skip
-    if not any(a["iscrowd"] == 0 for a in gt_anns):
-        return 1.0 if not any(without_crowd_hits(p, g).get("boxes") for p, g in zip(preds, gts, strict=True)) else 0.0
-    if not dets:
-        return 0.0  # pycocotools' loadRes cannot take an empty list
-    # pycocotools prints progress ("creating index...", "Running per image evaluation...").
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = {
-            "images": images,
-            "annotations": gt_anns,
-            "categories": [{"id": i, "name": n} for n, i in cat_id.items()],
-        }
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(dets)
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        ev.params.iouThrs = np.array([0.5])
-        ev.params.maxDets = [max(100, max_per_image)]
-        ev.params.areaRng = [ev.params.areaRng[0]]  # "all" only
-        ev.params.areaRngLbl = ["all"]
-        ev.evaluate()
-        ev.accumulate()
-    precision = ev.eval["precision"][0, :, :, 0, 0]  # [recall thresholds, categories]
-    per_cat = [precision[:, k] for k in range(precision.shape[1])]
-    aps = [float(np.mean(p)) for p in per_cat if (p > -1).all()]
-    # COCOeval divides by (tp + fp + spacing(1)), so a perfect answer scores 1 − 2e-16.
-    return round(float(np.mean(aps)), 10) if aps else 0.0
+    return float(coco_ap(*to_coco(preds, gts, categories, "detect"), "bbox")["ap50"])

@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from pipeline.augment import hflip
+from pipeline.coco_eval import write_export
 from pipeline.codec import Codec
 from pipeline.config import build_config
 from pipeline.data import load_dataset
@@ -187,3 +188,126 @@ def test_a_two_part_polygon_keeps_both_parts_and_is_scored_with_both(tmp_path):
     assert evaluate([largest], [b.target], [True], "segment", ["pipe"])["mask_iou"] == 320 / 400
     flipped = hflip(a).target["mask_parts"][0]
     assert flipped[1] == [60.0, 4.0, 40.0, 4.0, 40.0, 20.0, 60.0, 20.0]
+
+
+# ------------------------------------------------------------------- standard metrics
+
+# Three 64×64 images, two categories with COCO ids 3 and 7, a split dog and a crowd of dogs.
+SQ = lambda x1, y1, x2, y2: [x1, y1, x2, y1, x2, y2, x1, y2]  # noqa: E731
+FIXTURE = {
+    "images": [{"id": 11, "file_name": "a.png", "width": 64, "height": 64},
+               {"id": 12, "file_name": "b.png", "width": 64, "height": 64},
+               {"id": 13, "file_name": "c.png", "width": 64, "height": 64}],
+    "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+    "annotations": [
+        {"id": 1, "image_id": 11, "category_id": 3, "bbox": [4, 4, 20, 16], "area": 300.0,
+         "segmentation": [SQ(4, 4, 24, 20)]},
+        {"id": 2, "image_id": 11, "category_id": 7, "bbox": [30, 30, 30, 20], "area": 400.0,
+         "segmentation": [SQ(30, 30, 40, 50), SQ(50, 30, 60, 50)]},
+        {"id": 3, "image_id": 11, "category_id": 7, "bbox": [0, 40, 28, 24], "area": 672.0, "iscrowd": 1,
+         "segmentation": [SQ(0, 40, 28, 64)]},
+        {"id": 4, "image_id": 12, "category_id": 3, "bbox": [10, 10, 20, 30], "area": 500.0,
+         "segmentation": [[10, 10, 30, 10, 30, 40, 10, 40, 20, 25]]},
+        {"id": 5, "image_id": 12, "category_id": 3, "bbox": [40, 5, 20, 20], "area": 400.0,
+         "segmentation": [SQ(40, 5, 60, 25)]},
+        {"id": 6, "image_id": 13, "category_id": 7, "bbox": [5, 5, 20, 20], "area": 400.0,
+         "segmentation": [SQ(5, 5, 25, 25)]},
+    ],
+}  # fmt: skip
+for _ann in FIXTURE["annotations"]:
+    _ann.setdefault("iscrowd", 0)
+# Per image, in the order the model wrote them: (label, xyxy box, polygon).
+ANSWERS = [
+    [("cat", [5, 5, 24, 21], SQ(5, 5, 24, 21)), ("dog", [30, 30, 40, 50], SQ(30, 30, 40, 50)),
+     ("dog", [2, 45, 20, 60], SQ(2, 45, 20, 60))],  # the last one sits on the crowd
+    [("cat", [12, 10, 30, 38], SQ(12, 10, 30, 38)), ("cat", [44, 8, 62, 28], SQ(44, 8, 62, 28)),
+     ("dog", [0, 0, 8, 8], SQ(0, 0, 8, 8))],
+    [("dog", [7, 3, 27, 24], SQ(7, 3, 27, 24)), ("cat", [5, 5, 25, 25], SQ(5, 5, 25, 25))],
+]  # fmt: skip
+
+
+def _stock_cocoeval(doc, results, iou_type, sigmas=None):
+    """COCOeval exactly as a user runs it on the files: (stats[0], stats[1], {category: AP})."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = json.loads(json.dumps(doc))
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(json.loads(json.dumps(results))), iouType=iou_type)
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(sigmas)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    p = ev.eval["precision"][:, :, :, 0, -1]
+    per = {c["name"]: float(np.mean(p[:, :, k][p[:, :, k] > -1])) for k, c in enumerate(gt.loadCats(ev.params.catIds))
+           if (p[:, :, k] > -1).any()}  # fmt: skip
+    return ev.stats[0], ev.stats[1], per
+
+
+def _loaded(tmp_path, doc, task):
+    _write_coco(tmp_path, doc, {im["file_name"]: (im["width"], im["height"]) for im in doc["images"]})
+    ds = load_dataset(tmp_path, task, fractions=(1.0, 0.0, 0.0))
+    return ds, sorted(ds.splits["train"], key=lambda s: s.id)
+
+
+def test_box_and_mask_ap_match_cocoeval_on_a_fixture(tmp_path):
+    ds, samples = _loaded(tmp_path, FIXTURE, "segment")
+    preds = [_tgt([b for _, b, _ in a], [lab for lab, _, _ in a], masks=[m for _, _, m in a]) for a in ANSWERS]
+    m = evaluate(preds, [s.target for s in samples], [True] * 3, "segment", ds.categories)
+    cat_id = {"cat": 3, "dog": 7}
+    boxes, masks = [], []
+    for img, answer in zip(FIXTURE["images"], ANSWERS, strict=True):
+        for label, (x1, y1, x2, y2), poly in answer:
+            res = {"image_id": img["id"], "category_id": cat_id[label], "score": 1.0}
+            boxes.append({**res, "bbox": [x1, y1, x2 - x1, y2 - y1]})
+            rle = mask_utils.merge(mask_utils.frPyObjects([poly], 64, 64))
+            masks.append({**res, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    for prefix, iou_type, results in (("", "bbox", boxes), ("mask_", "segm", masks)):
+        ap, ap50, per = _stock_cocoeval(FIXTURE, results, iou_type)
+        assert abs(m[f"{prefix}ap"] - ap) < 1e-6 and abs(m[f"{prefix}ap50"] - ap50) < 1e-6, iou_type
+        got = {row["label"]: row[f"{prefix}ap"] for row in m["ap_per_class"]}
+        assert got.keys() == per.keys() == {"cat", "dog"}
+        assert all(abs(got[c] - per[c]) < 1e-6 for c in per), (got, per)
+        assert 0.1 < ap < 0.9  # neither trivial end: misses, extras, a wrong label, a crowd
+    assert m["map50"] == m["ap50"]
+
+
+def test_keypoint_ap_matches_cocoeval_on_coco_people(tmp_path):
+    doc = {"images": [{"id": 1, "file_name": "p.png", "width": 640, "height": 480},
+                      {"id": 2, "file_name": "q.png", "width": 640, "height": 480}],
+           "categories": [PERSON],
+           "annotations": [{**p, "id": k + 1, "image_id": 1 if k < 2 else 2, "category_id": 1, "iscrowd": 0,
+                            "num_keypoints": sum(v > 0 for v in p["keypoints"][2::3])}
+                           for k, p in enumerate(PEOPLE + PEOPLE[:1])]}  # fmt: skip
+    ds, samples = _loaded(tmp_path, doc, "keypoints")
+    answers = [[_moved(PEOPLE[0]["keypoints"], 5), _moved(PEOPLE[1]["keypoints"], 6)],
+               [_moved(PEOPLE[1]["keypoints"], 7), _moved(PEOPLE[0]["keypoints"], 8)]]  # image 2: one wrong, one right
+    preds = [_tgt([[0, 0, 10, 10]] * len(a), ["person"] * len(a), w=640, h=480, keypoints=a) for a in answers]
+    m = evaluate(preds, [s.target for s in samples], [True, True], "keypoints", ["person"],
+                 keypoint_names=ds.keypoint_names)  # fmt: skip
+    results = [{"image_id": i + 1, "category_id": 1, "score": 1.0, "keypoints": [c for kp in d for c in kp]}
+               for i, a in enumerate(answers) for d in a]  # fmt: skip
+    ap, ap50, _ = _stock_cocoeval(doc, results, "keypoints")  # COCO's person sigmas, its default
+    assert abs(m["kp_ap"] - ap) < 1e-6 and abs(m["kp_ap50"] - ap50) < 1e-6
+    assert 0.1 < ap < 0.95
+
+
+def test_the_export_loads_with_loadres_and_scores_as_the_job_did(tmp_path):
+    ds, samples = _loaded(tmp_path, FIXTURE, "segment")
+    preds = [_tgt([b for _, b, _ in a], [lab for lab, _, _ in a], masks=[m for _, _, m in a]) for a in ANSWERS]
+    gts = [s.target for s in samples]
+    out = tmp_path / "out"
+    out.mkdir()
+    info = write_export(out, preds, gts, ds.categories, "segment", [s.id for s in samples], [s.file_name for s in samples])
+    assert info["predictions"] == "predictions_coco.json" and info["predictions_n"] == 8
+    m = evaluate(preds, gts, [True] * 3, "segment", ds.categories)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(out / "ground_truth_coco.json"))
+        dt = gt.loadRes(str(out / "predictions_coco.json"))
+    assert sorted(gt.getImgIds()) == [11, 12, 13] and gt.imgs[12]["file_name"] == "b.png"
+    assert all(ann["score"] == 1.0 and "segmentation" in ann for ann in dt.anns.values())
+    for prefix, iou_type in (("", "bbox"), ("mask_", "segm")):
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(gt, dt, iouType=iou_type)
+            ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert abs(ev.stats[0] - m[f"{prefix}ap"]) < 1e-6 and abs(ev.stats[1] - m[f"{prefix}ap50"]) < 1e-6

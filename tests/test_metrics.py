@@ -35,15 +35,19 @@ def dataset():
 def test_perfect_predictions_score_one(task):
     gts = dataset()
     m = evaluate(copy.deepcopy(gts), gts, [True] * 3, task, CATS)
+    boxes = {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error", "ap", "ap50", "ap_per_class"}
     expected = {
-        "detect": {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error"},
-        "segment": {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error", "mask_iou"},
-        "keypoints": {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error", "oks"},
+        "detect": boxes,
+        "segment": boxes | {"mask_iou", "mask_ap", "mask_ap50"},
+        "keypoints": boxes | {"oks", "kp_ap", "kp_ap50"},
         "caption": {"caption_f1", "parse_rate"},
     }[task]
     assert set(m) == expected
+    per_class = m.pop("ap_per_class", [])
     for key, value in m.items():
         assert value == (0.0 if key == "mean_count_error" else 1.0), key
+    assert [row["label"] for row in per_class] == (CATS if task != "caption" else [])
+    assert all(v == 1.0 for row in per_class for k, v in row.items() if k != "label")
     assert primary_metric(task) in m
 
 
@@ -53,7 +57,8 @@ def test_empty_predictions_score_zero_except_on_empty_images():
     m = evaluate(preds, gts, [False, False], "segment", CATS)
     assert m == {
         "mean_iou": 0.0, "map50": 0.0, "f1_50": 0.0, "parse_rate": 0.0,
-        "mean_count_error": 1.5, "mask_iou": 0.0,
+        "mean_count_error": 1.5, "mask_iou": 0.0, "ap": 0.0, "ap50": 0.0, "mask_ap": 0.0, "mask_ap50": 0.0,
+        "ap_per_class": [{"label": c, "ap": 0.0, "ap50": 0.0, "mask_ap": 0.0, "mask_ap50": 0.0} for c in CATS],
     }  # fmt: skip
     caption = evaluate(preds, gts, [True, False], "caption", CATS)
     assert caption == {"caption_f1": 0.0, "parse_rate": 0.5}

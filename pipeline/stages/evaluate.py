@@ -8,6 +8,10 @@ Packaging = merged full-precision weights (``model/``), the NF4 4-bit model (``m
 vision tower and projector kept in 16-bit), a model card, and ``metrics.json``. The 4-bit
 export is gated: if its primary metric drops more than ``export.max_metric_drop`` below full
 precision, the job says so loudly and the 16-bit model stays the release artifact.
+
+Beside ``metrics.json``: the released stage's held-out predictions (its 16-bit model) in COCO's
+results format, ``predictions_coco.json``, with the ground truth they were scored against,
+``ground_truth_coco.json`` (``pipeline.coco_eval.write_export``; every score is 1.0).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import torch
 
+from pipeline.coco_eval import write_export
 from pipeline.codec import CODEC_FILE
 from pipeline.data.errors import DataError
 from pipeline.fence import FenceLost
@@ -75,7 +80,8 @@ def reward_score(ctx: Context, preds: list[dict], samples, parsed: list[bool]) -
     return round(sum(finite) / len(finite), 4) if len(finite) == len(preds) else None
 
 
-def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_config=None) -> tuple[dict, list]:
+def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_config=None) -> tuple[dict, list, list]:
+    """(metrics, the first examples, every parsed prediction) of one model on ``samples``."""
     model, processor = load_model(model_dir, ctx.device, quantization_config=quantization_config)
     t0 = time.monotonic()
     preds, parsed, texts = predict_targets(
@@ -94,7 +100,7 @@ def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_confi
         for s, t, p in list(zip(samples, texts, preds, strict=True))[:16]
     ]
     del model
-    return metrics, examples
+    return metrics, examples, preds
 
 
 def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
@@ -103,9 +109,10 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     key = primary_metric(ctx.cfg.task)
     record: dict[str, Any] = {"split": ctx.cfg.evaluate.split, "n": len(samples), "primary_metric": key, "models": {}}
     examples: dict[str, Any] = {}
+    preds: dict[str, list] = {}
     names = [n for n in ("base", *TRAINED) if n in checkpoints]
     for i, name in enumerate(names):
-        metrics, ex = evaluate_model(ctx, checkpoints[name], samples)
+        metrics, ex, preds[name] = evaluate_model(ctx, checkpoints[name], samples)
         record["models"][name] = metrics
         examples[name] = ex
         ctx.reporter.log(f"{name}: {key} {metrics[key]:.3f} (parse rate {metrics.get('parse_rate', 0):.2f})", stage="evaluate")
@@ -123,6 +130,10 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     record["final_stage"] = names[-1]
     with ctx.publish():
         (ctx.out / "predictions.json").write_text(json.dumps(examples))
+        if ctx.cfg.task != "caption":  # COCO's results format has no captions scored against targets
+            record["coco_export"] = {"model": selection["released"], **write_export(
+                ctx.out, preds[selection["released"]], [s.target for s in samples], ctx.domain.categories,
+                ctx.cfg.task, [s.id for s in samples], [s.file_name for s in samples])}  # fmt: skip
     ctx.reporter.progress("evaluate", 1.0)
     return record
 
@@ -145,7 +156,7 @@ def choose_release(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]
                 "reason": f"{TITLES[last]} (no validation split to choose on)"}  # fmt: skip
     scores: dict[str, dict[str, float]] = {}
     for name in (n for n in ("base", *trained) if n in checkpoints):
-        metrics, _ = evaluate_model(ctx, checkpoints[name], val)
+        metrics, _, _ = evaluate_model(ctx, checkpoints[name], val)
         scores[name] = {k: metrics[k] for k in (key, REWARD_SCORE, "parse_rate") if k in metrics}
     if len(trained) == 1:
         best, reason = last, f"{TITLES[last]} (the only trained stage)"
@@ -224,7 +235,7 @@ def train_fit(
     samples = train[:FIT_SAMPLES]
     fit: dict[str, Any] = {"split": "train", "n": len(samples)}
     for name in names:
-        metrics, _ = evaluate_model(ctx, checkpoints[name], samples)
+        metrics, _, _ = evaluate_model(ctx, checkpoints[name], samples)
         fit[name] = {key: metrics[key], "gap": round(metrics[key] - record["models"][name][key], 4)}
     last = names[-1]
     if fit[last]["gap"] > warn_gap:
@@ -332,6 +343,6 @@ def quantize_and_eval(ctx: Context, full_dir: Path, q_dir: Path, samples, exampl
             if (full_dir / meta).exists():
                 shutil.copy(full_dir / meta, q_dir / meta)
     del model
-    metrics, ex = evaluate_model(ctx, q_dir, samples)
+    metrics, ex, _ = evaluate_model(ctx, q_dir, samples)
     examples["4bit"] = ex
     return metrics
