@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.coco_eval import coco_ap, standard_metrics, to_coco
+from pipeline.coco_eval import standard_metrics
 from pipeline.geometry import class_mask, default_sigmas, ioa_matrix, iou_matrix, match_matrix
 from pipeline.rewards.builtin import (
     caption_f1,
@@ -160,11 +160,3 @@ def without_crowd_hits(pred: Target, gt: Target) -> Target:
 
 def _mean(values: Any) -> float:
     return float(np.mean(list(values)))
-
-
-def map50(preds: list[Target], gts: list[Target], categories: list[str]) -> float:
-    """COCO box mAP at IoU 0.5 with pycocotools, every prediction scored 1.0 (see module).
-
-    With no ground-truth object at all: 1.0 if there is no prediction either, else 0.0.
-    """
-    return float(coco_ap(*to_coco(preds, gts, categories, "detect"), "bbox")["ap50"])

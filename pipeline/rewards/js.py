@@ -79,7 +79,8 @@ def sample_target(task: str = "detect", width: int = 64, height: int = 64) -> di
     """A small, valid ground truth of ``task`` for load-time checks, as stage 3 gives it
     (``reward_target``: detect and segment carry clicks and counts too)."""
     t: dict[str, Any] = {"boxes": [[8, 8, 24, 24], [30, 12, 50, 40]], "labels": ["object", "object"], "points": [],
-                         "keypoints": [], "masks": [], "point_labels": [], "counts": {}, "text": "",
+                         "keypoints": [], "masks": [], "point_labels": [], "counts": {}, "crowd": [], "areas": [],
+                         "mask_parts": [], "text": "",
                          "image": {"width": width, "height": height}}  # fmt: skip
     if task == "segment":
         t["masks"] = [[8, 8, 24, 8, 24, 24, 8, 24], [30, 12, 50, 12, 50, 40, 30, 40]]
