@@ -3,9 +3,6 @@
 All inputs are canonical targets in ORIGINAL-image pixels (``pipeline.codec.Codec.decode``
 gives them for model text). Per task:
 
-Detections on crowd regions are left out of every metric (``without_crowd_hits``; COCOeval
-is given the regions as ``iscrowd`` ground truth and does the same).
-
 * detect: ``mean_iou`` (mean over images of the ``iou`` reward), ``map50`` (COCO mAP at IoU
   0.5, pycocotools), ``f1_50`` (pooled over the dataset: 2·TP / (#pred + #gt), class-aware),
   ``parse_rate``, ``mean_count_error`` (mean |#pred − #gt| per image);
@@ -17,6 +14,9 @@ Every task with objects also reports COCO's standard metrics through COCOeval
 (``pipeline.coco_eval``): ``ap`` (box AP@[.5:.95]) and ``ap50`` (= ``map50``), ``mask_ap`` /
 ``mask_ap50`` for segment (every part of a split mask), ``kp_ap`` / ``kp_ap50`` for keypoints
 (OKS with the annotation's area), and ``ap_per_class``: ``[{"label", "ap", "ap50", ...}]``.
+
+Detections on crowd regions are left out of every metric (``without_crowd_hits``; COCOeval
+is given the regions as ``iscrowd`` ground truth and does the same).
 
 mAP without confidences: a VLM's answer has no scores, so every prediction gets score 1.0.
 pycocotools sorts detections with a stable sort, so ties keep the input order: images in
@@ -70,7 +70,7 @@ def evaluate(
     categories: list[str],
     sigmas: Sequence[float] | None = None,
     keypoint_names: Sequence[str] | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Metrics of ``preds[i]`` against ``gts[i]`` (see the module docstring).
 
     ``sigmas`` are the OKS sigmas per keypoint; by default ``geometry.default_sigmas`` of
