@@ -31,7 +31,7 @@ class Stage:
 STAGE_TABLE: tuple[Stage, ...] = (
     Stage("warm_start", 1, "warm-start SFT", "warm_start", 45.0, True),
     Stage("domain", 2, "domain SFT", "domain", 10.0, True),
-    Stage("reward", 3, "RL (GRPO)", "rl", 25.0, True),
+    Stage("reward", 3, "reward RL", "rl", 25.0, True),
     Stage("evaluate", 4, "evaluate & 4-bit", "evaluate", 20.0, False),
 )
 STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE)

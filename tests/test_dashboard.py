@@ -109,7 +109,7 @@ def test_finished_job_page_shows_stages_curves_metrics_samples_artifacts(stack, 
     assert list(stages["status"]) == ["done"] * 4
     # held-out metrics: one row per model, base → warm-start → domain → RL → 4-bit, the API's numbers
     table = frame(at, "model")
-    assert list(table["model"]) == ["base", "warm-start SFT", "domain SFT", "RL (GRPO)", "4-bit"]
+    assert list(table["model"]) == ["base", "warm-start SFT", "domain SFT", "reward RL", "4-bit"]
     key = finished["result"]["primary_metric"]
     assert list(table[key]) == [finished["result"]["models"][m][key] for m in ("base", "warm_start", "domain", "reward", "4bit")]
     # the job's own JavaScript reward, scored for every model, in a column named after it
