@@ -28,7 +28,7 @@ class Settings:
     # Intermediate checkpoints and unpacked datasets of finished jobs older than this are deleted.
     temp_retention_s: float = field(default_factory=lambda: _f("DREAMFORGE_TEMP_RETENTION_S", 7 * 86400))
     poll_s: float = field(default_factory=lambda: _f("DREAMFORGE_POLL_S", 0.2))
-    # CPU-heavy API work runs in bounded lanes (lanes.py): threads each, plus requests allowed to
+    # CPU-heavy API work runs in bounded lanes (jobs/lanes.py): threads each, plus requests allowed to
     # wait for one; beyond that the API answers 503 with Retry-After instead of stalling.
     check_workers: int = field(default_factory=lambda: int(_f("DREAMFORGE_CHECK_WORKERS", 2)))
     check_waiting: int = field(default_factory=lambda: int(_f("DREAMFORGE_CHECK_WAITING", 8)))
@@ -37,7 +37,7 @@ class Settings:
     # Where stages run: "local" (child processes here) or "modal" (the deployed app's GPU functions).
     executor: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_EXECUTOR", "local"))
     modal_app: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_MODAL_APP", "dreamforge"))
-    # GitHub integration (dreamforge/webhooks.py, github_status.py, oidc.py)
+    # GitHub integration (dreamforge/github/)
     github_api_url: str = field(default_factory=lambda: os.environ.get("GITHUB_API_URL", "https://api.github.com"))
     github_token: str | None = field(default_factory=lambda: os.environ.get("GITHUB_TOKEN"))
     dashboard_url: str | None = field(default_factory=lambda: os.environ.get("DREAMFORGE_DASHBOARD_URL"))

@@ -14,12 +14,14 @@ import pytest
 from conftest import tiny_job_config
 from service_helpers import wait_for
 
-from dreamforge import modal_calls, queue
-from dreamforge.modal_executor import ModalExecutor
-from dreamforge.modal_stage import run_stage
+from dreamforge.executors import modal_calls
+from dreamforge.executors.modal_executor import ModalExecutor
+from dreamforge.executors.modal_stage import run_stage
+from dreamforge.jobs import queue
+from dreamforge.jobs.sink import MongoSink
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS, LOGS, METRICS, client, ensure_indexes
-from dreamforge.worker import MongoSink, Worker
+from dreamforge.worker import Worker
 from pipeline.config import STAGES, build_config, config_hash
 
 
@@ -265,7 +267,7 @@ def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
     import uvicorn
     from dbserver import free_port
 
-    from dreamforge.api import create_app
+    from dreamforge.api.app import create_app
     from dreamforge.auth import create_project
     from modal_app.app import spawn_on_queue
 

@@ -15,7 +15,7 @@ from conftest import tiny_job_config
 from service_helpers import all_logs, api, wait_for, wait_job
 
 from dreamforge.auth import create_project
-from dreamforge.stack import start_stack
+from dreamforge.local.stack import start_stack
 from pipeline.config import build_config, load_preset, preset_names
 from pipeline.rewards.js import EXAMPLES
 
@@ -220,7 +220,7 @@ def test_dataset_upload_and_hostile_archives(stack, db, tmp_path):
         job = wait_job(c, job_id)
         assert job["status"] == "succeeded", job["error"]
         line = next(ln["message"] for ln in all_logs(c, job_id) if ln["message"].startswith("dataset "))
-        assert sum(int(n) for n in re.findall(r"(\d+)(?:,| images)", line)) == 8, line  # the 8 uploaded images
+        assert sum(int(n) for n in re.findall(r"(\d+)(?:,| images?\b)", line)) == 8, line  # the 8 uploaded images
     assert db["datasets.files"].count_documents({}) == n_files + 1
 
 
@@ -280,7 +280,7 @@ def test_presets_listed_in_json(stack):
 
 
 def test_database_down_is_503_and_nothing_is_lost(tmp_path):
-    from dreamforge import embedded_db
+    from dreamforge.local import embedded_db
 
     s = start_stack(tmp_path / "stack", workers=1, extra_env={"DREAMFORGE_POLL_S": "0.1"})
     try:
