@@ -26,7 +26,7 @@ from dreamforge.github.status import start_sync_thread
 from dreamforge.jobs import queue, streams, wakeup
 from dreamforge.jobs.sink import MongoSink
 from dreamforge.schemas import FINAL_STATUSES
-from dreamforge.settings import Settings
+from dreamforge.settings import Settings, SettingsError
 from dreamforge.store import JOBS, REWARDS, client, ensure_indexes
 from pipeline.config import STAGES
 
@@ -41,8 +41,6 @@ class Worker:
             from dreamforge.executors.modal_executor import ModalExecutor
 
             executor = ModalExecutor(self.settings)
-        elif executor is None and self.settings.executor != "local":
-            raise ValueError(f"DREAMFORGE_EXECUTOR={self.settings.executor!r}: use 'local' or 'modal'")
         self.executor = executor or LocalExecutor(poll_s=self.settings.poll_s)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.client = client(self.settings.require_uri())
@@ -301,7 +299,10 @@ def cleanup_temporary(settings: Settings, db) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
-    w = Worker()
+    try:
+        w = Worker()
+    except SettingsError as e:
+        raise SystemExit(f"worker: {e}") from None
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: w.stop())

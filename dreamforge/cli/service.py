@@ -15,14 +15,21 @@ import typer
 from dreamforge.cli.client import STACK_FILE, ApiError, Client, stack_info
 from dreamforge.cli.console import fail, follow_job, log_line, print_summary, stage_label
 from dreamforge.local.stack import start_stack
-from dreamforge.settings import Settings
+from dreamforge.settings import Settings, SettingsError
 
 
 def _client() -> Client:
     try:
         return Client()
-    except ApiError as e:
-        raise fail(str(e)) from None
+    except (ApiError, SettingsError) as e:
+        raise fail(str(e), 2 if isinstance(e, SettingsError) else 1) from None
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except SettingsError as e:
+        raise fail(str(e), 2) from None
 
 
 def parse_epochs(first: str | None, extra: list[str]) -> list[str]:
@@ -45,7 +52,7 @@ def up(
     home: Annotated[Path | None, typer.Option(help="Data directory (default $DREAMFORGE_HOME or ./.dreamforge).")] = None,
 ) -> None:
     """Start the local stack: embedded database, API, workers and dashboard, until Ctrl-C."""
-    home = home or Settings().home
+    home = home or _settings().home
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     stack = _start(home, workers, dashboard)
@@ -77,6 +84,7 @@ def worker() -> None:
         if not info:
             raise fail("set MONGODB_URI or start the local stack with `dreamforge up`")
         os.environ["MONGODB_URI"] = info["uri"]
+    _settings()  # a bad variable is named here, not in a traceback
     worker_main()
 
 
@@ -219,7 +227,7 @@ def demo(
 ) -> None:
     """The demo through the real stack: start it, submit the retail-shelf job over the API,
     follow it to the end, print the metrics and where the model is, stop the stack."""
-    home = home or Settings().home
+    home = home or _settings().home
     stack = _start(home, workers=1, dashboard=False)
     typer.echo(f"local stack up: API {stack.api_url}, database {stack.uri}")
     try:
