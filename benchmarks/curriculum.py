@@ -64,7 +64,7 @@ def main() -> None:
     domain, _ = load_data(cfg, {"domain"}, reporter)
     ctx = Context(
         cfg=cfg, device=pick_device(), reporter=reporter, out=out / "baseline", domain=domain,
-        domain_codec=make_codec(cfg, domain), reward=resolve_reward(cfg),
+        domain_codec=make_codec(cfg, domain), reward=resolve_reward(cfg, reporter, domain),
     )
     stage2 = out / "job" / "stages" / "domain" / "model"
     more = cfg.domain.model_copy(update={"max_seconds": rl_seconds, "max_steps": None, "epochs": 10_000})

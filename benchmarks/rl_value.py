@@ -44,7 +44,6 @@ STAGE3 = ("grpo", "rft")
 
 
 def _context(cfg, out: Path):
-    from pipeline.data import load_dataset
     from pipeline.device import pick_device
     from pipeline.job import load_data, make_codec, resolve_reward
     from pipeline.reporter import BaseReporter
@@ -53,8 +52,8 @@ def _context(cfg, out: Path):
     reporter = BaseReporter()
     domain, _ = load_data(cfg, {"domain"}, reporter)
     ctx = Context(cfg=cfg, device=pick_device(), reporter=reporter, out=out, domain=domain,
-                  domain_codec=make_codec(cfg, domain), reward=resolve_reward(cfg, reporter))  # fmt: skip
-    return ctx, load_dataset
+                  domain_codec=make_codec(cfg, domain), reward=resolve_reward(cfg, reporter, domain))  # fmt: skip
+    return ctx
 
 
 def _heldout(kind: str, n: int, seed: int, *, shift: bool, size: int) -> list:
@@ -74,8 +73,8 @@ def _score(ctx, model_dir: Path, samples: list) -> dict:
 
 
 def run_seed(preset: str, seed: int, seconds: float | None, heldout: int, out: Path) -> dict:
-    from pipeline.config import build_config, load_preset
-    from pipeline.job import augmented_train, run_job, seed_everything
+    from pipeline.config import RLConfig, build_config, load_preset
+    from pipeline.job import augmented_train, reward_train, run_job, seed_everything
     from pipeline.stages.evaluate import pick_release
     from pipeline.stages.grpo import train_grpo
     from pipeline.stages.rft import pseudo_label, train_rft
@@ -89,14 +88,13 @@ def run_seed(preset: str, seed: int, seconds: float | None, heldout: int, out: P
     t0 = time.monotonic()
     run_job(cfg, out, stages=[1, 2])
     s2 = out / "stages" / "domain" / "model"
-    ctx, _ = _context(cfg, out)
+    ctx = _context(cfg, out)
     train = ctx.domain.splits["train"]
-    kinds = cfg.rl.label_kinds or getattr(ctx.reward, "label_kinds", ("full",))
     boxed = [s for s in train if s.label_kind == "full"]
     weak = [s for s in train if s.label_kind != "full"]
-    stage3 = [s for s in augmented_train(ctx, "reward") if s.label_kind in kinds]
     if hasattr(ctx.reward, "prepare"):
         ctx.reward.prepare(boxed)
+    stage3 = reward_train(ctx, "reward")
     sft_cfg = cfg.domain.model_copy(update={"max_seconds": T, "max_steps": None, "epochs": 10_000, "min_steps": 0,
                                             "val_checks": 0})  # fmt: skip
     models = {"stage2": s2}
@@ -124,7 +122,11 @@ def run_seed(preset: str, seed: int, seconds: float | None, heldout: int, out: P
     for arm, fn in (("grpo", train_grpo), ("rft", train_rft)):
         seed_everything(seed)
         models[arm] = out / "arms" / arm / "model"
-        rl = cfg.rl.model_copy(update={"algorithm": arm, "max_seconds": T, "max_steps": None, "epochs": 10_000})
+        # Each algorithm at its own learning rate: the preset's for its algorithm; GRPO's default
+        # for GRPO; RFT trains with the supervised trainer, so the SFT arm's.
+        grpo_lr = RLConfig.model_fields["lr"].default
+        lr = cfg.rl.lr if arm == cfg.rl.algorithm else (grpo_lr if arm == "grpo" else cfg.domain.lr)
+        rl = cfg.rl.model_copy(update={"algorithm": arm, "max_seconds": T, "max_steps": None, "epochs": 10_000, "lr": lr})
         info[arm] = fn(ctx, f"arm-{arm}", s2, stage3, ctx.domain_codec, rl, models[arm])
 
     size = ctx.domain.splits["train"][0].width

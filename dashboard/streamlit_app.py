@@ -23,11 +23,24 @@ from dashboard import ui  # noqa: E402
 st.set_page_config(page_title="DreamForge", page_icon=":material/local_fire_department:", layout="wide")
 st.session_state.setdefault("api_key", os.environ.get("DREAMFORGE_API_KEY", ""))
 
+# Every page has a name in the URL (/train, /jobs, /job?job=…, /previews) so links from the README,
+# the API, the CLI and the Action open it; the root is a hidden page that sends the visitor on.
 # Material icons ship with Streamlit's own font; emoji need a system emoji font, which Debian's
 # Chromium lacks (they drew as empty boxes there).
+TRAIN = st.Page("app_pages/train.py", title="Train", icon=":material/rocket_launch:", url_path="train")
+JOB = st.Page("app_pages/job.py", title="Job", icon=":material/monitoring:", url_path="job")
+
+
+def _root() -> None:
+    """``/``: a job link without its page name (``/?job=…``) opens the job, anything else /train."""
+    job = st.query_params.get("job")
+    st.switch_page(JOB, query_params={"job": job}) if job else st.switch_page(TRAIN)
+
+
 pages = [
-    st.Page("app_pages/train.py", title="Train", icon=":material/rocket_launch:", default=True),
-    st.Page("app_pages/job.py", title="Job", icon=":material/monitoring:", url_path="job"),
+    st.Page(_root, title="DreamForge", url_path="home", default=True, visibility="hidden"),
+    TRAIN,
+    JOB,
     st.Page("app_pages/jobs.py", title="Jobs", icon=":material/list_alt:", url_path="jobs"),
     st.Page("app_pages/previews.py", title="Previews", icon=":material/account_tree:", url_path="previews"),
 ]

@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard.api import Api
 from pipeline.config import CurriculumConfig
-from pipeline.stage_table import BY_NAME, STAGE_TABLE, TRAINED, key_metric, models_newest_first
+from pipeline.stage_table import BY_NAME, STAGE_TABLE, TRAINED, key_metric, metric_title, models_newest_first
 
 STAGE_TITLES = {s.name: s.label for s in STAGE_TABLE}
 # Markdown with Streamlit's Material icons (no emoji: see streamlit_app.py); tables, which do not
@@ -70,6 +70,8 @@ def status_text(job: dict[str, Any]) -> str:
 
 
 def job_url(job_id: str) -> str:
+    # The page's url_path (streamlit_app.py); the service builds the same links with
+    # dreamforge.settings.dashboard_page (the browser test opens those).
     return f"/job?job={job_id}"
 
 
@@ -99,7 +101,8 @@ def fit_caption(result: dict[str, Any]) -> str:
 
 
 def models_table(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Held-out metrics per model (base → warm-start → domain → RL → 4-bit), one row each."""
+    """Held-out metrics per model (base → warm-start → domain → RL → 4-bit), one row each; the
+    job's own reward score under the reward's name."""
     models = dict(result.get("models") or {})
     release = result.get("release") or {}
     quantized = release.get("quantized_metrics") or release.get("metrics_4bit")
@@ -110,7 +113,8 @@ def models_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     for name in order:
         m = models[name]
         row = {"model": MODEL_TITLES.get(name, name)}
-        row.update({k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+        row.update({metric_title(k, result.get("reward")): v for k, v in m.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)})  # fmt: skip
         rows.append(row)
     return rows
 

@@ -84,6 +84,13 @@ class JobError(BaseModel):
     stage: str | None = None
 
 
+class DatasetRef(BaseModel):
+    """An uploaded dataset as a person knows it (its name) and as machines do (its id)."""
+
+    id: str
+    name: str
+
+
 class JobView(BaseModel):
     """What ``GET /api/train/status`` and ``GET /api/jobs`` answer."""
 
@@ -103,6 +110,11 @@ class JobView(BaseModel):
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
+    datasets: dict[str, DatasetRef] = Field(
+        default_factory=dict,
+        description="The uploaded datasets the job trains on, by config field (dataset, warm_start_dataset): "
+        "the name the user gave each and its id (ds_…).",
+    )
 
 
 class JobPage(BaseModel):

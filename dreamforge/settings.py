@@ -18,6 +18,17 @@ class SettingsError(ValueError):
     """The environment holds a value the service cannot use; the message names each variable."""
 
 
+# The dashboard's named pages (dashboard/streamlit_app.py's url_path of each): every link we print
+# (README, API answers, CLI, commit status, PR comment, the Action) opens one of them by name.
+DASHBOARD_PAGES = ("train", "jobs", "job", "previews")
+
+
+def dashboard_page(base: str, page: str, job_id: str | None = None) -> str:
+    """``https://dash/job?job=ID``: the URL of one dashboard page."""
+    assert page in DASHBOARD_PAGES, page
+    return f"{base.rstrip('/')}/{page}" + (f"?job={job_id}" if job_id else "")
+
+
 def env(name: str, default: Any, **checks: Any) -> Any:
     return Field(default, validation_alias=name, **checks)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
@@ -165,8 +166,12 @@ class Worker:
             doc = self.db[REWARDS].find_one({"_id": job["reward_ref"], "project_id": job["project_id"]})
             if doc is None:
                 raise _UserError(f"reward {job['reward_ref']} no longer exists")
-            (workdir / "reward.js").write_text(doc["source"])
-            cfg["reward"] = str(workdir / "reward.js")
+            # Under the name the user gave it: the pipeline reports a JavaScript reward by its file
+            # name (metrics.json's "reward", the held-out tables' "reward: NAME" column).
+            path = workdir / "reward" / stored_reward_file(doc["name"])
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(doc["source"])
+            cfg["reward"] = str(path)
         (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
 
     def _run_stages(self, job: dict[str, Any], state: dict) -> None:
@@ -257,6 +262,13 @@ class _UserError(Exception):
     pass
 
 
+def stored_reward_file(name: str) -> str:
+    """``retail_facings.js`` for a stored reward named retail_facings (or retail_facings.js): a
+    plain file name, whatever the user typed."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.removesuffix(".js")).strip("._")[:64]
+    return f"{stem or 'reward'}.js"
+
+
 def job_result(out: Path) -> dict[str, Any]:
     """The model's metadata for the job document: metrics per stage, sizes, artifact paths."""
     path = out / "metrics.json"
@@ -268,6 +280,7 @@ def job_result(out: Path) -> dict[str, Any]:
     release = ev.get("release") or {}
     return {
         "primary_metric": key,
+        "reward": record.get("reward"),  # the name the held-out reward score is shown under
         "models": ev.get("models", {}),
         "release": release,
         "train_fit": ev.get("train_fit") or {},

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from github_action.workflow import annotate, event, get_input, key_lines, line_of, set_output, write_summary
-from pipeline.stage_table import STAGES, models_newest_first
+from pipeline.stage_table import REWARD_SCORE, STAGES, metric_title, models_newest_first
 
 RETRIES = 5
 PERMISSIONS_FIX = "permissions:\n  id-token: write\n  contents: read"
@@ -183,9 +183,20 @@ def wait_for_job(endpoint: str, api_key: str, job_id: str, timeout_s: float) -> 
 # -- outputs -------------------------------------------------------------------------------
 def metrics_of(job: dict[str, Any]) -> dict[str, Any]:
     result = job.get("result") or {}
-    return {"primary_metric": result.get("primary_metric"), "models": result.get("models") or {},
+    return {"primary_metric": result.get("primary_metric"), "reward": result.get("reward"), "models": result.get("models") or {},
             "training": job.get("metrics") or {}, "verdict": verdict_of(job),
             "released": (result.get("release") or {}).get("stage")}  # fmt: skip
+
+
+def reward_score_of(job: dict[str, Any] | None) -> str:
+    """The released model's held-out score under the job's own reward (the ``reward-score``
+    output), else empty."""
+    result = (job or {}).get("result") or {}
+    models = result.get("models") or {}
+    for name in models_newest_first((result.get("release") or {}).get("stage")):
+        if isinstance((models.get(name) or {}).get(REWARD_SCORE), int | float):
+            return f"{models[name][REWARD_SCORE]:.4g}"
+    return ""
 
 
 def verdict_of(job: dict[str, Any] | None) -> str:
@@ -230,7 +241,8 @@ def summary(push: dict[str, Any], answer: dict[str, Any], job: dict[str, Any] | 
             if (result.get("release") or {}).get("reason"):
                 out += ["", f"Released: {result['release']['reason']}."]
             keys = table_keys(models, primary)
-            out += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+            titles = [metric_title(k, result.get("reward")) for k in keys]
+            out += ["", "| model | " + " | ".join(titles) + " |", "|---|" + "---|" * len(keys)]
             out += [f"| {n} | " + " | ".join(f"{m[k]:.4g}" if isinstance(m.get(k), int | float) else "" for k in keys) + " |"
                     for n, m in models.items()]  # fmt: skip
         if job.get("error"):
@@ -282,6 +294,8 @@ def run() -> None:
     status = job["status"] if job else answer["status"]
     set_output("status", status)
     set_output("verdict", verdict_of(job))
+    set_output("reward", ((job or {}).get("result") or {}).get("reward") or "")
+    set_output("reward-score", reward_score_of(job))
     set_output("metrics", json.dumps(metrics_of(job) if job else {}))
     write_summary(summary(push, answer, job))
     if wait and not finished:

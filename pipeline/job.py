@@ -30,7 +30,7 @@ from pipeline.reporter import BaseReporter, Reporter
 from pipeline.rewards.builtin import DEFAULT_REWARD, get_reward
 from pipeline.stage_table import BY_NUMBER
 from pipeline.stages.common import Context, fresh_dir, fully_labelled, is_done, mark_done, read_done
-from pipeline.structures import Dataset, Sample
+from pipeline.structures import WEAK_TASKS, Dataset, Sample
 
 
 def seed_everything(seed: int) -> None:
@@ -43,10 +43,29 @@ def is_js_reward(name: str) -> bool:
     return name.endswith(".js") or name.startswith("example:")
 
 
-def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None):
+def default_reward(task: str, domain: Dataset | None = None, reporter: Reporter | None = None) -> str:
+    """The reward ``"default"`` stands for: the task's own (``DEFAULT_REWARD``), or, when the
+    training split holds clicked or counted images, the weak reward that can score them too
+    (``points``, else ``count``), so stage 3 learns from every label the user has."""
+    name = DEFAULT_REWARD[task]
+    if domain is None or task not in WEAK_TASKS:
+        return name
+    train = domain.splits.get("train") or []
+    for kind, weak in (("points", "points"), ("counts", "count")):
+        n = sum(s.label_kind == kind for s in train)
+        if n:
+            if reporter is not None:
+                reporter.log(f"reward: default is {weak}, which scores the {n} {KIND_WORDS[kind]} training images "
+                             f"as well as the boxed ones (set reward to {name} to train stage 3 on boxed images only)")  # fmt: skip
+            return weak
+    return name
+
+
+def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, domain: Dataset | None = None):
     """The job's reward; a JavaScript reward is started in its sandbox and checked on a
-    sample now, so a broken one fails the job before any training."""
-    name = DEFAULT_REWARD[cfg.task] if cfg.reward == "default" else cfg.reward
+    sample now, so a broken one fails the job before any training. ``"default"`` depends on
+    the labels of ``domain`` when given (:func:`default_reward`)."""
+    name = default_reward(cfg.task, domain, reporter) if cfg.reward == "default" else cfg.reward
     if is_js_reward(name):
         from pipeline.rewards.js import JsLimits, check_reward, load_js_reward
 
@@ -187,8 +206,8 @@ def run_job(
     seed_everything(cfg.seed)
     device = pick_device()
     reporter.log(f"device {device.kind}, precision {str(device.dtype).removeprefix('torch.')}")
-    reward = resolve_reward(cfg, reporter)
     domain, warm = data if data is not None else load_data(cfg, wanted, reporter)
+    reward = resolve_reward(cfg, reporter, domain)
     reporter.log(
         f"dataset {domain.name}: " + "; ".join(f"{k} {label_summary(v)}" for k, v in domain.splits.items())
     )

@@ -31,7 +31,7 @@ class Stage:
 STAGE_TABLE: tuple[Stage, ...] = (
     Stage("warm_start", 1, "warm-start SFT", "warm_start", 45.0, True),
     Stage("domain", 2, "domain SFT", "domain", 10.0, True),
-    Stage("reward", 3, "RL (GRPO)", "rl", 25.0, True),
+    Stage("reward", 3, "reward RL", "rl", 25.0, True),
     Stage("evaluate", 4, "evaluate & 4-bit", "evaluate", 20.0, False),
 )
 STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE)
@@ -74,3 +74,18 @@ def key_metric(job: dict[str, Any]) -> tuple[str, float] | None:
 
 def as_json() -> list[dict[str, Any]]:
     return [{**asdict(s), "label": s.label} for s in STAGE_TABLE]
+
+
+# The held-out mean of the job's own reward per model (pipeline/stages/evaluate.py), and the
+# title every held-out table gives it: the reward's name (metrics.json's "reward"), because for a
+# user who wrote a business reward that is the number they know it by.
+REWARD_SCORE = "reward_score"
+
+
+def metric_title(key: str, reward: str | None) -> str:
+    """``reward: retail_facings`` for the reward score of a job whose reward is retail_facings.js;
+    any other metric keeps its key."""
+    if key != REWARD_SCORE:
+        return key
+    name = (reward or "").removesuffix(".js")
+    return f"reward: {name}" if name else "reward score"

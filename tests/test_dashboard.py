@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import zipfile
 
 import httpx
 import pytest
+from bson import ObjectId
 from conftest import tiny_job_config
 from dashboard_helpers import app, chart_data, claim, frame, log_rows, metric_rows, submit, texts
 from PIL import Image
@@ -26,6 +28,8 @@ from service_helpers import api, wait_job
 from dreamforge.auth import create_project
 from dreamforge.jobs import queue, streams
 from dreamforge.local.stack import start_dashboard, start_stack
+from dreamforge.settings import dashboard_page
+from pipeline.rewards.js import EXAMPLES
 
 REPO = "acme/shelves"
 
@@ -44,11 +48,14 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished(stack):
-    """One real tiny job, all four stages, on branch main of acme/shelves."""
+    """One real tiny job, all four stages, on branch main of acme/shelves, trained with a stored
+    JavaScript reward (retail_facings): its held-out score shows under its name."""
     worker = stack.start_worker()
     try:
         with api(stack) as c:
-            job_id = submit(c, tiny_job_config(), repo=REPO, branch="main", sha="a1b2c3d4e5f6")
+            source = (EXAMPLES / "retail_facings.js").read_text()
+            rid = c.post("/api/rewards", json={"name": "retail_facings", "source": source}).json()["id"]
+            job_id = submit(c, tiny_job_config(reward=rid), repo=REPO, branch="main", sha="a1b2c3d4e5f6")
             job = wait_job(c, job_id, timeout=300)
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -102,9 +109,14 @@ def test_finished_job_page_shows_stages_curves_metrics_samples_artifacts(stack, 
     assert list(stages["status"]) == ["done"] * 4
     # held-out metrics: one row per model, base → warm-start → domain → RL → 4-bit, the API's numbers
     table = frame(at, "model")
-    assert list(table["model"]) == ["base", "warm-start SFT", "domain SFT", "RL (GRPO)", "4-bit"]
+    assert list(table["model"]) == ["base", "warm-start SFT", "domain SFT", "reward RL", "4-bit"]
     key = finished["result"]["primary_metric"]
     assert list(table[key]) == [finished["result"]["models"][m][key] for m in ("base", "warm_start", "domain", "reward", "4bit")]
+    # the job's own JavaScript reward, scored for every model, in a column named after it
+    assert finished["result"]["reward"] == "retail_facings.js"
+    scores = [finished["result"]["models"][m].get("reward_score") for m in ("base", "warm_start", "domain", "reward", "4bit")]
+    assert all(isinstance(x, float) for x in scores), scores
+    assert "reward_score" not in table.columns and list(table["reward: retail_facings"]) == scores
     per_stage = frame(at, "steps")
     assert list(per_stage["steps"]) == [6, 4, 2]  # tiny_job_config's max_steps per stage
     # curves: the loss chart holds the SFT stages, the reward chart the RL stage's reward
@@ -112,6 +124,8 @@ def test_finished_job_page_shows_stages_curves_metrics_samples_artifacts(stack, 
     assert {"warm_start", "domain"} <= set(loss["stage"])
     reward = chart_data(at, "reward vs step")
     assert set(reward["stage"]) == {"reward"} and set(reward["metric"]) == {"reward"}
+    spec = next(json.loads(c.proto.spec) for c in at.get("vega_lite_chart") if json.loads(c.proto.spec)["title"] == "reward vs step")
+    assert spec["encoding"]["y"]["title"] == "reward: retail_facings"
     # samples: each held-out image twice (prediction, ground truth), decodable PNGs
     assert len(at.get("image")) == 12
     artifacts = frame(at, "artifact")
@@ -297,6 +311,11 @@ def test_train_page_uploads_a_zip_and_launches_onto_the_job_page(stack, db, tmp_
     assert doc["config"]["rl"]["num_generations"] == 4 and doc["config"]["rl"]["batch_size"] == 8
     assert doc["config"]["reward"] == "f1"
     assert db.datasets.find_one({"_id": ds_id})["images"] == 8
+    # the upload keeps its name: in GridFS, on the job, and on the job's page (the id is for machines)
+    gid = doc["config"]["data"]["dataset"].removeprefix("gridfs://")
+    assert db["datasets.files"].find_one({"_id": ObjectId(gid)})["metadata"]["name"] == "shelves"
+    assert doc["datasets"] == {"dataset": {"id": ds_id, "name": "shelves"}}
+    assert any(" · dataset shelves · " in c for c in texts(at, "caption")), texts(at, "caption")
     with api(stack) as c:
         c.post(f"/api/jobs/{job_id}/cancel")
 
@@ -379,7 +398,8 @@ def test_dreamforge_up_starts_the_dashboard_and_prints_its_url(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, "".join(out)
             out.append(proc.stdout.readline())
         url = next(ln.split()[1] for ln in out if ln.strip().startswith("dashboard:"))
-        assert httpx.get(url + "/_stcore/health", timeout=5).text == "ok"
+        assert url.endswith("/train")  # the named page, not the root
+        assert httpx.get(url.removesuffix("/train") + "/_stcore/health", timeout=5).text == "ok"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
@@ -449,3 +469,27 @@ def test_browser_follows_a_running_job_without_reloading(stack, db, jobs, browse
     page.get_by_text(f"Logs ({n + 3} lines)").wait_for(timeout=15_000)
     page.wait_for_function("document.body.innerText.includes('domain line 902')", timeout=15_000)
     page.close()
+
+
+def test_browser_opens_every_page_by_its_url(stack, browser):
+    """/train, /jobs, /job?job=…, /previews open by URL (links from the README, the API, the CLI
+    and the Action land there); the root and a bare /?job=… link go on to the right page."""
+    with api(stack) as c:
+        job_id = submit(c, tiny_job_config())
+    base = stack.dashboard_url
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        # the URLs the service prints (dashboard_page) must be the dashboard's own page names
+        for url, title in ((dashboard_page(base, "train"), "Train"), (dashboard_page(base, "jobs"), "Jobs"),
+                           (dashboard_page(base, "job", job_id), f"Job {job_id}"), (dashboard_page(base, "previews"), "Previews"),
+                           (base + "/", "Train"), (f"{base}/?job={job_id}", f"Job {job_id}")):  # fmt: skip
+            page.goto(url, timeout=60_000)
+            page.locator("h1").filter(has_text=title).first.wait_for(timeout=60_000)
+            assert "Page not found" not in page.inner_text("body"), url
+        assert page.url == f"{base}/job?job={job_id}"  # the address bar names the page too
+        page.goto(base + "/", timeout=60_000)
+        page.wait_for_url(f"{base}/train", timeout=30_000)
+    finally:
+        page.close()
+        with api(stack) as c:
+            c.post(f"/api/jobs/{job_id}/cancel")

@@ -58,7 +58,7 @@ def test_key_metric_prefers_the_held_out_metric_then_the_running_stage():
 def test_models_table_orders_stages_and_keeps_numbers_only():
     rows = ui.models_table({"models": {"4bit": {"mean_iou": 0.5}, "base": {"mean_iou": 0.1, "note": "x"},
                                        "reward": {"mean_iou": 0.55}, "domain": {"mean_iou": 0.4}}})  # fmt: skip
-    assert [r["model"] for r in rows] == ["base", "domain SFT", "RL (GRPO)", "4-bit"]
+    assert [r["model"] for r in rows] == ["base", "domain SFT", "reward RL", "4-bit"]
     assert rows[0] == {"model": "base", "mean_iou": 0.1}
 
 
@@ -82,7 +82,7 @@ def test_fit_caption_flags_memorisation_only_past_the_gap():
     assert ui.fit_caption({"primary_metric": "mean_iou"}) == ""
     fit = {"n": 42, "domain": {"mean_iou": 0.90, "gap": 0.65}, "reward": {"mean_iou": 0.89, "gap": 0.62}}
     line = ui.fit_caption({"primary_metric": "mean_iou", "train_fit": fit})
-    assert line.startswith("RL (GRPO) on 42 of its training images: mean_iou 0.890 (+0.620 vs held-out)")
+    assert line.startswith("reward RL on 42 of its training images: mean_iou 0.890 (+0.620 vs held-out)")
     assert "memorised" in line
     ok = {"n": 64, "domain": {"mean_iou": 0.62, "gap": 0.05}}
     line = ui.fit_caption({"primary_metric": "mean_iou", "train_fit": ok})

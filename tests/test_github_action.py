@@ -62,7 +62,8 @@ def test_action_yml_passes_every_input_and_output(root):
         assert spec["description"] and ("default" in spec or spec.get("required")), name
         assert step["env"][f"INPUT_{name.upper().replace('-', '_')}"] == f"${{{{ inputs.{name} }}}}", name
     assert {n: o["value"] for n, o in action["outputs"].items()} == {
-        n: f"${{{{ steps.run.outputs.{n} }}}}" for n in ("job-id", "status", "dashboard-url", "metrics", "verdict")}
+        n: f"${{{{ steps.run.outputs.{n} }}}}"
+        for n in ("job-id", "status", "dashboard-url", "metrics", "verdict", "reward", "reward-score")}
     workflow = yaml.safe_load((root / ".github" / "workflows" / "dreamforge.yml").read_text())
     uses = [s.get("uses") for s in workflow["jobs"]["preview"]["steps"]]
     assert "./" in uses and "pull_request_target" not in workflow[True]  # YAML reads the key `on` as True
@@ -112,8 +113,9 @@ def test_push_event_creates_the_job_with_outputs_and_summary(stack, db, key, tmp
     assert re.fullmatch(r"job_[0-9a-f]{16}", job_id)
     assert r.outputs["status"] == "queued"
     assert r.outputs["dashboard-url"] == f"{DASH}/job?job={job_id}"
-    assert json.loads(r.outputs["metrics"]) == {"primary_metric": None, "models": {}, "training": {}, "verdict": "", "released": None}
-    assert r.outputs["verdict"] == ""  # queued: no verdict yet
+    assert json.loads(r.outputs["metrics"]) == {"primary_metric": None, "reward": None, "models": {}, "training": {}, "verdict": "",
+                                                "released": None}  # fmt: skip
+    assert r.outputs["verdict"] == r.outputs["reward"] == r.outputs["reward-score"] == ""  # queued: no verdict or score yet
     job = db.jobs.find_one({"_id": job_id})
     assert job["source"] == {"kind": "github", "repo": REPO, "branch": "master", "sha": FIXTURE["after"], "run_id": "9001"}
     assert job["config"]["name"] == "hello" and job["status"] == "queued"
@@ -257,7 +259,7 @@ def test_wait_follows_the_job_to_its_metrics_and_github_shows_them(stack, db, ke
     pr = pull_request_event(REPO, REPO, 5, "better-lr", head)
     pr["repository"]["id"] = FIXTURE["repository"]["id"]
     r = run_action(tmp_path / "ok", endpoint=stack.api_url, event_name="pull_request", event=pr,
-                   config=tiny_job_config(name="waited"), inputs={**creds(stack, key), "wait": "true"},
+                   config=tiny_job_config(name="waited", reward="example:retail_facings"), inputs={**creds(stack, key), "wait": "true"},
                    env={"DREAMFORGE_ACTION_POLL_S": "0.5"}, timeout=240)  # fmt: skip
     # A tiny job cannot learn: it succeeds, and the verdict fails the step and the commit status.
     assert r.rc == 1, r.stdout + r.summary
@@ -274,11 +276,22 @@ def test_wait_follows_the_job_to_its_metrics_and_github_shows_them(stack, db, ke
     released = metrics["released"]
     assert f"**{key_name}** of the released model ({released}): **{metrics['models'][released][key_name]:.4g}**" in r.summary
     assert "eval_seconds" not in r.summary and f"| model | {key_name} | " in r.summary
+    # the job's JavaScript reward, scored on the held-out split for every model, under its name
+    assert metrics["reward"] == r.outputs["reward"] == "retail_facings.js"
+    scores = {m: metrics["models"][m].get("reward_score") for m in metrics["models"]}
+    assert all(isinstance(scores[m], float) for m in ("base", "warm_start", "domain", "reward")), scores
+    assert r.outputs["reward-score"] == f"{scores[released]:.4g}"
+    assert " reward: retail_facings |" in next(ln for ln in r.summary.splitlines() if ln.startswith("| model |"))
+    assert "reward_score" not in r.summary
     # the worker's status thread posted pending → success, then the PR comment with the same numbers
     wait_for(lambda: any(c == ("POST", f"/repos/{REPO}/issues/5/comments") for c in gh.calls()), timeout=30,
              what="the PR comment")  # fmt: skip
     states = [s["state"] for s in gh.statuses(head)]
     assert states[0] == "pending" and states[-1] == "failure" and set(states[:-1]) == {"pending"}
     assert gh.statuses(head)[-1]["description"].startswith(f"did not learn: {key_name} ")
+    assert f", reward: retail_facings {scores[released]:.3f}, see the dashboard" in gh.statuses(head)[-1]["description"]
     comment = next(c["json"]["body"] for c in gh.requests if c["path"] == f"/repos/{REPO}/issues/5/comments")
     assert f"{metrics['models']['reward'][key_name]:.4g}" in comment
+    header = next(ln for ln in comment.splitlines() if ln.startswith("| model |"))
+    assert " reward: retail_facings |" in header and "reward_score" not in comment
+    assert f" {scores['reward']:.4g} |" in next(ln for ln in comment.splitlines() if ln.startswith("| reward |"))

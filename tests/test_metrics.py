@@ -123,11 +123,11 @@ def test_release_is_the_best_stage_on_validation_never_a_worse_one():
 
     val = {"warm_start": {"mean_iou": 0.2}, "domain": {"mean_iou": 0.618}, "reward": {"mean_iou": 0.612}}
     assert pick_release(val, "mean_iou", 128) == (
-        "domain", "domain SFT, mean_iou 0.618 on 128 validation images; RL (GRPO) scored 0.612 < 0.618 on validation "
+        "domain", "domain SFT, mean_iou 0.618 on 128 validation images; reward RL scored 0.612 < 0.618 on validation "
                   "(warm-start SFT 0.200)")  # fmt: skip
     val["reward"]["mean_iou"] = 0.62
     assert pick_release(val, "mean_iou", 128) == (
-        "reward", "RL (GRPO), mean_iou 0.620 on 128 validation images (domain SFT 0.618, warm-start SFT 0.200)")
+        "reward", "reward RL, mean_iou 0.620 on 128 validation images (domain SFT 0.618, warm-start SFT 0.200)")
     # level on the metric: the job's own reward decides, then the later (longer-trained) stage
     tie = {"domain": {"mean_iou": 0.5, "reward_score": 0.7}, "reward": {"mean_iou": 0.5, "reward_score": 0.6}}
     assert pick_release(tie, "mean_iou", 9)[0] == "domain"

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import tiny_job_config
@@ -323,3 +324,22 @@ def test_sweep_reaps_expired_leases_counts_ready_jobs_and_deletes_old_temporarie
     assert report["ready"] == 1 and report["spawned"] == 1  # one orchestrator for the requeued job
     assert str(tmp) in report["removed"] and not tmp.exists()
     assert db[JOBS].find_one({"_id": stale})["status"] == "queued"
+
+
+def test_a_stored_reward_reaches_the_gpu_container_under_its_own_name(env, tmp_path):
+    """The worker writes a stored JavaScript reward under the name its author gave it (the held-out
+    tables title its score with it), and the Modal orchestrator still ships its source."""
+    from dreamforge.executors.modal_executor import _inputs
+    from dreamforge.store import REWARDS
+
+    settings, db = env
+    source = "function reward(out, gt) { return 1 }"
+    db[REWARDS].insert_one({"_id": "rw_named", "project_id": "prj_modal", "name": "retail facings/v2.js", "source": source})
+    job = {"_id": "job_named", "project_id": "prj_modal", "reward_ref": "rw_named", "config": tiny_job_config()}
+    worker = Worker(settings, worker_id="prepare-only")
+    try:
+        worker._prepare(job, tmp_path)
+    finally:
+        worker.client.close()
+    config, shipped = _inputs(tmp_path)
+    assert shipped == source and Path(config["reward"]) == tmp_path / "reward" / "retail_facings_v2.js"

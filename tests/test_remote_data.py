@@ -462,11 +462,15 @@ def test_gridfs_round_trip(mongo, shelf, monkeypatch):
     try:
         bucket = gridfs.GridFSBucket(client["dreamforge"], bucket_name="datasets")
         file_id = bucket.upload_from_stream("shelf.zip", archive.read_bytes())
+        # the API's uploads: the user's name in the metadata (any text: it becomes a plain file name)
+        named_id = bucket.upload_from_stream("prj_x/ignored.zip", archive.read_bytes(), metadata={"name": "coins / 2024"})
     finally:
         client.close()
     monkeypatch.setenv("MONGODB_URI", mongo)
     remote = load_dataset(f"gridfs://{file_id}", "detect")
     _same(remote, load_dataset(folder, "detect"))
+    # the dataset is known by the name it was uploaded under, not by its id
+    assert remote.name == "shelf" and load_dataset(f"gridfs://{named_id}", "detect").name == "coins_2024"
     _no_downloads(monkeypatch)
     assert load_dataset(f"gridfs://{file_id}", "detect").splits["train"][0].path == remote.splits["train"][0].path
 

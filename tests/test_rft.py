@@ -19,10 +19,11 @@ pytestmark = pytest.mark.slow
 def _config(rl: dict) -> dict:
     # One category, one object per image and 80 domain steps: a small job whose samples parse
     # often enough (about half at temperature 0.5, measured on 2 seeds) for some answers to be kept.
-    cfg = tiny_job_config(kind="medical-scan", warm_start={"enabled": False},
+    cfg = tiny_job_config(kind="medical-scan", reward="points", warm_start={"enabled": False},
                           domain={"max_steps": 80, "batch_size": 8, "lr": 0.003},
                           rl={"algorithm": "rft", "batch_size": 8, "num_generations": 4, "temperature": 0.5, **rl})  # fmt: skip
-    cfg["data"]["dataset"] = "synthetic://medical-scan?n=24&seed=1&max_objects=1"
+    # The last 16 images carry only clicks: the ones RFT samples (the boxed ones train on their truth).
+    cfg["data"]["dataset"] = "synthetic://medical-scan?n=40&seed=1&max_objects=1&points=16"
     return cfg
 
 
@@ -48,11 +49,13 @@ def rft_job(tmp_path_factory):
 def test_rft_job_samples_keeps_trains_and_writes_a_model(rft_job):
     info = json.loads((rft_job / "metrics.json").read_text())["stages"]["reward"]
     events = [json.loads(x) for x in (rft_job / "events.jsonl").read_text().splitlines()]
-    train = int(re.search(r"train (\d+)", next(e["message"] for e in events if e.get("message", "").startswith("dataset"))).group(1))
+    line = next(e["message"] for e in events if e.get("message", "").startswith("dataset"))
+    boxed, train = (int(x) for x in re.search(r"train \d+ images: (\d+) boxed, (\d+) clicked", line).groups())
     assert info["state"] == "completed" and info["algorithm"] == "rft" and info["rounds"] == 2
-    assert info["sampled"] == 2 * train  # each round samples every training image
+    assert info["sampled"] == 2 * train  # each round samples every clicked image, and no boxed one
     assert 0 < info["kept"] <= info["sampled"] and info["kept_share"] == pytest.approx(info["kept"] / (2 * train), abs=1e-4)
-    assert info["steps"] == 4 and info["examples"] == info["kept"]  # max_steps split over the rounds, 2 each
+    # max_steps split over the rounds, 2 each; each round trains on the boxed truth and its kept answers
+    assert info["steps"] == 4 and info["examples"] == info["kept"] + 2 * boxed
     assert [r["steps"] for r in info["round_stats"]] == [2, 2]
     assert 0 <= info["zero_variance_share"] <= 1 and info["mean_best_reward"] is not None
     assert info["sample_seconds"] > 0 and info["train_seconds"] > 0 and "note" not in info
@@ -97,7 +100,8 @@ def test_a_threshold_above_every_reward_keeps_nothing_and_says_so(rft_job, tmp_p
     ctx = _context(tmp_path, rft_job, {"max_steps": None, "max_seconds": 6, "rft_threshold": 1000.0}, rep)
     domain_model = rft_job / "stages" / "domain" / "model"
     out_model = tmp_path / "model"
-    info = train_rft(ctx, "reward", domain_model, ctx.domain.splits["train"], ctx.domain_codec, ctx.cfg.rl, out_model)
+    clicked = [s for s in ctx.domain.splits["train"] if s.label_kind == "points"]
+    info = train_rft(ctx, "reward", domain_model, clicked, ctx.domain_codec, ctx.cfg.rl, out_model)
     assert info["kept"] == 0 and info["steps"] == 0 and info["sampled"] > 0
     assert "rl.rft_threshold 1000.0" in info["note"] and "Lower rl.rft_threshold" in info["note"]
     assert f"kept no answer of {info['sampled']} sampled images: " in info["note"] and 0 <= info["unparsed_share"] < 1
@@ -108,6 +112,16 @@ def test_a_threshold_above_every_reward_keeps_nothing_and_says_so(rft_job, tmp_p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the input, passed on unchanged
     assert rep.fractions == sorted(rep.fractions) and rep.fractions[-1] == 1.0
 
+    # With boxed images beside them, the stage still trains on their truth, and says it kept nothing.
+    rep = _Lines()
+    ctx = _context(tmp_path / "with-boxes", rft_job, {"max_steps": 2, "rft_threshold": 1000.0}, rep)
+    info = train_rft(ctx, "reward", domain_model, ctx.domain.splits["train"], ctx.domain_codec, ctx.cfg.rl,
+                     tmp_path / "with-boxes" / "model")  # fmt: skip
+    boxed = sum(s.label_kind == "full" for s in ctx.domain.splits["train"])
+    assert info["kept"] == 0 and info["steps"] == 2 and info["examples"] == 2 * boxed
+    assert any(level == "warning" and m.startswith("rft kept no answer") and f"on the {boxed} fully labelled" in m
+               for level, m in rep.lines)  # fmt: skip
+
 
 def test_pseudo_label_keeps_the_best_parsed_answer_scored_by_a_javascript_reward(rft_job):
     from pipeline.models.loading import load_model
@@ -117,7 +131,7 @@ def test_pseudo_label_keeps_the_best_parsed_answer_scored_by_a_javascript_reward
     from pipeline.stages.rft import pseudo_label
 
     ctx = _context(rft_job, rft_job, {}, _Lines())
-    samples, codec = ctx.domain.splits["train"], ctx.domain_codec
+    samples, codec = [s for s in ctx.domain.splits["train"] if s.label_kind == "full"], ctx.domain_codec
     model, processor = load_model(rft_job / "stages" / "domain" / "model", ctx.device)
     reward = load_js_reward("example:iou", limits=JsLimits(batch_timeout_s=5, sample_timeout_ms=1000, heap_mb=64))
     try:
@@ -146,7 +160,7 @@ def test_a_time_budget_is_split_between_sampling_and_training(rft_job, tmp_path)
     # are a ceiling far above what the budget allows)
     rl = {"max_steps": None, "epochs": 1000, "max_seconds": 4, "rft_threshold": -1.0, "rft_sample_share": 0.001, "lr": 1e-3}
     ctx = _context(tmp_path, rft_job, rl, _Lines())
-    train = ctx.domain.splits["train"]
+    train = [s for s in ctx.domain.splits["train"] if s.label_kind == "points"]
     info = train_rft(ctx, "reward", rft_job / "stages" / "domain" / "model", train, ctx.domain_codec, ctx.cfg.rl,
                      tmp_path / "model")  # fmt: skip
     assert all(1 <= r["sampled"] < len(train) for r in info["round_stats"]), info["round_stats"]
@@ -175,6 +189,7 @@ def test_a_restarted_stage_keeps_finished_rounds_and_the_kept_answers(rft_job, t
     first = _CancelInRound2()
     ctx = _context(tmp_path, rft_job, rl, first)
     train, domain_model = ctx.domain.splits["train"], rft_job / "stages" / "domain" / "model"
+    clicked = sum(s.label_kind == "points" for s in train)
     with pytest.raises(StageCancelled):
         train_rft(ctx, "reward", domain_model, train, ctx.domain_codec, ctx.cfg.rl, tmp_path / "model")
     rounds = tmp_path / "stages" / "reward.rounds"
@@ -187,5 +202,5 @@ def test_a_restarted_stage_keeps_finished_rounds_and_the_kept_answers(rft_job, t
     assert "rft round 1/2: finished before the restart" in logs
     assert f"rft round 2/2: retraining on the {kept2} answers kept before the restart" in logs
     assert not any(m.startswith("rft round") and "sampled" in m for m in logs)  # nothing sampled twice
-    assert info["sampled"] == 2 * len(train) and info["steps"] == 4 and info["round_stats"][1]["kept"] == kept2
+    assert info["sampled"] == 2 * clicked and info["steps"] == 4 and info["round_stats"][1]["kept"] == kept2
     assert (tmp_path / "model" / "config.json").exists() and not rounds.exists()

@@ -220,7 +220,10 @@ def test_dataset_upload_and_hostile_archives(stack, db, tmp_path):
         job = wait_job(c, job_id)
         assert job["status"] == "succeeded", job["error"]
         line = next(ln["message"] for ln in all_logs(c, job_id) if ln["message"].startswith("dataset "))
-        assert sum(int(n) for n in re.findall(r"(\d+)(?:,| images?\b)", line)) == 8, line  # the 8 uploaded images
+        assert sum(int(n) for n in re.findall(r"(\d+) images?\b", line)) == 8, line  # the 8 uploaded images
+        # known by the name it was uploaded under, in the logs and the job view; the id stays for machines
+        assert line.startswith("dataset shelves: "), line
+        assert job["datasets"] == {"dataset": {"id": ds["id"], "name": "shelves"}}
     assert db["datasets.files"].count_documents({}) == n_files + 1
 
 

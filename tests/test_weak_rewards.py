@@ -295,3 +295,31 @@ def test_reward_test_refuses_a_weak_reward_for_a_task_it_cannot_score():
     assert load_any_reward("count", "segment").name == "count"
     with pytest.raises(ValueError, match="the 'points' reward scores detect and segment tasks only, not keypoints"):
         load_any_reward("points", "keypoints")
+
+
+@pytest.mark.parametrize(("uri", "task", "expected"), [
+    ("synthetic://retail-shelf?n=30&seed=1&points=10", "detect", "points"),
+    ("synthetic://traffic-camera?n=30&seed=1&counts=10", "detect", "count"),
+    ("synthetic://retail-shelf?n=30&seed=1&points=5&counts=5", "segment", "points"),
+    ("synthetic://retail-shelf?n=30&seed=1", "detect", "iou"),
+    ("synthetic://retail-shelf?n=30&seed=1", "keypoints", "oks"),
+])  # fmt: skip
+def test_the_default_reward_scores_the_weak_labels_the_data_has(uri, task, expected):
+    from pipeline.config import build_config
+    from pipeline.data import load_dataset
+    from pipeline.job import resolve_reward
+    from pipeline.reporter import BaseReporter
+
+    class Lines(BaseReporter):
+        def __init__(self):
+            self.lines: list[str] = []
+
+        def log(self, message, *, level="info", stage=None):
+            self.lines.append(message)
+
+    ds = load_dataset(uri, task, seed=0)
+    rep = Lines()
+    reward = resolve_reward(build_config({"task": task, "data": {"dataset": uri}}), rep, ds)
+    assert reward.name == expected
+    said = [m for m in rep.lines if m.startswith("reward: default is")]
+    assert bool(said) == (expected in ("points", "count"))

@@ -18,7 +18,7 @@ from dashboard import ui
 from dashboard.api import ApiError
 from dashboard.jobview import curves, duration, thin, timing, validation_names
 from dashboard.stream import PANEL_LINES, job_stream
-from pipeline.stage_table import STAGES
+from pipeline.stage_table import REWARD_SCORE, STAGES, metric_title
 
 REFRESH_S = 2.0
 TAIL_LINES = 30
@@ -42,7 +42,9 @@ def header(job: dict[str, Any]) -> None:
     src = job.get("source") or {}
     where = " · ".join(x for x in (src.get("repo"), src.get("branch"), (src.get("sha") or "")[:7]) if x)
     st.title(f"Job {job['jobId']}")
-    st.caption(f"{ui.badge(job['status'])} · preset {job.get('preset') or '–'} · task {job['task']}"
+    # uploaded datasets by the name they were uploaded under (the id is for machines)
+    data = "".join(f" · {f.replace('_', ' ')} {d['name']}" for f, d in (job.get("datasets") or {}).items())
+    st.caption(f"{ui.badge(job['status'])} · preset {job.get('preset') or '–'} · task {job['task']}{data}"
                + (f" · {where}" if where else "") + f" · from {src.get('kind', 'api')}")  # fmt: skip
 
 
@@ -90,7 +92,9 @@ def live(job_id: str) -> None:
             st.info("No loss points yet.")
     with right:
         if len(reward):
-            chart(reward, "reward vs step", "reward")
+            # a finished job knows its reward's name (metrics.json): the axis says which reward
+            name = (job.get("result") or {}).get("reward")
+            chart(reward, "reward vs step", metric_title(REWARD_SCORE, name) if name else "reward")
         else:
             st.info("No reward points yet (the RL stage reports them).")
     # The supervised stages' validation checks (pipeline/stages/validation.py): the curve that

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from dreamforge.cli.client import Client
-from pipeline.stage_table import BY_NAME
+from pipeline.stage_table import BY_NAME, REWARD_SCORE, metric_title
 
 
 def stage_label(stage: str | None) -> str:
@@ -57,8 +57,8 @@ def print_summary(job: dict[str, Any]) -> None:
     models = result.get("models") or {}
     if models:
         key = result.get("primary_metric", "mean_iou")
-        cols = (key, "f1_50", "parse_rate", "reward_score")
-        table = Table("model", *cols, title="held-out metrics")
+        cols = (key, "f1_50", "parse_rate", REWARD_SCORE)
+        table = Table("model", *(metric_title(k, result.get("reward")) for k in cols), title="held-out metrics")
         for name, m in models.items():
             table.add_row(name, *(f"{m[k]:.3f}" if isinstance(m.get(k), int | float) else "-" for k in cols))
         console.print(table)

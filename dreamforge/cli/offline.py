@@ -59,6 +59,7 @@ def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None
         raise FileNotFoundError(f"{image}: no such image")
     from PIL import Image, UnidentifiedImageError
 
+    from pipeline.data.images import upright_rgb
     from pipeline.device import pick_device
     from pipeline.draw import draw_target
     from pipeline.models.loading import load_model
@@ -67,7 +68,7 @@ def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None
 
     quiet_libraries()
     try:
-        im = Image.open(image).convert("RGB")
+        im = upright_rgb(Image.open(image))
     except UnidentifiedImageError:
         raise ValueError(f"{image}: not an image Pillow can read") from None
     c = json.loads(meta.read_text())

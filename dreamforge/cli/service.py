@@ -15,7 +15,7 @@ import typer
 from dreamforge.cli.client import STACK_FILE, ApiError, Client, stack_info
 from dreamforge.cli.console import fail, follow_job, log_line, print_summary, stage_label
 from dreamforge.local.stack import start_stack
-from dreamforge.settings import Settings, SettingsError
+from dreamforge.settings import Settings, SettingsError, dashboard_page
 
 
 def _client() -> Client:
@@ -59,7 +59,7 @@ def up(
     try:
         typer.echo(f"DreamForge is up.\n  API:       {stack.api_url}  (docs at {stack.api_url}/docs)")
         if stack.dashboard_url:
-            typer.echo(f"  dashboard: {stack.dashboard_url}")
+            typer.echo(f"  dashboard: {dashboard_page(stack.dashboard_url, 'train')}")
         typer.echo(f"  API key:   {stack.dev_key}  (dev project; also in {home / 'dev-api-key'})")
         typer.echo(f"  database:  {stack.uri}\nPress Ctrl-C to stop.")
         # Wake up now and then: Ctrl-C may be delivered to one of the stack's threads, and a
@@ -93,6 +93,7 @@ def train(
     dataset: Annotated[str | None, typer.Option(
         help="s3://, gs://, https://, synthetic://, a stored dataset id, or a local .zip/folder (uploaded).")] = None,
     reward: Annotated[str | None, typer.Option(help="Built-in reward name, stored reward id, or a .js file (uploaded).")] = None,
+    name: Annotated[str | None, typer.Option(help="The name an uploaded --dataset keeps (default: its file name).")] = None,
     preset: Annotated[str | None, typer.Option(help="Curriculum preset.")] = None,
     config: Annotated[Path | None, typer.Option(help="dreamforge.config.json")] = None,
     epochs: Annotated[str | None, typer.Option(help="Epochs of stage 1, 2 and RL: --epochs 5 3 2.")] = None,
@@ -128,13 +129,15 @@ def train(
     with _client() as c:
         try:
             if dataset:
-                body["dataset"] = _dataset_ref(c, dataset, (body.get("config") or {}).get("task", "detect"))
+                body["dataset"] = _dataset_ref(c, dataset, (body.get("config") or {}).get("task", "detect"), name)
             if reward:
                 body["reward"] = c.store_reward(Path(reward))["id"] if reward.endswith(".js") else reward
             if not (config or preset or dataset):
                 body["preset"] = "retail-shelf"
             job_id = c.submit(body)["jobId"]
             typer.echo(f"submitted {job_id}")
+            if dash := _dashboard_url(c):
+                typer.echo(f"  dashboard: {dashboard_page(dash, 'job', job_id)}")
             if follow:
                 job = follow_job(c, job_id)
                 print_summary(job)
@@ -154,6 +157,8 @@ def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False
         typer.echo(json.dumps(job, indent=1))
         return
     typer.echo(f"{job['jobId']}  {job['status']}  {job['progress']:.0f}%  stage={job.get('stage') or '-'}")
+    for field, ds in (job.get("datasets") or {}).items():
+        typer.echo(f"  {field.replace('_', ' ')}: {ds['name']} ({ds['id']})")
     for s, st in job["stages"].items():
         secs = f"{st['seconds']:.1f}s" if st.get("seconds") else ""
         typer.echo(f"  {stage_label(s):<20} {st['status']:<9} attempts={st['attempts']} {secs}")
@@ -255,9 +260,22 @@ def _start(home: Path, workers: int, dashboard: bool):
     return stack
 
 
-def _dataset_ref(c: Client, dataset: str, task: str) -> str:
-    """A local file or folder is uploaded (the API may run elsewhere); anything else passes through."""
+def _dashboard_url(c: Client) -> str | None:
+    """The dashboard of the API this client talks to: $DREAMFORGE_DASHBOARD_URL, or the local
+    stack's own when the client talks to that stack."""
+    info = stack_info() or {}
+    own = info.get("dashboard") if info.get("url") == c.url else None
+    return os.environ.get("DREAMFORGE_DASHBOARD_URL") or own
+
+
+def _dataset_ref(c: Client, dataset: str, task: str, name: str | None = None) -> str:
+    """A local file or folder is uploaded (the API may run elsewhere) under ``name`` (default: its
+    file name), which the job shows; anything else passes through."""
     path = Path(dataset)
     if "://" in dataset or dataset.startswith("ds_") or not path.exists():
+        if name:
+            raise fail("--name names a dataset uploaded from a local .zip or folder; --dataset is not one", 2)
         return dataset
-    return c.upload_dataset(path, task=task)["id"]
+    up = c.upload_dataset(path, name=name, task=task)
+    typer.echo(f"uploaded {path.name} as dataset {up['name']} ({up['id']}): {up['images']} images")
+    return up["id"]

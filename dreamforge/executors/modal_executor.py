@@ -156,7 +156,7 @@ def _inputs(workdir: Path) -> tuple[dict[str, Any], str | None]:
     import json
 
     config = json.loads((workdir / "config.json").read_text())
-    reward = workdir / "reward.js"
-    if config.get("reward") == str(reward) and reward.exists():
+    reward = Path(config.get("reward") or "")
+    if reward.parent == workdir / "reward" and reward.exists():  # the worker's stored reward (worker._prepare)
         return config, reward.read_text()
     return config, None

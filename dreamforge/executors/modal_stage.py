@@ -139,8 +139,10 @@ def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewar
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = dict(config)
         if reward_source is not None:
-            (workdir / "reward.js").write_text(reward_source)
-            cfg["reward"] = str(workdir / "reward.js")
+            path = workdir / "reward" / Path(cfg.get("reward") or "reward.js").name  # its name: worker._prepare
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(reward_source)
+            cfg["reward"] = str(path)
         (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
         streams.reset_seq(job_id)  # a warm container may hold counters of an earlier call
         sink = FollowingSink(db, job_id, attempt, stage, token)

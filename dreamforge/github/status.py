@@ -21,9 +21,9 @@ from pymongo.errors import PyMongoError
 
 from dreamforge.jobs import queue
 from dreamforge.schemas import FINAL_STATUSES
-from dreamforge.settings import Settings
+from dreamforge.settings import Settings, dashboard_page
 from dreamforge.store import COMMENTS, JOBS
-from pipeline.stage_table import BY_NAME, STAGES, key_metric
+from pipeline.stage_table import BY_NAME, REWARD_SCORE, STAGES, key_metric, metric_title, models_newest_first
 
 log = logging.getLogger("dreamforge.github")
 
@@ -45,14 +45,23 @@ def due(t: datetime) -> str:
 
 
 def dashboard_link(settings: Settings, job_id: str) -> str | None:
-    return f"{settings.dashboard_url.rstrip('/')}/job?job={job_id}" if settings.dashboard_url else None  # dashboard/ui.py job_link
+    return dashboard_page(settings.dashboard_url, "job", job_id) if settings.dashboard_url else None
+
+
+def reward_metric(job: dict[str, Any]) -> tuple[str, float] | None:
+    """The released model's held-out score under the job's own reward, titled with its name."""
+    result = job.get("result") or {}
+    models = result.get("models") or {}
+    for name in models_newest_first((result.get("release") or {}).get("stage")):
+        if isinstance((models.get(name) or {}).get(REWARD_SCORE), int | float):
+            return metric_title(REWARD_SCORE, result.get("reward")), float(models[name][REWARD_SCORE])
+    return None
 
 
 def desired_status(job: dict[str, Any]) -> tuple[str, str]:
     """(GitHub state, description ≤ 140 chars) for the job as it stands."""
     status, stage = job["status"], job.get("stage")
-    metric = key_metric(job)
-    m = f"{metric[0]} {metric[1]:.3f}" if metric else ""
+    m = ", ".join(f"{k} {v:.3f}" for k, v in filter(None, (key_metric(job), reward_metric(job))))
     err = (job.get("error") or {}).get("message") or ""
     if status == "awaiting_approval":
         state, text = "pending", "awaiting approval: a fork's pull request trains once a project member approves it"
@@ -93,7 +102,8 @@ def comment_body(job: dict[str, Any], settings: Settings) -> str:
         primary = (job.get("result") or {}).get("primary_metric")
         keys = sorted({k for m in models.values() for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_seconds")},
                       key=lambda k: (k != primary, k))  # the primary metric first; timings are not metrics
-        lines += ["", "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        reward = (job.get("result") or {}).get("reward")
+        lines += ["", "| model | " + " | ".join(metric_title(k, reward) for k in keys) + " |", "|---|" + "---|" * len(keys)]
         for name, vals in models.items():
             lines.append(f"| {name} | " + " | ".join(_fmt(vals.get(k)) for k in keys) + " |")
     return "\n".join(lines)

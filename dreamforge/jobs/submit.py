@@ -171,6 +171,20 @@ async def resolve_refs(db, project_id: str, cfg: CurriculumConfig) -> tuple[Curr
 
 
 
+async def uploaded_names(db, project_id: str, config: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The uploaded datasets a resolved config reads (``gridfs://…``), by field, with the name the
+    user uploaded each under: what the job shows people, while its worker keeps the id."""
+    out = {}
+    for field in DATA_FIELDS:
+        uri = (config.get("data") or {}).get(field) or ""
+        if uri.startswith("gridfs://"):
+            doc = await db[DATASETS].find_one({"project_id": project_id, "gridfs_id": uri.removeprefix("gridfs://")},
+                                              {"name": 1})  # fmt: skip
+            if doc:
+                out[field] = {"id": doc["_id"], "name": doc["name"]}
+    return out
+
+
 def request_hash(req: TrainRequest) -> str:
     """What an Idempotency-Key stands for: the request body, independent of key order."""
     return hashlib.sha256(json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
@@ -196,6 +210,8 @@ async def submit(db, project_id: str, req: TrainRequest, *, idempotency_key: str
                         status=status)  # fmt: skip
     if body_hash:
         doc["request_hash"] = body_hash
+    if names := await uploaded_names(db, project_id, config):
+        doc["datasets"] = names
     try:
         await db[JOBS].insert_one(doc)
     except DuplicateKeyError:  # a concurrent twin won the race

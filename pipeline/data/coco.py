@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.data.errors import DataError, os_reason
+from pipeline.data.images import upright_rgb, upright_size
 from pipeline.data.sources import Source, remove_extracted, resolve_source
 from pipeline.data.synthetic import generate
 from pipeline.structures import TASKS, WEAK_TASKS, Dataset, Sample, empty_target
@@ -777,7 +778,7 @@ class _CocoReader:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as probe:
-                    width, height = probe.size  # from the header only: nothing decoded yet
+                    width, height = upright_size(probe)  # from the header only: nothing decoded yet
                     if width * height > self.max_image_pixels:
                         self.warn(
                             f"{at}: the header says {width}×{height} = {width * height} pixels, more than "
@@ -788,7 +789,7 @@ class _CocoReader:
                     probe.verify()
                 with Image.open(io.BytesIO(data)) as reopened:  # verify() leaves the image unusable
                     if self.keep_images:
-                        image = reopened.convert("RGB")  # decodes: the one decode this image gets
+                        image = upright_rgb(reopened)  # decodes: the one decode this image gets
                     else:  # decode to find truncated data as a load would, then let the pixels go
                         reopened.load()
                         image = None

@@ -523,6 +523,14 @@ def _fetch_folder(fs: Any, path: str, uri_dir: Path, label: str, budget: _Budget
 # -------------------------------------------------------------------------------- GridFS
 
 
+def upload_name(metadata: dict[str, Any] | None, filename: str | None) -> str:
+    """The name a GridFS dataset was uploaded under (``metadata.name``, else its file name
+    without ``.zip``), as a plain file name; empty when it has none."""
+    raw = (metadata or {}).get("name") or PurePosixPath(filename or "").name
+    raw = str(raw).removesuffix(".zip")
+    return re.sub(r"[^\w.-]+", "_", raw).strip("._")[:100]
+
+
 def fetch_gridfs(
     uri: str, dest_dir: Path | None = None, mongo_uri: str | None = None, *, db_name: str | None = None
 ) -> Path:
@@ -564,8 +572,11 @@ def fetch_gridfs(
             ) from None
         with stream:
             budget.check_size(stream.length, "the stored dataset")
-            final = _uri_dir(dest_dir, f"gridfs://{raw_id}") / _digest(f"{stream.length}|{stream.upload_date}")
-            target = final / f"{raw_id}.zip"
+            # The copy carries the name the user uploaded it under, so logs and the dataset's
+            # name say "coins", not the id (the id stays in the URI for machines).
+            name = upload_name(stream.metadata, stream.filename) or raw_id
+            final = _uri_dir(dest_dir, f"gridfs://{raw_id}") / _digest(f"{stream.length}|{stream.upload_date}|{name}")
+            target = final / f"{name}.zip"
             if (final / _COMPLETE).exists():
                 return target
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -593,6 +604,8 @@ def resolve_remote(uri: str, *, allow_private: bool | None = None) -> Source:
     local = fetch_remote(uri, allow_private=allow_private)
     name = PurePosixPath(urllib.parse.urlsplit(uri).path.rstrip("/")).name or urllib.parse.urlsplit(uri).netloc
     name = name[:-4] if name.lower().endswith(".zip") else name
+    if uri.lower().startswith("gridfs://"):
+        name = local.stem  # the uploaded name (fetch_gridfs), not the id
     if local.is_dir():
         return Source(label=label, name=name, root=local)
     import zipfile

@@ -29,7 +29,7 @@ from pipeline.metrics import primary_metric
 from pipeline.models.loading import load_model
 from pipeline.predict import predict_targets
 from pipeline.rewards.base import reward_target
-from pipeline.stage_table import BY_NAME, TRAINED
+from pipeline.stage_table import BY_NAME, REWARD_SCORE, TRAINED
 from pipeline.stages.common import Context, fully_labelled, is_done, read_done
 from pipeline.verdict import DID_NOT_LEARN, NOISY_SPLIT, label_limits, learning_verdict, small_split, verdict_line
 
@@ -86,7 +86,7 @@ def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_confi
     )
     score = reward_score(ctx, preds, samples, parsed)
     if score is not None:
-        metrics["reward_score"] = score
+        metrics[REWARD_SCORE] = score
     metrics["eval_seconds"] = round(time.monotonic() - t0, 2)
     examples = [
         {"file_name": s.file_name, "text": t, "pred": p, "gt": s.target}
@@ -145,7 +145,7 @@ def choose_release(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]
     scores: dict[str, dict[str, float]] = {}
     for name in (n for n in ("base", *trained) if n in checkpoints):
         metrics, _ = evaluate_model(ctx, checkpoints[name], val)
-        scores[name] = {k: metrics[k] for k in (key, "reward_score", "parse_rate") if k in metrics}
+        scores[name] = {k: metrics[k] for k in (key, REWARD_SCORE, "parse_rate") if k in metrics}
     if len(trained) == 1:
         best, reason = last, f"{TITLES[last]} (the only trained stage)"
     else:
@@ -183,7 +183,7 @@ def pick_release(scores: dict[str, dict[str, float]], key: str, n: int) -> tuple
     order = list(scores)
 
     def rank(name: str) -> tuple[float, float, int]:
-        return scores[name][key], scores[name].get("reward_score", 0.0), order.index(name)
+        return scores[name][key], scores[name].get(REWARD_SCORE, 0.0), order.index(name)
 
     best, last = max(order, key=rank), order[-1]
     reason = f"{TITLES[best]}, {key} {scores[best][key]:.3f} on {n} validation images"

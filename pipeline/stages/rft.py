@@ -5,7 +5,10 @@ scores them with the job's reward through the adapter GRPO uses (``as_trl_reward
 built-in, weak and JavaScript rewards score alike), keeps each image's best answer when its
 reward reaches ``rft_threshold``, and trains on those answers with the supervised stage's
 trainer (``train_sft``). That is SFT's throughput, which the literature finds competitive with
-GRPO (FACTS.md); the reward only has to rank answers, not give a gradient.
+GRPO (FACTS.md); the reward only has to rank answers, not give a gradient. Fully labelled images
+are not sampled: their ground truth is a better answer than any sample, so each round trains on
+it beside the kept answers of the weakly labelled (clicked, counted) images. With weak labels
+this is self-training filtered by the reward; on a fully boxed dataset it is SFT.
 
 Time: with ``max_seconds`` each round gets an equal share of what is left; sampling stops at
 ``rft_sample_share`` of it (images come in a new order each round, so rounds see different
@@ -174,6 +177,11 @@ def train_rft(
         if history[-1]["steps"]:
             current = rdir / "model"
     info = _summary(history, reward_fn)
+    truth = sum(x.label_kind == "full" for x in samples)
+    if info["steps"] and not info["kept"] and info["sampled"]:
+        info["note"] = (f"kept no answer of {info['sampled']} sampled images (rl.rft_threshold {rl.rft_threshold}); "
+                        f"trained on the {truth} fully labelled images only")  # fmt: skip
+        ctx.reporter.log(f"rft {info['note']}", level="warning", stage=stage)
     with ctx.publish():
         if info["steps"]:
             shutil.copytree(current, out_model, dirs_exist_ok=True)
@@ -238,6 +246,7 @@ def _round(
             f"{stats['unparsed']} had no answer in the output format",
             stage=stage,
         )  # fmt: skip
+    truth = [x for x in samples if x.label_kind == "full"]
     step0 = sum(h["steps"] for h in history)
     ctx.reporter.metric(stage, step0, {"rft_kept_share": len(kept) / max(stats["sampled"], 1),
                                        "rft_mean_best_reward": stats["best_sum"] / max(stats["sampled"], 1)})  # fmt: skip
@@ -247,7 +256,7 @@ def _round(
     # what the round has left after loading and sampling (this attempt's, and an earlier one's)
     train_budget = budget - earlier - (time.monotonic() - t0) if budget is not None else None
     trained: dict[str, Any] = {"steps": 0, "train_seconds": 0.0, "examples": 0}
-    if not kept:
+    if not kept and not truth:
         ctx.reporter.log(f"rft round {r}/{rounds}: no answer reached rl.rft_threshold {rl.rft_threshold}; "
                          "nothing to train on this round", level="warning", stage=stage)  # fmt: skip
     elif (train_budget is not None and train_budget < MIN_TRAIN_SECONDS) or steps_left == 0:
@@ -257,7 +266,7 @@ def _round(
         cfg = SupervisedConfig(epochs=rl.epochs, max_seconds=train_budget, lr=rl.lr, lora=rl.lora, lora_r=rl.lora_r,
                                batch_size=rl.batch_size, max_steps=steps, val_checks=0)  # fmt: skip
         sub = dataclasses.replace(ctx, reporter=_RoundReporter(ctx.reporter, lo + (hi - lo) / 2, hi, step0))
-        trained = train_sft(sub, stage, Path(current), kept, codec, cfg, rdir / "model")
+        trained = train_sft(sub, stage, Path(current), truth + kept, codec, cfg, rdir / "model")
     record = {"round": r, **stats, "kept": len(kept), "steps": trained["steps"],
               "train_seconds": trained["train_seconds"], "examples": trained["examples"],
               "seconds": round(earlier + time.monotonic() - t0, 2)}  # fmt: skip
@@ -269,8 +278,10 @@ def _round(
 
 def _sample(ctx, stage, current, samples, codec, rl, reward_fn, r, budget, lo, hi):
     """Round ``r``'s answers from the model at ``current``, images in the round's own order."""
-    order = list(range(len(samples)))
+    order = [i for i, x in enumerate(samples) if x.label_kind != "full"]  # the boxed train on their truth
     random.Random(ctx.cfg.seed * 1009 + r).shuffle(order)
+    if not order:
+        return PseudoLabels([], [], sampled=0, best=[], zero_variance=0, unparsed=0, seconds=0.0)
     model, processor = load_model(current, ctx.device)
     ensure_tokens(model, processor, codec.special_tokens())
     window = rl.rft_sample_share * budget if budget is not None else None
@@ -280,7 +291,7 @@ def _sample(ctx, stage, current, samples, codec, rl, reward_fn, r, budget, lo, h
     def on_batch(done: int) -> None:
         if ctx.reporter.should_stop():
             raise StageCancelled(f"stage {stage} cancelled")
-        part = done / len(samples)
+        part = done / len(order)
         if deadline is not None and window > 0:
             part = max(part, 1 - (deadline - time.monotonic()) / window)
         ctx.reporter.progress(stage, lo + (mid - lo) * min(part, 1.0))

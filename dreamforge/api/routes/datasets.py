@@ -37,7 +37,7 @@ async def upload_dataset(request: Request, db: Db, settings: AppSettings, pid: P
         summary = await asyncio.to_thread(_validate_zip, path, task, f"{name}.zip", 2 * settings.max_upload_bytes)
         bucket = AsyncGridFSBucket(db, GRIDFS_BUCKET)
         with path.open("rb") as fh:
-            gid = await bucket.upload_from_stream(f"{pid}/{name}.zip", fh, metadata={"project_id": pid})
+            gid = await bucket.upload_from_stream(f"{pid}/{name}.zip", fh, metadata={"project_id": pid, "name": name})
     doc = {"_id": "ds_" + secrets.token_hex(8), "project_id": pid, "name": name, "gridfs_id": str(gid),
            "created_at": queue.now(), "size": size, **summary}  # fmt: skip
     await db[DATASETS].insert_one(doc)
