@@ -99,3 +99,26 @@ def test_stage_3_without_an_image_its_reward_can_score_names_the_reward(tmp_path
     with pytest.raises(ConfigError, match=r"reward: stage 3 has no training images its reward can score: the 'count' "
                                           r"reward scores counted images and the training split holds"):  # fmt: skip
         run_job(cfg, tmp_path / "job", stages=[3], data=(domain, warm))
+
+
+def test_a_counted_dataset_runs_rft_against_the_default_count_reward_through_the_runner(tmp_path):
+    # The traffic-camera preset's situation in miniature: counted images only beside the boxed
+    # ones, reward "default" (so count), stage 3 by RFT, all through the real loader.
+    cfg = build_config(tiny_job_config(
+        kind="traffic-camera", warm_start={"enabled": False}, evaluate={"max_samples": None},
+        export={"quantization": "none"}, data={"dataset": "synthetic://traffic-camera?n=40&seed=1&counts=12",
+                                              "split": [0.5, 0.17, 0.33]},
+        rl={"algorithm": "rft", "max_steps": 2, "batch_size": 8, "num_generations": 4, "lr": 1e-3, "rft_threshold": 0.0},
+    ))  # fmt: skip
+    out = tmp_path / "job"
+    reporter = MetricsFileReporter(out / "events.jsonl")
+    rec = run_job(cfg, out, reporter=reporter)
+    reporter.close()
+    assert rec["reward"] == "count"
+    st = rec["stages"]["reward"]
+    assert st["algorithm"] == "rft" and st["sampled"] == 2 * 12  # each round samples the counted images only
+    messages = logs(out)
+    assert any(m.startswith("reward: default is count, which scores the 12 counted training images") for m in messages)
+    boxed = st["examples"] - st["kept"]
+    assert boxed == 2 * rec["stages"]["domain"]["examples"]  # each round also trains on the boxed truth
+    assert "reward_score" in rec["evaluation"]["models"]["reward"]
