@@ -23,6 +23,7 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from dreamforge.executors.local import Executor, LocalExecutor, StageOutcome
+from dreamforge.executors.modal_executor import ModalExecutor
 from dreamforge.github.status import start_sync_thread
 from dreamforge.jobs import queue, streams, wakeup
 from dreamforge.jobs.sink import MongoSink
@@ -39,8 +40,6 @@ class Worker:
                  worker_id: str | None = None) -> None:  # fmt: skip
         self.settings = settings or Settings()
         if executor is None and self.settings.executor == "modal":
-            from dreamforge.executors.modal_executor import ModalExecutor
-
             executor = ModalExecutor(self.settings)
         self.executor = executor or LocalExecutor(poll_s=self.settings.poll_s)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"

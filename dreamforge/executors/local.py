@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from dreamforge.executors.forkserver import ForkServer
 from pipeline.fence import LOST_EXIT, OWNER_FILE, take_ownership
 from pipeline.procs import die_with_parent
 from pipeline.stage_table import BY_NAME
@@ -127,8 +128,6 @@ class LocalExecutor:
             fork = os.environ.get("DREAMFORGE_FORK_STAGES", "1") == "1"
         self.forkserver = None
         if fork and num_processes <= 1:
-            from dreamforge.executors.forkserver import ForkServer
-
             self.forkserver = ForkServer(python, self.env)
 
     def _start(self, cmd: list[str], err_path: Path):
