@@ -9,6 +9,7 @@ function with a MongoDB reporter.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import time
@@ -87,6 +88,8 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, doma
 
 
 def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = None) -> Codec:
+    if reporter is not None:
+        log_object_sizes(cfg, ds, reporter)
     return Codec(
         cfg.task,
         ds.categories,
@@ -94,6 +97,29 @@ def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = N
         max_objects=cfg.data.max_objects or auto_max_objects(ds, reporter),
         keypoint_names=ds.keypoint_names or None,
     )
+
+
+def log_object_sizes(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter) -> None:
+    """What the model can resolve of these objects: their sizes against one location bin and
+    the built-in model's input size, said before training rather than after a failed job."""
+    sizes = [((b[2] - b[0]) / s.width, (b[3] - b[1]) / s.height)
+             for s in (ds.splits.get("train") or []) if s.label_kind == "full" for b in s.target.get("boxes") or []]  # fmt: skip
+    if not sizes:
+        return
+    small = sorted(min(w, h) for w, h in sizes)
+    p10, p50 = small[len(small) // 10], small[len(small) // 2]
+    bin_frac = 1 / cfg.num_bins
+    line = (f"objects: the smaller side of a box is {p50:.1%} of the image at the median and {p10:.1%} at the "
+            f"10th percentile; a location bin is {bin_frac:.1%} (num_bins {cfg.num_bins})")  # fmt: skip
+    if cfg.model == TINY_MODEL:
+        line += f", and the built-in model sees {cfg.image_size} px images ({p10 * cfg.image_size:.1f} px for the small ones)"
+    under = sum(min(w, h) < bin_frac for w, h in sizes)
+    if under > 0.2 * len(sizes):
+        reporter.log(f"{line}: {under} of {len(sizes)} boxes are under one bin, and their corners cannot be told apart. "
+                     f"Raise num_bins (e.g. {min(4096, 2 ** math.ceil(math.log2(2 / max(p10, 1e-6))))}) or tile the images",
+                     level="warning")  # fmt: skip
+    else:
+        reporter.log(line)
 
 
 def auto_max_objects(ds: Dataset, reporter: Reporter | None = None) -> int:

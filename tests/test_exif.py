@@ -12,7 +12,7 @@ from pipeline.data import load_dataset
 from pipeline.data.images import EXIF_ORIENTATION, upright_rgb, upright_size
 
 
-def _sideways_photo(path, orientation: int) -> None:
+def _sideways_photo(path, orientation: int, fmt: str = "JPEG") -> None:
     """A 40×80 upright picture (a red patch at the top left, x 4–14, y 6–26) stored as the
     sensor would store it for ``orientation``, with the tag that turns it back."""
     upright = np.zeros((80, 40, 3), np.uint8)
@@ -23,12 +23,12 @@ def _sideways_photo(path, orientation: int) -> None:
               3: img.transpose(Image.Transpose.ROTATE_180)}[orientation]  # fmt: skip
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = orientation
-    stored.save(path, format="JPEG", quality=95, exif=exif)
+    stored.save(path, format=fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
 
 
-@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
-def test_a_sideways_jpeg_is_read_upright_with_its_boxes_on_the_right_pixels(tmp_path, orientation):
-    _sideways_photo(tmp_path / "photo.jpg", orientation)
+@pytest.mark.parametrize(("orientation", "fmt"), [(1, "JPEG"), (3, "JPEG"), (6, "JPEG"), (8, "JPEG"), (6, "PNG")])
+def test_a_sideways_photo_is_read_upright_with_its_boxes_on_the_right_pixels(tmp_path, orientation, fmt):
+    _sideways_photo(tmp_path / "photo.jpg", orientation, fmt)  # Pillow reads by content, not by extension
     raw = Image.open(tmp_path / "photo.jpg")
     assert upright_size(raw) == (40, 80)
     assert raw.size == ((80, 40) if orientation in (6, 8) else (40, 80))

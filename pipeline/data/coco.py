@@ -778,7 +778,7 @@ class _CocoReader:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as probe:
-                    width, height = upright_size(probe)  # from the header only: nothing decoded yet
+                    width, height = probe.size  # from the header only: nothing decoded yet
                     if width * height > self.max_image_pixels:
                         self.warn(
                             f"{at}: the header says {width}×{height} = {width * height} pixels, more than "
@@ -788,6 +788,7 @@ class _CocoReader:
                         return None
                     probe.verify()
                 with Image.open(io.BytesIO(data)) as reopened:  # verify() leaves the image unusable
+                    width, height = upright_size(reopened)  # EXIF is read after verify(), which must come first
                     if self.keep_images:
                         image = upright_rgb(reopened)  # decodes: the one decode this image gets
                     else:  # decode to find truncated data as a load would, then let the pixels go
