@@ -1,7 +1,7 @@
 """How fast the dashboard's job page renders a big job, against the live local stack.
 
 A running job with 20,000 log lines and 5,000 metric points, written through the worker's own
-``dreamforge.queue.append`` in batches of 500 (as a worker flushes), then the job page driven by
+``dreamforge.streams.append`` in batches of 500 (as a worker flushes), then the job page driven by
 Streamlit's AppTest (the same script the browser gets, without the browser):
 
 - ``first_render_s``: the first render of the job page: the last 400 log lines (all the panel
@@ -40,8 +40,8 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dashboard.api import Api  # noqa: E402
 from dashboard.stream import PANEL_LINES  # noqa: E402
-from dreamforge import queue  # noqa: E402
-from dreamforge.stack import start_stack  # noqa: E402
+from dreamforge.jobs import queue, streams  # noqa: E402
+from dreamforge.local.stack import start_stack  # noqa: E402
 from dreamforge.store import client  # noqa: E402
 
 BATCH = 500  # rows per append, as the worker's MongoSink flushes
@@ -71,9 +71,9 @@ def main() -> None:
                 queue.stage_started(db, big, attempt, "warm_start")
                 t0 = time.perf_counter()
                 for i in range(0, args.lines, BATCH):
-                    queue.append(db, big, attempt, "logs", log_rows(min(BATCH, args.lines - i), "warm_start", start=i))
+                    streams.append(db, big, attempt, "logs", log_rows(min(BATCH, args.lines - i), "warm_start", start=i))
                 for i in range(0, args.points, BATCH):
-                    queue.append(db, big, attempt, "metrics", metric_rows(min(BATCH, args.points - i), "warm_start", start=i))
+                    streams.append(db, big, attempt, "metrics", metric_rows(min(BATCH, args.points - i), "warm_start", start=i))
                 write_s = time.perf_counter() - t0
                 queue.set_progress(db, big, attempt, "warm_start", 20.0)
 
@@ -91,8 +91,8 @@ def main() -> None:
                 assert [ln["seq"] for ln in stream.logs] == list(range(args.lines - PANEL_LINES + 1, args.lines + 1))
                 first_requests = stream.requests
 
-                queue.append(db, big, attempt, "logs", log_rows(50, "warm_start", start=args.lines))
-                queue.append(db, big, attempt, "metrics", metric_rows(10, "warm_start", start=args.points))
+                streams.append(db, big, attempt, "logs", log_rows(50, "warm_start", start=args.lines))
+                streams.append(db, big, attempt, "metrics", metric_rows(10, "warm_start", start=args.points))
                 t0 = time.perf_counter()
                 at.run()
                 refresh_s = time.perf_counter() - t0

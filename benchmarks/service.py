@@ -5,7 +5,7 @@
   Baseline, same run: bare ``insert_one`` of the same job documents from one client
   (``ratio_submit_vs_raw_insert``: how much of the database's own rate the API keeps).
 - ``pickup_p50_ms``: queued → running (``created_at`` to ``claimed_at``) while jobs arrive at
-  10/s, with a claimer that waits as the worker does between claims (``queue.Wakeup``: a change
+  10/s, with a claimer that waits as the worker does between claims (``wakeup.Wakeup``: a change
   stream, polling at the worker's interval as a fallback) and claims with the worker's own
   ``queue.claim``.
 - ``claim_ms_10_queued``: one claim with >10k jobs in the collection but a short queue (the
@@ -64,8 +64,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
 
-    from dreamforge import queue
-    from dreamforge.stack import start_stack
+    from dreamforge.jobs import queue, streams, wakeup
+    from dreamforge.local.stack import start_stack
     from dreamforge.store import JOBS, client
 
     home = Path(tempfile.mkdtemp(prefix="df-svc-bench-"))
@@ -86,7 +86,7 @@ def main() -> None:
         stop = threading.Event()
         db[JOBS].update_many({"status": "queued"}, {"$set": {"status": "cancelled"}, "$unset": {"queue_key": ""}})
 
-        wake = queue.Wakeup(db, stop)
+        wake = wakeup.Wakeup(db, stop)
 
         def claimer() -> None:
             while not stop.is_set():
@@ -162,7 +162,7 @@ def main() -> None:
                  for i in range(n_lines)]  # fmt: skip
         t = time.perf_counter()
         for i in range(0, n_lines, 500):
-            queue.append(db, job["_id"], job["attempt"], "logs", lines[i:i + 500])
+            streams.append(db, job["_id"], job["attempt"], "logs", lines[i:i + 500])
         read, after = 0, 0
         with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {stack.dev_key}"}) as h:
             while read < n_lines:

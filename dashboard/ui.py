@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard.api import Api
 from pipeline.config import CurriculumConfig
-from pipeline.stage_table import BY_NAME, STAGE_TABLE, TRAINED, metric_title, models_newest_first
+from pipeline.stage_table import BY_NAME, STAGE_TABLE, TRAINED, key_metric, metric_title, models_newest_first
 
 STAGE_TITLES = {s.name: s.label for s in STAGE_TABLE}
 # Markdown with Streamlit's Material icons (no emoji: see streamlit_app.py); tables, which do not
@@ -82,26 +82,9 @@ def parse_time(value: str | None) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def key_metric(job: dict[str, Any]) -> tuple[str, float | None]:
-    """The number a person compares jobs by: the released model's held-out primary metric once
-    the job has succeeded, else the running stage's latest reward or loss."""
-    result = job.get("result") or {}
-    models = result.get("models") or {}
-    key = result.get("primary_metric")
-    if key and models:
-        for name in models_newest_first((result.get("release") or {}).get("stage"), base=True):
-            if isinstance((models.get(name) or {}).get(key), int | float):
-                return key, float(models[name][key])
-    latest = (job.get("metrics") or {}).get(job.get("stage") or "") or {}
-    for k in ("reward", "loss", "train_loss"):
-        if isinstance(latest.get(k), int | float):
-            return k, float(latest[k])
-    return "", None
-
-
 def fmt_metric(job: dict[str, Any]) -> str:
-    name, value = key_metric(job)
-    return f"{name} {value:.3f}" if value is not None else "–"
+    metric = key_metric(job)
+    return f"{metric[0]} {metric[1]:.3f}" if metric else "–"
 
 
 def fit_caption(result: dict[str, Any]) -> str:

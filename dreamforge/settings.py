@@ -1,14 +1,21 @@
-"""Service settings, from the environment (one place, so a deployment tunes them without code)."""
+"""Service settings, from the environment (one place, so a deployment tunes them without code).
+
+Read and checked by pydantic-settings: a bad value stops the process with a message naming the
+variable (``DREAMFORGE_LEASE_S='soon': Input should be a valid number``), never a default used
+in its place. Tests and the local stack pass fields by name (``Settings(home=...)``).
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _f(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+class SettingsError(ValueError):
+    """The environment holds a value the service cannot use; the message names each variable."""
 
 
 # The dashboard's named pages (dashboard/streamlit_app.py's url_path of each): every link we print
@@ -22,43 +29,61 @@ def dashboard_page(base: str, page: str, job_id: str | None = None) -> str:
     return f"{base.rstrip('/')}/{page}" + (f"?job={job_id}" if job_id else "")
 
 
-@dataclass(frozen=True)
-class Settings:
-    mongodb_uri: str | None = field(default_factory=lambda: os.environ.get("MONGODB_URI"))
-    db_name: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_DB", "dreamforge"))
-    home: Path = field(default_factory=lambda: Path(os.environ.get("DREAMFORGE_HOME", ".dreamforge")).resolve())
+def env(name: str, default: Any, **checks: Any) -> Any:
+    return Field(default, validation_alias=name, **checks)
+
+
+class Settings(BaseSettings):
+    # Each field reads the variable its ``env`` names; the prefix keeps pydantic-settings from also
+    # reading a field's bare name (``home`` would otherwise take $HOME).
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, env_prefix="DREAMFORGE_FIELD_", extra="ignore",
+                                      validate_default=True)  # fmt: skip
+
+    mongodb_uri: str | None = env("MONGODB_URI", None)
+    db_name: str = env("DREAMFORGE_DB", "dreamforge", min_length=1)
+    home: Path = env("DREAMFORGE_HOME", Path(".dreamforge"))
     # A lease a worker must renew; a worker that dies is noticed within one lease.
-    lease_s: float = field(default_factory=lambda: _f("DREAMFORGE_LEASE_S", 30))
+    lease_s: float = env("DREAMFORGE_LEASE_S", 30.0, gt=0)
     # Infrastructure failures (lost worker, crash) per stage before the job is dead-lettered.
-    infra_retries: int = field(default_factory=lambda: int(_f("DREAMFORGE_INFRA_RETRIES", 3)))
-    backoff_s: float = field(default_factory=lambda: _f("DREAMFORGE_BACKOFF_S", 2))
-    stage_timeout_s: float = field(default_factory=lambda: _f("DREAMFORGE_STAGE_TIMEOUT_S", 6 * 3600))
-    job_timeout_s: float = field(default_factory=lambda: _f("DREAMFORGE_JOB_TIMEOUT_S", 24 * 3600))
-    max_body_bytes: int = field(default_factory=lambda: int(_f("DREAMFORGE_MAX_BODY", 1 << 20)))
-    max_upload_bytes: int = field(default_factory=lambda: int(_f("DREAMFORGE_MAX_UPLOAD", 512 << 20)))
+    infra_retries: int = env("DREAMFORGE_INFRA_RETRIES", 3, ge=0)
+    backoff_s: float = env("DREAMFORGE_BACKOFF_S", 2.0, ge=0)
+    stage_timeout_s: float = env("DREAMFORGE_STAGE_TIMEOUT_S", 6 * 3600.0, gt=0)
+    job_timeout_s: float = env("DREAMFORGE_JOB_TIMEOUT_S", 24 * 3600.0, gt=0)
+    max_body_bytes: int = env("DREAMFORGE_MAX_BODY", 1 << 20, gt=0)
+    max_upload_bytes: int = env("DREAMFORGE_MAX_UPLOAD", 512 << 20, gt=0)
     # Intermediate checkpoints and unpacked datasets of finished jobs older than this are deleted.
-    temp_retention_s: float = field(default_factory=lambda: _f("DREAMFORGE_TEMP_RETENTION_S", 7 * 86400))
-    poll_s: float = field(default_factory=lambda: _f("DREAMFORGE_POLL_S", 0.2))
-    # CPU-heavy API work runs in bounded lanes (lanes.py): threads each, plus requests allowed to
-    # wait for one; beyond that the API answers 503 with Retry-After instead of stalling.
-    check_workers: int = field(default_factory=lambda: int(_f("DREAMFORGE_CHECK_WORKERS", 2)))
-    check_waiting: int = field(default_factory=lambda: int(_f("DREAMFORGE_CHECK_WAITING", 8)))
-    probe_workers: int = field(default_factory=lambda: int(_f("DREAMFORGE_PROBE_WORKERS", 2)))
-    probe_waiting: int = field(default_factory=lambda: int(_f("DREAMFORGE_PROBE_WAITING", 2)))
+    temp_retention_s: float = env("DREAMFORGE_TEMP_RETENTION_S", 7 * 86400.0, ge=0)
+    poll_s: float = env("DREAMFORGE_POLL_S", 0.2, gt=0)
+    # CPU-heavy API work runs in bounded lanes (jobs/lanes.py): threads each, plus requests allowed
+    # to wait for one; beyond that the API answers 503 with Retry-After instead of stalling.
+    check_workers: int = env("DREAMFORGE_CHECK_WORKERS", 2, ge=1)
+    check_waiting: int = env("DREAMFORGE_CHECK_WAITING", 8, ge=0)
+    probe_workers: int = env("DREAMFORGE_PROBE_WORKERS", 2, ge=1)
+    probe_waiting: int = env("DREAMFORGE_PROBE_WAITING", 2, ge=0)
     # Where stages run: "local" (child processes here) or "modal" (the deployed app's GPU functions).
-    executor: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_EXECUTOR", "local"))
-    modal_app: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_MODAL_APP", "dreamforge"))
-    # GitHub integration (dreamforge/webhooks.py, github_status.py, oidc.py)
-    github_api_url: str = field(default_factory=lambda: os.environ.get("GITHUB_API_URL", "https://api.github.com"))
-    github_token: str | None = field(default_factory=lambda: os.environ.get("GITHUB_TOKEN"))
-    dashboard_url: str | None = field(default_factory=lambda: os.environ.get("DREAMFORGE_DASHBOARD_URL"))
-    oidc_issuer: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_OIDC_ISSUER",
-                                                                    "https://token.actions.githubusercontent.com"))
-    oidc_audience: str = field(default_factory=lambda: os.environ.get("DREAMFORGE_OIDC_AUDIENCE", "dreamforge"))
+    executor: Literal["local", "modal"] = env("DREAMFORGE_EXECUTOR", "local")
+    modal_app: str = env("DREAMFORGE_MODAL_APP", "dreamforge")
+    # GitHub integration (dreamforge/github/)
+    github_api_url: str = env("GITHUB_API_URL", "https://api.github.com")
+    github_token: str | None = env("GITHUB_TOKEN", None)
+    dashboard_url: str | None = env("DREAMFORGE_DASHBOARD_URL", None)
+    oidc_issuer: str = env("DREAMFORGE_OIDC_ISSUER", "https://token.actions.githubusercontent.com")
+    oidc_audience: str = env("DREAMFORGE_OIDC_AUDIENCE", "dreamforge")
     # GitHub asks integrations to space writes (secondary rate limits); tests set 0.
-    github_write_interval_s: float = field(default_factory=lambda: _f("DREAMFORGE_GITHUB_WRITE_INTERVAL_S", 1.0))
+    github_write_interval_s: float = env("DREAMFORGE_GITHUB_WRITE_INTERVAL_S", 1.0, ge=0)
     # Signed Action requests older (or newer) than this are refused as replays.
-    webhook_tolerance_s: float = field(default_factory=lambda: _f("DREAMFORGE_WEBHOOK_TOLERANCE_S", 300))
+    webhook_tolerance_s: float = env("DREAMFORGE_WEBHOOK_TOLERANCE_S", 300.0, gt=0)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise SettingsError("bad settings: " + "; ".join(_problem(x) for x in e.errors())) from None
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, home: Path) -> Path:  # children run elsewhere (cwd of a stage): one meaning
+        return home.resolve()
 
     @property
     def artifacts(self) -> Path:
@@ -68,3 +93,9 @@ class Settings:
         if not self.mongodb_uri:
             raise RuntimeError("MONGODB_URI is not set; start the local stack with `dreamforge up` or set MONGODB_URI")
         return self.mongodb_uri
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """``NAME='value': why``; ``loc`` is the variable's name for a value read from the environment."""
+    name = ".".join(str(x) for x in error["loc"])
+    return f"{name}={error.get('input')!r}: {error['msg']}"

@@ -22,8 +22,8 @@ JOBS, LOGS, METRICS, PROJECTS, KEYS, DATASETS, REWARDS = (
     "jobs", "logs", "metrics", "projects", "api_keys", "datasets", "rewards",
 )  # fmt: skip
 GRIDFS_BUCKET = "datasets"
-QUEUE_HEAD = "queue_head"  # one document: a key at or below every queued key (queue.py's claim)
-GITHUB_PUSHES = "github_pushes"  # GitHub deliveries whose config is still to be read (push_outbox.py)
+QUEUE_HEAD = "queue_head"  # one document: a key at or below every queued key (jobs/queue.py's claim)
+GITHUB_PUSHES = "github_pushes"  # GitHub deliveries whose config is still to be read (github/push_outbox.py)
 DELIVERIES = "github_deliveries"  # _id "project|delivery id" -> job id; TTL-expired after a day
 PREVIEWS = "github_previews"  # _id "project|owner/name|branch" -> the branch's latest job
 COMMENTS = "github_comments"  # _id "project|owner/name#pr" -> the PR's comment id and latest job
@@ -39,10 +39,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         # Keys are stored prefixed with the project id, so one field serves the lookup and uniqueness.
         IndexModel([("idempotency_key", ASCENDING)], name="idempotency", unique=True, sparse=True),
         IndexModel([("dedupe_key", ASCENDING)], name="dedupe", unique=True, sparse=True),
-        # GitHub status outbox (github_status.py): present only while a change may be unposted.
+        # GitHub status outbox (github/status.py): present only while a change may be unposted.
         IndexModel([("github_outbox", ASCENDING)], name="github_outbox", sparse=True),
     ],
-    # GitHub (webhooks.py, oidc.py): repository -> project lookups; replay records expire.
+    # GitHub (github/webhooks.py, github/oidc.py): repository -> project lookups; replay records expire.
     PROJECTS: [IndexModel([("github_repos", ASCENDING)], name="github_repos", sparse=True),
                IndexModel([("github_repo_ids", ASCENDING)], name="github_repo_ids", sparse=True)],
     DELIVERIES: [IndexModel([("created_at", ASCENDING)], name="ttl", expireAfterSeconds=86400)],

@@ -22,123 +22,17 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from dreamforge import queue
-from dreamforge.executors import Executor, LocalExecutor, StageOutcome
-from dreamforge.github_status import start_sync_thread
+from dreamforge.executors.local import Executor, LocalExecutor, StageOutcome
+from dreamforge.executors.modal_executor import ModalExecutor
+from dreamforge.github.status import start_sync_thread
+from dreamforge.jobs import queue, streams, wakeup
+from dreamforge.jobs.sink import MongoSink
 from dreamforge.schemas import FINAL_STATUSES
-from dreamforge.settings import Settings
+from dreamforge.settings import Settings, SettingsError
 from dreamforge.store import JOBS, REWARDS, client, ensure_indexes
 from pipeline.config import STAGES
-from pipeline.reporter import overall_progress
 
 log = logging.getLogger("dreamforge.worker")
-
-
-class MongoSink:
-    """Buffers a stage's events and writes them to MongoDB fenced on (job, attempt).
-
-    While the database is away the rows wait here (at most ``max_buffer`` of each kind; past
-    that the oldest log lines go, with a note) and are written by the first flush that reaches
-    it, under the numbers reserved for them (``queue.reserve``), so a flush repeated after an
-    error stores nothing twice. A resumed or restarted stage repeats the steps since its last
-    checkpoint: metric points of a step already stored for the stage (``stored_steps``, the job's
-    ``metric_steps``) are skipped, so each step is stored once.
-    """
-
-    def __init__(self, db, job_id: str, attempt: int, max_rows: int = 500, *,
-                 stored_steps: dict[str, int] | None = None, max_buffer: int = 100_000) -> None:  # fmt: skip
-        self.db, self.job_id, self.attempt, self.max_rows = db, job_id, attempt, max_rows
-        self.max_buffer = max_buffer
-        self.logs: list[dict[str, Any]] = []
-        self.metrics: list[dict[str, Any]] = []
-        self.latest: dict[str, Any] = {}
-        self.progress: tuple[str, float] | None = None
-        self.steps: dict[str, int] = {k: int(v) for k, v in (stored_steps or {}).items()}
-        self._new_steps: dict[str, int] = {}
-        self._latest_values: dict[str, dict[str, float]] = {}
-        self._reserved: dict[str, list[dict[str, Any]]] = {"logs": [], "metrics": []}
-        self._dropped = 0
-        self._flushed_at = time.monotonic()
-
-    def log(self, message: str, level: str = "info", stage: str | None = None) -> None:
-        self.logs.append({"t": time.time(), "level": level, "stage": stage, "message": message})
-
-    def event(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("type")
-        if kind == "log":
-            self.logs.append({"t": ev.get("t", time.time()), "level": ev.get("level", "info"), "stage": ev.get("stage"),
-                              "message": str(ev.get("message", ""))[:10_000]})  # fmt: skip
-        elif kind == "metric":
-            values = {k: float(v) for k, v in ev.items() if k not in ("t", "type", "stage", "step", "attempt")
-                      and isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
-            stage, step = ev["stage"], int(ev.get("step", 0))
-            # A validation check reports at a step the training log may report too: its own series.
-            series = f"{stage}:val" if any(k.startswith("val_") for k in values) else stage
-            if "train_runtime" not in values:  # the end-of-training summary shares the last step
-                if step <= self.steps.get(series, -1):
-                    return
-                self.steps[series] = self._new_steps[series] = step
-            self.metrics.append({"t": ev.get("t", time.time()), "stage": stage, "step": step, "values": values})
-            # the stage's latest of every value (a validation point must not hide the latest loss)
-            latest = self._latest_values.setdefault(stage, {})
-            latest.update(values)
-            self.latest[f"metrics.{stage}"] = {**latest, "step": step}
-        elif kind == "progress":
-            self.progress = (ev["stage"], overall_progress(ev["stage"], float(ev.get("fraction", 0))))
-        elif kind == "stage":
-            msg = f"stage {ev['stage']} {ev.get('state')}"
-            if ev.get("seconds") is not None:
-                msg += f" in {ev['seconds']:.1f}s"
-            self.log(msg, stage=ev["stage"])
-        if len(self.logs) + len(self.metrics) >= self.max_rows and time.monotonic() - self._flushed_at > 1.0:
-            self.flush()  # no more than once a second while the database is away
-
-    def flush(self, *, strict: bool = False) -> bool:
-        """Write what is buffered; returns whether everything went out. A database error keeps
-        the rows for the next flush (``strict``: raises it); ``LostLease`` always raises."""
-        self._flushed_at = time.monotonic()
-        try:
-            self._write()
-            return True
-        except PyMongoError as e:
-            if strict:
-                raise
-            log.warning("job %s: cannot reach the database (%s); %d log lines and %d metric points kept",
-                        self.job_id, type(e).__name__, len(self.logs), len(self.metrics))  # fmt: skip
-            self._bound()
-            return False
-
-    def _write(self) -> None:
-        db, job_id, attempt = self.db, self.job_id, self.attempt
-        if self._dropped:
-            self.logs.insert(0, {"t": time.time(), "level": "warning", "stage": None,
-                                 "message": f"{self._dropped} log lines were dropped while the database was away"})  # fmt: skip
-            self._dropped = 0
-        if self.logs:
-            self._reserved["logs"] += queue.reserve(db, job_id, attempt, "logs", self.logs)
-            self.logs = []
-        if self.metrics or self.latest or self._new_steps:
-            self._reserved["metrics"] += queue.reserve(db, job_id, attempt, "metrics", self.metrics, self.latest or None,
-                                                       self._new_steps)  # fmt: skip
-            self.metrics, self.latest, self._new_steps = [], {}, {}
-        for kind, chunks in self._reserved.items():
-            while chunks:
-                queue.insert_chunks(db, kind, chunks[:1])
-                chunks.pop(0)
-        if self.progress:
-            queue.set_progress(db, job_id, attempt, *self.progress)
-            self.progress = None
-
-    def _bound(self) -> None:
-        """Keep the buffer bounded through a long outage: metric points are few and each one is
-        a point of the curve, so log lines go first."""
-        over = len(self.logs) - self.max_buffer
-        if over > 0:
-            del self.logs[:over]
-            self._dropped += over
-        over = len(self.metrics) - self.max_buffer
-        if over > 0:
-            del self.metrics[:over]
 
 
 class Worker:
@@ -146,11 +40,7 @@ class Worker:
                  worker_id: str | None = None) -> None:  # fmt: skip
         self.settings = settings or Settings()
         if executor is None and self.settings.executor == "modal":
-            from dreamforge.modal_executor import ModalExecutor
-
             executor = ModalExecutor(self.settings)
-        elif executor is None and self.settings.executor != "local":
-            raise ValueError(f"DREAMFORGE_EXECUTOR={self.settings.executor!r}: use 'local' or 'modal'")
         self.executor = executor or LocalExecutor(poll_s=self.settings.poll_s)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.client = client(self.settings.require_uri())
@@ -164,8 +54,8 @@ class Worker:
     def run_forever(self) -> None:
         """Claim and run jobs until stopped; survives the database going away and coming back."""
         last_reap = last_cleanup = 0.0
-        start_sync_thread(self.db, self.settings, self._stop)  # commit statuses to GitHub (github_status.py)
-        wake = queue.Wakeup(self.db, self._stop)  # a change stream: idle workers pick up new jobs at once
+        start_sync_thread(self.db, self.settings, self._stop)  # commit statuses to GitHub (github/status.py)
+        wake = wakeup.Wakeup(self.db, self._stop)  # a change stream: idle workers pick up new jobs at once
         while not self._stop.is_set():
             try:
                 if not self._indexed:
@@ -204,6 +94,7 @@ class Worker:
         finally:
             state["done"] = True
             beat.join(5)
+            streams.reset_seq(job_id)  # this process's sequence counters of the job are done with
 
     @property
     def beat_s(self) -> float:
@@ -420,7 +311,10 @@ def cleanup_temporary(settings: Settings, db) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
-    w = Worker()
+    try:
+        w = Worker()
+    except SettingsError as e:
+        raise SystemExit(f"worker: {e}") from None
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: w.stop())

@@ -16,7 +16,7 @@ from typing import Any
 
 import modal
 
-from dreamforge.modal_executor import DEFAULT_GPU
+from dreamforge.executors.modal_executor import DEFAULT_GPU
 
 MINUTES = 60  # seconds
 HOURS = 60 * MINUTES
@@ -101,7 +101,7 @@ def _committing(every_s: float = COMMIT_EVERY_S):
 
 def run_stage(stage: str, job_id: str, token: str, config: dict[str, Any], reward_source: str | None,
               gpu: str | None) -> dict[str, Any]:  # fmt: skip
-    from dreamforge.modal_stage import run_stage as body
+    from dreamforge.executors.modal_stage import run_stage as body
 
     on_modal = not modal.is_local()
     stop = _committing()
@@ -141,7 +141,7 @@ def evaluate(job_id: str, token: str, config: dict, reward_source: str | None = 
 @app.function(timeout=24 * HOURS, retries=modal.Retries(max_retries=3, initial_delay=5.0),
               volumes={ARTIFACTS_PATH: artifacts}, secrets=[mongodb, github])  # fmt: skip
 def orchestrate() -> int:
-    from dreamforge.modal_executor import ModalExecutor
+    from dreamforge.executors.modal_executor import ModalExecutor
     from dreamforge.worker import Worker
 
     reload = artifacts.reload if not modal.is_local() else None
@@ -162,7 +162,7 @@ SPAWN_AT_MOST = 20
 @app.function(schedule=modal.Period(minutes=1), timeout=10 * MINUTES, volumes={ARTIFACTS_PATH: artifacts},
               secrets=[mongodb])  # fmt: skip
 def sweep() -> dict[str, Any]:
-    from dreamforge import queue
+    from dreamforge.jobs import queue
     from dreamforge.settings import Settings
     from dreamforge.store import JOBS, client
     from dreamforge.worker import cleanup_temporary
@@ -207,7 +207,7 @@ def spawn_on_queue(api, spawn) -> None:
 @modal.concurrent(max_inputs=100)
 @modal.asgi_app()
 def web():
-    from dreamforge.api import create_app
+    from dreamforge.api.app import create_app
 
     api = create_app()
     spawn_on_queue(api, orchestrate.spawn.aio)

@@ -53,6 +53,25 @@ def models_newest_first(released: str | None = None, *, base: bool = False) -> l
     return order + (["base"] if base else [])
 
 
+def key_metric(job: dict[str, Any]) -> tuple[str, float] | None:
+    """The number a person compares jobs by (the dashboard's lists, GitHub's status and
+    previews): the primary held-out metric of the job's model (``models_newest_first``) once
+    evaluated, else the latest reward or loss of the running stage (named by its key), then
+    of the stages trained before it (``"domain loss"``). None before any number exists."""
+    result = job.get("result") or {}
+    key, models = result.get("primary_metric"), result.get("models") or {}
+    for name in models_newest_first((result.get("release") or {}).get("stage"), base=True):
+        if key and isinstance((models.get(name) or {}).get(key), int | float):
+            return key, float(models[name][key])
+    running = job.get("stage")
+    for stage in dict.fromkeys([running, *models_newest_first()]):
+        values = (job.get("metrics") or {}).get(stage or "") or {}
+        for k in ("reward", "loss", "train_loss"):
+            if isinstance(values.get(k), int | float):
+                return (k if stage == running else f"{stage} {k}"), float(values[k])
+    return None
+
+
 def as_json() -> list[dict[str, Any]]:
     return [{**asdict(s), "label": s.label} for s in STAGE_TABLE]
 

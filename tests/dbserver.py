@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dreamforge.embedded_db import free_port, start
+from dreamforge.local.embedded_db import free_port, start
 
 __all__ = ["free_port", "running_secantus"]
 

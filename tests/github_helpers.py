@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from conftest import ROOT
 
-from dreamforge.webhooks import signature
+from dreamforge.github.webhooks import signature
 
 # The fixture lives in ../shared beside the repository (in CI as on a developer's machine).
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

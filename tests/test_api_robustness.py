@@ -12,7 +12,7 @@ from conftest import tiny_job_config
 from service_helpers import api
 
 from dreamforge.auth import create_project
-from dreamforge.stack import start_stack
+from dreamforge.local.stack import start_stack
 from pipeline.config import load_preset, preset_names
 from pipeline.data import parse_synthetic_uri
 from pipeline.data.errors import DataError

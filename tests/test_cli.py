@@ -2,7 +2,7 @@ import subprocess
 
 import pytest
 
-from dreamforge.cli import parse_epochs
+from dreamforge.cli.service import parse_epochs
 from tests.conftest import PY, ROOT
 
 
@@ -21,14 +21,14 @@ def test_bad_epochs_are_refused_with_the_rule(given, message):
 
 def test_train_cli_rejects_bad_epochs_before_any_work():
     res = subprocess.run(
-        [PY, "-m", "dreamforge.cli_entry", "train", "--epochs", "5", "x"], cwd=ROOT, capture_output=True, text=True
+        [PY, "-m", "dreamforge.cli", "train", "--epochs", "5", "x"], cwd=ROOT, capture_output=True, text=True
     )
     assert res.returncode == 2
     assert "takes numbers" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_presets_cli_lists_every_preset():
-    res = subprocess.run([PY, "-m", "dreamforge.cli_entry", "presets"], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run([PY, "-m", "dreamforge.cli", "presets"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0
     names = [line.split()[0] for line in res.stdout.splitlines()]
     assert names == ["generic", "medical-scan", "retail-shelf", "traffic-camera"]

@@ -22,7 +22,7 @@ from pipeline.rewards.js import EXAMPLES
 
 
 def df(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dreamforge.cli_entry", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "dreamforge.cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -31,7 +31,7 @@ def up(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     env = {**os.environ, "DREAMFORGE_HOME": str(home), "COLUMNS": "200"}
     env.pop("DREAMFORGE_URL", None), env.pop("DREAMFORGE_API_KEY", None), env.pop("MONGODB_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "dreamforge.cli_entry", "up", "--no-dashboard"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "dreamforge.cli", "up", "--no-dashboard"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while not (home / "stack.json").exists():

@@ -63,7 +63,7 @@ def test_preset_values_are_overridden_by_the_config():
 
 
 def test_schema_cli_publishes_the_json_schema(tmp_path):
-    out = subprocess.run([PY, "-m", "dreamforge.cli_entry", "schema"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([PY, "-m", "dreamforge.cli", "schema"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     schema = json.loads(out.stdout)
     assert schema == json.loads(json.dumps(json_schema()))

@@ -25,10 +25,10 @@ from dashboard_helpers import app, chart_data, claim, frame, log_rows, metric_ro
 from PIL import Image
 from service_helpers import api, wait_job
 
-from dreamforge import queue
 from dreamforge.auth import create_project
+from dreamforge.jobs import queue, streams
+from dreamforge.local.stack import start_dashboard, start_stack
 from dreamforge.settings import dashboard_page
-from dreamforge.stack import start_dashboard, start_stack
 from pipeline.rewards.js import EXAMPLES
 
 REPO = "acme/shelves"
@@ -75,15 +75,15 @@ def jobs(stack, db, finished):
         queue.stage_started(db, running, attempt, "warm_start")
         queue.stage_finished(db, running, attempt, "warm_start", "done", {"seconds": 3.0})
         queue.stage_started(db, running, attempt, "domain")
-        queue.append(db, running, attempt, "logs", log_rows(30, "warm_start"))
-        queue.append(db, running, attempt, "metrics", metric_rows(20, "warm_start"), {"metrics.domain": {"step": 5, "loss": 0.8}})
-        queue.append(db, running, attempt, "metrics", metric_rows(5, "domain"))
+        streams.append(db, running, attempt, "logs", log_rows(30, "warm_start"))
+        streams.append(db, running, attempt, "metrics", metric_rows(20, "warm_start"), {"metrics.domain": {"step": 5, "loss": 0.8}})
+        streams.append(db, running, attempt, "metrics", metric_rows(5, "domain"))
         queue.set_progress(db, running, attempt, "domain", 37.5)
 
         failed = submit(c, cfg, repo=REPO, branch="feature-failed", sha="2222222bbbb")
         attempt_f = claim(db, failed)
         queue.stage_started(db, failed, attempt_f, "warm_start")
-        queue.append(db, failed, attempt_f, "logs", [{"t": time.time(), "level": "error", "stage": "warm_start",
+        streams.append(db, failed, attempt_f, "logs", [{"t": time.time(), "level": "error", "stage": "warm_start",
                                                       "message": "dataset.zip: annotations.json: image 3 has a box outside"}])  # fmt: skip
         queue.stage_finished(db, failed, attempt_f, "warm_start", "failed", {})
         queue.finish(db, failed, attempt_f, "failed", error={"kind": "user", "stage": "warm_start",
@@ -150,8 +150,8 @@ def test_running_job_page_shows_progress_and_fetches_only_new_rows(stack, db, jo
     stream = at.session_state["streams"][job_id]
     first_requests = stream.requests
     # the worker writes more; a refresh asks only for rows after the last seq it holds
-    queue.append(db, job_id, attempt, "logs", log_rows(5, "domain", start=100))
-    queue.append(db, job_id, attempt, "metrics", metric_rows(3, "domain", start=5))
+    streams.append(db, job_id, attempt, "logs", log_rows(5, "domain", start=100))
+    streams.append(db, job_id, attempt, "metrics", metric_rows(3, "domain", start=5))
     at.run()
     stream = at.session_state["streams"][job_id]
     assert [ln["seq"] for ln in stream.logs] == list(range(1, 36))  # no line twice, none missing
@@ -178,7 +178,7 @@ def test_validation_checks_are_drawn_as_their_own_curve(stack, db, jobs):
     queue.stage_started(db, job_id, attempt, "domain")
     val = [{"t": time.time(), "stage": "domain", "step": s, "values": {"val_mean_iou": v, "val_parse_rate": 1.0}}
            for s, v in ((20, 0.1), (40, 0.3), (60, 0.25))]  # fmt: skip
-    queue.append(db, job_id, attempt, "metrics", metric_rows(6, "domain", start=0) + val)
+    streams.append(db, job_id, attempt, "metrics", metric_rows(6, "domain", start=0) + val)
     at = app(stack, "app_pages/job.py", job=job_id)
     assert not at.exception
     curve = chart_data(at, "validation vs step")
@@ -389,7 +389,7 @@ def test_dreamforge_up_starts_the_dashboard_and_prints_its_url(tmp_path):
     env = {**os.environ, "DREAMFORGE_HOME": str(tmp_path / "home")}
     for k in ("DREAMFORGE_URL", "DREAMFORGE_API_KEY", "MONGODB_URI"):
         env.pop(k, None)
-    proc = subprocess.Popen([sys.executable, "-m", "dreamforge.cli_entry", "up", "--workers", "0"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "dreamforge.cli", "up", "--workers", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         out = []
@@ -465,7 +465,7 @@ def test_browser_follows_a_running_job_without_reloading(stack, db, jobs, browse
     page.goto(f"{stack.dashboard_url}/job?job={job_id}", timeout=60_000)
     n = db.jobs.find_one({"_id": job_id})["log_seq"]
     page.get_by_text(f"Logs ({n} lines)").wait_for(timeout=60_000)
-    queue.append(db, job_id, attempt, "logs", log_rows(3, "domain", start=900))
+    streams.append(db, job_id, attempt, "logs", log_rows(3, "domain", start=900))
     page.get_by_text(f"Logs ({n + 3} lines)").wait_for(timeout=15_000)
     page.wait_for_function("document.body.innerText.includes('domain line 902')", timeout=15_000)
     page.close()

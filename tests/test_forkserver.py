@@ -13,8 +13,8 @@ import pytest
 from conftest import tiny_job_config
 from service_helpers import wait_for
 
-from dreamforge.executors import _stop
-from dreamforge.forkserver import ForkServer
+from dreamforge.executors.forkserver import ForkServer
+from dreamforge.executors.local import _stop
 
 
 def _gone(pid: int) -> bool:

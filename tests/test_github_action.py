@@ -19,9 +19,9 @@ from conftest import tiny_job_config
 from github_helpers import PUSH_FIXTURE, SECRET, link, pull_request_event, run_action, sha
 from service_helpers import wait_for
 
-from dreamforge import queue
 from dreamforge.auth import create_project
-from dreamforge.stack import start_stack
+from dreamforge.jobs import queue
+from dreamforge.local.stack import start_stack
 
 FIXTURE = json.loads(PUSH_FIXTURE.read_text())
 REPO = FIXTURE["repository"]["full_name"]  # Codertocat/Hello-World

@@ -19,7 +19,7 @@ from fake_github import send_json
 from github_helpers import PUSH_FIXTURE, action_body, link, run_action, sha
 
 from dreamforge.auth import create_project
-from dreamforge.stack import start_stack
+from dreamforge.local.stack import start_stack
 
 REPO, REPO_ID = "acme/oidc", 555
 REQUEST_TOKEN = "runner-request-token"

@@ -13,11 +13,12 @@ from conftest import tiny_job_config
 from github_helpers import SECRET, action_body, link, post_action, pull_request_event, sha
 from service_helpers import api
 
-from dreamforge import github_status, queue
 from dreamforge.auth import create_project
+from dreamforge.github import status as github_status
+from dreamforge.github.webhooks import signature, signature_ok
+from dreamforge.jobs import queue
+from dreamforge.local.stack import start_stack
 from dreamforge.settings import Settings
-from dreamforge.stack import start_stack
-from dreamforge.webhooks import signature, signature_ok
 
 REPO = "acme/shelves"
 DASH = "http://dashboard.test"

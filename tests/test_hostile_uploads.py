@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from service_helpers import api
 
-from dreamforge.stack import start_stack
+from dreamforge.local.stack import start_stack
 
 MAX_UPLOAD = 40 << 20  # the stack's upload limit: archives may expand to twice this (80 MiB)
 

@@ -449,14 +449,14 @@ def test_every_example_loads_and_ranks_the_exact_prediction_first():
 
 def test_reward_test_cli_prints_the_table_and_fails_on_errors(tmp_path, root):
     ds = "synthetic://retail-shelf?n=16&seed=3"
-    run = subprocess.run([sys.executable, "-m", "dreamforge.cli_entry", "reward", "test", "example:retail_facings",
+    run = subprocess.run([sys.executable, "-m", "dreamforge.cli", "reward", "test", "example:retail_facings",
                           "--dataset", ds, "--samples", "6", "--json"], capture_output=True, text=True, cwd=root)  # fmt: skip
     assert run.returncode == 0, run.stderr
     table = json.loads(run.stdout)
     assert [c["case"] for c in table["cases"]] == list(CASES) and table["samples"] == 6
     bad = tmp_path / "bad.js"
     bad.write_text("function reward(out, gt) {\n  return out.boxes[9][0];\n}\n")
-    run = subprocess.run([sys.executable, "-m", "dreamforge.cli_entry", "reward", "test", str(bad), "--dataset", ds],
+    run = subprocess.run([sys.executable, "-m", "dreamforge.cli", "reward", "test", str(bad), "--dataset", ds],
                          capture_output=True, text=True, cwd=root)  # fmt: skip
     assert run.returncode == 1
     assert "reward 'bad.js' failed on sample 0: TypeError" in run.stderr and "at line 2" in run.stderr

@@ -10,9 +10,9 @@ import sys
 import pytest
 from conftest import ROOT
 
-from dreamforge.executors import stage_command
-from dreamforge.modal_executor import DEFAULT_GPU, stage_gpu
-from dreamforge.modal_stage import gpu_count
+from dreamforge.executors.local import stage_command
+from dreamforge.executors.modal_executor import DEFAULT_GPU, stage_gpu
+from dreamforge.executors.modal_stage import gpu_count
 from pipeline.stage_table import STAGES
 
 VOLUMES = {"/data/artifacts": "dreamforge-artifacts", "/hf": "dreamforge-hf-cache"}

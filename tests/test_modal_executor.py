@@ -15,12 +15,14 @@ import pytest
 from conftest import tiny_job_config
 from service_helpers import wait_for
 
-from dreamforge import modal_calls, queue
-from dreamforge.modal_executor import ModalExecutor
-from dreamforge.modal_stage import run_stage
+from dreamforge.executors import modal_calls
+from dreamforge.executors.modal_executor import ModalExecutor
+from dreamforge.executors.modal_stage import run_stage
+from dreamforge.jobs import queue
+from dreamforge.jobs.sink import MongoSink
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS, LOGS, METRICS, client, ensure_indexes
-from dreamforge.worker import MongoSink, Worker
+from dreamforge.worker import Worker
 from pipeline.config import STAGES, build_config, config_hash
 
 
@@ -266,7 +268,7 @@ def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
     import uvicorn
     from dbserver import free_port
 
-    from dreamforge.api import create_app
+    from dreamforge.api.app import create_app
     from dreamforge.auth import create_project
     from modal_app.app import spawn_on_queue
 
@@ -327,7 +329,7 @@ def test_sweep_reaps_expired_leases_counts_ready_jobs_and_deletes_old_temporarie
 def test_a_stored_reward_reaches_the_gpu_container_under_its_own_name(env, tmp_path):
     """The worker writes a stored JavaScript reward under the name its author gave it (the held-out
     tables title its score with it), and the Modal orchestrator still ships its source."""
-    from dreamforge.modal_executor import _inputs
+    from dreamforge.executors.modal_executor import _inputs
     from dreamforge.store import REWARDS
 
     settings, db = env

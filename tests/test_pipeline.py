@@ -188,7 +188,7 @@ def test_predict_cli_prints_the_structure_and_draws_it(detect_job, tmp_path):
     generate("retail-shelf", 1, seed=99).splits["train"][0].image.save(img)
     drawn = tmp_path / "drawn.png"
     res = subprocess.run(
-        [PY, "-m", "dreamforge.cli_entry", "predict", str(out / "model-4bit"), str(img), "--draw", str(drawn)],
+        [PY, "-m", "dreamforge.cli", "predict", str(out / "model-4bit"), str(img), "--draw", str(drawn)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert res.returncode == 0, res.stderr[-2000:]
@@ -203,7 +203,7 @@ def test_predict_cli_prints_the_structure_and_draws_it(detect_job, tmp_path):
 
 def test_predict_cli_names_a_missing_model(tmp_path):
     res = subprocess.run(
-        [PY, "-m", "dreamforge.cli_entry", "predict", str(tmp_path), str(tmp_path / "x.png")],
+        [PY, "-m", "dreamforge.cli", "predict", str(tmp_path), str(tmp_path / "x.png")],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert res.returncode == 1

@@ -1,4 +1,4 @@
-"""GitHub's own webhook while GitHub's API is away (``dreamforge/push_outbox.py``): a verified
+"""GitHub's own webhook while GitHub's API is away (``dreamforge/github/push_outbox.py``): a verified
 push is accepted with 202 and stored, its preview says it waits for GitHub, and once GitHub
 answers again the outbox reads the config at the pushed sha and the job appears. Real HTTP
 against the stack's API, a loopback GitHub that goes down and comes back."""
@@ -15,9 +15,9 @@ from github_helpers import SECRET, link, sha
 from service_helpers import api
 
 from dreamforge.auth import create_project
-from dreamforge.stack import start_stack
+from dreamforge.github.webhooks import signature
+from dreamforge.local.stack import start_stack
 from dreamforge.store import GITHUB_PUSHES
-from dreamforge.webhooks import signature
 
 REPO = "acme/outage"
 

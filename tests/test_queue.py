@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from dreamforge import embedded_db, queue
+from dreamforge.jobs import queue, streams, wakeup
+from dreamforge.local import embedded_db
 from dreamforge.store import JOBS, LOGS, client, ensure_indexes
 
 
@@ -62,7 +63,7 @@ def test_claims_in_submission_order_and_respect_backoff(db):
 def test_a_stale_worker_cannot_write_after_a_takeover(db):
     (job_id,) = add_jobs(db, 1)
     old = queue.claim(db, "old", 0.2)
-    queue.append(db, job_id, old["attempt"], "logs", [{"t": 0, "message": "from old"}])
+    streams.append(db, job_id, old["attempt"], "logs", [{"t": 0, "message": "from old"}])
     time.sleep(0.3)
     assert queue.reap(db, limit=3) == [job_id]
     new = queue.claim(db, "new", 30)
@@ -73,16 +74,16 @@ def test_a_stale_worker_cannot_write_after_a_takeover(db):
         lambda: queue.stage_started(db, job_id, old["attempt"], "domain"),
         lambda: queue.set_progress(db, job_id, old["attempt"], "domain", 50),
         lambda: queue.finish(db, job_id, old["attempt"], "succeeded"),
-        lambda: queue.append(db, job_id, old["attempt"], "logs", [{"t": 0, "message": "stale"}]),
+        lambda: streams.append(db, job_id, old["attempt"], "logs", [{"t": 0, "message": "stale"}]),
     ):
         with pytest.raises(queue.LostLease):
             write()
     doc = db[JOBS].find_one({"_id": job_id})
     assert doc["status"] == "running" and doc["worker"] == "new" and doc["progress"] == 0.0
-    rows = queue.read_rows(list(db[LOGS].find({"job_id": job_id})), 0, 100)
+    rows = streams.read_rows(list(db[LOGS].find({"job_id": job_id})), 0, 100)
     assert [r["message"] for r in rows] == ["from old"]
-    queue.append(db, job_id, new["attempt"], "logs", [{"t": 1, "message": "from new"}])
-    assert [r["seq"] for r in queue.read_rows(list(db[LOGS].find({"job_id": job_id})), 0, 100)] == [1, 2]
+    streams.append(db, job_id, new["attempt"], "logs", [{"t": 1, "message": "from new"}])
+    assert [r["seq"] for r in streams.read_rows(list(db[LOGS].find({"job_id": job_id})), 0, 100)] == [1, 2]
 
 
 def test_infra_failures_back_off_then_dead_letter_then_requeue(db):
@@ -215,7 +216,7 @@ def test_a_claim_at_a_large_backlog_reads_a_few_keys_not_the_backlog(db):
 
 
 def test_wakeup_fires_when_a_job_becomes_ready_and_not_for_other_writes(db):
-    w = queue.Wakeup(db)
+    w = wakeup.Wakeup(db)
     try:
         assert w.wait(0.05) is False  # opens the stream; nothing queued yet
         (job_id,) = add_jobs(db, 1)
@@ -229,7 +230,7 @@ def test_wakeup_fires_when_a_job_becomes_ready_and_not_for_other_writes(db):
         stop = threading.Event()
         stop.set()
         t0 = time.perf_counter()
-        assert queue.Wakeup(db, stop).wait(5) is False and time.perf_counter() - t0 < 1  # a stopping worker does not wait
+        assert wakeup.Wakeup(db, stop).wait(5) is False and time.perf_counter() - t0 < 1  # a stopping worker does not wait
     finally:
         w.close()
 

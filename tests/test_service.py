@@ -15,7 +15,7 @@ from conftest import tiny_job_config
 from service_helpers import all_logs, api, wait_for, wait_job
 
 from dreamforge.auth import create_project
-from dreamforge.stack import start_stack
+from dreamforge.local.stack import start_stack
 from pipeline.config import build_config, load_preset, preset_names
 from pipeline.rewards.js import EXAMPLES
 
@@ -283,7 +283,7 @@ def test_presets_listed_in_json(stack):
 
 
 def test_database_down_is_503_and_nothing_is_lost(tmp_path):
-    from dreamforge import embedded_db
+    from dreamforge.local import embedded_db
 
     s = start_stack(tmp_path / "stack", workers=1, extra_env={"DREAMFORGE_POLL_S": "0.1"})
     try:

@@ -20,10 +20,11 @@ from conftest import tiny_job_config
 from dbserver import running_secantus
 from service_helpers import api, wait_for, wait_job
 
-from dreamforge import embedded_db, queue
-from dreamforge.stack import start_stack
+from dreamforge.jobs import queue, streams
+from dreamforge.jobs.sink import MongoSink
+from dreamforge.local import embedded_db
+from dreamforge.local.stack import start_stack
 from dreamforge.store import JOBS, METRICS, client, ensure_indexes
-from dreamforge.worker import MongoSink
 from pipeline.config import build_config
 from pipeline.fence import Fence, FenceLost, take_ownership
 from pipeline.reporter import BaseReporter
@@ -116,8 +117,8 @@ def test_a_resumed_stage_does_not_store_its_earlier_steps_twice(qdb):
     sink2.event({"type": "metric", "stage": "domain", "step": 40, "train_runtime": 9.0, "train_loss": 0.1})
     sink2.flush(strict=True)
     # a flush repeated after an unacknowledged insert stores nothing twice
-    queue.insert_chunks(qdb, "metrics", [c for c in qdb[METRICS].find({"job_id": job["_id"]}, {"_id": 0})])
-    rows = queue.read_rows(list(qdb[METRICS].find({"job_id": job["_id"]})), 0, 100)
+    streams.insert_chunks(qdb, "metrics", [c for c in qdb[METRICS].find({"job_id": job["_id"]}, {"_id": 0})])
+    rows = streams.read_rows(list(qdb[METRICS].find({"job_id": job["_id"]})), 0, 100)
     assert [(r["step"], "train_runtime" in r["values"]) for r in rows] == [
         (10, False), (20, False), (30, False), (40, False), (40, True)]  # fmt: skip
     assert rows[2]["values"]["loss"] == pytest.approx(1 / 30)  # the first attempt's point stays
@@ -141,7 +142,7 @@ def test_a_validation_point_at_a_training_step_is_its_own_series(qdb):
     resumed.event({"type": "metric", "stage": "domain", "step": 20, "val_mean_iou": 0.3, "val_parse_rate": 1.0})
     resumed.event({"type": "metric", "stage": "domain", "step": 40, "val_mean_iou": 0.4, "val_parse_rate": 1.0})
     resumed.flush(strict=True)
-    rows = queue.read_rows(list(qdb[METRICS].find({"job_id": job["_id"]})), 0, 100)
+    rows = streams.read_rows(list(qdb[METRICS].find({"job_id": job["_id"]})), 0, 100)
     assert [(r["step"], sorted(r["values"])) for r in rows] == [
         (20, ["loss"]), (20, ["val_mean_iou", "val_parse_rate"]), (40, ["val_mean_iou", "val_parse_rate"])]  # fmt: skip
 
@@ -201,7 +202,7 @@ def stage_pids(workers: list[subprocess.Popen]) -> set[int]:
     started cold by the worker (``pipeline.run``); each leads its own process group."""
     procs = _procs()
     ids = {w.pid for w in workers}
-    templates = {p for p, (pp, _, _, cmd) in procs.items() if pp in ids and "dreamforge.forkserver" in cmd}
+    templates = {p for p, (pp, _, _, cmd) in procs.items() if pp in ids and "dreamforge.executors.forkserver" in cmd}
     return {p for p, (pp, grp, st, cmd) in procs.items() if grp == p and st != "Z"
             and (pp in templates or (pp in ids and "pipeline.run" in cmd))}  # fmt: skip
 
@@ -228,7 +229,7 @@ def assert_complete(steps: list[int]) -> None:
 
 
 def stored_points(db, job_id: str, stage: str) -> list[dict]:
-    rows = queue.read_rows(list(db[METRICS].find({"job_id": job_id})), 0, 100_000)
+    rows = streams.read_rows(list(db[METRICS].find({"job_id": job_id})), 0, 100_000)
     return [r for r in rows if r["stage"] == stage and "train_runtime" not in r["values"]]
 
 

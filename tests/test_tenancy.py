@@ -13,7 +13,7 @@ from conftest import tiny_job_config
 from service_helpers import api
 
 from dreamforge.auth import create_project, revoke_key
-from dreamforge.stack import start_stack
+from dreamforge.local.stack import start_stack
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_hub_models_and_shipped_examples_are_accepted(stack, db, two):
 def test_private_urls_pass_at_submit_where_the_operator_allows_them(monkeypatch):
     """The local stack and the tests fetch from loopback servers (moto, local https): the
     same setting that opens the fetch-time guard opens the submit-time one."""
-    from dreamforge.submit import resolve_dataset
+    from dreamforge.jobs.submit import resolve_dataset
 
     url = "https://127.0.0.1:9/x.zip"
     monkeypatch.setenv("DREAMFORGE_ALLOW_PRIVATE_URLS", "1")

@@ -15,12 +15,12 @@ from conftest import tiny_job_config
 from service_helpers import api
 
 from dreamforge.auth import create_project
-from dreamforge.executors import stage_command
+from dreamforge.executors.local import stage_command
+from dreamforge.local.stack import start_stack
 from dreamforge.schemas import JobStatus
-from dreamforge.stack import start_stack
 from pipeline.config import CurriculumConfig
 from pipeline.reporter import overall_progress
-from pipeline.stage_table import STAGE_TABLE, STAGES, as_json, models_newest_first
+from pipeline.stage_table import STAGE_TABLE, STAGES, as_json, key_metric, models_newest_first
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,20 @@ def test_the_table_gives_numbers_sections_progress_and_the_model_order():
     assert overall_progress(STAGES[1], 0.0) == STAGE_TABLE[0].weight and overall_progress(STAGES[-1], 1.0) == 100.0
     assert models_newest_first() == ["reward", "domain", "warm_start"]
     assert models_newest_first("domain", base=True) == ["domain", "reward", "warm_start", "base"]  # the released one first
+
+
+def test_key_metric_is_defined_once_for_the_dashboard_and_github(root):
+    out = subprocess.run(["git", "grep", "--untracked", "-l", "-E", r"def key_metric\b", "--", "*.py", ":!tests"],
+                         cwd=root, capture_output=True, text=True, check=False).stdout.split()  # fmt: skip
+    assert out == ["pipeline/stage_table.py"]
+    released = {"result": {"primary_metric": "mean_iou", "release": {"stage": "domain"},
+                           "models": {"base": {"mean_iou": 0.1}, "domain": {"mean_iou": 0.5}, "reward": {"mean_iou": 0.6}}}}
+    assert key_metric(released) == ("mean_iou", 0.5)  # the released model's, not the best one's
+    assert key_metric({"result": {"primary_metric": "mean_iou", "models": {"base": {"mean_iou": 0.1}}}}) == ("mean_iou", 0.1)
+    running = {"stage": "reward", "metrics": {"domain": {"loss": 0.3}, "reward": {"reward": 0.42}}}
+    assert key_metric(running) == ("reward", 0.42)
+    assert key_metric({"stage": None, "metrics": {"domain": {"loss": 0.3}}}) == ("domain loss", 0.3)  # failed after domain
+    assert key_metric({"stage": None, "metrics": {}}) is None
 
 
 def test_meta_is_public_and_publishes_the_stages_and_the_status_sets(stack):
@@ -101,7 +115,7 @@ def test_cli_approves_a_held_job_and_names_the_stages(stack, db):
     env = {**os.environ, "DREAMFORGE_URL": stack.api_url, "DREAMFORGE_API_KEY": stack.dev_key}
     with api(stack) as c:
         job_id = held_job(c, db)
-    cli = [sys.executable, "-m", "dreamforge.cli_entry"]
+    cli = [sys.executable, "-m", "dreamforge.cli"]
     r = subprocess.run([*cli, "approve", job_id], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and f"{job_id}: approved, queued" in r.stdout, r.stdout + r.stderr
     assert db.jobs.find_one({"_id": job_id})["status"] == "queued"

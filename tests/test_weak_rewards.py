@@ -281,7 +281,7 @@ def test_reward_test_ranks_the_exact_prediction_first_for_weak_rewards(name):
 
 
 def test_reward_test_cli_runs_the_points_reward(root):
-    run = subprocess.run([sys.executable, "-m", "dreamforge.cli_entry", "reward", "test", "points", "--dataset",
+    run = subprocess.run([sys.executable, "-m", "dreamforge.cli", "reward", "test", "points", "--dataset",
                           "synthetic://retail-shelf?n=8&seed=3", "--samples", "6", "--json"],
                          capture_output=True, text=True, cwd=root)  # fmt: skip
     assert run.returncode == 0, run.stderr

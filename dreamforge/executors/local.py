@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from dreamforge.executors.forkserver import ForkServer
 from pipeline.fence import LOST_EXIT, OWNER_FILE, take_ownership
 from pipeline.procs import die_with_parent
 from pipeline.stage_table import BY_NAME
@@ -77,7 +78,7 @@ class EventTail:
         return out
 
 
-def _die_with_parent() -> None:
+def die_with_parent_group() -> None:  # public: the local stack's children use it too
     """In the child: get SIGKILL when the worker dies, so a SIGKILLed worker never leaves an
     orphan training the same stage while another worker takes it over."""
     die_with_parent()
@@ -121,14 +122,12 @@ class LocalExecutor:
         self.poll_s = poll_s
         self.num_processes = num_processes
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        # Stages forked from a warm template (dreamforge/forkserver.py) skip 8-13 s of imports
+        # Stages forked from a warm template (forkserver.py) skip 8-13 s of imports
         # each; started now, so it is warm by the time a job arrives.
         if fork is None:
             fork = os.environ.get("DREAMFORGE_FORK_STAGES", "1") == "1"
         self.forkserver = None
         if fork and num_processes <= 1:
-            from dreamforge.forkserver import ForkServer
-
             self.forkserver = ForkServer(python, self.env)
 
     def _start(self, cmd: list[str], err_path: Path):
@@ -139,7 +138,7 @@ class LocalExecutor:
             except RuntimeError as e:  # the template died: fall back to a cold start
                 log.warning("stage template unavailable (%s); starting the stage cold", e)
         with err_path.open("ab") as err:
-            return subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self.env, preexec_fn=_die_with_parent)
+            return subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self.env, preexec_fn=die_with_parent_group)
 
     def run_stage(self, job, stage, workdir, sink, check, timeout_s):
         out = workdir / "out"

@@ -20,13 +20,13 @@ import io
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 
-from dreamforge import errors
-from dreamforge.lanes import lane
-from dreamforge.settings import Settings
+from dreamforge.api import errors
+from dreamforge.api.deps import AppSettings, Project
+from dreamforge.jobs.lanes import lane
 from dreamforge.store import JOBS
 from pipeline.stage_table import models_newest_first
 
@@ -39,14 +39,8 @@ _CACHE_SIZE = 32
 IMAGE_SCHEMES = ("synthetic://", "gridfs://")
 
 
-async def _project(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    from dreamforge.api import current_project  # the API module includes this router
-
-    return await current_project(request, authorization)
-
-
 @router.get("/{job_id}/samples", responses=errors.responses(404, 409, 429))
-async def samples(request: Request, job_id: str, pid: Annotated[str, Depends(_project)],
+async def samples(request: Request, settings: AppSettings, job_id: str, pid: Project,
                   n: int = Query(6, ge=1, le=16), model: str | None = None):  # fmt: skip
     """Held-out images with the model's prediction and the ground truth drawn as PNG (base64).
 
@@ -58,7 +52,7 @@ async def samples(request: Request, job_id: str, pid: Annotated[str, Depends(_pr
         raise HTTPException(404, f"job {job_id} not found")
     if doc["status"] != "succeeded":
         raise HTTPException(409, f"job {job_id} is {doc['status']}; samples are drawn once it has succeeded")
-    path = _predictions_path(doc)
+    path = _predictions_path(doc, settings.artifacts)
     if path is None:
         raise HTTPException(404, f"job {job_id}: no held-out predictions on disk (the evaluate stage writes predictions.json)")
     by_model = json.loads(await asyncio.to_thread(path.read_text))
@@ -73,14 +67,14 @@ async def samples(request: Request, job_id: str, pid: Annotated[str, Depends(_pr
     return _CACHE[key]
 
 
-def _predictions_path(doc: dict[str, Any]) -> Path | None:
+def _predictions_path(doc: dict[str, Any], artifacts: Path) -> Path | None:
     """``predictions.json`` beside the job's ``metrics.json``, and only under the artifacts root:
     the path is read from the job document, so it is checked rather than trusted."""
     metrics = ((doc.get("result") or {}).get("artifacts") or {}).get("metrics.json")
     if not metrics:
         return None
     path = (Path(metrics).parent / "predictions.json").resolve()
-    root = Settings().artifacts.resolve()
+    root = artifacts.resolve()
     if not path.is_relative_to(root) or not path.is_file():
         return None
     return path

@@ -1,27 +1,17 @@
-"""The ``dreamforge`` command line.
-
-Thin Typer commands over one private function each; a user's mistake ends with a clear
-message and exit code 1 (2 for bad config or data), never a traceback.
-"""
+"""Commands that need no service: the config schema, presets, a starter config, a prediction
+with an exported model, and a reward tried on a dataset."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="DreamForge: fine-tune a vision-language model on your own images.", no_args_is_help=True)
+from dreamforge.cli.console import fail
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
-
-
-@app.command()
 def schema(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the schema to this file.")] = None,
 ) -> None:
@@ -35,7 +25,6 @@ def schema(
         typer.echo(text)
 
 
-@app.command()
 def presets() -> None:
     """List the curriculum presets and what they set."""
     from pipeline.config import load_preset, preset_names
@@ -45,21 +34,6 @@ def presets() -> None:
         typer.echo(f"{name:16} task={p.get('task', 'detect'):9} dataset={p.get('data', {}).get('dataset', '-')}")
 
 
-def parse_epochs(first: str | None, extra: list[str]) -> list[str]:
-    """``--epochs 5 3 2`` (as the docs write it), ``--epochs 5,3,2`` or ``--epochs "5 3 2"``."""
-    words = ([first] if first else []) + list(extra)
-    out = [w for word in words for w in word.replace(",", " ").split()]
-    for w in out:
-        try:
-            float(w)
-        except ValueError:
-            raise ValueError(f"--epochs takes numbers (stage 1, 2 and RL), got {w!r}") from None
-    if len(out) > 3:
-        raise ValueError(f"--epochs takes at most three numbers (stage 1, 2 and RL), got {len(out)}")
-    return out
-
-
-@app.command()
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="An exported model folder (model/ or model-4bit/).")],
     image: Annotated[Path, typer.Argument(help="An image file.")],
@@ -70,7 +44,7 @@ def predict(
     try:
         result = _predict(model_dir, image, prompt, draw)
     except (FileNotFoundError, ValueError, OSError) as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     typer.echo(json.dumps(result))
 
 
@@ -111,11 +85,6 @@ def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None
     return {"text": text, "parsed": ok, "quantized": quantized, "prediction": target}
 
 
-reward_app = typer.Typer(help="Check rewards before training with them.", no_args_is_help=True)
-app.add_typer(reward_app, name="reward")
-
-
-@reward_app.command("test")
 def reward_test(
     reward: Annotated[str, typer.Argument(help="A .js file defining reward(out, gt), example:NAME, or a built-in name.")],
     dataset: Annotated[str, typer.Option(help="Dataset URI whose ground truths the reward is run on.")],
@@ -133,15 +102,15 @@ def reward_test(
     try:
         targets = dataset_targets(dataset, task, samples)
         if not targets:
-            raise _fail(f"{dataset}: no labelled images to test the reward on", 2)
+            raise fail(f"{dataset}: no labelled images to test the reward on", 2)
         reward_obj = load_any_reward(reward, task)
         rows = probe_reward(reward_obj, targets)
     except RewardError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     except DataError as e:
-        raise _fail(str(e), 2) from None
+        raise fail(str(e), 2) from None
     except (KeyError, ValueError) as e:
-        raise _fail(str(e).strip("'")) from None
+        raise fail(str(e).strip("'")) from None
     finally:
         if reward_obj is not None and hasattr(reward_obj, "close"):
             reward_obj.close()
@@ -165,10 +134,19 @@ def reward_test(
         console.print("[yellow]warning: a perturbed prediction scores higher than the exact one[/]")
 
 
-from dreamforge import cli_service  # noqa: E402 — registers up, worker, train, status, logs, cancel, jobs, init, demo
+def init(
+    preset: Annotated[str, typer.Option(help="Preset to start from.")] = "retail-shelf",
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("dreamforge.config.json"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write dreamforge.config.json from a preset (every field explicit, ready to edit)."""
+    from pipeline.config import ConfigError, build_config
 
-cli_service.register(app)
-
-
-def main() -> None:  # pragma: no cover
-    sys.exit(app())
+    if out.exists() and not force:
+        raise fail(f"{out} exists; pass --force to overwrite it")
+    try:
+        cfg = build_config({}, preset=preset)
+    except ConfigError as e:
+        raise fail(str(e), 2) from None
+    out.write_text(json.dumps(cfg.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2) + "\n")
+    typer.echo(f"wrote {out} (preset {preset}); check it with `dreamforge schema` in your editor")

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dreamforge import modal_calls, queue
-from dreamforge.executors import StageOutcome, stage_info
+from dreamforge.executors import modal_calls
+from dreamforge.executors.local import StageOutcome, stage_info
+from dreamforge.jobs import queue, streams
 from dreamforge.settings import Settings
 from dreamforge.store import client
 from pipeline.stage_table import SECTION
@@ -84,7 +85,7 @@ class ModalExecutor:
             if call is None:
                 return StageOutcome("lost", "lease lost while spawning")
         outcome = self._poll(call, job, stage, check, timeout_s)
-        queue.reset_seq(job_id)
+        streams.reset_seq(job_id)
         if outcome.kind in ("done", "lost"):
             return outcome
         try:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from dreamforge import queue
+from dreamforge.jobs import queue
 from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.store import JOBS
 

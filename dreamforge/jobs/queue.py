@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import re
 import secrets
-import threading
 import time
 import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, PyMongoError
 
 from dreamforge.schemas import FINAL_STATUSES, REQUEUABLE_STATUSES, WAITING_STATUSES, JobStatus, new_stages
-from dreamforge.store import JOBS, LOGS, METRICS, QUEUE_HEAD
+from dreamforge.store import JOBS, QUEUE_HEAD
 from pipeline.stage_table import STAGES
 
 
@@ -243,7 +241,7 @@ class LostLease(Exception):
     """This worker no longer owns the job (reaped and taken over, or cancelled and finished)."""
 
 
-def _fenced(db: Database, job_id: str, attempt: int, update: dict[str, Any], extra: dict | None = None) -> bool:
+def fenced(db: Database, job_id: str, attempt: int, update: dict[str, Any], extra: dict | None = None) -> bool:
     """Apply ``update`` only while (job, attempt) is running; raises LostLease otherwise."""
     update.setdefault("$set", {})["updated_at"] = now()
     res = db[JOBS].update_one({**fence(job_id, attempt), **(extra or {})}, update)
@@ -257,14 +255,14 @@ def _fenced(db: Database, job_id: str, attempt: int, update: dict[str, Any], ext
 def heartbeat(db: Database, job_id: str, attempt: int, lease_s: float) -> bool:
     """Renew the lease; returns whether a cancel was requested. Raises LostLease."""
     lease = {"$set": {"lease_expires": now() + timedelta(seconds=lease_s)}}
-    if _fenced(db, job_id, attempt, lease, extra={"cancel_requested": {"$ne": True}}):
+    if fenced(db, job_id, attempt, lease, extra={"cancel_requested": {"$ne": True}}):
         return False
-    _fenced(db, job_id, attempt, {"$set": {"lease_expires": now() + timedelta(seconds=lease_s)}})
+    fenced(db, job_id, attempt, {"$set": {"lease_expires": now() + timedelta(seconds=lease_s)}})
     return True
 
 
 def stage_started(db: Database, job_id: str, attempt: int, stage: str) -> None:
-    _fenced(db, job_id, attempt, {
+    fenced(db, job_id, attempt, {
         "$set": {f"stages.{stage}.status": "running", f"stages.{stage}.started_at": now(), "stage": stage},
         "$inc": {f"stages.{stage}.attempts": 1},
     })  # fmt: skip
@@ -275,11 +273,11 @@ def stage_finished(db: Database, job_id: str, attempt: int, stage: str, status: 
     for k in ("seconds", "metrics", "artifact"):
         if info.get(k) is not None:
             sets[f"stages.{stage}.{k}"] = info[k]
-    _fenced(db, job_id, attempt, {"$set": sets})
+    fenced(db, job_id, attempt, {"$set": sets})
 
 
 def set_progress(db: Database, job_id: str, attempt: int, stage: str, progress: float) -> None:
-    _fenced(db, job_id, attempt, {"$set": {"progress": round(float(progress), 2), "stage": stage}})
+    fenced(db, job_id, attempt, {"$set": {"progress": round(float(progress), 2), "stage": stage}})
 
 
 def finish(db: Database, job_id: str, attempt: int, status: str, *, error: dict | None = None,
@@ -290,9 +288,7 @@ def finish(db: Database, job_id: str, attempt: int, status: str, *, error: dict 
         sets["progress"] = 100.0
     if result is not None:
         sets["result"] = result
-    _fenced(db, job_id, attempt, {"$set": sets, "$unset": {"lease_expires": "", "worker": ""}})
-    for kind in ("logs", "metrics"):
-        _SEQ.pop((job_id, attempt, kind), None)
+    fenced(db, job_id, attempt, {"$set": sets, "$unset": {"lease_expires": "", "worker": ""}})
 
 
 def retry_later(db: Database, job_id: str, attempt: int, stage: str, message: str, *, limit: int,
@@ -304,14 +300,14 @@ def retry_later(db: Database, job_id: str, attempt: int, stage: str, message: st
     failures = int((doc.get("infra_failures") or {}).get(stage, 0)) + 1
     if failures > limit:
         # the stage is over too: a dead job must not show a stage still running
-        _fenced(db, job_id, attempt, {"$set": {f"infra_failures.{stage}": failures, f"stages.{stage}.status": "failed"}})
+        fenced(db, job_id, attempt, {"$set": {f"infra_failures.{stage}": failures, f"stages.{stage}.status": "failed"}})
         finish(db, job_id, attempt, "dead", error={
             "kind": "infra", "stage": stage,
             "message": f"stage {stage} failed {failures} times for infrastructure reasons; last: {message}",
         })  # fmt: skip
         return "dead"
     ready = now() + timedelta(seconds=backoff_s * 2 ** (failures - 1))
-    _fenced(db, job_id, attempt, {
+    fenced(db, job_id, attempt, {
         "$set": {"status": "queued", "queue_key": queue_key(ready, job_id), f"infra_failures.{stage}": failures,
                  f"stages.{stage}.status": "pending", "error": {"kind": "infra", "stage": stage, "message": message}},
         "$unset": {"lease_expires": "", "worker": ""},
@@ -345,7 +341,7 @@ def reap(db: Database, *, limit: int) -> list[str]:
 
 def requeue_update(job: dict[str, Any], t: datetime) -> dict[str, Any]:
     """The update that puts a dead, failed or cancelled job back in the queue (its finished
-    stages are kept); a GitHub job's commit status becomes due again (``github_status``)."""
+    stages are kept); a GitHub job's commit status becomes due again (``dreamforge.github.status``)."""
     sets: dict[str, Any] = {"status": "queued", "queue_key": queue_key(t, job["_id"]), "infra_failures": {},
                             "error": None, "cancel_requested": False, "updated_at": t}  # fmt: skip
     if (job.get("source") or {}).get("kind") == "github":
@@ -383,7 +379,7 @@ async def cancel(db, flt: dict[str, Any], reason: str, *, superseded: bool = Fal
 
 async def approve(db, job_id: str, project_id: str) -> bool:
     """Let a job awaiting approval (a fork's pull request) join the queue; its commit status
-    becomes due (``github_status``). False if the job is not awaiting approval."""
+    becomes due (``dreamforge.github.status``). False if the job is not awaiting approval."""
     t = now()
     res = await db[JOBS].update_one(
         {"_id": job_id, "project_id": project_id, "status": JobStatus.AWAITING_APPROVAL},
@@ -391,141 +387,3 @@ async def approve(db, job_id: str, project_id: str) -> bool:
                   "github_outbox": stamp(t)}},
     )  # fmt: skip
     return bool(res.modified_count)
-
-
-# Next sequence numbers per (job, attempt, kind): only the lease owner appends, so after one
-# read the counter lives here and each batch costs one fenced update_one and one insert_many.
-_SEQ: dict[tuple[str, int, str], int] = {}
-
-
-def append(db: Database, job_id: str, attempt: int, kind: str, rows: list[dict[str, Any]],
-           latest: dict[str, Any] | None = None, steps: dict[str, int] | None = None) -> None:  # fmt: skip
-    """Append log lines (``kind="logs"``) or metric points (``"metrics"``) with sequence numbers:
-    :func:`reserve` then :func:`insert_chunks`."""
-    insert_chunks(db, kind, reserve(db, job_id, attempt, kind, rows, latest, steps))
-
-
-def reserve(db: Database, job_id: str, attempt: int, kind: str, rows: list[dict[str, Any]],
-            latest: dict[str, Any] | None = None, steps: dict[str, int] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Number ``rows`` and return them as chunk documents for :func:`insert_chunks`.
-
-    The range is reserved by a fenced ``$inc`` of the job's counter, so numbers are unique and
-    dense per job across takeovers, and a worker that lost its lease writes nothing. ``steps``
-    raises the job's ``metric_steps.<stage>``, the newest training step stored per stage, which a
-    resumed stage reads to skip the steps it repeats (``worker.MongoSink``). After a database
-    error nobody knows whether the ``$inc`` happened, so the counter is read again next time
-    (a gap in the numbers, never a number used twice).
-    """
-    if not rows and not latest and not steps:
-        return []
-    counter = "log_seq" if kind == "logs" else "metric_seq"
-    key = (job_id, attempt, kind)
-    update: dict[str, Any] = {"$inc": {counter: len(rows)}}
-    if latest:
-        update["$set"] = dict(latest)
-    if steps:
-        update["$max"] = {f"metric_steps.{stage}": int(step) for stage, step in steps.items()}
-    try:
-        if key not in _SEQ:
-            doc = db[JOBS].find_one(fence(job_id, attempt), {counter: 1})
-            if doc is None:
-                raise LostLease(job_id)
-            _SEQ[key] = int(doc.get(counter, 0))
-        _fenced(db, job_id, attempt, update)
-    except PyMongoError:
-        _SEQ.pop(key, None)
-        raise
-    first = _SEQ[key] + 1
-    _SEQ[key] += len(rows)
-    # One document per chunk of up to CHUNK rows (MongoDB's bucket pattern): SecantusDB
-    # inserts ~3.5k small documents/s, so a document per log line could not keep up.
-    rows = [{**r, "seq": first + i} for i, r in enumerate(rows)]
-    chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
-    return [{"job_id": job_id, "seq": c[-1]["seq"], "first": c[0]["seq"], "attempt": attempt, "rows": c} for c in chunks]
-
-
-def insert_chunks(db: Database, kind: str, chunks: list[dict[str, Any]]) -> None:
-    """Store numbered chunks; safe to repeat after an error: a chunk already stored (its
-    acknowledgement lost with the connection) is a duplicate ``(job_id, seq)`` and skipped."""
-    if not chunks:
-        return
-    try:
-        db[LOGS if kind == "logs" else METRICS].insert_many([dict(c) for c in chunks], ordered=False)
-    except BulkWriteError as e:
-        if any(err.get("code") != DUPLICATE_KEY for err in e.details.get("writeErrors", [])) or e.details.get("writeConcernErrors"):
-            raise
-
-
-CHUNK = 500
-DUPLICATE_KEY = 11000  # MongoDB's error code
-
-
-def read_rows(chunks: list[dict[str, Any]], after: int, limit: int) -> list[dict[str, Any]]:
-    """Flatten chunk documents (any order) into rows with ``seq > after``, oldest first."""
-    rows = [r for c in sorted(chunks, key=lambda c: c["seq"]) for r in c["rows"] if r["seq"] > after]
-    return rows[:limit]
-
-
-def reset_seq(job_id: str) -> None:
-    """Forget this process's sequence counters of ``job_id``: another process (a Modal stage
-    function) appended for the same attempt, so the next append re-reads them from the job."""
-    for key in [k for k in _SEQ if k[0] == job_id]:
-        _SEQ.pop(key, None)
-
-
-class Wakeup:
-    """An idle worker's wait for work: a change stream on jobs gaining a ``queue_key`` (a
-    submit, an approval, a retry, a reap, a requeue), so a new job is claimed within
-    milliseconds of its insert instead of at the next poll. ``wait`` still returns after
-    ``timeout`` (delayed retries become ready with no write), and degrades to that plain poll
-    where change streams are unavailable (a standalone mongod) or while the database is away."""
-
-    PIPELINE = [{"$match": {"$or": [
-        {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.queue_key": {"$exists": True}},
-        {"operationType": "update", "updateDescription.updatedFields.queue_key": {"$exists": True}},
-    ]}}]  # fmt: skip
-    AWAIT_MS = 100  # one server-side wait; bounds how late a stop or a timeout is noticed
-
-    def __init__(self, db: Database, stop: threading.Event | None = None) -> None:
-        self.db, self.stop = db, stop or threading.Event()
-        self._stream = None
-        self._supported = True
-
-    def _open(self) -> None:
-        from pymongo.errors import OperationFailure, PyMongoError
-
-        try:
-            self._stream = self.db[JOBS].watch(self.PIPELINE, max_await_time_ms=self.AWAIT_MS)
-        except OperationFailure as e:
-            if e.code in (40573, 40324, 136):  # not a replica set / unknown stage / disabled
-                self._supported = False
-        except PyMongoError:
-            pass  # the database is away: poll now, try again at the next wait
-
-    def wait(self, timeout: float) -> bool:
-        """Until a job may have become ready (True), ``timeout`` passed or stop was set (False)."""
-        from pymongo.errors import PyMongoError
-
-        deadline = time.monotonic() + timeout
-        if self._stream is None and self._supported:
-            self._open()
-        if self._stream is None:
-            self.stop.wait(timeout)
-            return False
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                if self._stream.try_next() is not None:
-                    return True
-            except PyMongoError:
-                self.close()
-                self.stop.wait(max(0.0, deadline - time.monotonic()))
-                return False
-        return False
-
-    def close(self) -> None:
-        if self._stream is not None:
-            try:
-                self._stream.close()
-            except Exception:  # noqa: BLE001 — closing a broken cursor must not fail the worker
-                pass
-            self._stream = None

@@ -21,12 +21,12 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from dreamforge import queue
-from dreamforge.executors import EventTail, LocalExecutor, StageOutcome, stage_info
-from dreamforge.modal_calls import owner
+from dreamforge.executors.local import EventTail, LocalExecutor, StageOutcome, stage_info
+from dreamforge.executors.modal_calls import owner
+from dreamforge.jobs import queue, streams
+from dreamforge.jobs.sink import MongoSink
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS, client
-from dreamforge.worker import MongoSink
 from pipeline.reporter import BaseReporter, MetricsFileReporter, MultiReporter
 from pipeline.stage_table import BY_NAME
 
@@ -144,7 +144,7 @@ def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewar
             path.write_text(reward_source)
             cfg["reward"] = str(path)
         (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
-        queue.reset_seq(job_id)  # a warm container may hold counters of an earlier call
+        streams.reset_seq(job_id)  # a warm container may hold counters of an earlier call
         sink = FollowingSink(db, job_id, attempt, stage, token)
         n = gpu_count(gpu)
         if n > 1:

@@ -19,11 +19,11 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from dreamforge import queue
+from dreamforge.jobs import queue
 from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.settings import Settings, dashboard_page
 from dreamforge.store import COMMENTS, JOBS
-from pipeline.stage_table import BY_NAME, REWARD_SCORE, STAGES, metric_title, models_newest_first
+from pipeline.stage_table import BY_NAME, REWARD_SCORE, STAGES, key_metric, metric_title, models_newest_first
 
 log = logging.getLogger("dreamforge.github")
 
@@ -46,22 +46,6 @@ def due(t: datetime) -> str:
 
 def dashboard_link(settings: Settings, job_id: str) -> str | None:
     return dashboard_page(settings.dashboard_url, "job", job_id) if settings.dashboard_url else None
-
-
-def key_metric(job: dict[str, Any]) -> tuple[str, float] | None:
-    """The primary held-out metric of the released stage, else the latest training value."""
-    result = job.get("result") or {}
-    key, models = result.get("primary_metric"), result.get("models") or {}
-    released = (result.get("release") or {}).get("stage")
-    for name in models_newest_first(released):
-        if key and isinstance((models.get(name) or {}).get(key), int | float):
-            return key, float(models[name][key])
-    for stage in models_newest_first():
-        values = (job.get("metrics") or {}).get(stage) or {}
-        for k in ("reward", "loss", "train_loss"):
-            if isinstance(values.get(k), int | float):
-                return f"{stage} {k}", float(values[k])
-    return None
 
 
 def reward_metric(job: dict[str, Any]) -> tuple[str, float] | None:

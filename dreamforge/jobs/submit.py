@@ -8,11 +8,13 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from dreamforge import queue
+from dreamforge.jobs import queue
+from dreamforge.jobs.lanes import lane
 from dreamforge.schemas import TrainRequest
 from dreamforge.store import DATASETS, JOBS, REWARDS
 from pipeline.config import ConfigError, CurriculumConfig, build_config, config_hash, deep_merge
@@ -121,10 +123,7 @@ async def check_reward(db, project_id: str, reward: str) -> str | None:
 async def store_reward(db, project_id: str, name: str, source: str) -> str:
     """Check JavaScript (compiles, defines reward, returns a finite number on a sample) and
     store it for this project; returns its id. Raises ``RewardError`` naming the line."""
-    import secrets
-
-    from dreamforge.lanes import lane
-    from pipeline.rewards.js import check_js_reward
+    from pipeline.rewards.js import check_js_reward  # V8 loads on the first reward, not at API start-up
 
     await lane("checks").run(project_id, check_js_reward, source, name)
     doc = {"_id": "rw_" + secrets.token_hex(8), "project_id": project_id, "name": name, "source": source,

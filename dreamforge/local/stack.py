@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from dreamforge import embedded_db
 from dreamforge.auth import create_project
-from dreamforge.executors import _die_with_parent  # children never outlive the stack's owner
+from dreamforge.executors.local import die_with_parent_group  # children never outlive the stack's owner
+from dreamforge.local import embedded_db
 from dreamforge.settings import Settings
 from dreamforge.store import client, ensure_indexes
 
@@ -42,7 +42,7 @@ class Stack:
     def start_worker(self, **env: str) -> subprocess.Popen:
         log = (self.home / "logs" / f"worker-{len(self.workers)}.log").open("ab")
         proc = subprocess.Popen([sys.executable, "-m", "dreamforge.worker"], env={**self.env, **env},
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # fmt: skip
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent_group)  # fmt: skip
         self.workers.append(proc)
         return proc
 
@@ -86,9 +86,9 @@ def start_stack(home: Path, *, workers: int = 1, uri: str | None = None, port: i
     try:
         api_log = (home / "logs" / "api.log").open("ab")
         stack.api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "dreamforge.api:create_app", "--factory", "--host", "127.0.0.1",
+            [sys.executable, "-m", "uvicorn", "dreamforge.api.app:create_app", "--factory", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning"], env=env, stdout=api_log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent_group,
         )  # fmt: skip
         wait_http(stack.api_url + "/healthz", stack.api)
         for _ in range(workers):
@@ -104,12 +104,12 @@ def start_stack(home: Path, *, workers: int = 1, uri: str | None = None, port: i
 def start_dashboard(stack: Stack) -> None:
     port = embedded_db.free_port()
     log = (stack.home / "logs" / "dashboard.log").open("ab")
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
+    app = Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py"
     stack.dashboard = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         env={**stack.env, "DREAMFORGE_URL": stack.api_url, "DREAMFORGE_API_KEY": stack.dev_key},
-        stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent_group,
     )  # fmt: skip
     stack.dashboard_url = f"http://127.0.0.1:{port}"
     wait_http(stack.dashboard_url + "/_stcore/health", stack.dashboard)  # print a URL that already answers

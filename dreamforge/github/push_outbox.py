@@ -4,7 +4,7 @@ A push or pull_request delivery names a commit, not its ``dreamforge.config.json
 the file at that sha from GitHub. GitHub never redelivers on its own, so a delivery must not be
 lost because that read failed. A verified delivery is stored first (``PUSHES``), then read at
 once; if GitHub does not answer, the request gets 202 (within GitHub's 10 s) and the stored
-delivery is retried from this outbox with a backoff, the way ``github_status`` retries commit
+delivery is retried from this outbox with a backoff, the way ``status`` retries commit
 statuses. Meanwhile the branch's preview shows "waiting_for_github" and why. Once GitHub answers,
 the job is submitted through the same path and dedupe as an immediate one (``webhooks``).
 
@@ -26,7 +26,10 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
-from dreamforge import queue
+from dreamforge.github import webhooks
+from dreamforge.github.webhooks import CONFIG_FILE, WAITING, waiting_response
+from dreamforge.jobs import queue
+from dreamforge.schemas import JobSource
 from dreamforge.settings import Settings
 from dreamforge.store import DELIVERIES, PREVIEWS
 from dreamforge.store import GITHUB_PUSHES as PUSHES
@@ -38,7 +41,6 @@ FIRST_RETRY_S = 1.0  # then doubling to RETRY_CAP_S: a push is what someone wait
 RETRY_CAP_S = 1800.0
 MAX_FAILURES = 20  # ~5 h of outage; then the preview shows the failure: push again to retry
 EVERY_S = 1.0  # how often each API process looks for due deliveries
-WAITING = "waiting_for_github"
 
 
 def pending_doc(pid: str, delivery: str, repo: str, target: tuple[str, str, int | None, bool]) -> dict[str, Any]:
@@ -50,24 +52,16 @@ def pending_doc(pid: str, delivery: str, repo: str, target: tuple[str, str, int 
             "due": queue.stamp(t + timedelta(seconds=CLAIM_S))}  # fmt: skip
 
 
-def waiting_response(p: dict[str, Any], *, duplicate: bool = False) -> JSONResponse:
-    return JSONResponse({"jobId": None, "status": WAITING, "created": False, "duplicate": duplicate,
-                         "detail": p.get("error") or "reading the config from GitHub", "superseded": []},
-                        status_code=202)  # fmt: skip
-
-
 async def resolve(db, settings: Settings, p: dict[str, Any], *, inline: bool) -> JSONResponse:
     """Read the config at the delivery's sha and submit its job; or schedule another try.
 
     ``inline`` (the webhook request itself): a bad config answers 422 as it always did. From the
     outbox there is nobody to answer, so the preview shows the error instead."""
-    from dreamforge import webhooks
-
     try:
         text = await asyncio.to_thread(webhooks.fetch_config, settings, p["repo"], p["sha"])
     except Exception as e:  # noqa: BLE001 — PyGithub and requests raise many kinds; all mean "try later"
         return await _retry_later(db, p, e)
-    source = webhooks.JobSource(kind="github", repo=p["repo"], branch=p["branch"], sha=p["sha"], pr=p["pr"])
+    source = JobSource(kind="github", repo=p["repo"], branch=p["branch"], sha=p["sha"], pr=p["pr"])
     if text is None:
         await _done(db, p, skipped=f"no {webhooks.CONFIG_FILE} at {p['sha'][:12]}")
         return JSONResponse({"skipped": f"no {webhooks.CONFIG_FILE} at {p['sha'][:12]}"}, status_code=202)
@@ -135,8 +129,6 @@ async def _failed(db, p: dict[str, Any], detail: str) -> None:
 
 
 async def _retry_later(db, p: dict[str, Any], e: Exception) -> JSONResponse:
-    from dreamforge.webhooks import CONFIG_FILE
-
     failures = int(p.get("failures", 0)) + 1
     what = f"GitHub did not answer reading {CONFIG_FILE} of {p['repo']}@{p['sha'][:12]} ({type(e).__name__}: {e})"[:400]
     log.warning("delivery %s: %s, attempt %d", p["delivery"], what, failures)

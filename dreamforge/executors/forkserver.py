@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pipeline.procs import die_with_parent
 
-log = logging.getLogger("dreamforge.forkserver")
+log = logging.getLogger("dreamforge.executors.forkserver")
 
 # What a stage imports; importing them here, once, is the whole point.
 WARM_MODULES = ("pipeline.run", "pipeline.job", "pipeline.stages.sft", "pipeline.stages.grpo", "pipeline.stages.evaluate")
@@ -74,7 +74,7 @@ class ForkServer:
         self._pending: list[int] = []
         self._got_pid = threading.Condition(self._lock)
         self.proc = subprocess.Popen(
-            [python, "-m", "dreamforge.forkserver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [python, "-m", "dreamforge.executors.forkserver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=env, preexec_fn=_template_setup,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)

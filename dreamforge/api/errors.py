@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from dreamforge.lanes import Busy
+from dreamforge.jobs.lanes import Busy
 from dreamforge.schemas import Problem
 
 log = logging.getLogger("dreamforge.api")
