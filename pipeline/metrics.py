@@ -8,7 +8,12 @@ gives them for model text). Per task:
   ``parse_rate``, ``mean_count_error`` (mean |#pred − #gt| per image);
 * segment: the detect metrics plus ``mask_iou`` (mean of the ``mask_iou`` reward);
 * keypoints: the detect metrics plus ``oks`` (mean of the ``oks`` reward);
-* caption: ``caption_f1`` (mean of the ``caption`` reward), ``parse_rate``.
+* caption: ``caption_f1`` (mean of the ``caption`` reward), ``accuracy`` (the share of captions
+  that match exactly, ignoring case, punctuation and spacing), ``parse_rate``.
+
+Tasks with objects also report ``label_accuracy``: of the objects found (a prediction matched
+one-to-one to a ground truth at IoU ≥ 0.5, whatever its label), the share labelled right; absent
+when nothing was found.
 
 Every task with objects also reports COCO's standard metrics through COCOeval
 (``pipeline.coco_eval``): ``ap`` (box AP@[.5:.95]) and ``ap50`` (= ``map50``), ``mask_ap`` /
@@ -38,6 +43,7 @@ from pipeline.coco_eval import standard_metrics
 from pipeline.geometry import class_mask, default_sigmas, ioa_matrix, iou_matrix, match_matrix
 from pipeline.rewards.builtin import (
     caption_f1,
+    caption_words,
     f1_counts,
     soft_iou,
     soft_mask_iou,
@@ -96,6 +102,8 @@ def evaluate(
     if task == "caption":
         return {
             "caption_f1": _mean(caption_f1(p, g) for p, g in zip(preds, gts, strict=True)),
+            "accuracy": _mean(caption_words(p.get("text", "")) == caption_words(g.get("text", ""))
+                              for p, g in zip(preds, gts, strict=True)),  # fmt: skip
             "parse_rate": parse_rate,
         }
     raw_preds = preds
@@ -113,6 +121,9 @@ def evaluate(
             for p, g in zip(preds, gts, strict=True)
         ),
     }
+    accuracy = label_accuracy(preds, gts)
+    if accuracy is not None:
+        out["label_accuracy"] = accuracy
     if task == "segment":
         out["mask_iou"] = _mean(soft_mask_iou(p, g) for p, g in zip(preds, gts, strict=True))
     elif task == "keypoints":
@@ -121,6 +132,27 @@ def evaluate(
     out["map50"] = standard["ap50"]  # box mAP@0.5, the same COCOeval run
     out.update(standard)
     return out
+
+
+def label_accuracy(preds: list[Target], gts: list[Target], iou_thr: float = 0.5) -> float | None:
+    """Of the objects found, the share labelled right: predictions are matched one-to-one to
+    ground truths by box IoU whatever their labels (Hungarian, as the rewards match), pairs
+    under ``iou_thr`` do not count; None when no pair reaches it.
+
+    >>> gt = {"boxes": [[0, 0, 8, 8], [10, 0, 18, 8]], "labels": ["a", "b"]}
+    >>> label_accuracy([{"boxes": [[0, 0, 8, 8], [10, 0, 18, 8]], "labels": ["a", "a"]}], [gt])
+    0.5
+    """
+    found = right = 0
+    for p, g in zip(preds, gts, strict=True):
+        pb, gb = p.get("boxes") or [], g.get("boxes") or []
+        if not pb or not gb:
+            continue
+        pl, gl = list(p.get("labels") or []), list(g.get("labels") or [])
+        for i, j, _ in match_matrix(iou_matrix(pb, gb), iou_thr):
+            found += 1
+            right += i < len(pl) and j < len(gl) and pl[i] == gl[j]
+    return right / found if found else None
 
 
 CROWD_IOA = 0.5  # COCOeval's IoU threshold applied to a crowd region as overlap / detection area

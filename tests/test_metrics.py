@@ -35,12 +35,12 @@ def dataset():
 def test_perfect_predictions_score_one(task):
     gts = dataset()
     m = evaluate(copy.deepcopy(gts), gts, [True] * 3, task, CATS)
-    boxes = {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error", "ap", "ap50", "ap_per_class"}
+    boxes = {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error", "ap", "ap50", "ap_per_class", "label_accuracy"}
     expected = {
         "detect": boxes,
         "segment": boxes | {"mask_iou", "mask_ap", "mask_ap50"},
         "keypoints": boxes | {"oks", "kp_ap", "kp_ap50"},
-        "caption": {"caption_f1", "parse_rate"},
+        "caption": {"caption_f1", "accuracy", "parse_rate"},
     }[task]
     assert set(m) == expected
     per_class = m.pop("ap_per_class", [])
@@ -61,7 +61,7 @@ def test_empty_predictions_score_zero_except_on_empty_images():
         "ap_per_class": [{"label": c, "ap": 0.0, "ap50": 0.0, "mask_ap": 0.0, "mask_ap50": 0.0} for c in CATS],
     }  # fmt: skip
     caption = evaluate(preds, gts, [True, False], "caption", CATS)
-    assert caption == {"caption_f1": 0.0, "parse_rate": 0.5}
+    assert caption == {"caption_f1": 0.0, "accuracy": 0.0, "parse_rate": 0.5}
 
 
 def test_hand_computed_detection_case():
@@ -138,3 +138,18 @@ def test_release_is_the_best_stage_on_validation_never_a_worse_one():
     assert pick_release(tie, "mean_iou", 9)[0] == "domain"
     tie["reward"]["reward_score"] = 0.7
     assert pick_release(tie, "mean_iou", 9)[0] == "reward"
+
+
+def test_label_accuracy_counts_the_found_objects_labelled_right_and_caption_accuracy_exact_matches():
+    from pipeline.metrics import evaluate
+
+    gt = {**empty_target(40, 40), "boxes": [[0, 0, 10, 10], [20, 0, 30, 10], [0, 20, 10, 30]], "labels": ["a", "b", "a"]}
+    # two found (one mislabelled), one missed, one far-off extra: 1 of the 2 found is right
+    pred = {**empty_target(40, 40), "boxes": [[0, 0, 10, 10], [20, 0, 30, 10], [30, 30, 40, 40]], "labels": ["a", "a", "b"]}
+    m = evaluate([pred], [gt], [True], "detect", ["a", "b"])
+    assert m["label_accuracy"] == 0.5
+    none_found = {**empty_target(40, 40), "boxes": [[30, 30, 40, 40]], "labels": ["a"]}
+    assert "label_accuracy" not in evaluate([none_found], [gt], [True], "detect", ["a", "b"])
+    caps = [{**empty_target(8, 8), "text": t} for t in ("Two cats.", "a dog", "three birds")]
+    truth = [{**empty_target(8, 8), "text": t} for t in ("two cats", "a red dog", "Three  birds!")]
+    assert evaluate(caps, truth, [True] * 3, "caption", [])["accuracy"] == 2 / 3

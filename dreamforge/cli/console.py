@@ -57,7 +57,8 @@ def print_summary(job: dict[str, Any]) -> None:
     models = result.get("models") or {}
     if models:
         key = result.get("primary_metric", "mean_iou")
-        cols = (key, "f1_50", "parse_rate", REWARD_SCORE)
+        accuracy = [k for k in ("accuracy", "label_accuracy") if any(k in m for m in models.values())]
+        cols = (key, "f1_50", *accuracy, "parse_rate", REWARD_SCORE)
         table = Table("model", *(metric_title(k, result.get("reward")) for k in cols), title="held-out metrics")
         for name, m in models.items():
             table.add_row(name, *(f"{m[k]:.3f}" if isinstance(m.get(k), int | float) else "-" for k in cols))

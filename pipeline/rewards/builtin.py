@@ -150,7 +150,8 @@ def soft_oks(
     return _soft_match(sim, len(p), len(g))
 
 
-def _words(text: str) -> list[str]:
+def caption_words(text: str) -> list[str]:
+    """The words of a caption, lower-cased, without punctuation."""
     return re.findall(r"\w+", str(text).lower())
 
 
@@ -163,7 +164,7 @@ def caption_f1(out: Target, gt: Target) -> float:
     >>> caption_f1({"text": "a red bus"}, {"text": "a red car"})
     0.6666666666666666
     """
-    p, g = _words(out.get("text", "")), _words(gt.get("text", ""))
+    p, g = caption_words(out.get("text", "")), caption_words(gt.get("text", ""))
     if not p and not g:
         return 1.0
     common = sum((Counter(p) & Counter(g)).values())
