@@ -138,6 +138,8 @@ def evaluate(job_id: str, token: str, config: dict, reward_source: str | None = 
 # A CPU function spawned per new job: the ordinary worker with the Modal executor, in burst
 # mode (claims jobs until none is ready, then exits). Its timeout covers a whole job; if it
 # dies, the sweep reaps the job's lease and spawns another, which adopts the running stage call.
+# While it runs it posts its jobs' commit statuses and pull request comments (the worker's
+# GitHub outbox, dreamforge/github/status.py), as `dreamforge worker` does locally.
 @app.function(timeout=24 * HOURS, retries=modal.Retries(max_retries=3, initial_delay=5.0),
               volumes={ARTIFACTS_PATH: artifacts}, secrets=[mongodb, github])  # fmt: skip
 def orchestrate() -> int:
@@ -145,44 +147,62 @@ def orchestrate() -> int:
     from dreamforge.worker import Worker
 
     reload = artifacts.reload if not modal.is_local() else None
-    worker = Worker(executor=ModalExecutor(reload=reload))
+    return run_jobs(Worker(executor=ModalExecutor(reload=reload)))
+
+
+def run_jobs(worker) -> int:
+    """Run ready jobs until none is left, posting to GitHub meanwhile; returns how many ran."""
+    from dreamforge.github.status import syncing
+
     runs = 0
-    while worker.run_once():
-        runs += 1
+    with syncing(worker.db, worker.settings):
+        while worker.run_once():
+            runs += 1
     return runs
 
 
 # ## The sweep
-# Every minute: return jobs whose orchestrator stopped renewing its lease to the queue, spawn an
-# orchestrator for every ready job (requeued, backed off, or missed), and delete intermediate
-# checkpoints and datasets of jobs finished longer ago than the retention.
+# Every minute: return jobs whose orchestrator stopped renewing its lease to the queue, read the
+# GitHub deliveries that waited for GitHub (the API that stored them may be scaled to zero), spawn
+# an orchestrator for every ready job (requeued, backed off, missed or just read), post due commit
+# statuses and pull request comments, and delete intermediate checkpoints and datasets of jobs
+# finished longer ago than the retention.
 SPAWN_AT_MOST = 20
 
 
 @app.function(schedule=modal.Period(minutes=1), timeout=10 * MINUTES, volumes={ARTIFACTS_PATH: artifacts},
-              secrets=[mongodb])  # fmt: skip
+              secrets=[mongodb, github])  # fmt: skip
 def sweep() -> dict[str, Any]:
+    on_modal = not modal.is_local()
+    return sweep_once(spawn=orchestrate.spawn if on_modal else None, volume=artifacts if on_modal else None)
+
+
+def sweep_once(spawn=None, volume=None) -> dict[str, Any]:
+    """The sweep's body; ``spawn`` starts one orchestrator, ``volume`` is the mounted artifacts
+    Volume (None off Modal)."""
+    from dreamforge.github import push_outbox, status
     from dreamforge.jobs import queue
     from dreamforge.settings import Settings
     from dreamforge.store import JOBS, client
     from dreamforge.worker import cleanup_temporary
 
     settings = Settings()
-    on_modal = not modal.is_local()
     with client(settings.require_uri()) as c:
         db = c[settings.db_name]
         reaped = queue.reap(db, limit=settings.infra_retries)
+        resolved = push_outbox.drain(settings)
         ready = db[JOBS].count_documents({"queue_key": {"$lte": queue.queue_key(queue.now(), "~")}})
-        if on_modal:
-            artifacts.reload()
+        spawned = min(ready, SPAWN_AT_MOST)
+        for _ in range(spawned if spawn else 0):
+            spawn()
+        posted = status.sync_once(db, settings)
+        if volume is not None:
+            volume.reload()
         removed = cleanup_temporary(settings, db)
-        if on_modal and removed:
-            artifacts.commit()
-    spawned = min(ready, SPAWN_AT_MOST)
-    if on_modal:
-        for _ in range(spawned):
-            orchestrate.spawn()
-    return {"reaped": reaped, "ready": ready, "spawned": spawned, "removed": removed}
+        if volume is not None and removed:
+            volume.commit()
+    return {"reaped": reaped, "resolved": resolved, "ready": ready, "spawned": spawned, "github": posted,
+            "removed": removed}
 
 
 # ## The API

@@ -63,6 +63,10 @@ def test_orchestrator_sweep_and_web_endpoint(deployed):
     assert "modal.Secret.from_name('dreamforge-mongodb')" in orch.secrets
     sweep = deployed.sweep.info()
     assert sweep.gpus == [] and sweep.schedule == "Period(minutes=1)"
+    # Both drain the GitHub outboxes (statuses, comments, deliveries read later): they need the token.
+    assert "modal.Secret.from_name('dreamforge-github')" in orch.secrets
+    assert sorted(sweep.secrets) == ["modal.Secret.from_name('dreamforge-github')",
+                                     "modal.Secret.from_name('dreamforge-mongodb')"]  # fmt: skip
     web = deployed.web.info()
     assert web.gpus == [] and web.web_info is not None
     # Webhook secrets are per project, in the database (POST /api/github/link): no deployment-wide one.

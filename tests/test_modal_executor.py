@@ -260,6 +260,55 @@ def test_cancelling_a_job_cancels_its_modal_call(env):
     queue.finish(db, job_id, job["attempt"], "cancelled")
 
 
+def test_a_github_job_on_modal_posts_its_commit_status_and_pr_comment(env, gh, monkeypatch):
+    """End to end on the local stand-ins: a push stored while GitHub was away is read by the
+    sweep, its job runs through ``ModalExecutor`` in the orchestrator's loop, and the commit
+    status goes pending → success with the pull request's comment posted, with no API process
+    and no ``dreamforge worker`` running (on Modal neither exists)."""
+    from github_helpers import sha
+
+    import modal_app.app as deployed
+    from dreamforge.auth import create_project
+    from dreamforge.github import push_outbox
+    from dreamforge.store import GITHUB_PUSHES
+
+    settings, db = env
+    for k, v in {"GITHUB_TOKEN": "ghs_modal", "GITHUB_API_URL": gh.url, "DREAMFORGE_GITHUB_WRITE_INTERVAL_S": "0"}.items():
+        monkeypatch.setenv(k, v)  # the `github` secret of sweep and orchestrate, and where GitHub is
+    pid, _ = create_project(db, "modal-github")
+    repo, commit, pr = "acme/on-modal", sha(), 7
+    cfg = tiny_job_config(name="on-modal", evaluate={"min_gain": 0, "min_parse_rate": 0})  # a green check on a tiny model
+    gh.files[(repo, commit, "dreamforge.config.json")] = json.dumps(cfg)
+    p = push_outbox.pending_doc(pid, "d-modal", repo, ("pr-branch", commit, pr, False))
+    db[GITHUB_PUSHES].insert_one({**p, "due": queue.stamp(queue.now())})  # the web endpoint stored it; GitHub was away
+
+    first = deployed.sweep.local()
+    assert first["resolved"] == 1 and first["ready"] == 1 and first["github"] == 1
+    job = db[JOBS].find_one({"source.sha": commit})
+    assert job["status"] == "queued" and job["source"]["pr"] == pr
+    assert [(s["state"], s["description"]) for s in gh.statuses(commit)] == [("pending", "queued")]
+
+    fake = LocalFunctions()
+    worker = Worker(Settings(lease_s=3.0, backoff_s=0.2, poll_s=0.05),
+                    executor=ModalExecutor(settings, lookup=fake.lookup, call_from_id=fake.from_id, poll_s=0.05),
+                    worker_id="orchestrator-gh")  # fmt: skip
+    try:
+        assert deployed.run_jobs(worker) == 1
+    finally:
+        worker.client.close()
+    deployed.sweep.local()  # whatever the orchestrator left due
+    doc = db[JOBS].find_one({"_id": job["_id"]})
+    assert doc["status"] == "succeeded", (doc["error"], messages(db, job["_id"])[-10:])
+    states = [(s["state"], s["description"]) for s in gh.statuses(commit)]
+    assert states[0] == ("pending", "queued") and states[-1][0] == "success", states
+    assert any(d.startswith("training: stage") for _, d in states)  # posted while the stages ran
+    assert [s for s, _ in states[:-1]] == ["pending"] * (len(states) - 1)
+    comments = [r for r in gh.requests if r["method"] == "POST" and r["path"] == f"/repos/{repo}/issues/{pr}/comments"]
+    assert len(comments) == 1 and job["_id"] in comments[0]["json"]["body"]
+    assert "github_outbox" not in doc  # final status and comment are on GitHub: nothing left to post
+    assert {r["auth"] for r in gh.requests if repo in r["path"]} == {"token ghs_modal"}
+
+
 # -- the web endpoint and the sweep (last: they leave a queued job behind) -----------------
 def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
     import asyncio
