@@ -16,7 +16,7 @@ from typing import Any
 
 import modal
 
-from dreamforge.executors.modal_executor import DEFAULT_GPU
+from dreamforge.executors.modal_limits import DEFAULT_GPU, STAGE_RETRIES, STAGE_TIMEOUT_S, STARTUP_TIMEOUT_S
 
 MINUTES = 60  # seconds
 HOURS = 60 * MINUTES
@@ -75,15 +75,16 @@ app = modal.App(APP_NAME, image=image)
 # ## One GPU function per stage
 # Preemption restarts the same input at once (initial_delay 0) in a fresh container
 # (single_use_containers); the stage resumes from its newest checkpoint on the Volume. Errors the user
-# must fix are returned, not raised, so they are never retried.
-STAGE_RETRIES = modal.Retries(max_retries=3, initial_delay=0.0, backoff_coefficient=1.0)
-STAGE_TIMEOUT = {"warm_start": 8 * HOURS, "domain": 6 * HOURS, "reward": 12 * HOURS, "evaluate": 2 * HOURS}
+# must fix are returned, not raised, so they are never retried. Timeouts, retries and the startup
+# limit come from dreamforge/executors/modal_limits.py, which the orchestrator polls against.
+RETRIES = modal.Retries(max_retries=STAGE_RETRIES, initial_delay=0.0, backoff_coefficient=1.0)
 COMMIT_EVERY_S = 60  # checkpoints reach the Volume within a minute of being written
 
 
 def stage_function(stage: str):
-    return app.function(gpu=DEFAULT_GPU[stage], timeout=STAGE_TIMEOUT[stage], retries=STAGE_RETRIES,
-                        volumes=VOLUMES, secrets=[mongodb, huggingface], single_use_containers=True)  # fmt: skip
+    return app.function(gpu=DEFAULT_GPU[stage], timeout=int(STAGE_TIMEOUT_S[stage]), startup_timeout=int(STARTUP_TIMEOUT_S),
+                        retries=RETRIES, volumes=VOLUMES, secrets=[mongodb, huggingface],
+                        single_use_containers=True)  # fmt: skip
 
 
 def _committing(every_s: float = COMMIT_EVERY_S):

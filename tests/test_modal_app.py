@@ -12,6 +12,7 @@ from conftest import ROOT
 
 from dreamforge.executors.local import stage_command
 from dreamforge.executors.modal_executor import DEFAULT_GPU, stage_gpu
+from dreamforge.executors.modal_limits import GPU_WAIT_S, STAGE_TIMEOUT_S, stage_budget_s
 from dreamforge.executors.modal_stage import gpu_count
 from pipeline.stage_table import STAGES
 
@@ -40,12 +41,27 @@ def test_app_imports_without_torch_or_a_modal_token(tmp_path):
 def test_every_stage_is_a_gpu_function_with_timeout_retries_volumes_and_secrets(deployed, stage):
     info = getattr(deployed, stage).info()
     assert info.gpus == [(DEFAULT_GPU[stage], 1)]
-    assert info.timeout == deployed.STAGE_TIMEOUT[stage] >= 2 * 3600
+    assert info.timeout == STAGE_TIMEOUT_S[stage] >= 2 * 3600
+    assert info.startup_timeout == 20 * 60  # set, so the CUDA image's cold start is not the stage's timeout
     assert info.max_retries == 3  # a preempted or crashed stage restarts on the same input
     assert {path: v.name for path, v in info.volumes.items()} == VOLUMES
     assert sorted(info.secrets) == ["modal.Secret.from_name('dreamforge-huggingface')",
                                     "modal.Secret.from_name('dreamforge-mongodb')"]  # fmt: skip
     assert info.single_use_containers  # each retry starts clean
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_orchestrator_gives_each_stage_its_modal_timeout_on_every_try(deployed, stage):
+    """Modal restarts the timeout per retry (modal.com/docs/guide/timeouts), so the budget the
+    executor polls against is the registered function's own (startup + timeout) × tries: an 8 h
+    warm start or a 12 h RL stage is not cut at the local executor's 6 h."""
+    from dreamforge.executors.modal_executor import ModalExecutor
+    from dreamforge.settings import Settings
+
+    info = getattr(deployed, stage).info()
+    assert stage_budget_s(stage) == (info.startup_timeout + info.timeout) * (info.max_retries + 1) + GPU_WAIT_S
+    assert ModalExecutor.__init__.__kwdefaults__["budget_s"] is stage_budget_s
+    assert stage_budget_s(stage) > Settings().stage_timeout_s  # the local limit (6 h) no longer applies
 
 
 def test_rl_gets_the_largest_gpu_and_a_jobs_compute_hint_wins():

@@ -309,6 +309,91 @@ def test_a_github_job_on_modal_posts_its_commit_status_and_pr_comment(env, gh, m
     assert {r["auth"] for r in gh.requests if repo in r["path"]} == {"token ghs_modal"}
 
 
+# -- polling a call: stand-ins for Modal's answers -------------------------------------------
+class RunningCall:
+    """A ``FunctionCall`` whose input has no output yet: ``get(timeout=0)`` raises the built-in
+    TimeoutError, as Modal's ``_Invocation.poll_function`` does when ``FunctionGetOutputs``
+    returns no output while inputs are unfinished (modal/_functions.py, 1.6.4). ``errors`` are
+    raised first, one per poll, then ``result`` (if any) is returned."""
+
+    def __init__(self, errors=(), result=None) -> None:
+        self.object_id = "fc-" + secrets.token_hex(6)
+        self.errors, self.result = list(errors), result
+        self.polls, self.cancelled = 0, False
+
+    def get(self, timeout=None):
+        self.polls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        if self.result is not None:
+            return self.result
+        raise TimeoutError()
+
+    def cancel(self, terminate_containers: bool = False) -> None:
+        self.cancelled = True
+
+
+class Spawner:
+    """``Function.from_name(...)`` whose ``spawn`` hands out the given stand-in calls."""
+
+    def __init__(self, *calls: RunningCall) -> None:
+        self.calls = list(calls)
+        self.by_id = {c.object_id: c for c in calls}
+
+    def lookup(self, name: str):
+        return self
+
+    def with_options(self, **_):
+        return self
+
+    def spawn(self, *args) -> RunningCall:
+        return self.calls.pop(0)
+
+
+def claimed_job(settings, db, stage: str = "warm_start"):
+    job_id = new_job(db, tiny_job_config())
+    job = queue.claim(db, "poller", settings.lease_s * 100)
+    while job["_id"] != job_id:
+        queue.finish(db, job["_id"], job["attempt"], "cancelled")
+        job = queue.claim(db, "poller", settings.lease_s * 100)
+    workdir = settings.artifacts / job_id
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(job["config"]))
+    queue.stage_started(db, job_id, job["attempt"], stage)
+    return job, workdir
+
+
+def test_a_call_is_polled_against_its_stage_budget_counted_from_its_spawn(env):
+    """Not the worker's local stage timeout: a call runs until its Modal budget is spent, and an
+    adopted call keeps the budget it had (a takeover does not restart the clock)."""
+    import time
+    from datetime import timedelta
+
+    settings, db = env
+    job, workdir = claimed_job(settings, db)
+    call = RunningCall()
+    spawner = Spawner(call)
+    ex = ModalExecutor(settings, lookup=spawner.lookup, call_from_id=spawner.by_id.get, poll_s=0.05,
+                       budget_s=lambda stage: 1.0)  # fmt: skip
+    t0 = time.monotonic()
+    outcome = ex.run_stage(job, "warm_start", workdir, MongoSink(db, job["_id"], job["attempt"]), lambda: None, 0.01)
+    assert outcome.kind == "timeout" and "budget on Modal" in outcome.message
+    assert time.monotonic() - t0 >= 1.0 and call.cancelled  # the worker's 0.01 s did not cut it
+
+    # A call spawned an hour ago by a dead orchestrator, adopted now with an hour and a second of budget.
+    adopted = RunningCall()
+    spawner.by_id[adopted.object_id] = adopted
+    db[JOBS].update_one({"_id": job["_id"]}, {"$set": {"modal_calls.warm_start": {
+        "token": "t", "attempt": job["attempt"], "call_id": adopted.object_id, "gpu": "L40S",
+        "spawned_at": queue.now() - timedelta(hours=1)}}})  # fmt: skip
+    job = db[JOBS].find_one({"_id": job["_id"]})
+    ex.budget_s = lambda stage: 3601.0
+    t0 = time.monotonic()
+    outcome = ex.run_stage(job, "warm_start", workdir, MongoSink(db, job["_id"], job["attempt"]), lambda: None, 600)
+    assert outcome.kind == "timeout" and time.monotonic() - t0 < 10 and adopted.cancelled
+    queue.finish(db, job["_id"], job["attempt"], "failed")
+
+
 # -- the web endpoint and the sweep (last: they leave a queued job behind) -----------------
 def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
     import asyncio

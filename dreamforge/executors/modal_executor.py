@@ -18,6 +18,7 @@ from typing import Any
 
 from dreamforge.executors import modal_calls
 from dreamforge.executors.local import StageOutcome, stage_info
+from dreamforge.executors.modal_limits import DEFAULT_GPU, stage_budget_s
 from dreamforge.jobs import queue, streams
 from dreamforge.settings import Settings
 from dreamforge.store import client
@@ -25,10 +26,6 @@ from pipeline.stage_table import SECTION
 
 log = logging.getLogger("dreamforge.modal_executor")
 
-# GPU per stage when the job's config gives no ``compute`` hint. SFT of a small VLM fits an L40S
-# (48 GB); RL holds the policy plus rollouts of num_generations samples per prompt, so it gets
-# the largest; evaluation and 4-bit export are generation only.
-DEFAULT_GPU = {"warm_start": "L40S", "domain": "L40S", "reward": "H100", "evaluate": "L4"}
 
 
 def stage_gpu(config: dict[str, Any], stage: str) -> str:
@@ -58,17 +55,20 @@ def _pending(exc: BaseException) -> bool:
 class ModalExecutor:
     def __init__(self, settings: Settings | None = None, *, lookup: Callable[[str], Any] | None = None,
                  call_from_id: Callable[[str], Any] = modal_call, reload: Callable[[], None] | None = None,
-                 poll_s: float = 2.0) -> None:  # fmt: skip
+                 poll_s: float = 2.0, budget_s: Callable[[str], float] = stage_budget_s) -> None:  # fmt: skip
         self.settings = settings or Settings()
         self.lookup = lookup or modal_lookup(self.settings.modal_app)
         self.call_from_id = call_from_id
         # On Modal the orchestrator mounts the artifacts Volume: reload it to see what a stage wrote.
         self.reload = reload or (lambda: None)
         self.poll_s = poll_s
+        self.budget_s = budget_s
         self._client = client(self.settings.require_uri())
         self.db = self._client[self.settings.db_name]
 
     def run_stage(self, job, stage, workdir, sink, check, timeout_s):
+        """``timeout_s`` (the local executor's limit) is not used: a call's budget follows from
+        its Modal timeout and retries (``modal_limits``), counted from its spawn."""
         job_id, attempt = job["_id"], job["attempt"]
         stored = (job.get("modal_calls") or {}).get(stage) or {}
         # While the call runs, the function appends logs under this attempt; two processes
@@ -80,11 +80,15 @@ class ModalExecutor:
             sink.flush()
             modal_calls.adopt(self.db, job_id, attempt, stage)
             call = self.call_from_id(stored["call_id"])
+            spawned_at = stored.get("spawned_at") or queue.now()
         else:
+            spawned_at = queue.now()
             call = self._spawn(job, stage, workdir, sink)
             if call is None:
                 return StageOutcome("lost", "lease lost while spawning")
-        outcome = self._poll(call, job, stage, check, timeout_s)
+        # A takeover keeps the call's budget: it does not start again with the new orchestrator.
+        left = self.budget_s(stage) - (queue.now() - spawned_at).total_seconds()
+        outcome = self._poll(call, job, stage, check, time.monotonic() + left)
         streams.reset_seq(job_id)
         if outcome.kind in ("done", "lost"):
             return outcome
@@ -114,8 +118,7 @@ class ModalExecutor:
         return call
 
     def _poll(self, call, job: dict[str, Any], stage: str, check: Callable[[], str | None],
-              timeout_s: float) -> StageOutcome:  # fmt: skip
-        started = time.monotonic()
+              deadline: float) -> StageOutcome:  # fmt: skip
         while True:
             try:
                 result = call.get(timeout=0)
@@ -136,9 +139,10 @@ class ModalExecutor:
                 return StageOutcome("cancelled", "cancelled by the user")
             if reason == "lost":
                 return StageOutcome("lost", "lease lost")  # the call runs on; the next owner adopts it
-            if time.monotonic() - started > timeout_s:
+            if time.monotonic() > deadline:
                 call.cancel()
-                return StageOutcome("timeout", f"stage {stage} ran past its {timeout_s:.0f} s limit")
+                return StageOutcome("timeout", f"stage {stage} ran past its {self.budget_s(stage):.0f} s budget on Modal "
+                                               "(its timeout on each of its tries)")  # fmt: skip
             time.sleep(self.poll_s)
 
     def _ended(self, result: dict[str, Any], job: dict[str, Any], stage: str) -> StageOutcome:

@@ -23,6 +23,7 @@ from pymongo.errors import PyMongoError
 
 from dreamforge.executors.local import EventTail, LocalExecutor, StageOutcome, stage_info
 from dreamforge.executors.modal_calls import owner
+from dreamforge.executors.modal_limits import STAGE_TIMEOUT_S
 from dreamforge.jobs import queue, streams
 from dreamforge.jobs.sink import MongoSink
 from dreamforge.settings import Settings
@@ -149,7 +150,7 @@ def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewar
         n = gpu_count(gpu)
         if n > 1:
             outcome = LocalExecutor(num_processes=n).run_stage({"attempt": attempt}, stage, workdir, sink, sink.check,
-                                                               settings.stage_timeout_s)  # fmt: skip
+                                                               STAGE_TIMEOUT_S[stage])  # fmt: skip
         else:
             outcome = _in_process(cfg, stage, workdir / "out", sink)
     if outcome.kind == "infra_error":
