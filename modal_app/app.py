@@ -9,7 +9,6 @@ imports neither torch nor the service at import time, so it loads on any CPU mac
 
 from __future__ import annotations
 
-import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,6 @@ app = modal.App(APP_NAME, image=image)
 # must fix are returned, not raised, so they are never retried. Timeouts, retries and the startup
 # limit come from dreamforge/executors/modal_limits.py, which the orchestrator polls against.
 RETRIES = modal.Retries(max_retries=STAGE_RETRIES, initial_delay=0.0, backoff_coefficient=1.0)
-COMMIT_EVERY_S = 60  # checkpoints reach the Volume within a minute of being written
 
 
 def stage_function(stage: str):
@@ -87,32 +85,16 @@ def stage_function(stage: str):
                         single_use_containers=True)  # fmt: skip
 
 
-def _committing(every_s: float = COMMIT_EVERY_S):
-    """Commit the artifacts Volume periodically while a stage runs (not in `.local()` runs)."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every_s):
-            artifacts.commit()
-
-    if not modal.is_local():
-        threading.Thread(target=loop, daemon=True).start()
-    return stop
-
-
 def run_stage(stage: str, job_id: str, token: str, config: dict[str, Any], reward_source: str | None,
               gpu: str | None) -> dict[str, Any]:  # fmt: skip
+    # On Modal the body commits the artifacts Volume once, after the stage closed its files; Modal
+    # commits in the background meanwhile (dreamforge/executors/modal_stage.py, commit_volume).
     from dreamforge.executors.modal_stage import run_stage as body
 
-    on_modal = not modal.is_local()
-    stop = _committing()
-    try:
-        return body(job_id, stage, token, config, reward_source, gpu,
-                    call_id=modal.current_function_call_id() if on_modal else None)  # fmt: skip
-    finally:
-        stop.set()
-        if on_modal:
-            artifacts.commit()
+    if modal.is_local():
+        return body(job_id, stage, token, config, reward_source, gpu)
+    return body(job_id, stage, token, config, reward_source, gpu, call_id=modal.current_function_call_id(),
+                commit=artifacts.commit)  # fmt: skip
 
 
 @stage_function("warm_start")

@@ -309,6 +309,85 @@ def test_a_github_job_on_modal_posts_its_commit_status_and_pr_comment(env, gh, m
     assert {r["auth"] for r in gh.requests if repo in r["path"]} == {"token ghs_modal"}
 
 
+# -- the artifacts Volume ---------------------------------------------------------------------
+class MountedVolume:
+    """The artifacts Volume as Modal 1.6.4's ``_Volume.commit`` treats the container's mount:
+    a commit is followed by a reload (modal/volume.py: ``if not resp.skip_reload: await
+    self._do_reload(lock=False)``), and a reload fails while files on the Volume are open
+    ("Reloading will fail if there are open files for the volume", raised as RuntimeError).
+    Open files are this process's, read from /proc/self/fd under ``root``. ``fail`` makes that
+    many commits fail first, as a dropped connection does."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.commits, self.refused, self.fail = root, 0, [], 0
+
+    def open_files(self) -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(f"{self.root}/"):
+                found.append(target)
+        return found
+
+    def commit(self) -> None:
+        import modal.exception
+
+        if self.fail:
+            self.fail -= 1
+            raise modal.exception.ConnectionError("Could not connect to the Modal server.")
+        if files := self.open_files():
+            self.refused.append(files)
+            raise RuntimeError(f"there are open files preventing the operation: {files[0]}")
+        self.commits += 1
+
+
+def test_a_stage_commits_its_volume_once_after_closing_its_files_retrying_a_failed_commit(env):
+    """No commit thread: while the stage runs, events.jsonl is open on the Volume, so a periodic
+    commit (and its reload) would fail; the one commit after the stage succeeds, on its second
+    try after a dropped connection."""
+    from dreamforge.executors.modal_stage import commit_volume
+
+    settings, db = env
+    cfg = tiny_job_config()
+    job_id = new_job(db, cfg)
+    job = queue.claim(db, "volume-test", settings.lease_s * 100)
+    assert job["_id"] == job_id
+    token = modal_calls.new_token()
+    modal_calls.record_token(db, job_id, job["attempt"], "warm_start", token, None)
+    volume = MountedVolume(settings.artifacts / job_id)
+    volume.fail = 1
+    seen_open, done = set(), threading.Event()
+
+    def watch() -> None:  # what a commit made during the stage would have run into
+        while not done.wait(0.05):
+            seen_open.update(Path(f).name for f in volume.open_files())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = run_stage(job_id, "warm_start", token, cfg, commit=volume.commit)
+    finally:
+        done.set()
+        watcher.join(5)
+    assert result["kind"] == "done", result
+    assert "events.jsonl" in seen_open  # open for the whole stage: a commit then would have failed
+    assert volume.commits == 1 and volume.refused == [] and volume.fail == 0  # retried once, files closed
+    queue.finish(db, job_id, job["attempt"], "failed")
+
+    volume.fail = 2  # twice in a row: reported, so a finished stage raises and Modal retries it
+    assert commit_volume(volume.commit, "test") is False and volume.commits == 1
+
+
+def test_the_app_has_no_volume_commit_thread():
+    import modal_app.app as deployed
+
+    assert not hasattr(deployed, "_committing") and not hasattr(deployed, "COMMIT_EVERY_S")
+    assert "threading" not in vars(deployed)
+
+
 # -- polling a call: stand-ins for Modal's answers -------------------------------------------
 class RunningCall:
     """A ``FunctionCall`` whose input has no output yet: ``get(timeout=0)`` raises the built-in

@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +124,31 @@ def _wait_for_ownership(db, job_id: str, stage: str, token: str, call_id: str | 
         time.sleep(1.0)
 
 
+def commit_volume(commit: Callable[[], None], what: str) -> bool:
+    """Commit the artifacts Volume, retried once; returns whether it succeeded.
+
+    Only once the stage's files are closed: in Modal 1.6.4 ``Volume.commit()`` reloads the Volume
+    after committing, and a reload fails while files on it are open (modal/volume.py,
+    ``_Volume.commit`` and ``reload``: "Reloading will fail if there are open files for the
+    volume"), so a commit while the stage writes ``events.jsonl`` would fail or, worse, show the
+    container an empty mount while it reloads. Modal commits in the background while the function
+    runs and once more at container shutdown (modal.com/docs/guide/volumes, "Background commits");
+    this explicit one makes the stage's model visible to the orchestrator before it hears "done"."""
+    for tries in (1, 2):
+        try:
+            commit()
+            return True
+        except Exception as e:  # noqa: BLE001 — RuntimeError for open files, Modal's errors for the rest
+            log.warning("%s: committing the Volume failed (%s: %s), try %d of 2", what, type(e).__name__, e, tries)
+    return False
+
+
 def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], reward_source: str | None = None,
               gpu: str | None = None, *, call_id: str | None = None, settings: Settings | None = None,
-              own_wait_s: float = 120.0) -> dict[str, Any]:  # fmt: skip
+              own_wait_s: float = 120.0, commit: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``stage`` of job ``job_id`` into ``<artifacts>/<job_id>/out``; returns
-    ``{"kind": "done" | "user_error" | "cancelled" | "lost", "message", "info"}``."""
+    ``{"kind": "done" | "user_error" | "cancelled" | "lost", "message", "info"}``. ``commit``
+    (on Modal) commits the artifacts Volume once the stage has ended."""
     settings = settings or Settings()
     with client(settings.require_uri()) as mongo:
         db = mongo[settings.db_name]
@@ -153,6 +174,9 @@ def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewar
                                                                STAGE_TIMEOUT_S[stage])  # fmt: skip
         else:
             outcome = _in_process(cfg, stage, workdir / "out", sink)
+    if commit is not None and not commit_volume(commit, f"job {job_id} stage {stage}") and outcome.kind == "done":
+        # The orchestrator would look for a model the Volume does not have: let Modal retry.
+        raise StageInfraError(f"stage {stage}: its model could not be committed to the Volume")
     if outcome.kind == "infra_error":
         raise StageInfraError(outcome.message)
     return {"kind": outcome.kind, "message": outcome.message, "info": outcome.info}
