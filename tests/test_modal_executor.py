@@ -473,6 +473,81 @@ def test_a_call_is_polled_against_its_stage_budget_counted_from_its_spawn(env):
     queue.finish(db, job["_id"], job["attempt"], "failed")
 
 
+def unreachable_errors() -> list[Exception]:
+    """What ``get()`` raises when Modal cannot be asked, in Modal 1.6.4: ``ConnectionError`` once
+    the client's own retries are spent on an OSError or a timeout
+    (``_utils.grpc_utils.process_exception_before_retry``), ``ServiceError`` for gRPC UNAVAILABLE
+    (``_grpc_client``), the client's ``RetryTimeoutError`` (a Modal TimeoutError), a bare OSError."""
+    import modal.exception as me
+    from modal._utils.grpc_utils import RetryTimeoutError
+
+    return [me.ConnectionError("Could not connect to the Modal server."), me.ServiceError("UNAVAILABLE"),
+            RetryTimeoutError(OSError("timed out")), ConnectionResetError(104, "Connection reset by peer")]  # fmt: skip
+
+
+def test_modal_unreachable_while_polling_keeps_the_running_call(env):
+    """Was: the first connection error counted as the call's end, ``forget()`` made the paid call
+    see itself superseded, and it stopped. Now polling goes on (backing off) until Modal answers."""
+    import time
+
+    settings, db = env
+    job, workdir = claimed_job(settings, db)
+    errors = unreachable_errors()
+    call = RunningCall(errors=list(errors))
+    spawner = Spawner(call)
+    ex = ModalExecutor(settings, lookup=spawner.lookup, call_from_id=spawner.by_id.get, poll_s=0.01)
+    # The lease is lost a poll after Modal answers again: the call must still be the job's.
+    t0 = time.monotonic()
+    outcome = ex.run_stage(job, "warm_start", workdir, MongoSink(db, job["_id"], job["attempt"]),
+                           lambda: "lost" if call.polls > len(errors) else None, 600)  # fmt: skip
+    assert outcome.kind == "lost" and call.polls == len(errors) + 1 and not call.cancelled
+    assert time.monotonic() - t0 >= 0.01 * (2 + 4 + 8 + 16)  # it backed off between unanswered polls
+    stored = db[JOBS].find_one({"_id": job["_id"]})["modal_calls"]["warm_start"]
+    assert stored["call_id"] == call.object_id  # not forgotten: the next owner adopts it
+    queue.finish(db, job["_id"], job["attempt"], "failed")
+
+
+def test_only_modals_terminal_answers_end_a_call(env):
+    """Each terminal answer of ``get()`` in Modal 1.6.4 (``_process_result``, ``poll_function``)
+    ends the call, and only then is it forgotten so a retry spawns afresh."""
+    import modal.exception as me
+
+    from dreamforge.executors.modal_executor import poll_answer
+    from dreamforge.executors.modal_stage import StageInfraError
+
+    assert poll_answer(TimeoutError()) == "running"
+    assert {poll_answer(e) for e in unreachable_errors()} == {"transient"}
+    settings, db = env
+    cases = [(me.FunctionTimeoutError("timed out"), "timeout"), (me.OutputExpiredError(), "infra_error"),
+             (me.InternalFailure("internal"), "infra_error"), (me.RemoteError("terminated"), "infra_error"),
+             (StageInfraError("stage warm_start: CUDA error"), "infra_error")]  # fmt: skip
+    for exc, kind in cases:
+        job, workdir = claimed_job(settings, db)
+        call = RunningCall(errors=[me.ConnectionError("blip"), exc])
+        spawner = Spawner(call)
+        ex = ModalExecutor(settings, lookup=spawner.lookup, call_from_id=spawner.by_id.get, poll_s=0.01)
+        outcome = ex.run_stage(job, "warm_start", workdir, MongoSink(db, job["_id"], job["attempt"]), lambda: None, 600)
+        assert outcome.kind == kind and call.polls == 2, (exc, outcome)
+        assert "warm_start" not in (db[JOBS].find_one({"_id": job["_id"]}).get("modal_calls") or {})
+        queue.finish(db, job["_id"], job["attempt"], "failed")
+
+
+def test_the_stage_function_raises_only_its_own_error_type(env):
+    """An OSError inside the function would read as "Modal unreachable" to the orchestrator,
+    which would then poll a dead call until its budget ran out."""
+    from dreamforge.executors.modal_stage import StageInfraError
+
+    settings, db = env
+    job, _ = claimed_job(settings, db)
+    token = modal_calls.new_token()
+    modal_calls.record_token(db, job["_id"], job["attempt"], "warm_start", token, None)
+    blocker = settings.artifacts / "not-a-dir"
+    blocker.write_text("")  # the artifacts root is a file: mkdir raises an OSError
+    with pytest.raises(StageInfraError, match="NotADirectoryError|FileExistsError"):
+        run_stage(job["_id"], "warm_start", token, tiny_job_config(), settings=Settings(home=blocker))
+    queue.finish(db, job["_id"], job["attempt"], "failed")
+
+
 # -- the web endpoint and the sweep (last: they leave a queued job behind) -----------------
 def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
     import asyncio

@@ -46,10 +46,36 @@ def modal_call(call_id: str) -> Any:
     return modal.FunctionCall.from_id(call_id)
 
 
-def _pending(exc: BaseException) -> bool:
-    # ``FunctionCall.get(timeout=0)`` raises the built-in TimeoutError while the call runs;
-    # Modal's own TimeoutError subclasses (the function timed out, the result expired) are ends.
-    return type(exc) is TimeoutError
+def poll_answer(exc: BaseException) -> str:
+    """What an exception from ``FunctionCall.get(timeout=0)`` says about the call, in Modal 1.6.4:
+    "running", "transient" (Modal could not be asked: ask again), "timeout" or "ended".
+
+    - The built-in TimeoutError: no output yet (``_Invocation.poll_function``).
+    - Terminal: ``FunctionTimeoutError`` (the last try ran past its timeout), ``InternalFailure``
+      and ``RemoteError`` (a failed or terminated input), ``ExecutionError`` /
+      ``DeserializationError`` (an output that cannot be read) — all from
+      ``_utils.function_utils._process_result`` — ``OutputExpiredError`` (no output will come),
+      ``NotFoundError`` (no such call), and the function's own exception re-raised once Modal's
+      retries are spent (the stage function raises only ``StageInfraError``).
+    - Transient: every other Modal error (``ConnectionError``, which the client raises for
+      OSError, asyncio timeouts and HTTP/2 errors once its own retries are spent; ``ServiceError``
+      for gRPC UNAVAILABLE / DEADLINE_EXCEEDED; its retry ``TimeoutError``), and OSError.
+    """
+    import modal.exception as me
+
+    if type(exc) is TimeoutError:
+        return "running"
+    if isinstance(exc, me.FunctionTimeoutError):
+        return "timeout"
+    if isinstance(exc, me.OutputExpiredError | me.InternalFailure | me.RemoteError | me.ExecutionError
+                  | me.DeserializationError | me.NotFoundError):  # fmt: skip
+        return "ended"
+    if isinstance(exc, me.Error | OSError):
+        return "transient"
+    return "ended"
+
+
+BACKOFF_CAP_S = 60.0  # between polls while Modal cannot be reached
 
 
 class ModalExecutor:
@@ -113,20 +139,29 @@ class ModalExecutor:
         try:
             modal_calls.record_call(self.db, job_id, attempt, stage, token, call.object_id)
         except queue.LostLease:
-            call.cancel()  # nobody owns the job any more; its successor spawns its own call
+            _cancel(call)  # nobody owns the job any more; its successor spawns its own call
             return None
         return call
 
     def _poll(self, call, job: dict[str, Any], stage: str, check: Callable[[], str | None],
               deadline: float) -> StageOutcome:  # fmt: skip
+        unreachable = 0  # polls in a row that could not reach Modal
         while True:
             try:
                 result = call.get(timeout=0)
-            except Exception as e:  # noqa: BLE001 — sorted below
-                if not _pending(e):
-                    if type(e).__name__ == "FunctionTimeoutError":
-                        return StageOutcome("timeout", f"stage {stage} ran past its Modal timeout")
+            except Exception as e:  # noqa: BLE001 — sorted by poll_answer
+                answer = poll_answer(e)
+                if answer == "timeout":
+                    return StageOutcome("timeout", f"stage {stage} ran past its Modal timeout on its last try")
+                if answer == "ended":
                     return StageOutcome("infra_error", f"stage {stage} on Modal: {type(e).__name__}: {e}"[:2000])
+                if answer == "transient":
+                    # The call may well be running: keep it (forgetting it would stop a paid run).
+                    unreachable += 1
+                    log.warning("job %s stage %s: cannot ask Modal about call %s (%s: %s), try %d", job["_id"], stage,
+                                call.object_id, type(e).__name__, e, unreachable)  # fmt: skip
+                else:
+                    unreachable = 0
             else:
                 outcome = self._ended(result, job, stage)
                 if outcome.kind == "lost" and check() != "lost":
@@ -135,15 +170,15 @@ class ModalExecutor:
                 return outcome
             reason = check()
             if reason == "cancelled":
-                call.cancel()
+                _cancel(call)
                 return StageOutcome("cancelled", "cancelled by the user")
             if reason == "lost":
                 return StageOutcome("lost", "lease lost")  # the call runs on; the next owner adopts it
             if time.monotonic() > deadline:
-                call.cancel()
+                _cancel(call)
                 return StageOutcome("timeout", f"stage {stage} ran past its {self.budget_s(stage):.0f} s budget on Modal "
                                                "(its timeout on each of its tries)")  # fmt: skip
-            time.sleep(self.poll_s)
+            time.sleep(min(self.poll_s * 2**unreachable, BACKOFF_CAP_S) if unreachable else self.poll_s)
 
     def _ended(self, result: dict[str, Any], job: dict[str, Any], stage: str) -> StageOutcome:
         kind = result.get("kind")
@@ -152,6 +187,15 @@ class ModalExecutor:
         self.reload()
         info = result.get("info") or stage_info(self.settings.artifacts / job["_id"] / "out", stage)
         return StageOutcome("done", info=info)
+
+
+def _cancel(call) -> None:
+    """Cancel a call; if Modal cannot be reached, the function still stops on its own when it
+    next reads the job (cancel flag, or its token no longer the job's)."""
+    try:
+        call.cancel()
+    except Exception as e:  # noqa: BLE001 — best effort, see above
+        log.warning("cancelling Modal call %s failed (%s: %s)", call.object_id, type(e).__name__, e)
 
 
 def _inputs(workdir: Path) -> tuple[dict[str, Any], str | None]:

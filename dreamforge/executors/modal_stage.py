@@ -148,7 +148,21 @@ def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewar
               own_wait_s: float = 120.0, commit: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``stage`` of job ``job_id`` into ``<artifacts>/<job_id>/out``; returns
     ``{"kind": "done" | "user_error" | "cancelled" | "lost", "message", "info"}``. ``commit``
-    (on Modal) commits the artifacts Volume once the stage has ended."""
+    (on Modal) commits the artifacts Volume once the stage has ended. Raises only
+    ``StageInfraError``: the orchestrator tells the function's own failure from a failure to reach
+    Modal by its type (``modal_executor.poll_answer``), and an OSError here must not read as one."""
+    try:
+        return _run_stage(job_id, stage, token, config, reward_source, gpu, call_id=call_id, settings=settings,
+                          own_wait_s=own_wait_s, commit=commit)  # fmt: skip
+    except StageInfraError:
+        raise
+    except Exception as e:  # noqa: BLE001 — the database gone, a full disk: Modal retries it
+        raise StageInfraError(f"stage {stage}: {type(e).__name__}: {e}"[:2000]) from None
+
+
+def _run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], reward_source: str | None, gpu: str | None,
+               *, call_id: str | None, settings: Settings | None, own_wait_s: float,
+               commit: Callable[[], None] | None) -> dict[str, Any]:  # fmt: skip
     settings = settings or Settings()
     with client(settings.require_uri()) as mongo:
         db = mongo[settings.db_name]
