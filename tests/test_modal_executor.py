@@ -548,6 +548,51 @@ def test_the_stage_function_raises_only_its_own_error_type(env):
     queue.finish(db, job["_id"], job["attempt"], "failed")
 
 
+@pytest.mark.parametrize("refusal,status,kind", [("invalid", "failed", "user"), ("unreachable", "queued", "infra")])
+def test_a_spawn_modal_refuses_fails_the_job_not_the_orchestrator(env, refusal, status, kind):
+    """Was: an exception from ``spawn`` went up through the worker and crashed the orchestrator
+    (retried by Modal as infrastructure, over and over). Modal refusing the request (its
+    ``InvalidError``, what the server answers for a GPU it does not offer) fails the job and names
+    the field; Modal unreachable sends the job back to the queue to retry."""
+    import modal.exception as me
+
+    settings, db = env
+    job_id = new_job(db, tiny_job_config(rl={"compute": "H100:2"}))
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.tries = 0
+
+        def lookup(self, name):
+            return self
+
+        def with_options(self, **_):
+            return self
+
+        def spawn(self, *args):
+            self.tries += 1
+            raise (me.InvalidError("GPU type not available") if refusal == "invalid"
+                   else me.ConnectionError("Could not connect to the Modal server."))  # fmt: skip
+
+    fn = Refusing()
+    worker = Worker(settings, executor=ModalExecutor(settings, lookup=fn.lookup, poll_s=0.01), worker_id="spawn-refused")
+    # The job's earlier stages are done: the spawn that fails is the RL stage's, on its compute hint.
+    db[JOBS].update_one({"_id": job_id}, {"$set": {f"stages.{s}.status": "done" for s in ("warm_start", "domain")}})
+    try:
+        while (doc := db[JOBS].find_one({"_id": job_id}))["status"] == "queued" and doc["attempt"] == 0:
+            assert worker.run_once()  # returns: the orchestrator lives on
+    finally:
+        worker.client.close()
+    doc = db[JOBS].find_one({"_id": job_id})
+    assert fn.tries == 1 and doc["status"] == status and doc["error"]["kind"] == kind, doc["error"]
+    assert "reward" not in (doc.get("modal_calls") or {})  # the recorded token is dropped with the call that never was
+    if refusal == "invalid":
+        assert "rl.compute" in doc["error"]["message"] and "H100:2" in doc["error"]["message"]
+    else:
+        assert "could not start it on Modal" in doc["error"]["message"]
+        db[JOBS].update_one({"_id": job_id}, {"$set": {"status": "cancelled"}, "$unset": {"queue_key": ""}})
+
+
 # -- the web endpoint and the sweep (last: they leave a queued job behind) -----------------
 def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
     import asyncio
@@ -577,6 +622,9 @@ def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
         wait_for(lambda: server.started, timeout=30, what="uvicorn")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as c:
             assert c.post("/api/train", json={"config": {"rl": {"beta": -1}}}).status_code == 422
+            bad_gpu = c.post("/api/train", json={"config": tiny_job_config(rl={"compute": "H100:0"})})
+            assert bad_gpu.status_code == 422 and bad_gpu.json()["detail"][0]["loc"] == ["rl", "compute"]
+            assert "from 1 to 8" in bad_gpu.json()["detail"][0]["msg"]
             assert c.get("/api/jobs").status_code == 200
             assert spawned == []  # nothing was queued
             r = c.post("/api/train", json={"config": tiny_job_config()})

@@ -110,8 +110,8 @@ class ModalExecutor:
         else:
             spawned_at = queue.now()
             call = self._spawn(job, stage, workdir, sink)
-            if call is None:
-                return StageOutcome("lost", "lease lost while spawning")
+            if isinstance(call, StageOutcome):
+                return call
         # A takeover keeps the call's budget: it does not start again with the new orchestrator.
         left = self.budget_s(stage) - (queue.now() - spawned_at).total_seconds()
         outcome = self._poll(call, job, stage, check, time.monotonic() + left)
@@ -124,23 +124,31 @@ class ModalExecutor:
             return StageOutcome("lost", "lease lost")
         return outcome
 
-    def _spawn(self, job: dict[str, Any], stage: str, workdir: Path, sink) -> Any | None:
+    def _spawn(self, job: dict[str, Any], stage: str, workdir: Path, sink) -> Any:
+        """The stage's new call, or the ``StageOutcome`` of failing to start one."""
         job_id, attempt = job["_id"], job["attempt"]
         config, reward_source = _inputs(workdir)
         gpu = stage_gpu(config, stage)
-        fn = self.lookup(stage)  # modal_app/app.py registers one function per stage, named after it
-        if gpu != DEFAULT_GPU[stage]:
-            fn = fn.with_options(gpu=gpu)
         token = modal_calls.new_token()
         modal_calls.record_token(self.db, job_id, attempt, stage, token, gpu)  # before anything runs
         sink.log(f"stage {stage}: spawning Modal function {stage} on {gpu}", stage=stage)
         sink.flush()
-        call = fn.spawn(job_id, token, config, reward_source, gpu)
+        try:
+            fn = self.lookup(stage)  # modal_app/app.py registers one function per stage, named after it
+            if gpu != DEFAULT_GPU[stage]:
+                fn = fn.with_options(gpu=gpu)
+            call = fn.spawn(job_id, token, config, reward_source, gpu)
+        except Exception as e:  # noqa: BLE001 — never crash the orchestrator: sorted below
+            try:
+                modal_calls.forget(self.db, job_id, attempt, stage)
+            except queue.LostLease:
+                return StageOutcome("lost", "lease lost")
+            return _spawn_failed(e, stage, gpu)
         try:
             modal_calls.record_call(self.db, job_id, attempt, stage, token, call.object_id)
         except queue.LostLease:
             _cancel(call)  # nobody owns the job any more; its successor spawns its own call
-            return None
+            return StageOutcome("lost", "lease lost while spawning")
         return call
 
     def _poll(self, call, job: dict[str, Any], stage: str, check: Callable[[], str | None],
@@ -187,6 +195,19 @@ class ModalExecutor:
         self.reload()
         info = result.get("info") or stage_info(self.settings.artifacts / job["_id"] / "out", stage)
         return StageOutcome("done", info=info)
+
+
+def _spawn_failed(exc: Exception, stage: str, gpu: str) -> StageOutcome:
+    """Modal refusing the request (``InvalidError``: a GPU it does not offer, arguments it cannot
+    take) is the job's to fix, so it fails without retries; anything else (Modal unreachable, the
+    app not deployed yet) is retried as infrastructure."""
+    import modal.exception as me
+
+    if isinstance(exc, me.InvalidError):
+        where = f"{SECTION[stage]}.compute"
+        return StageOutcome("user_error", f"Modal refused to start stage {stage} on GPU {gpu!r} ({exc}); "
+                                          f"check {where} in the config")  # fmt: skip
+    return StageOutcome("infra_error", f"stage {stage}: could not start it on Modal: {type(exc).__name__}: {exc}"[:2000])
 
 
 def _cancel(call) -> None:
