@@ -190,7 +190,9 @@ def sweep_once(spawn=None, volume=None) -> dict[str, Any]:
 
 # ## The API
 # The same FastAPI app as `dreamforge up`, as a web endpoint. A request that queues a job
-# spawns an orchestrator for it at once instead of waiting for the sweep.
+# spawns an orchestrator for it at once instead of waiting for the sweep. It reads artifacts
+# through the Volume's API rather than a mount: it sees each commit at once, with no reload
+# (which would fail while another request holds a file open).
 QUEUEING = ("/api/train", "/api/webhooks/", "/requeue")
 
 
@@ -206,6 +208,15 @@ def spawn_on_queue(api, spawn) -> None:
         return response
 
 
+def configure_web(api, spawn, read_file) -> None:
+    """The API as ``web`` serves it: queueing spawns ``spawn()``, and artifacts (a job's held-out
+    samples) are read with ``read_file`` (``Volume.read_file.aio``): ``web`` mounts no Volume."""
+    from dreamforge.api.artifacts import volume_reader
+
+    spawn_on_queue(api, spawn)
+    api.state.read_artifact = volume_reader(read_file)
+
+
 @app.function(secrets=[mongodb, github], scaledown_window=5 * MINUTES)
 @modal.concurrent(max_inputs=100)
 @modal.asgi_app()
@@ -213,7 +224,7 @@ def web():
     from dreamforge.api.app import create_app
 
     api = create_app()
-    spawn_on_queue(api, orchestrate.spawn.aio)
+    configure_web(api, orchestrate.spawn.aio, artifacts.read_file.aio)
     return api
 
 

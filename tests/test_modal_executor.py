@@ -593,6 +593,24 @@ def test_a_spawn_modal_refuses_fails_the_job_not_the_orchestrator(env, refusal, 
         db[JOBS].update_one({"_id": job_id}, {"$set": {"status": "cancelled"}, "$unset": {"queue_key": ""}})
 
 
+class CommittedFiles:
+    """The artifacts Volume as ``Volume.read_file`` serves it outside a mount (Modal 1.6.4,
+    modal/volume.py): an async generator of the committed file's blocks, FileNotFoundError
+    (translated from the server's NotFoundError) for a path it does not hold."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.reads: list[str] = []
+
+    async def read_file(self, path: str):
+        self.reads.append(path)
+        if path not in self.files:
+            raise FileNotFoundError(f"No such file: {path}")
+        data = self.files[path]
+        for i in range(0, len(data), 8):  # in blocks, as Modal streams them
+            yield data[i : i + 8]
+
+
 # -- the web endpoint and the sweep (last: they leave a queued job behind) -----------------
 def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
     import asyncio
@@ -603,17 +621,28 @@ def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
 
     from dreamforge.api.app import create_app
     from dreamforge.auth import create_project
-    from modal_app.app import spawn_on_queue
+    from modal_app.app import configure_web
 
     settings, db = env
-    _, key = create_project(db, "modal-web")
+    pid, key = create_project(db, "modal-web")
     spawned = []
 
     async def spawn():
         spawned.append(1)
 
+    # A job that finished on Modal: its predictions are on the Volume, not on this API's disk.
+    volume = CommittedFiles()
+    finished = new_job(db, tiny_job_config())
+    out = settings.artifacts / finished / "out"
+    db[JOBS].update_one({"_id": finished}, {"$set": {"project_id": pid, "status": "succeeded",
+                        "result": {"artifacts": {"metrics.json": str(out / "metrics.json")}}},
+                        "$unset": {"queue_key": ""}})  # fmt: skip
+    sample = {"file_name": "not-in-the-dataset.png", "text": "<box>", "pred": {"boxes": []}, "gt": {"boxes": []}}
+    volume.files[f"{finished}/out/predictions.json"] = json.dumps({"domain": [sample]}).encode()
+    assert not out.exists()
+
     api = create_app(settings)
-    spawn_on_queue(api, spawn)
+    configure_web(api, spawn, volume.read_file)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
@@ -631,6 +660,14 @@ def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
             assert r.status_code == 201, r.text
             assert spawned == [1]
             assert db[JOBS].find_one({"_id": r.json()["jobId"]})["status"] == "queued"
+            # GET /samples reads predictions.json through the Volume's API (was: always 404 on Modal).
+            r = c.get(f"/api/jobs/{finished}/samples")
+            assert r.status_code == 200, r.text
+            assert [x["text"] for x in r.json()["samples"]] == ["<box>"] and r.json()["model"] == "domain"
+            assert volume.reads == [f"{finished}/out/predictions.json"]
+            volume.files.clear()
+            r = c.get(f"/api/jobs/{finished}/samples", params={"n": 2})  # not cached: a new request
+            assert r.status_code == 404 and "predictions.json" in r.json()["detail"]
     finally:
         server.should_exit = True
         thread.join(10)
