@@ -15,7 +15,7 @@ from typing import Any
 
 import modal
 
-from dreamforge.executors.modal_limits import DEFAULT_GPU, STAGE_RETRIES, STAGE_TIMEOUT_S, STARTUP_TIMEOUT_S
+from dreamforge.executors.modal_limits import DEFAULT_GPU, STAGE_RETRIES, STAGE_TIMEOUT_S, STARTUP_TIMEOUT_S, stage_resources
 
 MINUTES = 60  # seconds
 HOURS = 60 * MINUTES
@@ -80,9 +80,9 @@ RETRIES = modal.Retries(max_retries=STAGE_RETRIES, initial_delay=0.0, backoff_co
 
 
 def stage_function(stage: str):
-    return app.function(gpu=DEFAULT_GPU[stage], timeout=int(STAGE_TIMEOUT_S[stage]), startup_timeout=int(STARTUP_TIMEOUT_S),
-                        retries=RETRIES, volumes=VOLUMES, secrets=[mongodb, huggingface],
-                        single_use_containers=True)  # fmt: skip
+    return app.function(gpu=DEFAULT_GPU[stage], **stage_resources(DEFAULT_GPU[stage]), timeout=int(STAGE_TIMEOUT_S[stage]),
+                        startup_timeout=int(STARTUP_TIMEOUT_S), retries=RETRIES, volumes=VOLUMES,
+                        secrets=[mongodb, huggingface], single_use_containers=True)  # fmt: skip
 
 
 def run_stage(stage: str, job_id: str, token: str, config: dict[str, Any], reward_source: str | None,

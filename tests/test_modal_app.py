@@ -48,6 +48,9 @@ def test_every_stage_is_a_gpu_function_with_timeout_retries_volumes_and_secrets(
     assert sorted(info.secrets) == ["modal.Secret.from_name('dreamforge-huggingface')",
                                     "modal.Secret.from_name('dreamforge-mongodb')"]  # fmt: skip
     assert info.single_use_containers  # each retry starts clean
+    # Not Modal's default 0.125 cores / 128 MiB (which also sets OMP_NUM_THREADS from it): data
+    # loading for the GPU would be throttled.
+    assert (info.cpu, info.memory_mib) == (4.0, 16 * 1024)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -101,6 +104,10 @@ def test_image_installs_the_projects_own_dependencies_with_cuda_torch(deployed):
 
 def test_a_multi_gpu_stage_launches_through_accelerate(tmp_path):
     from accelerate.commands.launch import launch_command_parser
+
+    from dreamforge.executors.modal_limits import stage_resources
+
+    assert stage_resources("H100:4") == {"cpu": 16.0, "memory": 4 * 16 * 1024}  # per GPU
 
     assert gpu_count("H100:4") == 4 and gpu_count("H100") == 1 and gpu_count(None) == 1
     cfg, out = tmp_path / "config.json", tmp_path / "out"

@@ -62,6 +62,7 @@ class LocalFunctions:
     def __init__(self) -> None:
         self.calls: dict[str, LocalCall] = {}
         self.spawns: list[tuple[str, str | None]] = []  # (function name, gpu from with_options)
+        self.options: dict[str, dict] = {}  # function name -> its with_options
 
     def lookup(self, name: str):
         return _LocalFunction(self, name)
@@ -74,7 +75,8 @@ class _LocalFunction:
     def __init__(self, registry: LocalFunctions, name: str, gpu: str | None = None) -> None:
         self.registry, self.name, self.gpu = registry, name, gpu
 
-    def with_options(self, *, gpu: str | None = None, **_):
+    def with_options(self, *, gpu: str | None = None, **options):
+        self.registry.options[self.name] = {"gpu": gpu, **options}
         return _LocalFunction(self.registry, self.name, gpu)
 
     def spawn(self, *args) -> LocalCall:
@@ -202,6 +204,7 @@ def test_job_through_modal_executor_survives_a_crashed_orchestrator_with_local_m
     assert doc["attempt"] == 2
     assert [name for name, _ in fake.spawns] == ["warm_start", "domain", "reward", "evaluate"]  # warm_start once
     assert ("domain", "A10G") in fake.spawns  # the job's compute hint picks the GPU
+    assert fake.options == {"domain": {"gpu": "A10G", "cpu": 4.0, "memory": 16384}}  # and reserves CPU and memory for it
     assert {s: c["attempt"] for s, c in doc["modal_calls"].items()} == dict.fromkeys(STAGES, 2)
     assert all(doc["stages"][s]["status"] == "done" for s in STAGES)
     # Every stage function body ran its real stage on the tiny model (.local()).

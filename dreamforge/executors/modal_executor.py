@@ -18,7 +18,7 @@ from typing import Any
 
 from dreamforge.executors import modal_calls
 from dreamforge.executors.local import StageOutcome, stage_info
-from dreamforge.executors.modal_limits import DEFAULT_GPU, stage_budget_s
+from dreamforge.executors.modal_limits import DEFAULT_GPU, stage_budget_s, stage_resources
 from dreamforge.jobs import queue, streams
 from dreamforge.settings import Settings
 from dreamforge.store import client
@@ -136,7 +136,7 @@ class ModalExecutor:
         try:
             fn = self.lookup(stage)  # modal_app/app.py registers one function per stage, named after it
             if gpu != DEFAULT_GPU[stage]:
-                fn = fn.with_options(gpu=gpu)
+                fn = fn.with_options(gpu=gpu, **stage_resources(gpu))  # CPU and memory scale with the GPUs
             call = fn.spawn(job_id, token, config, reward_source, gpu)
         except Exception as e:  # noqa: BLE001 — never crash the orchestrator: sorted below
             try:

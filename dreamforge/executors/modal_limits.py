@@ -25,6 +25,26 @@ STARTUP_TIMEOUT_S = 20 * 60.0
 GPU_WAIT_S = 1 * HOURS  # time to find a GPU, which Modal's clocks do not count
 
 
+# Reserved per GPU (modal.com/docs/guide/resources): the default is 0.125 cores and 128 MiB, and
+# Modal sets OMP_NUM_THREADS and friends from the reservation, so image decoding, augmentation and
+# tokenisation for a GPU would crawl; a stage holds a model in host memory while loading it.
+# Billed as the greater of reservation and use: 4 cores + 16 GiB ≈ $0.32/h per GPU at list prices.
+CPU_PER_GPU = 4.0  # physical cores
+MEMORY_MIB_PER_GPU = 16 * 1024
+
+
+def gpu_count(gpu: str | None) -> int:
+    """``"H100:2"`` → 2; a plain type or no GPU → 1."""
+    _, _, count = (gpu or "").partition(":")
+    return int(count) if count.isdigit() and int(count) > 0 else 1
+
+
+def stage_resources(gpu: str | None) -> dict[str, float | int]:
+    """The ``cpu`` and ``memory`` a stage on ``gpu`` reserves (Modal's function options)."""
+    n = gpu_count(gpu)
+    return {"cpu": CPU_PER_GPU * n, "memory": MEMORY_MIB_PER_GPU * n}
+
+
 def stage_budget_s(stage: str) -> float:
     """How long a stage's call may take, from its spawn to its end, before it counts as hung."""
     return (STARTUP_TIMEOUT_S + STAGE_TIMEOUT_S[stage]) * (STAGE_RETRIES + 1) + GPU_WAIT_S

@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 
 from dreamforge.executors.local import EventTail, LocalExecutor, StageOutcome, stage_info
 from dreamforge.executors.modal_calls import owner
-from dreamforge.executors.modal_limits import STAGE_TIMEOUT_S
+from dreamforge.executors.modal_limits import STAGE_TIMEOUT_S, gpu_count
 from dreamforge.jobs import queue, streams
 from dreamforge.jobs.sink import MongoSink
 from dreamforge.settings import Settings
@@ -37,12 +37,6 @@ log = logging.getLogger("dreamforge.modal_stage")
 
 class StageInfraError(RuntimeError):
     """The stage failed for a reason a rerun may fix (crash, lost GPU, database outage)."""
-
-
-def gpu_count(gpu: str | None) -> int:
-    """``"H100:2"`` → 2; a plain type or no GPU → 1."""
-    _, _, count = (gpu or "").partition(":")
-    return int(count) if count.isdigit() and int(count) > 0 else 1
 
 
 class FollowingSink(MongoSink):
