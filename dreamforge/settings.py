@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     # Infrastructure failures (lost worker, crash) per stage before the job is dead-lettered.
     infra_retries: int = env("DREAMFORGE_INFRA_RETRIES", 3, ge=0)
     backoff_s: float = env("DREAMFORGE_BACKOFF_S", 2.0, ge=0)
+    # A stage's limit with the local executor; on Modal each stage has its own (executors/modal_limits.py).
     stage_timeout_s: float = env("DREAMFORGE_STAGE_TIMEOUT_S", 6 * 3600.0, gt=0)
     job_timeout_s: float = env("DREAMFORGE_JOB_TIMEOUT_S", 24 * 3600.0, gt=0)
     max_body_bytes: int = env("DREAMFORGE_MAX_BODY", 1 << 20, gt=0)

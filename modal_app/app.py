@@ -9,14 +9,13 @@ imports neither torch nor the service at import time, so it loads on any CPU mac
 
 from __future__ import annotations
 
-import threading
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import modal
 
-from dreamforge.executors.modal_executor import DEFAULT_GPU
+from dreamforge.executors.modal_limits import DEFAULT_GPU, STAGE_RETRIES, STAGE_TIMEOUT_S, STARTUP_TIMEOUT_S, stage_resources
 
 MINUTES = 60  # seconds
 HOURS = 60 * MINUTES
@@ -75,43 +74,27 @@ app = modal.App(APP_NAME, image=image)
 # ## One GPU function per stage
 # Preemption restarts the same input at once (initial_delay 0) in a fresh container
 # (single_use_containers); the stage resumes from its newest checkpoint on the Volume. Errors the user
-# must fix are returned, not raised, so they are never retried.
-STAGE_RETRIES = modal.Retries(max_retries=3, initial_delay=0.0, backoff_coefficient=1.0)
-STAGE_TIMEOUT = {"warm_start": 8 * HOURS, "domain": 6 * HOURS, "reward": 12 * HOURS, "evaluate": 2 * HOURS}
-COMMIT_EVERY_S = 60  # checkpoints reach the Volume within a minute of being written
+# must fix are returned, not raised, so they are never retried. Timeouts, retries and the startup
+# limit come from dreamforge/executors/modal_limits.py, which the orchestrator polls against.
+RETRIES = modal.Retries(max_retries=STAGE_RETRIES, initial_delay=0.0, backoff_coefficient=1.0)
 
 
 def stage_function(stage: str):
-    return app.function(gpu=DEFAULT_GPU[stage], timeout=STAGE_TIMEOUT[stage], retries=STAGE_RETRIES,
-                        volumes=VOLUMES, secrets=[mongodb, huggingface], single_use_containers=True)  # fmt: skip
-
-
-def _committing(every_s: float = COMMIT_EVERY_S):
-    """Commit the artifacts Volume periodically while a stage runs (not in `.local()` runs)."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every_s):
-            artifacts.commit()
-
-    if not modal.is_local():
-        threading.Thread(target=loop, daemon=True).start()
-    return stop
+    return app.function(gpu=DEFAULT_GPU[stage], **stage_resources(DEFAULT_GPU[stage]), timeout=int(STAGE_TIMEOUT_S[stage]),
+                        startup_timeout=int(STARTUP_TIMEOUT_S), retries=RETRIES, volumes=VOLUMES,
+                        secrets=[mongodb, huggingface], single_use_containers=True)  # fmt: skip
 
 
 def run_stage(stage: str, job_id: str, token: str, config: dict[str, Any], reward_source: str | None,
               gpu: str | None) -> dict[str, Any]:  # fmt: skip
+    # On Modal the body commits the artifacts Volume once, after the stage closed its files; Modal
+    # commits in the background meanwhile (dreamforge/executors/modal_stage.py, commit_volume).
     from dreamforge.executors.modal_stage import run_stage as body
 
-    on_modal = not modal.is_local()
-    stop = _committing()
-    try:
-        return body(job_id, stage, token, config, reward_source, gpu,
-                    call_id=modal.current_function_call_id() if on_modal else None)  # fmt: skip
-    finally:
-        stop.set()
-        if on_modal:
-            artifacts.commit()
+    if modal.is_local():
+        return body(job_id, stage, token, config, reward_source, gpu)
+    return body(job_id, stage, token, config, reward_source, gpu, call_id=modal.current_function_call_id(),
+                commit=artifacts.commit)  # fmt: skip
 
 
 @stage_function("warm_start")
@@ -138,6 +121,8 @@ def evaluate(job_id: str, token: str, config: dict, reward_source: str | None = 
 # A CPU function spawned per new job: the ordinary worker with the Modal executor, in burst
 # mode (claims jobs until none is ready, then exits). Its timeout covers a whole job; if it
 # dies, the sweep reaps the job's lease and spawns another, which adopts the running stage call.
+# While it runs it posts its jobs' commit statuses and pull request comments (the worker's
+# GitHub outbox, dreamforge/github/status.py), as `dreamforge worker` does locally.
 @app.function(timeout=24 * HOURS, retries=modal.Retries(max_retries=3, initial_delay=5.0),
               volumes={ARTIFACTS_PATH: artifacts}, secrets=[mongodb, github])  # fmt: skip
 def orchestrate() -> int:
@@ -145,49 +130,69 @@ def orchestrate() -> int:
     from dreamforge.worker import Worker
 
     reload = artifacts.reload if not modal.is_local() else None
-    worker = Worker(executor=ModalExecutor(reload=reload))
+    return run_jobs(Worker(executor=ModalExecutor(reload=reload)))
+
+
+def run_jobs(worker) -> int:
+    """Run ready jobs until none is left, posting to GitHub meanwhile; returns how many ran."""
+    from dreamforge.github.status import syncing
+
     runs = 0
-    while worker.run_once():
-        runs += 1
+    with syncing(worker.db, worker.settings):
+        while worker.run_once():
+            runs += 1
     return runs
 
 
 # ## The sweep
-# Every minute: return jobs whose orchestrator stopped renewing its lease to the queue, spawn an
-# orchestrator for every ready job (requeued, backed off, or missed), and delete intermediate
-# checkpoints and datasets of jobs finished longer ago than the retention.
+# Every minute: return jobs whose orchestrator stopped renewing its lease to the queue, read the
+# GitHub deliveries that waited for GitHub (the API that stored them may be scaled to zero), spawn
+# an orchestrator for every ready job (requeued, backed off, missed or just read), post due commit
+# statuses and pull request comments, and delete intermediate checkpoints and datasets of jobs
+# finished longer ago than the retention.
 SPAWN_AT_MOST = 20
 
 
 @app.function(schedule=modal.Period(minutes=1), timeout=10 * MINUTES, volumes={ARTIFACTS_PATH: artifacts},
-              secrets=[mongodb])  # fmt: skip
+              secrets=[mongodb, github])  # fmt: skip
 def sweep() -> dict[str, Any]:
+    on_modal = not modal.is_local()
+    return sweep_once(spawn=orchestrate.spawn if on_modal else None, volume=artifacts if on_modal else None)
+
+
+def sweep_once(spawn=None, volume=None) -> dict[str, Any]:
+    """The sweep's body; ``spawn`` starts one orchestrator, ``volume`` is the mounted artifacts
+    Volume (None off Modal)."""
+    from dreamforge.github import push_outbox, status
     from dreamforge.jobs import queue
     from dreamforge.settings import Settings
     from dreamforge.store import JOBS, client
     from dreamforge.worker import cleanup_temporary
 
     settings = Settings()
-    on_modal = not modal.is_local()
     with client(settings.require_uri()) as c:
         db = c[settings.db_name]
         reaped = queue.reap(db, limit=settings.infra_retries)
+        resolved = push_outbox.drain(settings)
         ready = db[JOBS].count_documents({"queue_key": {"$lte": queue.queue_key(queue.now(), "~")}})
-        if on_modal:
-            artifacts.reload()
+        spawned = min(ready, SPAWN_AT_MOST)
+        for _ in range(spawned if spawn else 0):
+            spawn()
+        posted = status.sync_once(db, settings)
+        if volume is not None:
+            volume.reload()
         removed = cleanup_temporary(settings, db)
-        if on_modal and removed:
-            artifacts.commit()
-    spawned = min(ready, SPAWN_AT_MOST)
-    if on_modal:
-        for _ in range(spawned):
-            orchestrate.spawn()
-    return {"reaped": reaped, "ready": ready, "spawned": spawned, "removed": removed}
+        if volume is not None and removed:
+            volume.commit()
+    return {"reaped": reaped, "resolved": resolved, "ready": ready, "spawned": spawned, "github": posted,
+            "removed": removed}
 
 
 # ## The API
 # The same FastAPI app as `dreamforge up`, as a web endpoint. A request that queues a job
-# spawns an orchestrator for it at once instead of waiting for the sweep.
+# spawns an orchestrator for it at once instead of waiting for the sweep. It reads artifacts
+# through the Volume's API rather than a mount: it sees each commit at once, with no reload
+# (which would fail while another request holds a file open).
 QUEUEING = ("/api/train", "/api/webhooks/", "/requeue")
 
 
@@ -203,6 +208,15 @@ def spawn_on_queue(api, spawn) -> None:
         return response
 
 
+def configure_web(api, spawn, read_file) -> None:
+    """The API as ``web`` serves it: queueing spawns ``spawn()``, and artifacts (a job's held-out
+    samples) are read with ``read_file`` (``Volume.read_file.aio``): ``web`` mounts no Volume."""
+    from dreamforge.api.artifacts import volume_reader
+
+    spawn_on_queue(api, spawn)
+    api.state.read_artifact = volume_reader(read_file)
+
+
 @app.function(secrets=[mongodb, github], scaledown_window=5 * MINUTES)
 @modal.concurrent(max_inputs=100)
 @modal.asgi_app()
@@ -210,7 +224,7 @@ def web():
     from dreamforge.api.app import create_app
 
     api = create_app()
-    spawn_on_queue(api, orchestrate.spawn.aio)
+    configure_web(api, orchestrate.spawn.aio, artifacts.read_file.aio)
     return api
 
 

@@ -25,6 +25,32 @@ PRESETS = ("generic", "medical-scan", "retail-shelf", "traffic-camera")
 EXAMPLE_REWARDS = ("f1_class_penalty", "iou", "medical_miss_penalty", "retail_facings")
 # Caps that keep every number inside what the trainers, numpy seeding and BSON's int64 can hold.
 MAX_STEPS = 10_000_000
+
+# Modal's GPU types and how many of each one container may have (modal.com/docs/guide/gpu,
+# "Specifying GPU type" and "Specifying GPU count"; A10G is the A10's older name, still accepted).
+# Modal's client only upper-cases the string and splits off the count
+# (modal/_utils/function_utils.py, parse_gpu_config): an unknown type or a count of 0 would fail
+# only at spawn, on the GPU, as an infrastructure failure. Checking here makes it a 422 at submit.
+MODAL_GPUS = {"T4": 8, "L4": 8, "A10": 4, "A10G": 4, "L40S": 8, "A100": 8, "A100-40GB": 8, "A100-80GB": 8,
+              "RTX-PRO-6000": 8, "H100": 8, "H100!": 8, "H200": 8, "B200": 8, "B200+": 8}  # fmt: skip
+
+
+def modal_gpu(v: str | None) -> str | None:
+    """A ``compute`` hint checked against Modal's GPU list: ``"h100:2"`` → ``"H100:2"``."""
+    if v is None:
+        return v
+    name, sep, count = v.partition(":")
+    kind = name.strip().upper()
+    if kind not in MODAL_GPUS:
+        raise ValueError(f"{v!r} is not a Modal GPU; write one of {', '.join(MODAL_GPUS)}, with an optional count, "
+                         "e.g. 'H100:2'")  # fmt: skip
+    if not sep:
+        return kind
+    most = MODAL_GPUS[kind]
+    if not count.strip().isdigit() or not 1 <= int(count) <= most:
+        raise ValueError(f"{v!r}: the GPU count after ':' must be a whole number from 1 to {most} for {kind}, "
+                         f"e.g. '{kind}:2'")  # fmt: skip
+    return f"{kind}:{int(count)}"
 MAX_STAGE_SECONDS = 7 * 86400
 SEED_MAX = 2**32 - 1  # numpy's seeding range
 AUTO_MAX_OBJECTS = 16  # each object costs ~5 generated tokens: a longer answer slows every step
@@ -94,12 +120,7 @@ class StageConfig(_Strict):
     @field_validator("compute")
     @classmethod
     def _gpu_string(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        name, _, count = v.partition(":")
-        if not name or (count and not count.isdigit()):
-            raise ValueError(f"{v!r} is not a GPU string; write a GPU type with an optional count, e.g. 'H100:2'")
-        return v
+        return modal_gpu(v)
 
 
 class SupervisedConfig(StageConfig):
@@ -224,6 +245,11 @@ class EvalConfig(_Strict):
     max_samples: int | None = Field(None, ge=1, le=10_000_000, description="Evaluate at most this many held-out images.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per generation batch.")
     compute: str | None = Field(None, description="Compute hint (Modal GPU string) for evaluation and export.")
+
+    @field_validator("compute")
+    @classmethod
+    def _gpu_string(cls, v: str | None) -> str | None:
+        return modal_gpu(v)
     min_gain: float = Field(
         0.05, ge=0, le=1,
         description="The released model must beat the base model's primary metric on validation by this much, "

@@ -48,6 +48,23 @@ def test_bad_gpu_hint_is_rejected():
         build_config({"rl": {"compute": "H100:two"}})
 
 
+@pytest.mark.parametrize("section,hint,says", [
+    ("rl", "H100:0", "from 1 to 8"), ("domain", "A10:5", "from 1 to 4"), ("warm_start", "H99", "not a Modal GPU"),
+    ("evaluate", "V100", "not a Modal GPU"), ("rl", ":2", "not a Modal GPU"), ("rl", "H100:", "from 1 to 8"),
+])  # fmt: skip
+def test_a_gpu_modal_does_not_offer_is_refused_naming_the_field(section, hint, says):
+    """Was: a count of 0 or an unknown type passed, and failed only at spawn, as infrastructure."""
+    with pytest.raises(ConfigError, match=says) as e:
+        build_config({section: {"compute": hint}})
+    assert e.value.errors[0]["loc"] == f"{section}.compute" and hint in str(e.value)
+
+
+def test_modal_gpu_hints_are_case_insensitive_and_normalised():
+    cfg = build_config({"rl": {"compute": "h100:2"}, "domain": {"compute": "a10g"}, "evaluate": {"compute": "B200+"},
+                        "warm_start": {"compute": "H100!"}})  # fmt: skip
+    assert (cfg.rl.compute, cfg.domain.compute, cfg.evaluate.compute, cfg.warm_start.compute) == ("H100:2", "A10G", "B200+", "H100!")
+
+
 def test_malformed_json_points_at_line_and_column(tmp_path):
     p = tmp_path / "dreamforge.config.json"
     p.write_text('{\n  "task": "detect",\n  "reward": iou\n}')

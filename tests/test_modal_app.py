@@ -12,6 +12,7 @@ from conftest import ROOT
 
 from dreamforge.executors.local import stage_command
 from dreamforge.executors.modal_executor import DEFAULT_GPU, stage_gpu
+from dreamforge.executors.modal_limits import GPU_WAIT_S, STAGE_TIMEOUT_S, stage_budget_s
 from dreamforge.executors.modal_stage import gpu_count
 from pipeline.stage_table import STAGES
 
@@ -40,12 +41,30 @@ def test_app_imports_without_torch_or_a_modal_token(tmp_path):
 def test_every_stage_is_a_gpu_function_with_timeout_retries_volumes_and_secrets(deployed, stage):
     info = getattr(deployed, stage).info()
     assert info.gpus == [(DEFAULT_GPU[stage], 1)]
-    assert info.timeout == deployed.STAGE_TIMEOUT[stage] >= 2 * 3600
+    assert info.timeout == STAGE_TIMEOUT_S[stage] >= 2 * 3600
+    assert info.startup_timeout == 20 * 60  # set, so the CUDA image's cold start is not the stage's timeout
     assert info.max_retries == 3  # a preempted or crashed stage restarts on the same input
     assert {path: v.name for path, v in info.volumes.items()} == VOLUMES
     assert sorted(info.secrets) == ["modal.Secret.from_name('dreamforge-huggingface')",
                                     "modal.Secret.from_name('dreamforge-mongodb')"]  # fmt: skip
     assert info.single_use_containers  # each retry starts clean
+    # Not Modal's default 0.125 cores / 128 MiB (which also sets OMP_NUM_THREADS from it): data
+    # loading for the GPU would be throttled.
+    assert (info.cpu, info.memory_mib) == (4.0, 16 * 1024)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_orchestrator_gives_each_stage_its_modal_timeout_on_every_try(deployed, stage):
+    """Modal restarts the timeout per retry (modal.com/docs/guide/timeouts), so the budget the
+    executor polls against is the registered function's own (startup + timeout) × tries: an 8 h
+    warm start or a 12 h RL stage is not cut at the local executor's 6 h."""
+    from dreamforge.executors.modal_executor import ModalExecutor
+    from dreamforge.settings import Settings
+
+    info = getattr(deployed, stage).info()
+    assert stage_budget_s(stage) == (info.startup_timeout + info.timeout) * (info.max_retries + 1) + GPU_WAIT_S
+    assert ModalExecutor.__init__.__kwdefaults__["budget_s"] is stage_budget_s
+    assert stage_budget_s(stage) > Settings().stage_timeout_s  # the local limit (6 h) no longer applies
 
 
 def test_rl_gets_the_largest_gpu_and_a_jobs_compute_hint_wins():
@@ -63,6 +82,10 @@ def test_orchestrator_sweep_and_web_endpoint(deployed):
     assert "modal.Secret.from_name('dreamforge-mongodb')" in orch.secrets
     sweep = deployed.sweep.info()
     assert sweep.gpus == [] and sweep.schedule == "Period(minutes=1)"
+    # Both drain the GitHub outboxes (statuses, comments, deliveries read later): they need the token.
+    assert "modal.Secret.from_name('dreamforge-github')" in orch.secrets
+    assert sorted(sweep.secrets) == ["modal.Secret.from_name('dreamforge-github')",
+                                     "modal.Secret.from_name('dreamforge-mongodb')"]  # fmt: skip
     web = deployed.web.info()
     assert web.gpus == [] and web.web_info is not None
     # Webhook secrets are per project, in the database (POST /api/github/link): no deployment-wide one.
@@ -81,6 +104,10 @@ def test_image_installs_the_projects_own_dependencies_with_cuda_torch(deployed):
 
 def test_a_multi_gpu_stage_launches_through_accelerate(tmp_path):
     from accelerate.commands.launch import launch_command_parser
+
+    from dreamforge.executors.modal_limits import stage_resources
+
+    assert stage_resources("H100:4") == {"cpu": 16.0, "memory": 4 * 16 * 1024}  # per GPU
 
     assert gpu_count("H100:4") == 4 and gpu_count("H100") == 1 and gpu_count(None) == 1
     cfg, out = tmp_path / "config.json", tmp_path / "out"

@@ -62,6 +62,7 @@ class LocalFunctions:
     def __init__(self) -> None:
         self.calls: dict[str, LocalCall] = {}
         self.spawns: list[tuple[str, str | None]] = []  # (function name, gpu from with_options)
+        self.options: dict[str, dict] = {}  # function name -> its with_options
 
     def lookup(self, name: str):
         return _LocalFunction(self, name)
@@ -74,7 +75,8 @@ class _LocalFunction:
     def __init__(self, registry: LocalFunctions, name: str, gpu: str | None = None) -> None:
         self.registry, self.name, self.gpu = registry, name, gpu
 
-    def with_options(self, *, gpu: str | None = None, **_):
+    def with_options(self, *, gpu: str | None = None, **options):
+        self.registry.options[self.name] = {"gpu": gpu, **options}
         return _LocalFunction(self.registry, self.name, gpu)
 
     def spawn(self, *args) -> LocalCall:
@@ -202,6 +204,7 @@ def test_job_through_modal_executor_survives_a_crashed_orchestrator_with_local_m
     assert doc["attempt"] == 2
     assert [name for name, _ in fake.spawns] == ["warm_start", "domain", "reward", "evaluate"]  # warm_start once
     assert ("domain", "A10G") in fake.spawns  # the job's compute hint picks the GPU
+    assert fake.options == {"domain": {"gpu": "A10G", "cpu": 4.0, "memory": 16384}}  # and reserves CPU and memory for it
     assert {s: c["attempt"] for s, c in doc["modal_calls"].items()} == dict.fromkeys(STAGES, 2)
     assert all(doc["stages"][s]["status"] == "done" for s in STAGES)
     # Every stage function body ran its real stage on the tiny model (.local()).
@@ -260,6 +263,357 @@ def test_cancelling_a_job_cancels_its_modal_call(env):
     queue.finish(db, job_id, job["attempt"], "cancelled")
 
 
+def test_a_github_job_on_modal_posts_its_commit_status_and_pr_comment(env, gh, monkeypatch):
+    """End to end on the local stand-ins: a push stored while GitHub was away is read by the
+    sweep, its job runs through ``ModalExecutor`` in the orchestrator's loop, and the commit
+    status goes pending → success with the pull request's comment posted, with no API process
+    and no ``dreamforge worker`` running (on Modal neither exists)."""
+    from github_helpers import sha
+
+    import modal_app.app as deployed
+    from dreamforge.auth import create_project
+    from dreamforge.github import push_outbox
+    from dreamforge.store import GITHUB_PUSHES
+
+    settings, db = env
+    for k, v in {"GITHUB_TOKEN": "ghs_modal", "GITHUB_API_URL": gh.url, "DREAMFORGE_GITHUB_WRITE_INTERVAL_S": "0"}.items():
+        monkeypatch.setenv(k, v)  # the `github` secret of sweep and orchestrate, and where GitHub is
+    pid, _ = create_project(db, "modal-github")
+    repo, commit, pr = "acme/on-modal", sha(), 7
+    cfg = tiny_job_config(name="on-modal", evaluate={"min_gain": 0, "min_parse_rate": 0})  # a green check on a tiny model
+    gh.files[(repo, commit, "dreamforge.config.json")] = json.dumps(cfg)
+    p = push_outbox.pending_doc(pid, "d-modal", repo, ("pr-branch", commit, pr, False))
+    db[GITHUB_PUSHES].insert_one({**p, "due": queue.stamp(queue.now())})  # the web endpoint stored it; GitHub was away
+
+    first = deployed.sweep.local()
+    assert first["resolved"] == 1 and first["ready"] == 1 and first["github"] == 1
+    job = db[JOBS].find_one({"source.sha": commit})
+    assert job["status"] == "queued" and job["source"]["pr"] == pr
+    assert [(s["state"], s["description"]) for s in gh.statuses(commit)] == [("pending", "queued")]
+
+    fake = LocalFunctions()
+    worker = Worker(Settings(lease_s=3.0, backoff_s=0.2, poll_s=0.05),
+                    executor=ModalExecutor(settings, lookup=fake.lookup, call_from_id=fake.from_id, poll_s=0.05),
+                    worker_id="orchestrator-gh")  # fmt: skip
+    try:
+        assert deployed.run_jobs(worker) == 1
+    finally:
+        worker.client.close()
+    deployed.sweep.local()  # whatever the orchestrator left due
+    doc = db[JOBS].find_one({"_id": job["_id"]})
+    assert doc["status"] == "succeeded", (doc["error"], messages(db, job["_id"])[-10:])
+    states = [(s["state"], s["description"]) for s in gh.statuses(commit)]
+    assert states[0] == ("pending", "queued") and states[-1][0] == "success", states
+    assert any(d.startswith("training: stage") for _, d in states)  # posted while the stages ran
+    assert [s for s, _ in states[:-1]] == ["pending"] * (len(states) - 1)
+    comments = [r for r in gh.requests if r["method"] == "POST" and r["path"] == f"/repos/{repo}/issues/{pr}/comments"]
+    assert len(comments) == 1 and job["_id"] in comments[0]["json"]["body"]
+    assert "github_outbox" not in doc  # final status and comment are on GitHub: nothing left to post
+    assert {r["auth"] for r in gh.requests if repo in r["path"]} == {"token ghs_modal"}
+
+
+# -- the artifacts Volume ---------------------------------------------------------------------
+class MountedVolume:
+    """The artifacts Volume as Modal 1.6.4's ``_Volume.commit`` treats the container's mount:
+    a commit is followed by a reload (modal/volume.py: ``if not resp.skip_reload: await
+    self._do_reload(lock=False)``), and a reload fails while files on the Volume are open
+    ("Reloading will fail if there are open files for the volume", raised as RuntimeError).
+    Open files are this process's, read from /proc/self/fd under ``root``. ``fail`` makes that
+    many commits fail first, as a dropped connection does."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.commits, self.refused, self.fail = root, 0, [], 0
+
+    def open_files(self) -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(f"{self.root}/"):
+                found.append(target)
+        return found
+
+    def commit(self) -> None:
+        import modal.exception
+
+        if self.fail:
+            self.fail -= 1
+            raise modal.exception.ConnectionError("Could not connect to the Modal server.")
+        if files := self.open_files():
+            self.refused.append(files)
+            raise RuntimeError(f"there are open files preventing the operation: {files[0]}")
+        self.commits += 1
+
+
+def test_a_stage_commits_its_volume_once_after_closing_its_files_retrying_a_failed_commit(env):
+    """No commit thread: while the stage runs, events.jsonl is open on the Volume, so a periodic
+    commit (and its reload) would fail; the one commit after the stage succeeds, on its second
+    try after a dropped connection."""
+    from dreamforge.executors.modal_stage import commit_volume
+
+    settings, db = env
+    cfg = tiny_job_config()
+    job_id = new_job(db, cfg)
+    job = queue.claim(db, "volume-test", settings.lease_s * 100)
+    assert job["_id"] == job_id
+    token = modal_calls.new_token()
+    modal_calls.record_token(db, job_id, job["attempt"], "warm_start", token, None)
+    volume = MountedVolume(settings.artifacts / job_id)
+    volume.fail = 1
+    seen_open, done = set(), threading.Event()
+
+    def watch() -> None:  # what a commit made during the stage would have run into
+        while not done.wait(0.05):
+            seen_open.update(Path(f).name for f in volume.open_files())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = run_stage(job_id, "warm_start", token, cfg, commit=volume.commit)
+    finally:
+        done.set()
+        watcher.join(5)
+    assert result["kind"] == "done", result
+    assert "events.jsonl" in seen_open  # open for the whole stage: a commit then would have failed
+    assert volume.commits == 1 and volume.refused == [] and volume.fail == 0  # retried once, files closed
+    queue.finish(db, job_id, job["attempt"], "failed")
+
+    volume.fail = 2  # twice in a row: reported, so a finished stage raises and Modal retries it
+    assert commit_volume(volume.commit, "test") is False and volume.commits == 1
+
+
+def test_the_app_has_no_volume_commit_thread():
+    import modal_app.app as deployed
+
+    assert not hasattr(deployed, "_committing") and not hasattr(deployed, "COMMIT_EVERY_S")
+    assert "threading" not in vars(deployed)
+
+
+# -- polling a call: stand-ins for Modal's answers -------------------------------------------
+class RunningCall:
+    """A ``FunctionCall`` whose input has no output yet: ``get(timeout=0)`` raises the built-in
+    TimeoutError, as Modal's ``_Invocation.poll_function`` does when ``FunctionGetOutputs``
+    returns no output while inputs are unfinished (modal/_functions.py, 1.6.4). ``errors`` are
+    raised first, one per poll, then ``result`` (if any) is returned."""
+
+    def __init__(self, errors=(), result=None) -> None:
+        self.object_id = "fc-" + secrets.token_hex(6)
+        self.errors, self.result = list(errors), result
+        self.polls, self.cancelled = 0, False
+
+    def get(self, timeout=None):
+        self.polls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        if self.result is not None:
+            return self.result
+        raise TimeoutError()
+
+    def cancel(self, terminate_containers: bool = False) -> None:
+        self.cancelled = True
+
+
+class Spawner:
+    """``Function.from_name(...)`` whose ``spawn`` hands out the given stand-in calls."""
+
+    def __init__(self, *calls: RunningCall) -> None:
+        self.calls = list(calls)
+        self.by_id = {c.object_id: c for c in calls}
+
+    def lookup(self, name: str):
+        return self
+
+    def with_options(self, **_):
+        return self
+
+    def spawn(self, *args) -> RunningCall:
+        return self.calls.pop(0)
+
+
+def claimed_job(settings, db, stage: str = "warm_start"):
+    job_id = new_job(db, tiny_job_config())
+    job = queue.claim(db, "poller", settings.lease_s * 100)
+    while job["_id"] != job_id:
+        queue.finish(db, job["_id"], job["attempt"], "cancelled")
+        job = queue.claim(db, "poller", settings.lease_s * 100)
+    workdir = settings.artifacts / job_id
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(job["config"]))
+    queue.stage_started(db, job_id, job["attempt"], stage)
+    return job, workdir
+
+
+def test_a_call_is_polled_against_its_stage_budget_counted_from_its_spawn(env):
+    """Not the worker's local stage timeout: a call runs until its Modal budget is spent, and an
+    adopted call keeps the budget it had (a takeover does not restart the clock)."""
+    import time
+    from datetime import timedelta
+
+    settings, db = env
+    job, workdir = claimed_job(settings, db)
+    call = RunningCall()
+    spawner = Spawner(call)
+    ex = ModalExecutor(settings, lookup=spawner.lookup, call_from_id=spawner.by_id.get, poll_s=0.05,
+                       budget_s=lambda stage: 1.0)  # fmt: skip
+    t0 = time.monotonic()
+    outcome = ex.run_stage(job, "warm_start", workdir, MongoSink(db, job["_id"], job["attempt"]), lambda: None, 0.01)
+    assert outcome.kind == "timeout" and "budget on Modal" in outcome.message
+    assert time.monotonic() - t0 >= 1.0 and call.cancelled  # the worker's 0.01 s did not cut it
+
+    # A call spawned an hour ago by a dead orchestrator, adopted now with an hour and a second of budget.
+    adopted = RunningCall()
+    spawner.by_id[adopted.object_id] = adopted
+    db[JOBS].update_one({"_id": job["_id"]}, {"$set": {"modal_calls.warm_start": {
+        "token": "t", "attempt": job["attempt"], "call_id": adopted.object_id, "gpu": "L40S",
+        "spawned_at": queue.now() - timedelta(hours=1)}}})  # fmt: skip
+    job = db[JOBS].find_one({"_id": job["_id"]})
+    ex.budget_s = lambda stage: 3601.0
+    t0 = time.monotonic()
+    outcome = ex.run_stage(job, "warm_start", workdir, MongoSink(db, job["_id"], job["attempt"]), lambda: None, 600)
+    assert outcome.kind == "timeout" and time.monotonic() - t0 < 10 and adopted.cancelled
+    queue.finish(db, job["_id"], job["attempt"], "failed")
+
+
+def unreachable_errors() -> list[Exception]:
+    """What ``get()`` raises when Modal cannot be asked, in Modal 1.6.4: ``ConnectionError`` once
+    the client's own retries are spent on an OSError or a timeout
+    (``_utils.grpc_utils.process_exception_before_retry``), ``ServiceError`` for gRPC UNAVAILABLE
+    (``_grpc_client``), the client's ``RetryTimeoutError`` (a Modal TimeoutError), a bare OSError."""
+    import modal.exception as me
+    from modal._utils.grpc_utils import RetryTimeoutError
+
+    return [me.ConnectionError("Could not connect to the Modal server."), me.ServiceError("UNAVAILABLE"),
+            RetryTimeoutError(OSError("timed out")), ConnectionResetError(104, "Connection reset by peer")]  # fmt: skip
+
+
+def test_modal_unreachable_while_polling_keeps_the_running_call(env):
+    """Was: the first connection error counted as the call's end, ``forget()`` made the paid call
+    see itself superseded, and it stopped. Now polling goes on (backing off) until Modal answers."""
+    import time
+
+    settings, db = env
+    job, workdir = claimed_job(settings, db)
+    errors = unreachable_errors()
+    call = RunningCall(errors=list(errors))
+    spawner = Spawner(call)
+    ex = ModalExecutor(settings, lookup=spawner.lookup, call_from_id=spawner.by_id.get, poll_s=0.01)
+    # The lease is lost a poll after Modal answers again: the call must still be the job's.
+    t0 = time.monotonic()
+    outcome = ex.run_stage(job, "warm_start", workdir, MongoSink(db, job["_id"], job["attempt"]),
+                           lambda: "lost" if call.polls > len(errors) else None, 600)  # fmt: skip
+    assert outcome.kind == "lost" and call.polls == len(errors) + 1 and not call.cancelled
+    assert time.monotonic() - t0 >= 0.01 * (2 + 4 + 8 + 16)  # it backed off between unanswered polls
+    stored = db[JOBS].find_one({"_id": job["_id"]})["modal_calls"]["warm_start"]
+    assert stored["call_id"] == call.object_id  # not forgotten: the next owner adopts it
+    queue.finish(db, job["_id"], job["attempt"], "failed")
+
+
+def test_only_modals_terminal_answers_end_a_call(env):
+    """Each terminal answer of ``get()`` in Modal 1.6.4 (``_process_result``, ``poll_function``)
+    ends the call, and only then is it forgotten so a retry spawns afresh."""
+    import modal.exception as me
+
+    from dreamforge.executors.modal_executor import poll_answer
+    from dreamforge.executors.modal_stage import StageInfraError
+
+    assert poll_answer(TimeoutError()) == "running"
+    assert {poll_answer(e) for e in unreachable_errors()} == {"transient"}
+    settings, db = env
+    cases = [(me.FunctionTimeoutError("timed out"), "timeout"), (me.OutputExpiredError(), "infra_error"),
+             (me.InternalFailure("internal"), "infra_error"), (me.RemoteError("terminated"), "infra_error"),
+             (StageInfraError("stage warm_start: CUDA error"), "infra_error")]  # fmt: skip
+    for exc, kind in cases:
+        job, workdir = claimed_job(settings, db)
+        call = RunningCall(errors=[me.ConnectionError("blip"), exc])
+        spawner = Spawner(call)
+        ex = ModalExecutor(settings, lookup=spawner.lookup, call_from_id=spawner.by_id.get, poll_s=0.01)
+        outcome = ex.run_stage(job, "warm_start", workdir, MongoSink(db, job["_id"], job["attempt"]), lambda: None, 600)
+        assert outcome.kind == kind and call.polls == 2, (exc, outcome)
+        assert "warm_start" not in (db[JOBS].find_one({"_id": job["_id"]}).get("modal_calls") or {})
+        queue.finish(db, job["_id"], job["attempt"], "failed")
+
+
+def test_the_stage_function_raises_only_its_own_error_type(env):
+    """An OSError inside the function would read as "Modal unreachable" to the orchestrator,
+    which would then poll a dead call until its budget ran out."""
+    from dreamforge.executors.modal_stage import StageInfraError
+
+    settings, db = env
+    job, _ = claimed_job(settings, db)
+    token = modal_calls.new_token()
+    modal_calls.record_token(db, job["_id"], job["attempt"], "warm_start", token, None)
+    blocker = settings.artifacts / "not-a-dir"
+    blocker.write_text("")  # the artifacts root is a file: mkdir raises an OSError
+    with pytest.raises(StageInfraError, match="NotADirectoryError|FileExistsError"):
+        run_stage(job["_id"], "warm_start", token, tiny_job_config(), settings=Settings(home=blocker))
+    queue.finish(db, job["_id"], job["attempt"], "failed")
+
+
+@pytest.mark.parametrize("refusal,status,kind", [("invalid", "failed", "user"), ("unreachable", "queued", "infra")])
+def test_a_spawn_modal_refuses_fails_the_job_not_the_orchestrator(env, refusal, status, kind):
+    """Was: an exception from ``spawn`` went up through the worker and crashed the orchestrator
+    (retried by Modal as infrastructure, over and over). Modal refusing the request (its
+    ``InvalidError``, what the server answers for a GPU it does not offer) fails the job and names
+    the field; Modal unreachable sends the job back to the queue to retry."""
+    import modal.exception as me
+
+    settings, db = env
+    job_id = new_job(db, tiny_job_config(rl={"compute": "H100:2"}))
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.tries = 0
+
+        def lookup(self, name):
+            return self
+
+        def with_options(self, **_):
+            return self
+
+        def spawn(self, *args):
+            self.tries += 1
+            raise (me.InvalidError("GPU type not available") if refusal == "invalid"
+                   else me.ConnectionError("Could not connect to the Modal server."))  # fmt: skip
+
+    fn = Refusing()
+    worker = Worker(settings, executor=ModalExecutor(settings, lookup=fn.lookup, poll_s=0.01), worker_id="spawn-refused")
+    # The job's earlier stages are done: the spawn that fails is the RL stage's, on its compute hint.
+    db[JOBS].update_one({"_id": job_id}, {"$set": {f"stages.{s}.status": "done" for s in ("warm_start", "domain")}})
+    try:
+        while (doc := db[JOBS].find_one({"_id": job_id}))["status"] == "queued" and doc["attempt"] == 0:
+            assert worker.run_once()  # returns: the orchestrator lives on
+    finally:
+        worker.client.close()
+    doc = db[JOBS].find_one({"_id": job_id})
+    assert fn.tries == 1 and doc["status"] == status and doc["error"]["kind"] == kind, doc["error"]
+    assert "reward" not in (doc.get("modal_calls") or {})  # the recorded token is dropped with the call that never was
+    if refusal == "invalid":
+        assert "rl.compute" in doc["error"]["message"] and "H100:2" in doc["error"]["message"]
+    else:
+        assert "could not start it on Modal" in doc["error"]["message"]
+        db[JOBS].update_one({"_id": job_id}, {"$set": {"status": "cancelled"}, "$unset": {"queue_key": ""}})
+
+
+class CommittedFiles:
+    """The artifacts Volume as ``Volume.read_file`` serves it outside a mount (Modal 1.6.4,
+    modal/volume.py): an async generator of the committed file's blocks, FileNotFoundError
+    (translated from the server's NotFoundError) for a path it does not hold."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.reads: list[str] = []
+
+    async def read_file(self, path: str):
+        self.reads.append(path)
+        if path not in self.files:
+            raise FileNotFoundError(f"No such file: {path}")
+        data = self.files[path]
+        for i in range(0, len(data), 8):  # in blocks, as Modal streams them
+            yield data[i : i + 8]
+
+
 # -- the web endpoint and the sweep (last: they leave a queued job behind) -----------------
 def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
     import asyncio
@@ -270,17 +624,28 @@ def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
 
     from dreamforge.api.app import create_app
     from dreamforge.auth import create_project
-    from modal_app.app import spawn_on_queue
+    from modal_app.app import configure_web
 
     settings, db = env
-    _, key = create_project(db, "modal-web")
+    pid, key = create_project(db, "modal-web")
     spawned = []
 
     async def spawn():
         spawned.append(1)
 
+    # A job that finished on Modal: its predictions are on the Volume, not on this API's disk.
+    volume = CommittedFiles()
+    finished = new_job(db, tiny_job_config())
+    out = settings.artifacts / finished / "out"
+    db[JOBS].update_one({"_id": finished}, {"$set": {"project_id": pid, "status": "succeeded",
+                        "result": {"artifacts": {"metrics.json": str(out / "metrics.json")}}},
+                        "$unset": {"queue_key": ""}})  # fmt: skip
+    sample = {"file_name": "not-in-the-dataset.png", "text": "<box>", "pred": {"boxes": []}, "gt": {"boxes": []}}
+    volume.files[f"{finished}/out/predictions.json"] = json.dumps({"domain": [sample]}).encode()
+    assert not out.exists()
+
     api = create_app(settings)
-    spawn_on_queue(api, spawn)
+    configure_web(api, spawn, volume.read_file)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
@@ -289,12 +654,23 @@ def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
         wait_for(lambda: server.started, timeout=30, what="uvicorn")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as c:
             assert c.post("/api/train", json={"config": {"rl": {"beta": -1}}}).status_code == 422
+            bad_gpu = c.post("/api/train", json={"config": tiny_job_config(rl={"compute": "H100:0"})})
+            assert bad_gpu.status_code == 422 and bad_gpu.json()["detail"][0]["loc"] == ["rl", "compute"]
+            assert "from 1 to 8" in bad_gpu.json()["detail"][0]["msg"]
             assert c.get("/api/jobs").status_code == 200
             assert spawned == []  # nothing was queued
             r = c.post("/api/train", json={"config": tiny_job_config()})
             assert r.status_code == 201, r.text
             assert spawned == [1]
             assert db[JOBS].find_one({"_id": r.json()["jobId"]})["status"] == "queued"
+            # GET /samples reads predictions.json through the Volume's API (was: always 404 on Modal).
+            r = c.get(f"/api/jobs/{finished}/samples")
+            assert r.status_code == 200, r.text
+            assert [x["text"] for x in r.json()["samples"]] == ["<box>"] and r.json()["model"] == "domain"
+            assert volume.reads == [f"{finished}/out/predictions.json"]
+            volume.files.clear()
+            r = c.get(f"/api/jobs/{finished}/samples", params={"n": 2})  # not cached: a new request
+            assert r.status_code == 404 and "predictions.json" in r.json()["detail"]
     finally:
         server.should_exit = True
         thread.join(10)

@@ -18,6 +18,7 @@ from typing import Any
 
 from dreamforge.executors import modal_calls
 from dreamforge.executors.local import StageOutcome, stage_info
+from dreamforge.executors.modal_limits import DEFAULT_GPU, stage_budget_s, stage_resources
 from dreamforge.jobs import queue, streams
 from dreamforge.settings import Settings
 from dreamforge.store import client
@@ -25,10 +26,6 @@ from pipeline.stage_table import SECTION
 
 log = logging.getLogger("dreamforge.modal_executor")
 
-# GPU per stage when the job's config gives no ``compute`` hint. SFT of a small VLM fits an L40S
-# (48 GB); RL holds the policy plus rollouts of num_generations samples per prompt, so it gets
-# the largest; evaluation and 4-bit export are generation only.
-DEFAULT_GPU = {"warm_start": "L40S", "domain": "L40S", "reward": "H100", "evaluate": "L4"}
 
 
 def stage_gpu(config: dict[str, Any], stage: str) -> str:
@@ -49,26 +46,55 @@ def modal_call(call_id: str) -> Any:
     return modal.FunctionCall.from_id(call_id)
 
 
-def _pending(exc: BaseException) -> bool:
-    # ``FunctionCall.get(timeout=0)`` raises the built-in TimeoutError while the call runs;
-    # Modal's own TimeoutError subclasses (the function timed out, the result expired) are ends.
-    return type(exc) is TimeoutError
+def poll_answer(exc: BaseException) -> str:
+    """What an exception from ``FunctionCall.get(timeout=0)`` says about the call, in Modal 1.6.4:
+    "running", "transient" (Modal could not be asked: ask again), "timeout" or "ended".
+
+    - The built-in TimeoutError: no output yet (``_Invocation.poll_function``).
+    - Terminal: ``FunctionTimeoutError`` (the last try ran past its timeout), ``InternalFailure``
+      and ``RemoteError`` (a failed or terminated input), ``ExecutionError`` /
+      ``DeserializationError`` (an output that cannot be read) — all from
+      ``_utils.function_utils._process_result`` — ``OutputExpiredError`` (no output will come),
+      ``NotFoundError`` (no such call), and the function's own exception re-raised once Modal's
+      retries are spent (the stage function raises only ``StageInfraError``).
+    - Transient: every other Modal error (``ConnectionError``, which the client raises for
+      OSError, asyncio timeouts and HTTP/2 errors once its own retries are spent; ``ServiceError``
+      for gRPC UNAVAILABLE / DEADLINE_EXCEEDED; its retry ``TimeoutError``), and OSError.
+    """
+    import modal.exception as me
+
+    if type(exc) is TimeoutError:
+        return "running"
+    if isinstance(exc, me.FunctionTimeoutError):
+        return "timeout"
+    if isinstance(exc, me.OutputExpiredError | me.InternalFailure | me.RemoteError | me.ExecutionError
+                  | me.DeserializationError | me.NotFoundError):  # fmt: skip
+        return "ended"
+    if isinstance(exc, me.Error | OSError):
+        return "transient"
+    return "ended"
+
+
+BACKOFF_CAP_S = 60.0  # between polls while Modal cannot be reached
 
 
 class ModalExecutor:
     def __init__(self, settings: Settings | None = None, *, lookup: Callable[[str], Any] | None = None,
                  call_from_id: Callable[[str], Any] = modal_call, reload: Callable[[], None] | None = None,
-                 poll_s: float = 2.0) -> None:  # fmt: skip
+                 poll_s: float = 2.0, budget_s: Callable[[str], float] = stage_budget_s) -> None:  # fmt: skip
         self.settings = settings or Settings()
         self.lookup = lookup or modal_lookup(self.settings.modal_app)
         self.call_from_id = call_from_id
         # On Modal the orchestrator mounts the artifacts Volume: reload it to see what a stage wrote.
         self.reload = reload or (lambda: None)
         self.poll_s = poll_s
+        self.budget_s = budget_s
         self._client = client(self.settings.require_uri())
         self.db = self._client[self.settings.db_name]
 
     def run_stage(self, job, stage, workdir, sink, check, timeout_s):
+        """``timeout_s`` (the local executor's limit) is not used: a call's budget follows from
+        its Modal timeout and retries (``modal_limits``), counted from its spawn."""
         job_id, attempt = job["_id"], job["attempt"]
         stored = (job.get("modal_calls") or {}).get(stage) or {}
         # While the call runs, the function appends logs under this attempt; two processes
@@ -80,11 +106,15 @@ class ModalExecutor:
             sink.flush()
             modal_calls.adopt(self.db, job_id, attempt, stage)
             call = self.call_from_id(stored["call_id"])
+            spawned_at = stored.get("spawned_at") or queue.now()
         else:
+            spawned_at = queue.now()
             call = self._spawn(job, stage, workdir, sink)
-            if call is None:
-                return StageOutcome("lost", "lease lost while spawning")
-        outcome = self._poll(call, job, stage, check, timeout_s)
+            if isinstance(call, StageOutcome):
+                return call
+        # A takeover keeps the call's budget: it does not start again with the new orchestrator.
+        left = self.budget_s(stage) - (queue.now() - spawned_at).total_seconds()
+        outcome = self._poll(call, job, stage, check, time.monotonic() + left)
         streams.reset_seq(job_id)
         if outcome.kind in ("done", "lost"):
             return outcome
@@ -94,36 +124,52 @@ class ModalExecutor:
             return StageOutcome("lost", "lease lost")
         return outcome
 
-    def _spawn(self, job: dict[str, Any], stage: str, workdir: Path, sink) -> Any | None:
+    def _spawn(self, job: dict[str, Any], stage: str, workdir: Path, sink) -> Any:
+        """The stage's new call, or the ``StageOutcome`` of failing to start one."""
         job_id, attempt = job["_id"], job["attempt"]
         config, reward_source = _inputs(workdir)
         gpu = stage_gpu(config, stage)
-        fn = self.lookup(stage)  # modal_app/app.py registers one function per stage, named after it
-        if gpu != DEFAULT_GPU[stage]:
-            fn = fn.with_options(gpu=gpu)
         token = modal_calls.new_token()
         modal_calls.record_token(self.db, job_id, attempt, stage, token, gpu)  # before anything runs
         sink.log(f"stage {stage}: spawning Modal function {stage} on {gpu}", stage=stage)
         sink.flush()
-        call = fn.spawn(job_id, token, config, reward_source, gpu)
+        try:
+            fn = self.lookup(stage)  # modal_app/app.py registers one function per stage, named after it
+            if gpu != DEFAULT_GPU[stage]:
+                fn = fn.with_options(gpu=gpu, **stage_resources(gpu))  # CPU and memory scale with the GPUs
+            call = fn.spawn(job_id, token, config, reward_source, gpu)
+        except Exception as e:  # noqa: BLE001 — never crash the orchestrator: sorted below
+            try:
+                modal_calls.forget(self.db, job_id, attempt, stage)
+            except queue.LostLease:
+                return StageOutcome("lost", "lease lost")
+            return _spawn_failed(e, stage, gpu)
         try:
             modal_calls.record_call(self.db, job_id, attempt, stage, token, call.object_id)
         except queue.LostLease:
-            call.cancel()  # nobody owns the job any more; its successor spawns its own call
-            return None
+            _cancel(call)  # nobody owns the job any more; its successor spawns its own call
+            return StageOutcome("lost", "lease lost while spawning")
         return call
 
     def _poll(self, call, job: dict[str, Any], stage: str, check: Callable[[], str | None],
-              timeout_s: float) -> StageOutcome:  # fmt: skip
-        started = time.monotonic()
+              deadline: float) -> StageOutcome:  # fmt: skip
+        unreachable = 0  # polls in a row that could not reach Modal
         while True:
             try:
                 result = call.get(timeout=0)
-            except Exception as e:  # noqa: BLE001 — sorted below
-                if not _pending(e):
-                    if type(e).__name__ == "FunctionTimeoutError":
-                        return StageOutcome("timeout", f"stage {stage} ran past its Modal timeout")
+            except Exception as e:  # noqa: BLE001 — sorted by poll_answer
+                answer = poll_answer(e)
+                if answer == "timeout":
+                    return StageOutcome("timeout", f"stage {stage} ran past its Modal timeout on its last try")
+                if answer == "ended":
                     return StageOutcome("infra_error", f"stage {stage} on Modal: {type(e).__name__}: {e}"[:2000])
+                if answer == "transient":
+                    # The call may well be running: keep it (forgetting it would stop a paid run).
+                    unreachable += 1
+                    log.warning("job %s stage %s: cannot ask Modal about call %s (%s: %s), try %d", job["_id"], stage,
+                                call.object_id, type(e).__name__, e, unreachable)  # fmt: skip
+                else:
+                    unreachable = 0
             else:
                 outcome = self._ended(result, job, stage)
                 if outcome.kind == "lost" and check() != "lost":
@@ -132,14 +178,15 @@ class ModalExecutor:
                 return outcome
             reason = check()
             if reason == "cancelled":
-                call.cancel()
+                _cancel(call)
                 return StageOutcome("cancelled", "cancelled by the user")
             if reason == "lost":
                 return StageOutcome("lost", "lease lost")  # the call runs on; the next owner adopts it
-            if time.monotonic() - started > timeout_s:
-                call.cancel()
-                return StageOutcome("timeout", f"stage {stage} ran past its {timeout_s:.0f} s limit")
-            time.sleep(self.poll_s)
+            if time.monotonic() > deadline:
+                _cancel(call)
+                return StageOutcome("timeout", f"stage {stage} ran past its {self.budget_s(stage):.0f} s budget on Modal "
+                                               "(its timeout on each of its tries)")  # fmt: skip
+            time.sleep(min(self.poll_s * 2**unreachable, BACKOFF_CAP_S) if unreachable else self.poll_s)
 
     def _ended(self, result: dict[str, Any], job: dict[str, Any], stage: str) -> StageOutcome:
         kind = result.get("kind")
@@ -148,6 +195,28 @@ class ModalExecutor:
         self.reload()
         info = result.get("info") or stage_info(self.settings.artifacts / job["_id"] / "out", stage)
         return StageOutcome("done", info=info)
+
+
+def _spawn_failed(exc: Exception, stage: str, gpu: str) -> StageOutcome:
+    """Modal refusing the request (``InvalidError``: a GPU it does not offer, arguments it cannot
+    take) is the job's to fix, so it fails without retries; anything else (Modal unreachable, the
+    app not deployed yet) is retried as infrastructure."""
+    import modal.exception as me
+
+    if isinstance(exc, me.InvalidError):
+        where = f"{SECTION[stage]}.compute"
+        return StageOutcome("user_error", f"Modal refused to start stage {stage} on GPU {gpu!r} ({exc}); "
+                                          f"check {where} in the config")  # fmt: skip
+    return StageOutcome("infra_error", f"stage {stage}: could not start it on Modal: {type(exc).__name__}: {exc}"[:2000])
+
+
+def _cancel(call) -> None:
+    """Cancel a call; if Modal cannot be reached, the function still stops on its own when it
+    next reads the job (cancel flag, or its token no longer the job's)."""
+    try:
+        call.cancel()
+    except Exception as e:  # noqa: BLE001 — best effort, see above
+        log.warning("cancelling Modal call %s failed (%s: %s)", call.object_id, type(e).__name__, e)
 
 
 def _inputs(workdir: Path) -> tuple[dict[str, Any], str | None]:

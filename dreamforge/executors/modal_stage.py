@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from pymongo.errors import PyMongoError
 
 from dreamforge.executors.local import EventTail, LocalExecutor, StageOutcome, stage_info
 from dreamforge.executors.modal_calls import owner
+from dreamforge.executors.modal_limits import STAGE_TIMEOUT_S, gpu_count
 from dreamforge.jobs import queue, streams
 from dreamforge.jobs.sink import MongoSink
 from dreamforge.settings import Settings
@@ -35,12 +37,6 @@ log = logging.getLogger("dreamforge.modal_stage")
 
 class StageInfraError(RuntimeError):
     """The stage failed for a reason a rerun may fix (crash, lost GPU, database outage)."""
-
-
-def gpu_count(gpu: str | None) -> int:
-    """``"H100:2"`` → 2; a plain type or no GPU → 1."""
-    _, _, count = (gpu or "").partition(":")
-    return int(count) if count.isdigit() and int(count) > 0 else 1
 
 
 class FollowingSink(MongoSink):
@@ -122,11 +118,45 @@ def _wait_for_ownership(db, job_id: str, stage: str, token: str, call_id: str | 
         time.sleep(1.0)
 
 
+def commit_volume(commit: Callable[[], None], what: str) -> bool:
+    """Commit the artifacts Volume, retried once; returns whether it succeeded.
+
+    Only once the stage's files are closed: in Modal 1.6.4 ``Volume.commit()`` reloads the Volume
+    after committing, and a reload fails while files on it are open (modal/volume.py,
+    ``_Volume.commit`` and ``reload``: "Reloading will fail if there are open files for the
+    volume"), so a commit while the stage writes ``events.jsonl`` would fail or, worse, show the
+    container an empty mount while it reloads. Modal commits in the background while the function
+    runs and once more at container shutdown (modal.com/docs/guide/volumes, "Background commits");
+    this explicit one makes the stage's model visible to the orchestrator before it hears "done"."""
+    for tries in (1, 2):
+        try:
+            commit()
+            return True
+        except Exception as e:  # noqa: BLE001 — RuntimeError for open files, Modal's errors for the rest
+            log.warning("%s: committing the Volume failed (%s: %s), try %d of 2", what, type(e).__name__, e, tries)
+    return False
+
+
 def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], reward_source: str | None = None,
               gpu: str | None = None, *, call_id: str | None = None, settings: Settings | None = None,
-              own_wait_s: float = 120.0) -> dict[str, Any]:  # fmt: skip
+              own_wait_s: float = 120.0, commit: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``stage`` of job ``job_id`` into ``<artifacts>/<job_id>/out``; returns
-    ``{"kind": "done" | "user_error" | "cancelled" | "lost", "message", "info"}``."""
+    ``{"kind": "done" | "user_error" | "cancelled" | "lost", "message", "info"}``. ``commit``
+    (on Modal) commits the artifacts Volume once the stage has ended. Raises only
+    ``StageInfraError``: the orchestrator tells the function's own failure from a failure to reach
+    Modal by its type (``modal_executor.poll_answer``), and an OSError here must not read as one."""
+    try:
+        return _run_stage(job_id, stage, token, config, reward_source, gpu, call_id=call_id, settings=settings,
+                          own_wait_s=own_wait_s, commit=commit)  # fmt: skip
+    except StageInfraError:
+        raise
+    except Exception as e:  # noqa: BLE001 — the database gone, a full disk: Modal retries it
+        raise StageInfraError(f"stage {stage}: {type(e).__name__}: {e}"[:2000]) from None
+
+
+def _run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], reward_source: str | None, gpu: str | None,
+               *, call_id: str | None, settings: Settings | None, own_wait_s: float,
+               commit: Callable[[], None] | None) -> dict[str, Any]:  # fmt: skip
     settings = settings or Settings()
     with client(settings.require_uri()) as mongo:
         db = mongo[settings.db_name]
@@ -149,9 +179,12 @@ def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewar
         n = gpu_count(gpu)
         if n > 1:
             outcome = LocalExecutor(num_processes=n).run_stage({"attempt": attempt}, stage, workdir, sink, sink.check,
-                                                               settings.stage_timeout_s)  # fmt: skip
+                                                               STAGE_TIMEOUT_S[stage])  # fmt: skip
         else:
             outcome = _in_process(cfg, stage, workdir / "out", sink)
+    if commit is not None and not commit_volume(commit, f"job {job_id} stage {stage}") and outcome.kind == "done":
+        # The orchestrator would look for a model the Volume does not have: let Modal retry.
+        raise StageInfraError(f"stage {stage}: its model could not be committed to the Volume")
     if outcome.kind == "infra_error":
         raise StageInfraError(outcome.message)
     return {"kind": outcome.kind, "message": outcome.message, "info": outcome.info}

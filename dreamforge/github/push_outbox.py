@@ -178,3 +178,18 @@ async def stop(task: asyncio.Task) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def drain(settings: Settings) -> int:
+    """Resolve the due deliveries once, outside an API process: on Modal the API may be scaled to
+    zero for hours, so the scheduled sweep drains this outbox too (``modal_app``)."""
+    from dreamforge.store import async_client
+
+    async def run() -> int:
+        c = async_client(settings.require_uri())
+        try:
+            return await resolve_due(c[settings.db_name], settings)
+        finally:
+            await c.close()
+
+    return asyncio.run(run())

@@ -7,13 +7,16 @@ index, like the queue's claim), claims each by moving that time forward with a c
 update (so two workers never post the same job twice), posts what changed, and either schedules
 the next look, backs off after a failure, or removes the field once the final state and the
 pull request comment are on GitHub. The worker runs it in a daemon thread
-(:func:`start_sync_thread`); without ``GITHUB_TOKEN`` it does nothing.
+(:func:`start_sync_thread`; on Modal the orchestrator through :func:`syncing`, and the scheduled
+sweep once a minute); without ``GITHUB_TOKEN`` it does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -217,3 +220,23 @@ def start_sync_thread(db, settings: Settings, stop: threading.Event) -> threadin
     th = threading.Thread(target=loop, name="github-status", daemon=True)
     th.start()
     return th
+
+
+@contextlib.contextmanager
+def syncing(db, settings: Settings) -> Iterator[None]:
+    """Sync in the background while the body runs, then once more for what it changed last: a
+    process that exits when its jobs end (Modal's orchestrator) must not take the final status
+    with it. The final look runs one look-interval early, since the finished job's next look is
+    scheduled at most that far ahead."""
+    stop = threading.Event()
+    thread = start_sync_thread(db, settings, stop)
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(30)
+            try:
+                sync_once(db, settings, now=datetime.now(UTC) + timedelta(seconds=LOOK_EVERY_S))
+            except PyMongoError as e:  # the sweep posts it within a minute
+                log.warning("GitHub status sync: database unavailable (%s)", type(e).__name__)

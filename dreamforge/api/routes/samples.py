@@ -3,8 +3,8 @@
 The evaluate stage writes ``predictions.json`` (per evaluated model, the first held-out images
 with the model's raw answer, its decoded prediction and the ground truth) next to
 ``metrics.json``. This route reads it and draws the prediction and the ground truth on each
-image, so the dashboard can show them without touching the worker's disk or loading a model
-(the API never imports torch).
+image, so the dashboard can show them without loading a model (the API never imports torch). The
+file is read through ``dreamforge.api.artifacts``: from disk, or on Modal from the Volume.
 
 Images come from the job's own dataset: ``synthetic://`` is regenerated (deterministic),
 uploaded datasets (``gridfs://``) and server paths are read from the worker's cache or disk.
@@ -14,7 +14,6 @@ without pictures, and the response says why.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -25,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from dreamforge.api import errors
+from dreamforge.api.artifacts import read_artifact
 from dreamforge.api.deps import AppSettings, Project
 from dreamforge.jobs.lanes import lane
 from dreamforge.store import JOBS
@@ -52,10 +52,11 @@ async def samples(request: Request, settings: AppSettings, job_id: str, pid: Pro
         raise HTTPException(404, f"job {job_id} not found")
     if doc["status"] != "succeeded":
         raise HTTPException(409, f"job {job_id} is {doc['status']}; samples are drawn once it has succeeded")
-    path = _predictions_path(doc, settings.artifacts)
-    if path is None:
-        raise HTTPException(404, f"job {job_id}: no held-out predictions on disk (the evaluate stage writes predictions.json)")
-    by_model = json.loads(await asyncio.to_thread(path.read_text))
+    path = _predictions_path(doc)
+    raw = await read_artifact(request, settings.artifacts, path) if path else None
+    if raw is None:
+        raise HTTPException(404, f"job {job_id}: no held-out predictions stored (the evaluate stage writes predictions.json)")
+    by_model = json.loads(raw)
     name = model or _default_model(doc, by_model)
     if name not in by_model:
         raise HTTPException(422, f"model {name!r} was not evaluated; choose one of: {', '.join(by_model)}")
@@ -67,17 +68,11 @@ async def samples(request: Request, settings: AppSettings, job_id: str, pid: Pro
     return _CACHE[key]
 
 
-def _predictions_path(doc: dict[str, Any], artifacts: Path) -> Path | None:
-    """``predictions.json`` beside the job's ``metrics.json``, and only under the artifacts root:
-    the path is read from the job document, so it is checked rather than trusted."""
+def _predictions_path(doc: dict[str, Any]) -> Path | None:
+    """``predictions.json`` beside the job's ``metrics.json`` (``read_artifact`` keeps it under
+    the artifacts root: the path comes from the job document)."""
     metrics = ((doc.get("result") or {}).get("artifacts") or {}).get("metrics.json")
-    if not metrics:
-        return None
-    path = (Path(metrics).parent / "predictions.json").resolve()
-    root = artifacts.resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        return None
-    return path
+    return Path(metrics).parent / "predictions.json" if metrics else None
 
 
 def _default_model(doc: dict[str, Any], by_model: dict[str, Any]) -> str:
