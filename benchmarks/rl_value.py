@@ -16,7 +16,10 @@ backgrounds, lighting, object scale, distractors: ``synthetic://…&shift=1``), 
 the job's data. ``released`` is what the job's stage 4 would release between stage 2 and the
 preset's stage-3 algorithm, chosen on the job's validation split.
 
-    python benchmarks/rl_value.py [--seeds 0 1 2] [--seconds S] [--heldout 500] [--output DIR]
+    python benchmarks/rl_value.py [--seeds 0 1 2] [--seconds S] [--heldout 500] [--clicked N] [--output DIR]
+
+``--clicked N`` keeps the preset's boxed images and changes how many clicked ones there are
+(the crossover: how many clicks it takes for stage 3 to win).
 
 The last line is one JSON object: per arm, lists over seeds of ``iou_<arm>``, ``f1_<arm>``,
 ``iou_<arm>_shifted``, ``f1_<arm>_shifted``, ``reward_<arm>``; plus ``released``, ``seeds``,
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -72,7 +76,7 @@ def _score(ctx, model_dir: Path, samples: list) -> dict:
             "reward": round(m.get("reward_score", float("nan")), 4)}  # fmt: skip
 
 
-def run_seed(preset: str, seed: int, seconds: float | None, heldout: int, out: Path) -> dict:
+def run_seed(preset: str, seed: int, seconds: float | None, heldout: int, out: Path, clicked: int | None = None) -> dict:
     from pipeline.config import RLConfig, build_config, load_preset
     from pipeline.job import augmented_train, reward_train, run_job, seed_everything
     from pipeline.stages.evaluate import pick_release
@@ -83,6 +87,12 @@ def run_seed(preset: str, seed: int, seconds: float | None, heldout: int, out: P
     raw = load_preset(preset)
     raw["seed"] = seed
     raw["data"]["dataset"] = raw["data"]["dataset"].replace("seed=1", f"seed={seed + 1}")
+    if clicked is not None:  # the crossover: the same boxed images (the first ones), fewer or more clicked
+        uri = raw["data"]["dataset"]
+        n, points = (int(re.search(rf"{k}=(\d+)", uri).group(1)) for k in ("n", "points"))
+        uri = re.sub(r"n=\d+", f"n={n - points + clicked}", re.sub(r"points=\d+", f"points={clicked}", uri))
+        raw["data"]["dataset"] = uri
+        raw["reward"] = "points"  # what the preset's default resolves to with clicks, also at 0 of them
     cfg = build_config(raw)
     T = float(seconds or cfg.rl.max_seconds or 60)
     t0 = time.monotonic()
@@ -174,13 +184,15 @@ def main() -> None:
     ap.add_argument("--preset", default="retail-shelf")
     ap.add_argument("--seconds", type=float, default=None, help="wall-clock per arm (default: the preset's rl.max_seconds)")
     ap.add_argument("--heldout", type=int, default=500, help="in-domain and shifted held-out images each")
+    ap.add_argument("--clicked", type=int, default=None,
+                    help="clicked training images (default: the preset's); the boxed ones stay the same")
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
     root = args.output or Path(tempfile.mkdtemp(prefix="df-rl-value-"))
     t0 = time.monotonic()
     runs = []
     for seed in args.seeds:
-        r = run_seed(args.preset, seed, args.seconds, args.heldout, root / f"seed-{seed}")
+        r = run_seed(args.preset, seed, args.seconds, args.heldout, root / f"seed-{seed}", args.clicked)
         print(json.dumps(r), flush=True)  # noqa: T201
         runs.append(r)
     print(json.dumps(summarise(runs, t0)))  # noqa: T201
