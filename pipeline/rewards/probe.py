@@ -72,16 +72,29 @@ def perturb(gt: dict[str, Any], case: str, rng: random.Random) -> dict[str, Any]
     raise ValueError(f"unknown case {case!r}; the cases are {', '.join(CASES)}")
 
 
-def probe_reward(reward, targets: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
-    """One row per case: ``{case, n, mean, min, max, std}``. Raises ``RewardError`` on any
+def case_scores(reward, targets: list[dict[str, Any]], seed: int = 0) -> dict[str, list[float]]:
+    """Each case's scores, one per target in order (so ``[s[i] for s in result.values()]`` is
+    target ``i``'s group of answers, as GRPO would see them). Raises ``RewardError`` on any
     failure of the reward (a reward under test never scores a failure 0)."""
     rng = random.Random(seed)
     if hasattr(reward, "prepare"):  # as a job does before stage 3 (the points reward's size prior)
         reward.prepare(targets)
-    rows = []
+    out = {}
     for case in CASES:
         outs = [perturb(t, case, rng) for t in targets]
-        scores = reward.score(outs, [copy.deepcopy(t) for t in targets])
+        out[case] = [float(x) for x in reward.score(outs, [copy.deepcopy(t) for t in targets])]
+    return out
+
+
+def probe_reward(reward, targets: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """One row per case: ``{case, n, mean, min, max, std}`` (see :func:`case_scores`)."""
+    return case_rows(case_scores(reward, targets, seed))
+
+
+def case_rows(by_case: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """The summary row of each case's scores."""
+    rows = []
+    for case, scores in by_case.items():
         rows.append({
             "case": case, "n": len(scores), "mean": round(statistics.fmean(scores), 4),
             "min": round(min(scores), 4), "max": round(max(scores), 4),
