@@ -89,6 +89,25 @@ def preflight(cfg: CurriculumConfig, ds: Dataset, reward: Any = None, *, samples
     return report
 
 
+def run_preflight(cfg: CurriculumConfig, *, label: str | None = None, reward: Any = None, samples: int = 32,
+                  default_gpu: dict[str, str] | None = None) -> dict[str, Any]:
+    """Load ``cfg.data.dataset`` as the job would (its seed and split), load the job's reward
+    unless one is given (the service passes a stored JavaScript reward), and :func:`preflight`.
+    ``label`` names the dataset in messages instead of its URI. Raises ``DataError``,
+    ``RewardError`` or ``ValueError`` naming the problem."""
+    from pipeline.data import load_dataset
+
+    ds = load_dataset(cfg.data.dataset, cfg.task, seed=cfg.seed, fractions=tuple(cfg.data.split), label=label)
+    own = reward is None and cfg.rl.enabled
+    if own:
+        reward = load_reward(cfg, ds)
+    try:
+        return preflight(cfg, ds, reward, samples=samples, default_gpu=default_gpu)
+    finally:
+        if own and hasattr(reward, "close"):
+            reward.close()
+
+
 # -- dataset ---------------------------------------------------------------------------------------
 def dataset_health(cfg: CurriculumConfig, ds: Dataset, findings: list) -> dict[str, Any]:
     samples = [s for split in ds.splits.values() for s in split]
