@@ -193,3 +193,16 @@ def test_api_preflight_reads_the_projects_uploaded_dataset_only(stack, db, leaky
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["data", "dataset"]
         r = c.post("/api/preflight", json={"preset": "retail-shelf", "overrides": {"data": {"dataset": "synthetic://retail-shelf?n=64&seed=1"}}})
         assert r.status_code == 200 and r.json()["ok"] is True, r.text
+
+
+def test_api_preflight_runs_a_stored_javascript_reward(stack):
+    with api(stack) as c:
+        r = c.post("/api/rewards", json={"name": "flat.js", "source": "function reward(out, gt) { return 0.5; }"})
+        assert r.status_code == 201, r.text
+        r = c.post("/api/preflight", json={"config": tiny_job_config(), "reward": r.json()["id"], "samples": 4})
+        assert r.status_code == 200, r.text
+        (flat,) = [f for f in r.json()["findings"] if f["check"] == "reward"]
+        assert flat["severity"] == "error" and "the stored reward" in flat["message"]
+        r = c.post("/api/preflight", json={"config": tiny_job_config(), "reward": "rw_0000000000000000"})
+        assert r.status_code == 404
+
