@@ -424,11 +424,12 @@ def cost_estimate(cfg: CurriculumConfig, ds: Dataset, findings: list, default_gp
                                 "pipeline/preflight.py STEP_TIMES"))  # fmt: skip
     known = [r for r in rows if r["seconds"] is not None]
     total_s = sum(r["seconds"] for r in known)
-    if cfg.budget_minutes and total_s > cfg.budget_minutes * 60:
+    running = total_s - CONTAINER_START_S * len(known)  # the job's budget starts with its stages, not their containers
+    if cfg.budget_minutes and running > cfg.budget_minutes * 60:
         findings.append(finding("budget", "warning",
-                                f"the stages need about {total_s / 60:.1f} min but budget_minutes is {cfg.budget_minutes:g}: "
+                                f"the stages need about {running / 60:.1f} min but budget_minutes is {cfg.budget_minutes:g}: "
                                 "later stages will be cut short",
-                                f"raise budget_minutes to {math.ceil(total_s / 60)}, or lower the stages' steps"))  # fmt: skip
+                                f"raise budget_minutes to {math.ceil(running / 60)}, or lower the stages' steps"))  # fmt: skip
     return {"stages": rows, "seconds": round(total_s, 1), "usd": round(sum(r["usd"] or 0 for r in known), 4),
             "prices_as_of": PRICES_AS_OF, "complete": not unknown}  # fmt: skip
 

@@ -135,6 +135,9 @@ def test_cost_per_stage_on_its_gpu_and_unknown_models_are_not_guessed():
     assert rows["reward"]["seconds"] == pytest.approx(10 * 0.234 / 2 + 60, abs=0.1)
     assert rows["reward"]["usd"] == pytest.approx(rows["reward"]["seconds"] * (0.59 + 0.32) / 3600, rel=0.01)
     assert cost["complete"] and cost["usd"] == pytest.approx(sum(r["usd"] for r in rows.values()), abs=1e-3)
+    short = build_config(tiny_job_config(budget_minutes=0.05, domain={"max_steps": 400}))
+    (budget,) = [f for f in run_preflight(short)["findings"] if f["check"] == "budget"]
+    assert "budget_minutes is 0.05" in budget["message"] and "raise budget_minutes to" in budget["fix"]
     hub = build_config(tiny_job_config(model="HuggingFaceTB/SmolVLM-256M-Instruct", domain={"max_seconds": None}))
     report = run_preflight(hub)
     assert not report["cost"]["complete"]
