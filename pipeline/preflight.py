@@ -34,7 +34,7 @@ import numpy as np
 from pipeline.config import REWARD_SCOPES, CurriculumConfig
 from pipeline.objects import auto_max_objects, bins_for, object_count
 from pipeline.stage_table import SECTION, STAGE_TABLE
-from pipeline.structures import KIND_WORDS, Dataset, Sample
+from pipeline.structures import KIND_WORDS, WEAK_TASKS, Dataset, Sample
 
 SEVERITIES = ("info", "warning", "error")
 UNDER_BIN_SHARE = 0.2  # above this share of boxes under one bin, corners blur together (pipeline.verdict)
@@ -149,6 +149,8 @@ def load_reward(cfg: CurriculumConfig, ds: Dataset):
 
 
 def _label_kinds(cfg: CurriculumConfig, ds: Dataset, kinds: Counter, findings: list) -> None:
+    if cfg.task not in WEAK_TASKS:
+        return  # every image of the other tasks is fully labelled
     line = ", ".join(f"{n} {KIND_WORDS[k]}" for k, n in kinds.items())
     findings.append(finding("label_kinds", "info", f"images by label: {line or 'none'}"))
     name = reward_name(cfg, ds)

@@ -209,3 +209,12 @@ def test_api_preflight_runs_a_stored_javascript_reward(stack):
         r = c.post("/api/preflight", json={"config": tiny_job_config(), "reward": "rw_0000000000000000"})
         assert r.status_code == 404
 
+
+
+def test_a_caption_reward_is_tried_on_changed_captions():
+    # the synthetic captions' images carry boxes too: perturbing only the boxes left every caption exact
+    cfg = build_config(tiny_job_config(task="caption", data={"dataset": "synthetic://generic?n=24&seed=1"}))
+    reward = run_preflight(cfg, samples=8)["reward"]
+    means = {r["case"]: r["mean"] for r in reward["cases"]}
+    assert means["exact"] == 1.0 and means["missing"] < 0.9 and means["extra"] < 0.9
+    assert reward["zero_variance_share"] == 0.0

@@ -24,7 +24,8 @@ def _shift_box(b: list[float], dx: float, dy: float, w: int, h: int) -> list[flo
 
 def perturb(gt: dict[str, Any], case: str, rng: random.Random) -> dict[str, Any]:
     """A prediction derived from ``gt``: ``exact`` (a copy), ``shifted`` (every object moved by
-    a fifth of its size), ``missing`` (one object dropped), ``extra`` (one object added)."""
+    a fifth of its size), ``missing`` (one object dropped), ``extra`` (one object added). A
+    caption is changed alike: its words rotated, its second half dropped, a phrase added."""
     out = copy.deepcopy(gt)
     w, h = int(gt["image"]["width"]), int(gt["image"]["height"])
     n = len(out.get("boxes") or out.get("masks") or out.get("keypoints") or [])
@@ -39,7 +40,7 @@ def perturb(gt: dict[str, Any], case: str, rng: random.Random) -> dict[str, Any]
             if i < len(out.get("keypoints") or []):
                 out["keypoints"][i] = [[p[0] + dx, p[1] + dy, *p[2:]] for p in out["keypoints"][i]]
         out["points"] = [p[:2] for inst in out.get("keypoints") or [] for p in inst if len(p) < 3 or p[2] > 0]
-        if not n and out.get("text"):
+        if out.get("text"):  # a caption, even of an image whose objects are boxed too (the caption reward reads text only)
             words = out["text"].split()
             out["text"] = " ".join(words[1:] + words[:1])
         return out
@@ -50,7 +51,7 @@ def perturb(gt: dict[str, Any], case: str, rng: random.Random) -> dict[str, Any]
                 if k < len(out.get(key) or []):
                     del out[key][k]
             out["points"] = [p[:2] for inst in out.get("keypoints") or [] for p in inst if len(p) < 3 or p[2] > 0]
-        elif out.get("text"):
+        if out.get("text"):
             words = out["text"].split()
             out["text"] = " ".join(words[: max(1, len(words) // 2)])
         return out
@@ -66,7 +67,7 @@ def perturb(gt: dict[str, Any], case: str, rng: random.Random) -> dict[str, Any]
             if gt.get("keypoints"):
                 k = len(gt["keypoints"][0])
                 out["keypoints"].append([[x + bw / 2, y + bh / 2, 2]] * k)
-        else:
+        if gt.get("text") or gt.get("boxes") is None:
             out["text"] = (out.get("text", "") + " and an extra thing").strip()
         return out
     raise ValueError(f"unknown case {case!r}; the cases are {', '.join(CASES)}")
