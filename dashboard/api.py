@@ -113,6 +113,9 @@ class Api:
         body = {"source": source, "reward": reward, "dataset": dataset, "task": task, "samples": samples}
         return self._call("POST", "/api/rewards/test", json=body, timeout=60)
 
+    def preflight(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/api/preflight", json=body, timeout=120)
+
     def presets(self) -> dict[str, Any]:
         return self._call("GET", "/api/presets")
 

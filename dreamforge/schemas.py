@@ -204,3 +204,33 @@ class Problem(BaseModel):
     """Every error answer: ``detail`` is one sentence, or a list of problems each naming its field."""
 
     detail: str | list[ErrorItem]
+
+
+class PreflightIn(_Strict):
+    """``POST /api/preflight``: the curriculum a ``POST /api/train`` would get, checked without training."""
+
+    config: dict[str, Any] | None = Field(None, description="A whole dreamforge.config.json.")
+    preset: str | None = Field(None, description="Curriculum preset the config is merged over.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Deep-merged over preset and config.")
+    dataset: str | None = Field(None, description="Dataset URI or stored dataset id (ds_…), instead of the config's.")
+    reward: str | None = Field(None, description="Built-in reward name or a stored reward id (rw_…).")
+    samples: int = Field(32, ge=1, le=256, description="Ground truths the reward is tried on.")
+
+
+class PreflightFinding(BaseModel):
+    check: str
+    severity: Literal["info", "warning", "error"]
+    message: str
+    fix: str
+
+
+class PreflightReport(BaseModel):
+    """What ``dreamforge preflight --json`` prints: findings (errors first), dataset health, the
+    reward's scores on perturbed ground truth, and each stage's estimated time and price."""
+
+    ok: bool = Field(description="No finding is an error.")
+    errors: int
+    findings: list[PreflightFinding]
+    dataset: dict[str, Any]
+    reward: dict[str, Any] | None
+    cost: dict[str, Any]

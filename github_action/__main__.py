@@ -250,6 +250,39 @@ def summary(push: dict[str, Any], answer: dict[str, Any], job: dict[str, Any] | 
     return "\n".join(out) + "\n"
 
 
+def preflight_section(endpoint: str, api_key: str, raw: dict[str, Any]) -> str:
+    """The server's preflight of this config (``POST /api/preflight``) as Markdown. It informs and
+    never fails the step: the job is already queued, and a preflight the server cannot run (busy,
+    an older server) only says so. Error findings are also annotated, so the run's page shows them."""
+    out = ["", "### Preflight", ""]
+    try:
+        with httpx.Client(base_url=endpoint, headers={"Authorization": f"Bearer {api_key}"}, timeout=120) as http:
+            r = http.post("/api/preflight", json={"config": raw})
+    except httpx.HTTPError as e:
+        return "\n".join([*out, f"Not run: {type(e).__name__}: {e}", ""])
+    if r.status_code != 200:
+        detail = r.json().get("detail") if r.headers.get("content-type", "").startswith("application/json") else r.text[:200]
+        if isinstance(detail, list):
+            detail = "; ".join(f"{'.'.join(map(str, d.get('loc') or []))}: {d.get('msg')}" for d in detail)
+        return "\n".join([*out, f"Not run (HTTP {r.status_code}): {detail}", ""])
+    rep = r.json()
+    for f in rep["findings"]:
+        if f["severity"] == "error":
+            annotate("warning", f"preflight: {f['message']}. Fix: {f['fix']}", title="DreamForge preflight")
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    out += [f"**{rep['errors']} error(s)**" if rep["errors"] else "No errors.", "",
+            "| severity | check | finding | fix |", "|---|---|---|---|"]  # fmt: skip
+    out += [f"| {f['severity']} | {f['check']} | {cell(f['message'])} | {cell(f['fix'])} |" for f in rep["findings"]]
+    cost = rep["cost"]
+    out += ["", f"Estimated on Modal: {cost['seconds'] / 60:.1f} min, ${cost['usd']:.2f}"
+            + ("" if cost["complete"] else " plus stages with no measured step time")
+            + f" (prices as of {cost['prices_as_of']})."]  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
 def table_keys(models: dict[str, dict[str, Any]], primary: str | None) -> list[str]:
     """Metric columns: the primary metric first; timings are not metrics."""
     keys = sorted({k for m in models.values() for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_seconds")})
@@ -297,7 +330,7 @@ def run() -> None:
     set_output("reward", ((job or {}).get("result") or {}).get("reward") or "")
     set_output("reward-score", reward_score_of(job))
     set_output("metrics", json.dumps(metrics_of(job) if job else {}))
-    write_summary(summary(push, answer, job))
+    write_summary(summary(push, answer, job) + (preflight_section(endpoint, api_key, raw) if api_key else ""))
     if wait and not finished:
         raise fail(f"job {job_id} still {status} after {timeout_s / 60:.0f} minutes (timeout-minutes)")
     if wait and status != "succeeded":

@@ -9,7 +9,6 @@ function with a MongoDB reporter.
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import time
@@ -28,11 +27,12 @@ from pipeline.device import pick_device
 from pipeline.fence import Fence
 from pipeline.geometry import default_sigmas
 from pipeline.models.loading import TINY_MODEL
+from pipeline.objects import auto_max_objects, bins_for
 from pipeline.reporter import BaseReporter, Reporter
-from pipeline.rewards.builtin import DEFAULT_REWARD, get_reward
+from pipeline.rewards.builtin import default_reward, get_reward
 from pipeline.stage_table import BY_NUMBER
 from pipeline.stages.common import Context, fresh_dir, fully_labelled, is_done, mark_done, read_done
-from pipeline.structures import WEAK_TASKS, Dataset, Sample
+from pipeline.structures import KIND_WORDS, Dataset, Sample
 
 
 def seed_everything(seed: int) -> None:
@@ -43,24 +43,6 @@ def seed_everything(seed: int) -> None:
 
 def is_js_reward(name: str) -> bool:
     return name.endswith(".js") or name.startswith("example:")
-
-
-def default_reward(task: str, domain: Dataset | None = None, reporter: Reporter | None = None) -> str:
-    """The reward ``"default"`` stands for: the task's own (``DEFAULT_REWARD``), or, when the
-    training split holds clicked or counted images, the weak reward that can score them too
-    (``points``, else ``count``), so stage 3 learns from every label the user has."""
-    name = DEFAULT_REWARD[task]
-    if domain is None or task not in WEAK_TASKS:
-        return name
-    train = domain.splits.get("train") or []
-    for kind, weak in (("points", "points"), ("counts", "count")):
-        n = sum(s.label_kind == kind for s in train)
-        if n:
-            if reporter is not None:
-                reporter.log(f"reward: default is {weak}, which scores the {n} {KIND_WORDS[kind]} training images "
-                             f"as well as the boxed ones (set reward to {name} to train stage 3 on boxed images only)")  # fmt: skip
-            return weak
-    return name
 
 
 def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, domain: Dataset | None = None):
@@ -119,36 +101,10 @@ def log_object_sizes(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter) -> 
     under = sum(min(w, h) < bin_frac for w, h in sizes)
     if under > 0.2 * len(sizes):
         reporter.log(f"{line}: {under} of {len(sizes)} boxes are under one bin, and their corners cannot be told apart. "
-                     f"Raise num_bins (e.g. {min(4096, 2 ** math.ceil(math.log2(2 / max(p10, 1e-6))))}) or tile the images",
+                     f"Raise num_bins (e.g. {bins_for(p10)}) or tile the images",
                      level="warning")  # fmt: skip
     else:
         reporter.log(line)
-
-
-def auto_max_objects(ds: Dataset, reporter: Reporter | None = None) -> int:
-    """The decoding cap from the data: the most objects in one training image, within bounds."""
-    from pipeline.config import AUTO_MAX_OBJECTS
-
-    counts = [object_count(s) for s in ds.splits.get("train") or []]
-    most = max(counts, default=1)
-    chosen = max(1, min(most, AUTO_MAX_OBJECTS))
-    if reporter is not None:
-        over = sum(c > chosen for c in counts)
-        reporter.log(f"data.max_objects: {chosen}, the most objects in one training image of {ds.name}"
-                     + (f" (capped; {over} images hold more, up to {most}: set data.max_objects to answer them all)"
-                        if over else ""), level="warning" if over else "info")  # fmt: skip
-    return chosen
-
-
-def object_count(sample: Sample) -> int:
-    """How many objects an image holds, whatever its labels say it with: stage 3 asks the model
-    for every object of clicked and counted images too."""
-    t = sample.target
-    if sample.label_kind == "points":
-        return len(t.get("points") or [])
-    if sample.label_kind == "counts":
-        return sum(int(v) for v in (t.get("counts") or {}).values())
-    return len(t.get("boxes") or t.get("keypoints") or [])
 
 
 def _vocabulary(*datasets: Dataset | None) -> list[str]:
@@ -354,9 +310,6 @@ def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
 
     train = train_rft if cfg.rl.algorithm == "rft" else train_grpo
     return train(ctx, stage, previous, reward_train(ctx, stage), ctx.domain_codec, cfg.rl, out_model)
-
-
-KIND_WORDS = {"full": "boxed", "points": "clicked", "counts": "counted", "none": "unlabelled"}
 
 
 def kind_counts(samples: list[Sample]) -> str:

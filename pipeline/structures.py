@@ -61,6 +61,7 @@ Task = Literal["detect", "segment", "keypoints", "caption"]
 LabelKind = Literal["full", "points", "counts", "none"]
 LABEL_KINDS: tuple[str, ...] = ("full", "points", "counts", "none")
 WEAK_TASKS: tuple[str, ...] = ("detect", "segment")  # tasks whose images may carry weak labels
+KIND_WORDS = {"full": "boxed", "points": "clicked", "counts": "counted", "none": "unlabelled"}  # what people read
 TASKS: tuple[str, ...] = ("detect", "segment", "keypoints", "caption")
 
 

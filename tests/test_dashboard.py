@@ -336,6 +336,21 @@ def test_train_page_shows_the_fields_the_api_refused(stack, db):
     assert at.title[0].value == "Train"
 
 
+def test_preflight_button_shows_findings_and_cost_without_launching(stack, db):
+    before = db.jobs.count_documents({})
+    at = app(stack, "app_pages/train.py")
+    at.radio(key="ds_how").set_value("Synthetic").run()
+    at.selectbox(key="rw_builtin").set_value("format").run()  # scores every perturbed answer alike
+    at.button(key="preflight").click().run()
+    # the preset's stage 3 is RFT, which keeps the best of its samples: a flat reward is a warning there, not an error
+    assert "preflight: no errors" in texts(at, "success")
+    warnings = texts(at, "warning")
+    assert any(w.startswith("**reward**: the reward 'format' scores every") and "— fix: " in w for w in warnings), warnings
+    assert any("images by label" in i for i in texts(at, "info"))
+    assert list(frame(at, "stage")["stage"]) == ["warm_start", "domain", "reward", "evaluate"]
+    assert db.jobs.count_documents({}) == before
+
+
 def test_test_reward_button_shows_scores_or_the_line_of_the_error(stack):
     routes = httpx.get(stack.api_url + "/openapi.json").json()["paths"]
     at = app(stack, "app_pages/train.py")

@@ -130,6 +130,22 @@ def test_push_event_creates_the_job_with_outputs_and_summary(stack, db, key, tmp
     assert db.jobs.count_documents({"source.sha": FIXTURE["after"]}) == 1
 
 
+def test_the_summary_carries_the_preflight_and_its_errors(stack, db, key, tmp_path):
+    # the format reward scores every perturbed answer alike: a preflight error, annotated, while the job still queues
+    r = run_action(tmp_path / "a", endpoint=stack.api_url, event_name="push", event=PUSH_FIXTURE,
+                   config=tiny_job_config(name="flat-reward", reward="format"), inputs=creds(stack, key))  # fmt: skip
+    assert r.rc == 0, r.stdout
+    assert r.outputs["status"] == "queued"
+    section = r.summary.split("### Preflight", 1)[1]
+    assert "**1 error(s)**" in section and "| severity | check | finding | fix |" in section
+    assert re.search(r"\| error \| reward \| .*100 % of GRPO groups have zero variance", section)
+    assert re.search(r"Estimated on Modal: [\d.]+ min, \$[\d.]+", section)
+    assert "::warning title=DreamForge preflight::preflight: the reward 'format'" in r.stdout
+    clean = run_action(tmp_path / "b", endpoint=stack.api_url, event_name="push", event=PUSH_FIXTURE,
+                       config=tiny_job_config(name="clean"), inputs=creds(stack, key))  # fmt: skip
+    assert clean.rc == 0 and "No errors." in clean.summary.split("### Preflight", 1)[1]
+
+
 def test_invalid_config_fails_the_step_with_annotations_at_the_field(stack, db, key, tmp_path):
     before = db.jobs.count_documents({})
     text = '{\n  "name": "typo",\n  "rl": {\n    "tmperature": 1.0\n  },\n  "data": {"split": [0.5, 0.2, 0.2]}\n}\n'
@@ -219,7 +235,7 @@ def test_5xx_and_network_errors_are_retried_with_backoff(stack, db, key, tmp_pat
         r = run_action(tmp_path / "b", endpoint=proxy.url, event_name="push", event=ev, config=tiny_job_config(),
                        inputs=creds(stack, key))  # fmt: skip
         assert r.rc == 0, r.stdout
-        assert proxy.hits == 4  # two 502s, then the POST, then the GET of the job
+        assert proxy.hits == 5  # two 502s, then the POST, the GET of the job and the preflight
         assert r.stdout.count("::warning::attempt") == 2
         assert db.jobs.find_one({"_id": r.outputs["job-id"]})["source"]["branch"] == "retry"
     finally:

@@ -147,6 +147,29 @@ def stage_knobs(preset: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
+def preflight(body: dict[str, Any], js: bool) -> None:
+    """The job's preflight (POST /api/preflight): findings with their fixes, the reward's spread,
+    and each stage's estimated time and price on Modal. Nothing is stored or trained."""
+    try:
+        rep = ui.api().preflight(body)
+    except ApiError as e:
+        if e.status == 404 and e.message == "Not Found":
+            st.info("Preflight is not available from this API version (POST /api/preflight).")
+            return
+        st.error(f"preflight failed: {e}")
+        return
+    if js:
+        st.caption("The JavaScript reward is not stored yet, so the preflight tried the preset's reward; "
+                   "use 'Test reward' for yours.")  # fmt: skip
+    (st.error if rep["errors"] else st.success)(f"preflight: {rep['errors']} error(s)" if rep["errors"] else "preflight: no errors")
+    for f in rep["findings"]:
+        show = {"error": st.error, "warning": st.warning, "info": st.info}[f["severity"]]
+        show(f"**{f['check']}**: {f['message']}" + (f" — fix: {f['fix']}" if f["fix"] else ""))
+    cost = rep["cost"]
+    st.caption(f"Estimated on Modal: {cost['seconds'] / 60:.1f} min, ${cost['usd']:.2f} (prices as of {cost['prices_as_of']})")
+    st.dataframe(pd.DataFrame(cost["stages"]), hide_index=True, key="preflight_cost")
+
+
 def launch(body: dict[str, Any], source: str | None, reward_name: str) -> None:
     c = ui.api()
     try:
@@ -181,12 +204,14 @@ if st.button("Test reward", key="test_reward"):
 overrides = stage_knobs(preset, pcfg)
 name = st.text_input("Job name", value=f"{preset}-dashboard", key="job_name")
 ready = dataset != ""
+body: dict[str, Any] = {"preset": preset, "overrides": {**overrides, "name": name}}
+if dataset:
+    body["dataset"] = dataset
+if builtin and builtin != "default":
+    body["reward"] = builtin
+if st.button("Preflight", icon=":material/checklist:", key="preflight", disabled=not ready):
+    preflight(dict(body), js is not None)
 if st.button("Launch training", icon=":material/rocket_launch:", key="launch", type="primary", disabled=not ready):
-    body: dict[str, Any] = {"preset": preset, "overrides": {**overrides, "name": name}, "source": {"kind": "dashboard"}}
-    if dataset:
-        body["dataset"] = dataset
-    if builtin and builtin != "default":
-        body["reward"] = builtin
-    launch(body, js, js_name)
+    launch({**body, "source": {"kind": "dashboard"}}, js, js_name)
 if not ready:
     st.caption("Choose a dataset to launch.")

@@ -35,7 +35,7 @@ from pipeline.data.errors import DataError, os_reason
 from pipeline.data.images import upright_rgb, upright_size
 from pipeline.data.sources import Source, remove_extracted, resolve_source
 from pipeline.data.synthetic import generate
-from pipeline.structures import TASKS, WEAK_TASKS, Dataset, Sample, empty_target
+from pipeline.structures import KIND_WORDS, TASKS, WEAK_TASKS, Dataset, Sample, empty_target
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,6 @@ def split_samples(
 
 
 # How a summary names each label kind: "400 images: 40 boxed, 300 clicked, 60 counted".
-_KIND_WORDS = {"full": "boxed", "points": "clicked", "counts": "counted", "none": "unlabelled"}
 
 
 def label_summary(samples: Sequence[Sample]) -> str:
@@ -199,7 +198,7 @@ def label_summary(samples: Sequence[Sample]) -> str:
     head = f"{len(samples)} image{'' if len(samples) == 1 else 's'}"
     if set(kinds) <= {"full"}:
         return head  # no weak labels: "boxed" would be wrong for captions and keypoints
-    return head + ": " + ", ".join(f"{kinds[k]} {word}" for k, word in _KIND_WORDS.items() if kinds[k])
+    return head + ": " + ", ".join(f"{kinds[k]} {word}" for k, word in KIND_WORDS.items() if kinds[k])
 
 
 def check_evaluable(label: str, splits: dict[str, list[Sample]], held_out_wanted: bool) -> None:

@@ -23,7 +23,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,7 +37,10 @@ from pipeline.geometry import (
     oks_matrix,
 )
 from pipeline.rewards.base import Reward, RewardError
-from pipeline.structures import instance_masks
+from pipeline.structures import KIND_WORDS, WEAK_TASKS, Dataset, instance_masks
+
+if TYPE_CHECKING:
+    from pipeline.reporter import Reporter
 
 Target = dict[str, Any]
 
@@ -567,3 +570,20 @@ def get_reward(name: str, **params: Any) -> Reward:
         ) from None
     return factory(**params)
 
+
+def default_reward(task: str, domain: Dataset | None = None, reporter: Reporter | None = None) -> str:
+    """The reward ``"default"`` stands for: the task's own (``DEFAULT_REWARD``), or, when the
+    training split holds clicked or counted images, the weak reward that can score them too
+    (``points``, else ``count``), so stage 3 learns from every label the user has."""
+    name = DEFAULT_REWARD[task]
+    if domain is None or task not in WEAK_TASKS:
+        return name
+    train = domain.splits.get("train") or []
+    for kind, weak in (("points", "points"), ("counts", "count")):
+        n = sum(s.label_kind == kind for s in train)
+        if n:
+            if reporter is not None:
+                reporter.log(f"reward: default is {weak}, which scores the {n} {KIND_WORDS[kind]} training images "
+                             f"as well as the boxed ones (set reward to {name} to train stage 3 on boxed images only)")  # fmt: skip
+            return weak
+    return name

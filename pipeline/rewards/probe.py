@@ -24,7 +24,8 @@ def _shift_box(b: list[float], dx: float, dy: float, w: int, h: int) -> list[flo
 
 def perturb(gt: dict[str, Any], case: str, rng: random.Random) -> dict[str, Any]:
     """A prediction derived from ``gt``: ``exact`` (a copy), ``shifted`` (every object moved by
-    a fifth of its size), ``missing`` (one object dropped), ``extra`` (one object added)."""
+    a fifth of its size), ``missing`` (one object dropped), ``extra`` (one object added). A
+    caption is changed alike: its words rotated, its second half dropped, a phrase added."""
     out = copy.deepcopy(gt)
     w, h = int(gt["image"]["width"]), int(gt["image"]["height"])
     n = len(out.get("boxes") or out.get("masks") or out.get("keypoints") or [])
@@ -39,7 +40,7 @@ def perturb(gt: dict[str, Any], case: str, rng: random.Random) -> dict[str, Any]
             if i < len(out.get("keypoints") or []):
                 out["keypoints"][i] = [[p[0] + dx, p[1] + dy, *p[2:]] for p in out["keypoints"][i]]
         out["points"] = [p[:2] for inst in out.get("keypoints") or [] for p in inst if len(p) < 3 or p[2] > 0]
-        if not n and out.get("text"):
+        if out.get("text"):  # a caption, even of an image whose objects are boxed too (the caption reward reads text only)
             words = out["text"].split()
             out["text"] = " ".join(words[1:] + words[:1])
         return out
@@ -50,7 +51,7 @@ def perturb(gt: dict[str, Any], case: str, rng: random.Random) -> dict[str, Any]
                 if k < len(out.get(key) or []):
                     del out[key][k]
             out["points"] = [p[:2] for inst in out.get("keypoints") or [] for p in inst if len(p) < 3 or p[2] > 0]
-        elif out.get("text"):
+        if out.get("text"):
             words = out["text"].split()
             out["text"] = " ".join(words[: max(1, len(words) // 2)])
         return out
@@ -66,22 +67,35 @@ def perturb(gt: dict[str, Any], case: str, rng: random.Random) -> dict[str, Any]
             if gt.get("keypoints"):
                 k = len(gt["keypoints"][0])
                 out["keypoints"].append([[x + bw / 2, y + bh / 2, 2]] * k)
-        else:
+        if gt.get("text") or gt.get("boxes") is None:
             out["text"] = (out.get("text", "") + " and an extra thing").strip()
         return out
     raise ValueError(f"unknown case {case!r}; the cases are {', '.join(CASES)}")
 
 
-def probe_reward(reward, targets: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
-    """One row per case: ``{case, n, mean, min, max, std}``. Raises ``RewardError`` on any
+def case_scores(reward, targets: list[dict[str, Any]], seed: int = 0) -> dict[str, list[float]]:
+    """Each case's scores, one per target in order (so ``[s[i] for s in result.values()]`` is
+    target ``i``'s group of answers, as GRPO would see them). Raises ``RewardError`` on any
     failure of the reward (a reward under test never scores a failure 0)."""
     rng = random.Random(seed)
     if hasattr(reward, "prepare"):  # as a job does before stage 3 (the points reward's size prior)
         reward.prepare(targets)
-    rows = []
+    out = {}
     for case in CASES:
         outs = [perturb(t, case, rng) for t in targets]
-        scores = reward.score(outs, [copy.deepcopy(t) for t in targets])
+        out[case] = [float(x) for x in reward.score(outs, [copy.deepcopy(t) for t in targets])]
+    return out
+
+
+def probe_reward(reward, targets: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """One row per case: ``{case, n, mean, min, max, std}`` (see :func:`case_scores`)."""
+    return case_rows(case_scores(reward, targets, seed))
+
+
+def case_rows(by_case: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """The summary row of each case's scores."""
+    rows = []
+    for case, scores in by_case.items():
         rows.append({
             "case": case, "n": len(scores), "mean": round(statistics.fmean(scores), 4),
             "min": round(min(scores), 4), "max": round(max(scores), 4),
