@@ -73,13 +73,13 @@ def main() -> None:
     base_info = train_sft(ctx, "sft_baseline", stage2, augmented_train(ctx, "sft_baseline"), ctx.domain_codec, more,
                           out / "baseline" / "model", epoch_examples=len(domain.splits["train"]))
     samples = held_out(ctx)
-    baseline, _ = evaluate_model(ctx, out / "baseline" / "model", samples)
+    baseline = evaluate_model(ctx, out / "baseline" / "model", samples)[0]
 
     # The free fix: cap the decoded objects at the most the domain's training images hold.
     cap = max(len(s.target["boxes"]) for s in domain.splits["train"])
     capped_codec = Codec(cfg.task, domain.categories, cfg.num_bins, cap)
     ctx_cap = Context(**{**ctx.__dict__, "domain_codec": capped_codec})
-    capped, _ = evaluate_model(ctx_cap, stage2, samples)
+    capped = evaluate_model(ctx_cap, stage2, samples)[0]
 
     key = ev["primary_metric"]
     extra: dict = {}
@@ -103,7 +103,7 @@ def main() -> None:
             ("stage2", stage2, ctx), ("stage3", out / "job" / "stages" / "reward" / "model", ctx),
             ("sft_baseline", out / "baseline" / "model", ctx), ("stage2_capped", stage2, ctx_cap),
         ):  # fmt: skip
-            m, _ = evaluate_model(c, model_dir, big)
+            m = evaluate_model(c, model_dir, big)[0]
             extra[f"iou_{label}_heldout"] = m[key]
             extra[f"f1_50_{label}_heldout"] = m["f1_50"]
     result = {

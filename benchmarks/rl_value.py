@@ -71,7 +71,7 @@ def _heldout(kind: str, n: int, seed: int, *, shift: bool, size: int) -> list:
 def _score(ctx, model_dir: Path, samples: list) -> dict:
     from pipeline.stages.evaluate import evaluate_model
 
-    m, _ = evaluate_model(ctx, model_dir, samples)
+    m = evaluate_model(ctx, model_dir, samples)[0]
     return {"iou": round(m["mean_iou"], 4), "f1": round(m["f1_50"], 4), "parse": round(m["parse_rate"], 3),
             "reward": round(m.get("reward_score", float("nan")), 4)}  # fmt: skip
 
