@@ -1,0 +1,254 @@
+"""``dreamforge serve``: a tiny trained model behind Moondream Station's REST API, started as a
+real process and spoken to over HTTP, in the shapes Station's ``rest_server.py`` and Moondream's
+client use."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from dreamforge.serve import answers
+from dreamforge.serve.inputs import BadInput, read_image
+from dreamforge.serve.model import resolve
+from pipeline.codec import Codec
+from tests.conftest import PY, ROOT, tiny_job_config
+from tests.dbserver import free_port
+
+pytestmark = pytest.mark.slow
+
+JOB = "job_serve_test"
+
+
+def env_for(home: Path) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DREAMFORGE_HOME": str(home), "PYTHONPATH": str(ROOT)}
+
+
+def train(cfg: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / "c.json").write_text(json.dumps(cfg))
+    res = subprocess.run([PY, "-m", "pipeline.run", "--config", str(out.parent / "c.json"), "--output", str(out), "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A DREAMFORGE_HOME whose artifacts folder holds one finished tiny detection job, laid out
+    as the worker leaves it (ARTIFACTS/JOB_ID/out)."""
+    h = tmp_path_factory.mktemp("home")
+    train(tiny_job_config(), h / "artifacts" / JOB / "out")
+    return h
+
+
+class Server:
+    def __init__(self, home: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = home / f"serve-{self.port}.log"
+        cmd = [PY, "-m", "dreamforge.cli", "serve", *args, "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env_for(home), stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("dreamforge serve did not start: " + self.log.read_text()[-3000:])
+
+    def post(self, skill: str, body, **kw) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/{skill}", json=body, timeout=60, **kw)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def full(home):
+    """The job's full model, by job id, with a wide batching window and a 1 MB body limit."""
+    s = Server(home, JOB, "--format", "full", "--batch-window-ms", "300", "--max-body-mb", "1")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def quantized(home):
+    """The job's 4-bit export, from its output folder, behind an API key."""
+    s = Server(home, str(home / "artifacts" / JOB / "out"), "--format", "4bit", "--api-key", "sesame")
+    yield s
+    s.stop()
+
+
+def data_url(image: Image.Image, fmt: str = "PNG", **save) -> str:
+    b = io.BytesIO()
+    image.save(b, fmt, **save)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(b.getvalue()).decode()
+
+
+IMG = data_url(Image.new("RGB", (64, 48), (200, 30, 30)))
+KEY = {"X-Moondream-Auth": "sesame"}
+
+
+def assert_unit_box(o: dict) -> None:
+    assert {"x_min", "y_min", "x_max", "y_max"} <= set(o)
+    assert 0 <= o["x_min"] <= o["x_max"] <= 1 and 0 <= o["y_min"] <= o["y_max"] <= 1
+
+
+# -- over HTTP -------------------------------------------------------------------------------
+
+
+def test_health_and_models_in_station_shapes(full, quantized):
+    h = httpx.get(full.url + "/health").json()
+    assert h["status"] == "ok" and h["task"] == "detect" and h["quantized"] is False
+    assert h["model"] == f"{JOB}/model"
+    models = httpx.get(full.url + "/v1/models").json()["models"]
+    assert [set(m) for m in models] == [{"id", "name", "description", "version"}]
+    assert models[0]["version"] == "full" and "cola" in models[0]["description"]
+    q = httpx.get(quantized.url + "/v1/models", headers=KEY).json()["models"][0]
+    assert q["version"] == "4bit" and q["id"] == f"{JOB}/model-4bit"
+    assert httpx.get(quantized.url + "/health").json()["quantized"] is True
+
+
+@pytest.mark.parametrize("which", ["full", "quantized"])
+def test_detect_and_point_answer_in_station_shapes(which, request):
+    s = request.getfixturevalue(which)
+    headers = KEY if which == "quantized" else {}
+    before = httpx.get(s.url + "/health").json()["batching"]["images"]
+    r = s.post("detect", {"image_url": IMG, "object": "Cola", "settings": {"max_objects": 2}}, headers=headers)
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"objects"} and isinstance(r.json()["objects"], list)
+    for o in r.json()["objects"]:
+        assert_unit_box(o)
+        assert o["label"] == "cola"
+    r = s.post("point", {"image_url": IMG, "object": "cola"}, headers=headers)
+    assert r.status_code == 200 and set(r.json()) == {"points"}
+    for p in r.json()["points"]:
+        assert 0 <= p["x"] <= 1 and 0 <= p["y"] <= 1
+    assert httpx.get(s.url + "/health").json()["batching"]["images"] == before + 2  # the model ran
+
+
+def test_detect_takes_several_images(full):
+    r = full.post("detect", {"images": [IMG, IMG, IMG]})
+    assert r.status_code == 200, r.text
+    assert [set(x) for x in r.json()["results"]] == [{"objects"}] * 3
+
+
+def test_skills_the_model_was_not_trained_for_are_refused(full):
+    for skill in ("caption", "query", "segment"):
+        r = full.post(skill, {"image_url": IMG, "question": "what?"})
+        assert r.status_code == 422, r.text
+        assert r.json() == {"error": f"this model was trained for detect, so it cannot {skill}; it answers /v1/detect, /v1/point"}
+    r = full.post("reason", {"image_url": IMG})
+    assert r.status_code == 404 and "/v1/detect" in r.json()["error"]
+
+
+def test_unknown_object_names_the_known_ones(full):
+    r = full.post("detect", {"image_url": IMG, "object": "dog"})
+    assert r.status_code == 400
+    assert r.json()["error"] == "object 'dog' is not a category this model knows; it knows: cola, water, chips, soap"
+
+
+def test_bad_input_is_a_4xx_naming_the_problem(full):
+    # a 1-bit PNG compresses 60 M pixels into a few kB: refused from its header, never decoded
+    bomb = data_url(Image.new("1", (10_000, 6_000)), optimize=True)
+    cases = [
+        ({"image_url": "https://example.com/cat.jpg"}, 400, "image_url must be a data URL"),
+        ({"image_url": "data:image/png;base64,%%%"}, 400, "not valid base64"),
+        ({"image_url": "data:image/png;base64," + base64.b64encode(b"hello").decode()}, 400, "not an image"),
+        ({"image_url": bomb}, 413, "decompression bomb"),
+        ({"images": [IMG, "nope"]}, 400, "images[1] must be a data URL"),
+        ({"object": "cola"}, 400, "no image_url"),
+        ({"image_url": IMG, "settings": {"max_objects": 0}}, 400, "settings.max_objects"),
+        ({"image_url": IMG, "object": 3}, 400, "object must be a category name"),
+        ({"image_url": "data:image/png;base64," + "A" * (1_100_000)}, 413, "more than this server's"),
+    ]
+    for body, status, words in cases:
+        r = full.post("detect", body)
+        assert r.status_code == status and words in r.json()["error"], (body if len(str(body)) < 200 else words, r.text)
+    r = httpx.post(full.url + "/v1/detect", content=b"{not json", timeout=10)
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    assert httpx.get(full.url + "/health").status_code == 200  # and it still serves
+
+
+def test_api_key_is_checked_against_x_moondream_auth(quantized):
+    assert httpx.get(quantized.url + "/health").status_code == 200  # open, as Station's is
+    for headers in ({}, {"X-Moondream-Auth": "wrong"}):
+        for r in (quantized.post("detect", {"image_url": IMG}, headers=headers),
+                  httpx.get(quantized.url + "/v1/models", headers=headers)):  # fmt: skip
+            assert r.status_code == 401
+            assert r.json() == {"error": "missing or wrong API key: send it in the X-Moondream-Auth header"}
+    assert quantized.post("detect", {"image_url": IMG}, headers=KEY).status_code == 200
+
+
+def test_concurrent_requests_share_forward_passes(full):
+    before = httpx.get(full.url + "/health").json()["batching"]
+    with ThreadPoolExecutor(8) as pool:
+        rs = list(pool.map(lambda _: full.post("detect", {"image_url": IMG}), range(8)))
+    assert all(r.status_code == 200 for r in rs)
+    after = httpx.get(full.url + "/health").json()["batching"]
+    assert after["images"] - before["images"] == 8
+    assert after["batches"] - before["batches"] < 8
+
+
+def test_a_job_id_serves_its_released_model(home):
+    out = home / "artifacts" / JOB / "out"
+    release = json.loads((out / "metrics.json").read_text())["evaluation"]["release"]["release_format"]
+    expected = out / ("model" if release == "16-bit" else "model-4bit")
+    assert resolve(JOB, home / "artifacts") == expected
+    assert resolve(str(out / "model"), home / "artifacts") == out / "model"
+    with pytest.raises(FileNotFoundError, match="job_nope: neither a model folder nor a job"):
+        resolve("job_nope", home / "artifacts")
+    res = subprocess.run([PY, "-m", "dreamforge.cli", "serve", "job_nope"], cwd=ROOT, env=env_for(home),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 1 and "job_nope: neither a model folder nor a job" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+# -- the answer shapes, on targets the real codec decodes --------------------------------------
+
+
+def decoded(task: str, text: str, w: int = 64, h: int = 32) -> dict:
+    target, ok = Codec(task, ["cola", "soap"], num_bins=32, max_objects=4).decode(text, w, h)
+    assert ok
+    return target
+
+
+def test_detections_are_image_relative_and_filtered():
+    t = decoded("detect", "cola<loc_0><loc_0><loc_7><loc_15>;soap<loc_16><loc_8><loc_31><loc_31>;cola<loc_8><loc_16><loc_15><loc_31>")
+    assert answers.detections(t, "cola") == [
+        {"x_min": 0.0, "y_min": 0.0, "x_max": 0.25, "y_max": 0.5, "label": "cola"},
+        {"x_min": 0.25, "y_min": 0.5, "x_max": 0.5, "y_max": 1.0, "label": "cola"},
+    ]
+    assert [d["label"] for d in answers.detections(t, None)] == ["cola", "soap", "cola"]
+    assert len(answers.detections(t, None, max_objects=1)) == 1
+    assert answers.points(t, "soap") == [{"x": 0.75, "y": 0.625, "label": "soap"}]
+    assert answers.pick_category(["cola", "soap"], " SOAP ") == "soap"
+    assert answers.pick_category(["cola", "soap"], None) is None
+
+
+def test_segment_answers_an_svg_path_and_its_box():
+    t = decoded("segment", "cola<loc_0><loc_0><loc_15><loc_15><loc_0><loc_0><loc_31><loc_0><loc_0><loc_31>")
+    seg = answers.segment(t, "cola")
+    assert seg["bbox"] == {"x_min": 0.0, "y_min": 0.0, "x_max": 0.5, "y_max": 0.5}
+    assert seg["path"] == "M 0 0 L 1 0 L 0 1 Z"
+    assert answers.segment(t, "soap") == {"path": "", "bbox": None}
+
+
+def test_read_image_turns_exif_rotated_photos_upright():
+    im = Image.new("RGB", (40, 20), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown turned 90°
+    got = read_image("image_url", data_url(im, "JPEG", exif=exif.tobytes()))
+    assert got.size == (20, 40) and got.mode == "RGB"
+    with pytest.raises(BadInput, match="a data URL needs ';base64,'"):
+        read_image("image_url", "data:image/png,abc")
