@@ -89,6 +89,16 @@ def quantized(home):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def captioner(home):
+    """A tiny caption job's model (16-bit only: no 4-bit export to make)."""
+    out = home / "artifacts" / "job_caption" / "out"
+    train(tiny_job_config(task="caption", kind="medical-scan", export={"quantization": "none"}), out)
+    s = Server(home, "job_caption")
+    yield s
+    s.stop()
+
+
 def data_url(image: Image.Image, fmt: str = "PNG", **save) -> str:
     b = io.BytesIO()
     image.save(b, fmt, **save)
@@ -150,6 +160,21 @@ def test_skills_the_model_was_not_trained_for_are_refused(full):
         assert r.json() == {"error": f"this model was trained for detect, so it cannot {skill}; it answers /v1/detect, /v1/point"}
     r = full.post("reason", {"image_url": IMG})
     assert r.status_code == 404 and "/v1/detect" in r.json()["error"]
+
+
+def test_a_caption_model_captions_and_streams_and_refuses_to_detect(captioner):
+    r = captioner.post("caption", {"image_url": IMG, "length": "normal"})
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"caption"} and isinstance(r.json()["caption"], str)
+    with httpx.stream("POST", captioner.url + "/v1/caption", json={"image_url": IMG, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == {"completed": True}
+    assert "".join(e["chunk"] for e in events[:-1]) == captioner.post("caption", {"image_url": IMG}).json()["caption"]
+    for skill in ("detect", "point", "query"):
+        r = captioner.post(skill, {"image_url": IMG, "object": "cola"})
+        assert r.status_code == 422
+        assert r.json()["error"] == f"this model was trained for caption, so it cannot {skill}; it answers /v1/caption"
 
 
 def test_unknown_object_names_the_known_ones(full):
