@@ -15,37 +15,48 @@ import httpx
 import pytest
 from PIL import Image
 
+from dreamforge.auth import create_project
+from dreamforge.local.stack import start_stack
 from dreamforge.serve import answers
 from dreamforge.serve.inputs import BadInput, read_image
 from dreamforge.serve.model import resolve
 from pipeline.codec import Codec
 from tests.conftest import PY, ROOT, tiny_job_config
 from tests.dbserver import free_port
+from tests.service_helpers import api, wait_job
 
 pytestmark = pytest.mark.slow
-
-JOB = "job_serve_test"
-
 
 def env_for(home: Path) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "DREAMFORGE_HOME": str(home), "PYTHONPATH": str(ROOT)}
 
 
-def train(cfg: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    (out.parent / "c.json").write_text(json.dumps(cfg))
-    res = subprocess.run([PY, "-m", "pipeline.run", "--config", str(out.parent / "c.json"), "--output", str(out), "--quiet"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = start_stack(tmp_path_factory.mktemp("serve"), workers=1)
+    yield s
+    s.stop()
+
+
+def run_job(stack, cfg: dict) -> str:
+    """A tiny job, trained by the stack's worker into its artifacts folder; its id."""
+    with api(stack) as c:
+        r = c.post("/api/train", json={"config": cfg})
+        assert r.status_code == 201, r.text
+        job = wait_job(c, r.json()["jobId"], timeout=300)
+    assert job["status"] == "succeeded", job["error"]
+    return job["jobId"]
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """A DREAMFORGE_HOME whose artifacts folder holds one finished tiny detection job, laid out
-    as the worker leaves it (ARTIFACTS/JOB_ID/out)."""
-    h = tmp_path_factory.mktemp("home")
-    train(tiny_job_config(), h / "artifacts" / JOB / "out")
-    return h
+def home(stack):
+    return stack.home
+
+
+@pytest.fixture(scope="module")
+def job(stack):
+    """A finished tiny detection job (with its 4-bit export)."""
+    return run_job(stack, tiny_job_config())
 
 
 class Server:
@@ -74,27 +85,26 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def full(home):
+def full(home, job):
     """The job's full model, by job id, with a wide batching window and a 1 MB body limit."""
-    s = Server(home, JOB, "--format", "full", "--batch-window-ms", "300", "--max-body-mb", "1")
+    s = Server(home, job, "--format", "full", "--batch-window-ms", "300", "--max-body-mb", "1")
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
-def quantized(home):
+def quantized(home, job):
     """The job's 4-bit export, from its output folder, behind an API key."""
-    s = Server(home, str(home / "artifacts" / JOB / "out"), "--format", "4bit", "--api-key", "sesame")
+    s = Server(home, str(home / "artifacts" / job / "out"), "--format", "4bit", "--api-key", "sesame")
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
-def captioner(home):
+def captioner(stack):
     """A tiny caption job's model (16-bit only: no 4-bit export to make)."""
-    out = home / "artifacts" / "job_caption" / "out"
-    train(tiny_job_config(task="caption", kind="medical-scan", export={"quantization": "none"}), out)
-    s = Server(home, "job_caption")
+    job = run_job(stack, tiny_job_config(task="caption", kind="medical-scan", export={"quantization": "none"}))
+    s = Server(stack.home, job)
     yield s
     s.stop()
 
@@ -117,15 +127,15 @@ def assert_unit_box(o: dict) -> None:
 # -- over HTTP -------------------------------------------------------------------------------
 
 
-def test_health_and_models_in_station_shapes(full, quantized):
+def test_health_and_models_in_station_shapes(full, quantized, job):
     h = httpx.get(full.url + "/health").json()
     assert h["status"] == "ok" and h["task"] == "detect" and h["quantized"] is False
-    assert h["model"] == f"{JOB}/model"
+    assert h["model"] == f"{job}/model"
     models = httpx.get(full.url + "/v1/models").json()["models"]
     assert [set(m) for m in models] == [{"id", "name", "description", "version"}]
     assert models[0]["version"] == "full" and "cola" in models[0]["description"]
     q = httpx.get(quantized.url + "/v1/models", headers=KEY).json()["models"][0]
-    assert q["version"] == "4bit" and q["id"] == f"{JOB}/model-4bit"
+    assert q["version"] == "4bit" and q["id"] == f"{job}/model-4bit"
     assert httpx.get(quantized.url + "/health").json()["quantized"] is True
 
 
@@ -225,11 +235,11 @@ def test_concurrent_requests_share_forward_passes(full):
     assert after["batches"] - before["batches"] < 8
 
 
-def test_a_job_id_serves_its_released_model(home):
-    out = home / "artifacts" / JOB / "out"
+def test_a_job_id_serves_its_released_model(home, job):
+    out = home / "artifacts" / job / "out"
     release = json.loads((out / "metrics.json").read_text())["evaluation"]["release"]["release_format"]
     expected = out / ("model" if release == "16-bit" else "model-4bit")
-    assert resolve(JOB, home / "artifacts") == expected
+    assert resolve(job, home / "artifacts") == expected
     assert resolve(str(out / "model"), home / "artifacts") == out / "model"
     with pytest.raises(FileNotFoundError, match="job_nope: neither a model folder nor a job"):
         resolve("job_nope", home / "artifacts")
@@ -237,6 +247,34 @@ def test_a_job_id_serves_its_released_model(home):
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 1 and "job_nope: neither a model folder nor a job" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_artifacts_route_lists_the_models_and_how_to_serve_them(stack, db, job):
+    out = stack.home / "artifacts" / job / "out"
+    release = json.loads((out / "metrics.json").read_text())["evaluation"]["release"]
+    with api(stack) as c:
+        r = c.get(f"/api/jobs/{job}/artifacts")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["jobId"] == job and body["serve"] == f"dreamforge serve {job}"
+        by_name = {a["name"]: a for a in body["artifacts"]}
+        assert set(by_name) == {"model", "model-4bit", "metrics.json", "MODEL_CARD.md"}
+        assert by_name["model"]["format"] == "16-bit" and by_name["model-4bit"]["format"] == "nf4"
+        assert by_name["model"]["kind"] == "model" and by_name["MODEL_CARD.md"]["kind"] == "file"
+        for name in ("model", "model-4bit"):
+            files = [f for f in (out / name).rglob("*") if f.is_file()]
+            assert by_name[name]["files"] == len(files) and by_name[name]["bytes"] == sum(f.stat().st_size for f in files)
+        assert by_name["metrics.json"]["bytes"] == (out / "metrics.json").stat().st_size
+        # the released one is the one `dreamforge serve JOB` serves
+        assert [a["name"] for a in body["artifacts"] if a["released"]] == [resolve(job, stack.home / "artifacts").name]
+        assert by_name["model-4bit"]["released"] == (release["release_format"] == "nf4")
+        queued = c.post("/api/train", json={"config": tiny_job_config(seed=3)}).json()["jobId"]
+        c.post(f"/api/jobs/{queued}/cancel")
+        r = c.get(f"/api/jobs/{queued}/artifacts")
+        assert r.status_code == 409 and "listed once it has succeeded" in r.json()["detail"]
+    _, other = create_project(db, "other-serve")
+    with api(stack, other) as theirs:
+        assert theirs.get(f"/api/jobs/{job}/artifacts").status_code == 404
 
 
 # -- the answer shapes, on targets the real codec decodes --------------------------------------
