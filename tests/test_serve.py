@@ -88,6 +88,7 @@ class Server:
 def full(home, job):
     """The job's full model, by job id, with a wide batching window and a 1 MB body limit."""
     s = Server(home, job, "--format", "full", "--batch-window-ms", "300", "--max-body-mb", "1")
+    s.job = job
     yield s
     s.stop()
 
@@ -105,6 +106,7 @@ def captioner(stack):
     """A tiny caption job's model (16-bit only: no 4-bit export to make)."""
     job = run_job(stack, tiny_job_config(task="caption", kind="medical-scan", export={"quantization": "none"}))
     s = Server(stack.home, job)
+    s.job = job
     yield s
     s.stop()
 
@@ -185,6 +187,20 @@ def test_a_caption_model_captions_and_streams_and_refuses_to_detect(captioner):
         r = captioner.post(skill, {"image_url": IMG, "object": "cola"})
         assert r.status_code == 422
         assert r.json()["error"] == f"this model was trained for caption, so it cannot {skill}; it answers /v1/caption"
+
+
+@pytest.mark.parametrize("which", ["full", "captioner"])
+def test_the_model_cards_curl_example_runs_against_the_server(which, request, home, tmp_path):
+    s = request.getfixturevalue(which)
+    job = s.job
+    card = (home / "artifacts" / job / "out" / "MODEL_CARD.md").read_text()
+    assert "`dreamforge serve JOB_ID`" in card and 'md.vl(endpoint="http://localhost:2020/v1")' in card
+    curl = card.split("```bash\n", 1)[1].split("```", 1)[0].replace("localhost:2020", f"127.0.0.1:{s.port}")
+    Image.new("RGB", (32, 32), (9, 9, 200)).save(tmp_path / "photo.jpg")
+    res = subprocess.run(["bash", "-c", curl], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    answer = json.loads(res.stdout)
+    assert set(answer) == ({"caption"} if which == "captioner" else {"objects"}), answer
 
 
 def test_unknown_object_names_the_known_ones(full):
