@@ -7,6 +7,7 @@ import io
 import json
 import os
 import subprocess
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -288,9 +289,40 @@ def test_artifacts_route_lists_the_models_and_how_to_serve_them(stack, db, job):
         c.post(f"/api/jobs/{queued}/cancel")
         r = c.get(f"/api/jobs/{queued}/artifacts")
         assert r.status_code == 409 and "listed once it has succeeded" in r.json()["detail"]
-    _, other = create_project(db, "other-serve")
+    _, other = create_project(db, "other-list")
     with api(stack, other) as theirs:
         assert theirs.get(f"/api/jobs/{job}/artifacts").status_code == 404
+
+
+def test_a_model_downloads_as_a_tar_and_resumes_from_a_range(stack, db, job, tmp_path):
+    out = stack.home / "artifacts" / job / "out"
+    with api(stack) as c:
+        r = c.get(f"/api/jobs/{job}/artifacts/model-4bit")
+        assert r.status_code == 200, r.text
+        whole = r.content
+        assert r.headers["content-type"] == "application/x-tar" and int(r.headers["content-length"]) == len(whole)
+        assert r.headers["accept-ranges"] == "bytes" and f'filename="{job}-model-4bit.tar"' in r.headers["content-disposition"]
+        with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+            tar.extractall(tmp_path, filter="data")
+        for f in (out / "model-4bit").iterdir():
+            assert (tmp_path / f"{job}-model-4bit" / f.name).read_bytes() == f.read_bytes()
+        # an interrupted download resumes where it stopped, and the pieces make the same archive
+        cut = len(whole) // 3
+        r = c.get(f"/api/jobs/{job}/artifacts/model-4bit", headers={"Range": f"bytes={cut}-"})
+        assert r.status_code == 206 and r.headers["content-range"] == f"bytes {cut}-{len(whole) - 1}/{len(whole)}"
+        assert whole[:cut] + r.content == whole
+        r = c.get(f"/api/jobs/{job}/artifacts/model-4bit", headers={"Range": "bytes=-100"})
+        assert r.status_code == 206 and r.content == whole[-100:]
+        r = c.get(f"/api/jobs/{job}/artifacts/model-4bit", headers={"Range": f"bytes={len(whole)}-"})
+        assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(whole)}"
+        # a file comes as itself, ranges too
+        r = c.get(f"/api/jobs/{job}/artifacts/metrics.json", headers={"Range": "bytes=0-9"})
+        assert r.status_code == 206 and r.content == (out / "metrics.json").read_bytes()[:10]
+        r = c.get(f"/api/jobs/{job}/artifacts/weights.bin")
+        assert r.status_code == 404 and "it has: model, model-4bit, metrics.json, MODEL_CARD.md" in r.json()["detail"]
+    _, other = create_project(db, "other-download")
+    with api(stack, other) as theirs:
+        assert theirs.get(f"/api/jobs/{job}/artifacts/model").status_code == 404
 
 
 # -- the answer shapes, on targets the real codec decodes --------------------------------------
@@ -331,3 +363,16 @@ def test_read_image_turns_exif_rotated_photos_upright():
     assert got.size == (20, 40) and got.mode == "RGB"
     with pytest.raises(BadInput, match="a data URL needs ';base64,'"):
         read_image("image_url", "data:image/png,abc")
+
+
+def test_byte_ranges_ignore_what_they_cannot_serve_and_refuse_past_the_end():
+    from dreamforge.api.tarball import byte_range
+
+    assert byte_range("bytes=0-9", 100) == (0, 9)
+    assert byte_range("bytes=90-500", 100) == (90, 99)
+    assert byte_range("bytes=-500", 100) == (0, 99)
+    for whole in (None, "", "bytes=0-1,5-6", "items=0-5", "bytes=x-5", "bytes=-"):
+        assert byte_range(whole, 100) is None, whole
+    for bad in ("bytes=100-", "bytes=9-3", "bytes=-0"):
+        with pytest.raises(ValueError):
+            byte_range(bad, 100)
