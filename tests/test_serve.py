@@ -325,6 +325,40 @@ def test_a_model_downloads_as_a_tar_and_resumes_from_a_range(stack, db, job, tmp
         assert theirs.get(f"/api/jobs/{job}/artifacts/model").status_code == 404
 
 
+def test_pull_downloads_the_model_and_resumes_an_interrupted_pull(stack, job, tmp_path):
+    env = {**env_for(stack.home), "DREAMFORGE_URL": stack.api_url, "DREAMFORGE_API_KEY": stack.dev_key}
+
+    def pull(*args):
+        return subprocess.run([PY, "-m", "dreamforge.cli", "pull", job, *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    out = stack.home / "artifacts" / job / "out"
+    res = pull("--format", "full", "-o", str(tmp_path / "a"))
+    assert res.returncode == 0, res.stderr
+    folder = Path(res.stdout.strip())
+    assert folder == tmp_path / "a" / f"{job}-model"
+    assert sorted(f.name for f in folder.iterdir()) == sorted(f.name for f in (out / "model").iterdir())
+    assert (folder / "model.safetensors").read_bytes() == (out / "model" / "model.safetensors").read_bytes()
+    assert f"serve it: dreamforge serve {folder}" in res.stderr
+    assert resolve(str(folder), stack.home / "artifacts") == folder  # what it prints, `serve` takes
+    # a pull that stopped a third of the way through continues from there
+    with api(stack) as c:
+        whole = c.get(f"/api/jobs/{job}/artifacts/model-4bit").content
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / f"{job}-model-4bit.tar.part").write_bytes(whole[: len(whole) // 3])
+    res = pull("--format", "4bit", "-o", str(tmp_path / "b"))
+    assert res.returncode == 0, res.stderr
+    assert f"resuming {job}-model-4bit.tar.part from byte {len(whole) // 3}" in res.stderr
+    got = tmp_path / "b" / f"{job}-model-4bit"
+    for f in (out / "model-4bit").iterdir():
+        assert (got / f.name).read_bytes() == f.read_bytes()
+    assert not list((tmp_path / "b").glob("*.part"))
+    res = pull("--format", "adapter")
+    assert res.returncode == 1 and "use release, full or 4bit" in res.stderr
+    res = subprocess.run([PY, "-m", "dreamforge.cli", "pull", "job_nope"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "job job_nope not found" in res.stderr and "Traceback" not in res.stderr
+
+
 # -- the answer shapes, on targets the real codec decodes --------------------------------------
 
 
