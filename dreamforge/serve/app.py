@@ -2,8 +2,9 @@
 
 Shapes as Station (``moondream_station/core/rest_server.py``) and Moondream's client
 (``moondream/cloud_vl.py``, PyPI ``moondream`` 0.1.1: JSON bodies with ``image_url`` a data URL,
-the key in ``X-Moondream-Auth``, streams read as ``data: {"chunk"}`` … ``{"completed"}``) speak them. Every error is ``{"error": sentence}`` with a 4xx naming the
-problem; a skill the model was not trained for is a 422 that says which skills it has.
+the key in ``X-Moondream-Auth``, streams read as ``data: {"chunk"}`` … ``{"completed"}``) speak
+them. Every error is ``{"error": sentence}`` with a 4xx naming the problem; a skill the model
+was not trained for is a 422 that says which skills it has.
 Beyond Station: ``POST /v1/detect`` (and ``/v1/point``) also take ``images: [data URL, …]`` and
 answer ``{"results": [{"objects": …}, …]}``, and ``/health`` shows the batching counters.
 """
