@@ -112,6 +112,14 @@ def captioner(stack):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def segmenter(stack):
+    job = run_job(stack, tiny_job_config(task="segment", kind="generic", export={"quantization": "none"}))
+    s = Server(stack.home, job)
+    yield s
+    s.stop()
+
+
 def data_url(image: Image.Image, fmt: str = "PNG", **save) -> str:
     b = io.BytesIO()
     image.save(b, fmt, **save)
@@ -202,6 +210,25 @@ def test_the_model_cards_curl_example_runs_against_the_server(which, request, ho
     assert res.returncode == 0, res.stderr
     answer = json.loads(res.stdout)
     assert set(answer) == ({"caption"} if which == "captioner" else {"objects"}), answer
+
+
+def test_a_segmentation_model_segments_detects_and_points(segmenter):
+    r = segmenter.post("segment", {"image_url": IMG})
+    assert r.status_code == 200, r.text
+    seg = r.json()
+    assert set(seg) == {"path", "bbox"}
+    if seg["path"]:  # a tiny model may find nothing; what it finds is a closed relative path and its box
+        assert seg["path"].startswith("M ") and seg["path"].endswith(" Z")
+        assert_unit_box(seg["bbox"])
+    else:
+        assert seg["bbox"] is None
+    for skill, key in (("detect", "objects"), ("point", "points")):
+        r = segmenter.post(skill, {"image_url": IMG})
+        assert r.status_code == 200 and set(r.json()) == {key}
+    r = segmenter.post("caption", {"image_url": IMG})
+    assert r.status_code == 422 and r.json()["error"].endswith("it answers /v1/detect, /v1/point, /v1/segment")
+    r = segmenter.post("segment", {"images": [IMG]})
+    assert r.status_code == 400 and "no image_url" in r.json()["error"]
 
 
 def test_unknown_object_names_the_known_ones(full):

@@ -11,6 +11,7 @@ answer ``{"results": [{"objects": …}, …]}``, and ``/health`` shows the batch
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -94,8 +95,6 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body: int
 
     async def images_of(body: dict[str, Any]) -> tuple[list[Any], bool]:
         """The request's images and whether it sent a list (``images``) rather than ``image_url``."""
-        import asyncio
-
         if "images" in body:
             urls = body["images"]
             if not isinstance(urls, list) or not urls:
@@ -109,6 +108,10 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body: int
             raise BadInput("the body has no image_url (a data URL: data:image/jpeg;base64,…)")
         ims = [await asyncio.to_thread(read_image, f, u, max_pixels) for f, u in zip(fields, urls, strict=True)]
         return ims, "images" in body
+
+    async def one_image(body: dict[str, Any]) -> list[Any]:
+        """Station's single ``image_url`` (segment and caption take no ``images`` list)."""
+        return (await images_of({k: body[k] for k in ("image_url",) if k in body}))[0]
 
     async def located(request: Request, skill: str, key: str, shape: Callable[..., list]) -> dict[str, Any]:
         answers.check_skill(task, skill)
@@ -147,16 +150,14 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body: int
         answers.check_skill(task, "segment")
         body = await read_json(request, max_body)
         category = answers.pick_category(served.codec.categories, body.get("object"))
-        ims, _ = await images_of({"image_url": body.get("image_url")} if "image_url" in body else {})
-        (target,) = await served.predict(ims)
+        (target,) = await served.predict(await one_image(body))
         return answers.segment(target, category)
 
     @app.post("/v1/caption")
     async def caption(request: Request) -> Response:
         answers.check_skill(task, "caption")
         body = await read_json(request, max_body)
-        ims, _ = await images_of({"image_url": body.get("image_url")} if "image_url" in body else {})
-        (target,) = await served.predict(ims)
+        (target,) = await served.predict(await one_image(body))
         text = target.get("text", "")
         if body.get("stream") is True:
             return StreamingResponse(sse([text]), media_type="text/event-stream")
