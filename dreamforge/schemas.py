@@ -122,6 +122,23 @@ class JobPage(BaseModel):
     next_cursor: str | None = None
 
 
+class ArtifactView(BaseModel):
+    name: str = Field(description="model, model-4bit, metrics.json or MODEL_CARD.md.")
+    kind: Literal["model", "file"]
+    format: str | None = Field(None, description="A model's weight format: 16-bit, nf4 or fp4.")
+    released: bool = Field(False, description="The model the evaluation chose to release.")
+    bytes: int | None = Field(None, description="Its size; null where the API cannot see the artifacts' disk (Modal).")
+    files: int | None = None
+
+
+class ArtifactList(BaseModel):
+    """``GET /api/jobs/{id}/artifacts``: what a finished job left, and how to use its model."""
+
+    jobId: str
+    artifacts: list[ArtifactView]
+    serve: str = Field(description="The command that serves the released model over Moondream Station's API.")
+
+
 class LogLine(BaseModel):
     seq: int
     t: float

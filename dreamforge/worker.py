@@ -285,7 +285,7 @@ def job_result(out: Path) -> dict[str, Any]:
         "train_fit": ev.get("train_fit") or {},
         "verdict": ev.get("verdict") or {},
         "selection": ev.get("selection") or {},
-        "artifacts": {name: str(out / name) for name in ("model", "model-4bit", "metrics.json", "README.md")
+        "artifacts": {name: str(out / name) for name in ("model", "model-4bit", "metrics.json", "MODEL_CARD.md")
                       if (out / name).exists()},  # fmt: skip
         "wall_seconds": record.get("wall_seconds"),
     }

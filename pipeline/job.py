@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.budget import with_stage_budget
-from pipeline.codec import Codec
+from pipeline.codec import CODEC_FILE, Codec
 from pipeline.config import STAGES, ConfigError, CurriculumConfig, config_hash  # noqa: F401 — re-exported
 from pipeline.data import label_summary, load_dataset
 from pipeline.data.errors import DataError
@@ -372,6 +372,36 @@ def _verdict_md(verdict: dict[str, Any]) -> str:
     return f"**Verdict: {verdict_line(verdict)}.**{causes}\n"
 
 
+def _usage_md(cfg: CurriculumConfig, out: Path) -> str:
+    """How to use the model: ``dreamforge serve`` speaks Moondream Station's API, so curl and
+    Moondream's client work against it."""
+    if cfg.task == "caption":
+        skill, extra, call = "caption", "", 'model.caption(image)["caption"]'
+    else:
+        codec = out / "model" / CODEC_FILE
+        names = (json.loads(codec.read_text()).get("categories") if codec.exists() else None) or ["object"]
+        skill, extra, call = "detect", f', \\"object\\": \\"{names[0]}\\"', f'model.detect(image, "{names[0]}")["objects"]'
+    return f"""## Use it
+
+Serve it over Moondream Station's API (port 2020): `dreamforge serve JOB_ID` (or this job's
+output folder), then
+
+```bash
+curl -s localhost:2020/v1/{skill} -H 'Content-Type: application/json' \\
+  -d "{{\\"image_url\\": \\"data:image/jpeg;base64,$(base64 -w0 photo.jpg)\\"{extra}}}"
+```
+
+```python
+import moondream as md
+from PIL import Image
+
+model = md.vl(endpoint="http://localhost:2020/v1")
+image = Image.open("photo.jpg")
+print({call})
+```
+"""
+
+
 def write_model_card(out: Path, cfg: CurriculumConfig, record: dict[str, Any]) -> None:
     ev = record["evaluation"]
     key = ev["primary_metric"]
@@ -409,7 +439,8 @@ Release artifact: `{Path(rel.get('release_dir', 'model')).name}` ({rel.get('rele
 
 Outputs are location tokens (`<loc_0>`…`<loc_{cfg.num_bins - 1}>`) over the original image;
 decode them with `pipeline.codec.Codec` or run `dreamforge predict`.
-"""
+
+{_usage_md(cfg, out)}"""
     for d in ("model", "model-4bit"):
         if (out / d).exists():
             (out / d / "README.md").write_text(card)

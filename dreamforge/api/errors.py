@@ -29,6 +29,7 @@ _WHY = {
     404: "No such job, dataset or reward in this project.",
     409: "The resource is in a state that does not allow this (e.g. requeue a running job).",
     413: "The request body is over the size limit.",
+    416: "The Range header asks for bytes past the end of the artifact.",
     422: "The request is well-formed but invalid; each problem names its field.",
     429: "This project already has its share of heavy work (reward checks or tests) running; retry after the given seconds.",
     500: "An unexpected error; the detail names a reference for the server's log.",

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from dreamforge.cli import offline, preflight, service
+from dreamforge.cli import offline, preflight, pull, serve, service
 
 app = typer.Typer(help="DreamForge: fine-tune a vision-language model on your own images.", no_args_is_help=True)
 for command in (offline.schema, offline.presets, offline.predict):
@@ -27,6 +27,8 @@ app.command()(service.worker)
 app.command(context_settings={"allow_extra_args": True})(service.train)
 for command in (service.status, service.logs, service.cancel, service.approve, service.jobs, offline.init, service.demo):
     app.command()(command)
+app.command()(serve.serve)
+app.command()(pull.pull)
 
 
 def main() -> None:  # pragma: no cover
