@@ -86,8 +86,14 @@ def test_a_full_probe_lane_refuses_at_once_and_other_routes_stay_fast(stack, db)
     _, other_key = create_project(db, "robust-other")
 
     def slow():
-        with api(stack) as c:  # 4 cases x 4 samples x 0.3 s: ~5 s in the lane's only thread
-            slow_result["r"] = c.post("/api/rewards/test", json={**quick, "samples": 4, "source": SLOW_JS})
+        # 4 cases x 4 samples x 0.3 s: ~5 s in the lane's only thread. The quick probes below may hold
+        # the lane at the moment this one arrives; it is then refused (429) and tries again.
+        with api(stack) as c:
+            for _ in range(50):
+                slow_result["r"] = c.post("/api/rewards/test", json={**quick, "samples": 4, "source": SLOW_JS})
+                if slow_result["r"].status_code != 429:
+                    break
+                time.sleep(0.05)
 
     th = threading.Thread(target=slow)
     th.start()
