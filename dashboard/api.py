@@ -96,6 +96,10 @@ class Api:
         return self._call("GET", f"/api/jobs/{job_id}/samples", params={"n": n})
 
     # -- datasets, rewards, presets --------------------------------------------------------
+    def try_model(self, job_id: str, skill: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The job's model's answer for one image (the first call starts its model server)."""
+        return self._call("POST", f"/api/jobs/{job_id}/try/{skill}", json=body, timeout=300)
+
     def upload_dataset(self, data: bytes, name: str, task: str = "detect") -> dict[str, Any]:
         return self._call("POST", "/api/datasets", params={"name": name, "task": task}, content=data,
                           headers={"Content-Type": "application/zip"}, timeout=300)  # fmt: skip

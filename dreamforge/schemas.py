@@ -139,6 +139,17 @@ class ArtifactList(BaseModel):
     serve: str = Field(description="The command that serves the released model over Moondream Station's API.")
 
 
+class TryRequest(BaseModel):
+    """``POST /api/jobs/{id}/try/{skill}``: Moondream Station's request body (``dreamforge serve``
+    answers it), plus which of the job's models to ask."""
+
+    image_url: str = Field(max_length=20 * 1024 * 1024, description="The image as a data URL: data:image/png;base64,…")
+    object: str | None = Field(None, max_length=200, description="detect/point/segment: a category name; none for all.")
+    settings: dict[str, int] | None = Field(None, description='detect: {"max_objects": N}.')
+    length: str | None = Field(None, max_length=20, description="caption: normal or short.")
+    format: Literal["release", "full", "4bit"] = Field("release", description="The released model, or the full or 4-bit one.")
+
+
 class LogLine(BaseModel):
     seq: int
     t: float

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     job_timeout_s: float = env("DREAMFORGE_JOB_TIMEOUT_S", 24 * 3600.0, gt=0)
     max_body_bytes: int = env("DREAMFORGE_MAX_BODY", 1 << 20, gt=0)
     max_upload_bytes: int = env("DREAMFORGE_MAX_UPLOAD", 512 << 20, gt=0)
+    # "Try it" (POST /api/jobs/{id}/try/…) carries a whole image; its model server (serve/pool.py)
+    # stops after this long without a request.
+    max_try_bytes: int = env("DREAMFORGE_MAX_TRY_BODY", 20 << 20, gt=0)
+    try_idle_s: float = env("DREAMFORGE_TRY_IDLE_S", 600.0, gt=0)
     # Intermediate checkpoints and unpacked datasets of finished jobs older than this are deleted.
     temp_retention_s: float = env("DREAMFORGE_TEMP_RETENTION_S", 7 * 86400.0, ge=0)
     poll_s: float = env("DREAMFORGE_POLL_S", 0.2, gt=0)

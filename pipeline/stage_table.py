@@ -89,3 +89,14 @@ def metric_title(key: str, reward: str | None) -> str:
         return key
     name = (reward or "").removesuffix(".js")
     return f"reward: {name}" if name else "reward score"
+
+
+# What a trained model answers, by the task it was trained for, in Moondream Station's words:
+# boxes answer ``detect`` and ``point`` (the box centres), polygons also ``segment``, captions
+# ``caption``. ``dreamforge serve`` refuses the rest; the dashboard's "Try it" offers these.
+SKILLS: dict[str, tuple[str, ...]] = {
+    "detect": ("detect", "point"),
+    "keypoints": ("detect", "point"),
+    "segment": ("detect", "point", "segment"),
+    "caption": ("caption",),
+}

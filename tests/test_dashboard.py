@@ -135,6 +135,22 @@ def test_finished_job_page_shows_stages_curves_metrics_samples_artifacts(stack, 
     assert "job succeeded" in at.code[-1].value
 
 
+def test_try_it_on_the_job_page_asks_the_jobs_model_and_draws_its_answer(stack, finished):
+    at = app(stack, "app_pages/job.py", job=finished["jobId"], timeout=240)
+    assert at.radio(key="try_skill").options == ["detect", "point"]  # what a detection model answers
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 64), (30, 120, 200)).save(buf, "PNG")
+    at.file_uploader(key="try_image").set_value(("mine.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception and not at.error[1:], [e.value for e in at.error]  # [0] is the verdict
+    with api(stack) as c:  # the same answer the API gives for the same image
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        n = len(c.post(f"/api/jobs/{finished['jobId']}/try/detect", json={"image_url": url}, timeout=120).json()["objects"])
+    captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
+    assert f"mine.png: {n} object{'s' * (n != 1)} found" in captions, captions
+    at.text_input(key="try_object").set_value("unicorn").run()
+    assert any("it knows:" in e.value for e in at.error), [e.value for e in at.error]
+
+
 def test_running_job_page_shows_progress_and_fetches_only_new_rows(stack, db, jobs):
     job_id, attempt = jobs["running"], jobs["attempt"]
     at = app(stack, "app_pages/job.py", job=job_id)

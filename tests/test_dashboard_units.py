@@ -98,3 +98,20 @@ def test_stage_knob_defaults_are_the_curriculums_own():
         for knob in ("epochs", "max_steps", "lr"):
             assert d[knob] == getattr(getattr(cfg, section), knob), (section, knob)
     assert (defaults["rl"]["num_generations"], defaults["rl"]["batch_size"]) == (cfg.rl.num_generations, cfg.rl.batch_size)
+
+
+def test_try_it_draws_station_answers_where_they_point():
+    from PIL import Image
+
+    from dashboard.tryit import COLOUR, draw_answer
+
+    blank = Image.new("RGB", (200, 100), (0, 0, 0))
+    drawn, said = draw_answer(blank, {"objects": [{"x_min": 0.25, "y_min": 0.2, "x_max": 0.75, "y_max": 0.8, "label": "can"}]})
+    assert said == "1 object found" and drawn.size == (200, 100)
+    assert drawn.getpixel((50, 50)) == COLOUR and drawn.getpixel((149, 50)) == COLOUR  # the box's left and right edges
+    assert drawn.getpixel((100, 50)) == (0, 0, 0) and drawn.getpixel((10, 10)) == (0, 0, 0)  # inside and outside: untouched
+    drawn, said = draw_answer(blank, {"points": [{"x": 0.5, "y": 0.5}, {"x": 0.1, "y": 0.1}]})
+    assert said == "2 points found" and drawn.getpixel((100, 50)) == (0, 0, 0)
+    assert COLOUR in {drawn.getpixel((100 + dx, 50)) for dx in range(-6, 7)}
+    assert draw_answer(blank, {"caption": "a shelf"})[1] == "caption: a shelf"
+    assert draw_answer(blank, {"objects": []})[1] == "0 objects found"

@@ -321,6 +321,40 @@ def test_artifacts_route_lists_the_models_and_how_to_serve_them(stack, db, job):
         assert theirs.get(f"/api/jobs/{job}/artifacts").status_code == 404
 
 
+def test_try_it_answers_with_the_served_model_over_the_api(stack, db, job, full):
+    """The dashboard's "Try it": the API starts `dreamforge serve` for the job's model and forwards
+    Station's body; the answer is the one the same server gives directly."""
+    noisy = Image.frombytes("RGB", (900, 800), os.urandom(900 * 800 * 3))  # ~2 MB: over the API's usual body cap
+    big = data_url(noisy)
+    assert len(big) > 2 << 20
+    with api(stack) as c:
+        r = c.post(f"/api/jobs/{job}/try/detect", json={"image_url": IMG, "format": "full"}, timeout=300)
+        assert r.status_code == 200 and r.json() == full.post("detect", {"image_url": IMG}).json(), r.text
+        body = {"image_url": big, "settings": {"max_objects": 2}, "format": "full"}
+        r = c.post(f"/api/jobs/{job}/try/detect", json=body, timeout=120)
+        assert r.status_code == 200 and isinstance(r.json()["objects"], list) and len(r.json()["objects"]) <= 2, r.text
+        r = c.post(f"/api/jobs/{job}/try/point", json={"image_url": IMG, "format": "full"}, timeout=120)
+        assert r.status_code == 200 and r.json() == full.post("point", {"image_url": IMG}).json()
+        # the server's own sentences come back as the API's errors
+        r = c.post(f"/api/jobs/{job}/try/caption", json={"image_url": IMG})
+        assert r.status_code == 422 and "trained for detect, so it cannot caption" in r.json()["detail"]
+        r = c.post(f"/api/jobs/{job}/try/detect", json={"image_url": "data:image/png;base64,bm90IGFuIGltYWdl"})
+        assert r.status_code == 400 and "image_url" in r.json()["detail"], r.text
+        r = c.post(f"/api/jobs/{job}/try/detect", json={"image_url": IMG, "object": "unicorn"})
+        assert r.status_code == 400 and "it knows:" in r.json()["detail"]
+        queued = c.post("/api/train", json={"config": tiny_job_config(seed=5)}).json()["jobId"]
+        c.post(f"/api/jobs/{queued}/cancel")
+        r = c.post(f"/api/jobs/{queued}/try/detect", json={"image_url": IMG})
+        assert r.status_code == 409 and "once it has succeeded" in r.json()["detail"]
+    # one model server at a time, started once per model and kept while it is used
+    logs = sorted((stack.home / "logs" / "serve").glob(f"serve-{job}-*.log"))
+    assert len(logs) == 2, logs  # the full model, then the release (a request without "format")
+    _, other = create_project(db, "other-try")
+    with api(stack, other) as theirs:
+        r = theirs.post(f"/api/jobs/{job}/try/detect", json={"image_url": IMG})
+        assert r.status_code == 404 and str(stack.home) not in r.text
+
+
 def test_a_model_downloads_as_a_tar_and_resumes_from_a_range(stack, db, job, tmp_path):
     out = stack.home / "artifacts" / job / "out"
     with api(stack) as c:

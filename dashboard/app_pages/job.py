@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import ui
+from dashboard import tryit, ui
 from dashboard.api import ApiError
 from dashboard.jobview import curves, duration, thin, timing, validation_names
 from dashboard.stream import PANEL_LINES, job_stream
@@ -157,6 +157,7 @@ def results(job: dict[str, Any]) -> None:
         gate = f" · quality gate {release['gate']}" if release.get("gate") else ""
         st.caption(f"release: {fmt or '?'} model{ratio}{gate}" + (f" · {release['reason']}" if release.get("reason") else ""))
     samples(job)
+    tryit.section(job)
     artifacts = result.get("artifacts") or {}
     if artifacts:
         st.subheader("Artifacts")

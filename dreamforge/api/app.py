@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from dreamforge.api import errors
-from dreamforge.api.routes import datasets, downloads, github, jobs, logs, meta, preflight, rewards, samples
+from dreamforge.api.routes import datasets, downloads, github, jobs, logs, meta, preflight, rewards, samples, try_model
 from dreamforge.github import push_outbox
 from dreamforge.settings import Settings
 from dreamforge.store import async_client, ensure_indexes_async
@@ -34,7 +34,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        cap = self.settings.max_upload_bytes if scope["path"] == "/api/datasets" else self.settings.max_body_bytes
+        cap = _cap(scope["path"], self.settings)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             return await _too_large(send, cap)
@@ -53,6 +53,14 @@ class BodyLimit:
             await self.app(scope, limited, send)
         except _TooLarge:
             await _too_large(send, cap)
+
+
+def _cap(path: str, settings: Settings) -> int:
+    if path == "/api/datasets":
+        return settings.max_upload_bytes
+    if path.startswith("/api/jobs/") and "/try/" in path:
+        return settings.max_try_bytes
+    return settings.max_body_bytes
 
 
 class _TooLarge(Exception):
@@ -77,6 +85,8 @@ async def lifespan(app: FastAPI):
     outbox = push_outbox.start(app.state.db, settings)  # GitHub deliveries read while GitHub was away
     yield
     await push_outbox.stop(outbox)
+    if getattr(app.state, "model_servers", None) is not None:  # "Try it" children stop with the API
+        app.state.model_servers.stop()
     await app.state.client.close()
 
 
@@ -97,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, settings=app.state.settings)
     errors.install(app)
     app.add_exception_handler(PyMongoError, db_down)
-    for module in (meta, jobs, logs, datasets, rewards, preflight, github, samples, downloads):
+    for module in (meta, jobs, logs, datasets, rewards, preflight, github, samples, downloads, try_model):
         app.include_router(module.router)
     errors.document(app, {("POST", "/api/train"): {200: "The job this Idempotency-Key already created.", 404: None, 409: None,
                                                       429: None}})

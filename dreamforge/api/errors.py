@@ -33,7 +33,7 @@ _WHY = {
     422: "The request is well-formed but invalid; each problem names its field.",
     429: "This project already has its share of heavy work (reward checks or tests) running; retry after the given seconds.",
     500: "An unexpected error; the detail names a reference for the server's log.",
-    502: "An upstream service (GitHub) did not answer.",
+    502: "An upstream service (GitHub, a model server) did not answer.",
     503: "The database is unavailable, or the server is busy with heavy work; retry after the given seconds.",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}

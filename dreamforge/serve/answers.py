@@ -11,13 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from dreamforge.serve.inputs import BadInput
-
-SKILLS = {
-    "detect": ("detect", "point"),
-    "keypoints": ("detect", "point"),
-    "segment": ("detect", "point", "segment"),
-    "caption": ("caption",),
-}
+from pipeline.stage_table import SKILLS
 
 
 def check_skill(task: str, skill: str) -> None:
