@@ -229,6 +229,7 @@ def test_commit_status_and_one_pr_comment_follow_the_job(stack, db, key, gh, set
         ("POST", f"/repos/{REPO}/statuses/{first}"),
         ("POST", f"/repos/{REPO}/statuses/{first}"),
         ("POST", f"/repos/{REPO}/statuses/{first}"),
+        ("GET", f"/repos/{REPO}/issues/12/comments"),  # ours, by its marker, before creating one
         ("POST", f"/repos/{REPO}/issues/12/comments"),
     ]
     states = [(r["json"]["state"], r["json"]["description"]) for r in mine[:4]]
@@ -237,7 +238,7 @@ def test_commit_status_and_one_pr_comment_follow_the_job(stack, db, key, gh, set
     assert {r["json"]["context"] for r in mine[:4]} == {"dreamforge/train"}
     assert {r["json"]["target_url"] for r in mine[:4]} == {f"{DASH}/job?job={job_id}"}
     assert mine[0]["auth"] == "token ghs_test"
-    comment = mine[4]["json"]["body"]
+    comment = mine[5]["json"]["body"]
     assert "| reward | 0.42 | 1 |" in comment and "| model | iou | parse_rate |" in comment and job_id in comment
     assert "github_outbox" not in db.jobs.find_one({"_id": job_id})
     # a newer push to the PR edits the same comment in place

@@ -34,7 +34,8 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        cap = self.settings.max_upload_bytes if scope["path"] == "/api/datasets" else self.settings.max_body_bytes
+        caps = {"/api/datasets": self.settings.max_upload_bytes, "/api/webhooks/github": self.settings.github_webhook_max_body}
+        cap = caps.get(scope["path"], self.settings.max_body_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             return await _too_large(send, cap)
