@@ -129,6 +129,17 @@ def test_replayed_delivery_and_same_push_give_one_job(stack, db, key):
     assert job["source"] == {"kind": "github", "repo": REPO, "branch": "dedupe", "sha": commit, "run_id": "42"}
 
 
+def test_a_delivery_recorded_without_its_job_is_finished_by_the_retry(stack, db, key):
+    # The first try died between recording the delivery and submitting (a database error): the
+    # Action's retry of the same signed body must create the job, not get 409 for a day.
+    pid = db.projects.find_one({"github_repos": REPO})["_id"]
+    body = action_body(REPO, "half-done", sha(), cfg("half-done"))
+    db.github_deliveries.insert_one({"_id": queue.scoped(pid, body["delivery"]), "created_at": datetime.now(UTC)})
+    r = post_action(stack, key, body)
+    assert r.status_code == 201, r.text
+    assert post_action(stack, key, body).json() == {**r.json(), "created": False, "duplicate": True}
+
+
 def test_invalid_config_is_422_naming_the_field_and_queues_nothing(stack, db, key):
     bad = tiny_job_config(rl={"tmperature": 1.0})
     r = post_action(stack, key, action_body(REPO, "bad", sha(), bad))

@@ -177,7 +177,11 @@ async def create_preview(db, settings: Settings, pid: str, *, config: dict[str, 
     try:
         await db[DELIVERIES].insert_one({"_id": queue.scoped(pid, delivery), "created_at": queue.now()})
     except DuplicateKeyError:
-        return await replayed(db, settings, pid, delivery)
+        rec = await db[DELIVERIES].find_one({"_id": queue.scoped(pid, delivery)}) or {}
+        if rec.get("job_id") or rec.get("skipped"):
+            return await replayed(db, settings, pid, delivery)
+        # Recorded, but no job: the first try died between the two (or runs now). The body is
+        # the same signed one, and submit dedupes on the job's key, so finishing it here is safe.
     return await create_job(db, settings, pid, config=config, config_path=config_path, delivery=delivery, source=source,
                             fork=fork)  # fmt: skip
 

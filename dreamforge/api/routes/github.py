@@ -86,6 +86,8 @@ async def from_action(request: Request, db: Db, settings: AppSettings, authoriza
     if oidc.looks_like_jwt(token):
         try:
             claims = await asyncio.to_thread(oidc.verify, token, issuer=settings.oidc_issuer, audience=settings.oidc_audience)
+        except oidc.KeysUnavailable as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "10"}) from None
         except oidc.OidcError as e:
             raise HTTPException(401, str(e)) from None
         project = await db[PROJECTS].find_one({"github_repo_ids": int(claims["repository_id"])})
@@ -113,8 +115,10 @@ async def from_action(request: Request, db: Db, settings: AppSettings, authoriza
         if claims["repository"] != push.repository or claims.get("event_name", push.event) != push.event:
             raise HTTPException(403, f"the OIDC token is for {claims['repository']} ({claims.get('event_name')}), "
                                      f"the body for {push.repository} ({push.event})")  # fmt: skip
+        if why := oidc.check_body(claims, ref=push.ref, sha=push.sha, event=push.event, workflows=settings.oidc_workflows):
+            raise HTTPException(403, why)
         try:
-            await oidc.spend_jti(db, claims)
+            await oidc.spend_jti(db, claims, push.delivery)
         except oidc.OidcError as e:
             raise HTTPException(401, str(e)) from None
     elif push.repository not in (project.get("github_repos") or []) and (
