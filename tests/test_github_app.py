@@ -171,17 +171,23 @@ def push_event(commit: str, branch: str, *, name: str = REPO, pad: int = 0) -> d
             "repository": {"full_name": name, "id": REPO_ID}, "commits": ["x" * 1000] * pad}  # fmt: skip
 
 
-def test_the_apps_webhook_tells_apart_why_a_config_cannot_be_read(stack, db, gh, project_a):
+def test_the_apps_webhook_tells_apart_why_a_config_cannot_be_read(stack, db, gh, settings, project_a):
+    db[GITHUB_LIMITS].delete_many({})
+    shas = {}
     cases = {"dir": {"type": "dir"}, "symlink": {"type": "symlink", "target": "/etc/passwd"},
              "submodule": {"type": "submodule", "submodule_git_url": "https://github.com/x/y"}}  # fmt: skip
     for branch, entry in cases.items():
-        commit = sha()
+        commit = shas[branch] = sha()
         gh.files[(REPO, commit, "dreamforge.config.json")] = entry
         r = deliver(stack, push_event(commit, branch), f"kind-{branch}")
         assert r.status_code == 422 and f"is a {'directory' if branch == 'dir' else branch}" in r.json()["detail"], r.text
         with api(stack, project_a[1]) as h:
             p = next(p for p in h.get("/api/previews", params={"repo": REPO}).json() if p["branch"] == branch)
         assert p["status"] == "failed" and r.json()["detail"] == p["detail"]
+    github_status.sync_once(db, settings, now=datetime.now(UTC) + timedelta(seconds=5))
+    for branch, commit in shas.items():  # the commit says it too
+        [posted] = gh.statuses(commit)
+        assert posted["state"] == "error" and "is a" in posted["description"] and len(posted["description"]) <= 140
     # over 1 MB: read with the raw media type; and a webhook body over the usual 1 MiB cap
     big, commit = tiny_job_config(name="big"), sha()
     gh.files[(REPO, commit, "dreamforge.config.json")] = json.dumps(big) + " " * (1 << 20)
@@ -199,6 +205,8 @@ def test_the_apps_webhook_tells_apart_why_a_config_cannot_be_read(stack, db, gh,
     gh.installations[1]["repos"].discard(REPO)
     try:
         r = deliver(stack, push_event(sha(), "hidden"), "kind-hidden")
+        github_status.sync_once(db, settings, now=datetime.now(UTC) + timedelta(seconds=5))
     finally:
         gh.installations[1]["repos"].add(REPO)
     assert r.status_code == 422 and "private" in r.json()["detail"], r.text
+    assert db.github_notes.count_documents({}) == 0  # nothing to post where GitHub shows nothing

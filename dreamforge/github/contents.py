@@ -21,7 +21,12 @@ RAW = "application/vnd.github.raw+json"
 
 
 class Unreadable(Exception):
-    """GitHub answered, and the config cannot be read from it; the message says why and what to do."""
+    """GitHub answered, and the config cannot be read from it; the message says why and what to
+    do. ``visible``: whether the repository itself can be reached (a commit status can say it)."""
+
+    def __init__(self, message: str, *, visible: bool = True) -> None:
+        super().__init__(message)
+        self.visible = visible
 
 
 def fetch_config(settings: Settings, repo: str, sha: str) -> str | None:
@@ -32,7 +37,7 @@ def fetch_config(settings: Settings, repo: str, sha: str) -> str | None:
     try:
         gh = client.client(settings, repo, timeout=5)  # 5 s: a delivery is answered within GitHub's 10 s
     except client.NotInstalled as e:
-        raise Unreadable(str(e)) from None
+        raise Unreadable(str(e), visible=False) from None
     try:
         got = gh.get_repo(repo).get_contents(CONFIG_FILE, ref=sha)
     except UnknownObjectException:
@@ -41,7 +46,7 @@ def fetch_config(settings: Settings, repo: str, sha: str) -> str | None:
         except UnknownObjectException:
             who = "the DreamForge App's installation" if client.app_mode(settings) else "GITHUB_TOKEN"
             raise Unreadable(f"GitHub answers 404 for {repo}: it is private and {who} cannot read it; give it read "
-                             "access to the repository's contents") from None  # fmt: skip
+                             "access to the repository's contents", visible=False) from None  # fmt: skip
         return None
     if isinstance(got, list):
         raise Unreadable(f"{at} is a directory; it must be a file")

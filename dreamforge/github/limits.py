@@ -17,14 +17,20 @@ context; 403: no permission; 404: no access): retrying it changes nothing, so it
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 
+from dreamforge.github import client
 from dreamforge.jobs import queue
+from dreamforge.settings import Settings
 from dreamforge.store import GITHUB_LIMITS
+
+log = logging.getLogger("dreamforge.github")
 
 MIN_PAUSE_S = 60.0
 MAX_PAUSE_S = 3600.0
@@ -114,3 +120,40 @@ def take_write(db, cred: str, per_min: int, t: datetime) -> None:
     )  # fmt: skip
     if doc["n"] > per_min:
         raise Paused(pause(db, cred, (minute + timedelta(minutes=1) - t).total_seconds(), t, strike=False))
+
+
+def attempt(db, settings: Settings, repo: str, t: datetime, paused: dict[str, datetime | None],
+            write: Callable[[str], bool]) -> tuple[str, Any]:  # fmt: skip
+    """Run ``write(credential)`` (True if it wrote) for ``repo`` under these rules. Returns ``("ok", None)``,
+    ``("later", until)`` (rate limited: not a failure), ``("give_up", why)`` (GitHub's refusal)
+    or ``("retry", why)`` (an outage: back off). ``paused``: what this sweep already knows."""
+    from github import GithubException
+
+    cred = None
+    try:
+        cred = client.credential(settings, repo)
+        if cred not in paused:
+            paused[cred] = paused_until(db, cred, t)
+        if paused[cred]:
+            raise Paused(paused[cred])
+        wrote = write(cred)
+    except Paused as p:
+        paused[cred or ""] = p.until
+        return "later", p.until
+    except client.NotInstalled as e:
+        return "give_up", str(e)
+    except GithubException as e:
+        why = describe(e)
+        log.warning("%s: writing to GitHub failed (%s)", repo, why)
+        if rate_limited(e.status, e.headers, why):
+            if not cred:
+                return "later", t + timedelta(seconds=MIN_PAUSE_S)
+            paused[cred] = pause(db, cred, pause_s(e.headers, strikes(db, cred) + 1), t)
+            return "later", paused[cred]
+        return ("give_up", why) if permanent(e.status) else ("retry", why)
+    except (OSError, KeyError) as e:
+        log.warning("%s: writing to GitHub failed (%s: %s)", repo, type(e).__name__, e)
+        return "retry", f"{type(e).__name__}: {e}"[:500]
+    if wrote:  # GitHub took a write: the next rate limit starts the backoff over
+        clear_strikes(db, cred)
+    return "ok", None

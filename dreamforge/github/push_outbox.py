@@ -26,7 +26,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
-from dreamforge.github import contents, limits, webhooks
+from dreamforge.github import contents, limits, notes, webhooks
 from dreamforge.github.contents import CONFIG_FILE
 from dreamforge.github.webhooks import WAITING, waiting_response
 from dreamforge.jobs import queue
@@ -63,12 +63,13 @@ async def resolve(db, settings: Settings, p: dict[str, Any], *, inline: bool) ->
     try:
         text = await asyncio.to_thread(contents.fetch_config, settings, p["repo"], p["sha"])
     except contents.Unreadable as e:
-        return await _unreadable(db, p, str(e), inline=inline)
+        return await _unreadable(db, settings, p, str(e), inline=inline, visible=e.visible)
     except GithubException as e:
         if limits.rate_limited(e.status, e.headers, limits.describe(e)):
             return await _retry_later(db, p, e, pause=limits.pause_s(e.headers, int(p.get("failures", 0)) + 1))
         if limits.permanent(e.status):  # GitHub's answer: a retry would get the same
-            return await _unreadable(db, p, f"reading {CONFIG_FILE} of {p['repo']}: {limits.describe(e)}", inline=inline)
+            why = f"reading {CONFIG_FILE} of {p['repo']}: {limits.describe(e)}"
+            return await _unreadable(db, settings, p, why, inline=inline, visible=e.status != 404)
         return await _retry_later(db, p, e)
     except Exception as e:  # noqa: BLE001 — requests raises many kinds; all mean "try later"
         return await _retry_later(db, p, e)
@@ -139,10 +140,13 @@ async def _failed(db, p: dict[str, Any], detail: str) -> None:
     await _forget(db, p)
 
 
-async def _unreadable(db, p: dict[str, Any], why: str, *, inline: bool) -> JSONResponse:
-    """GitHub answered and the config cannot be read: the preview says which case (private,
-    directory, symlink, submodule); GitHub's manual redelivery tries again once it is fixed."""
+async def _unreadable(db, settings: Settings, p: dict[str, Any], why: str, *, inline: bool, visible: bool) -> JSONResponse:
+    """GitHub answered and the config cannot be read: the preview and the commit's status say
+    which case (private, directory, symlink, submodule); GitHub's manual redelivery tries again
+    once it is fixed."""
     await _failed(db, p, why)
+    if visible and settings.github_enabled:
+        await notes.add(db, p["project_id"], p["repo"], p["sha"], why)
     return JSONResponse({"detail": why}, status_code=422 if inline else 200)
 
 

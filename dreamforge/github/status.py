@@ -23,7 +23,7 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from dreamforge.github import client, limits
+from dreamforge.github import client, limits, notes
 from dreamforge.jobs import queue
 from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.settings import Settings, dashboard_page
@@ -131,43 +131,19 @@ def sync_once(db, settings: Settings, *, now: datetime | None = None) -> int:
         if not claimed.modified_count:
             continue  # another worker has it
         _sync_job(db, settings, job, t, paused)
-    return len(cands)
+    return len(cands) + notes.sync_due(db, settings, t, paused)
 
 
 def _sync_job(db, settings: Settings, job: dict[str, Any], t: datetime, paused: dict[str, datetime | None]) -> None:
-    from github import GithubException
-
-    sets: dict[str, Any] = {}
-    cred = None
-    try:
-        cred = client.credential(settings, job["source"]["repo"])
-        if cred not in paused:
-            paused[cred] = limits.paused_until(db, cred, t)
-        if paused[cred]:
-            raise limits.Paused(paused[cred])
-        _post(db, settings, job, t, cred, sets)
-    except limits.Paused as p:
-        paused[cred or ""] = p.until
-        return _later(db, job, sets, p.until)
-    except client.NotInstalled as e:
-        return _give_up(db, job, sets, str(e))
-    except GithubException as e:
-        why = limits.describe(e)
-        log.warning("job %s: posting to GitHub failed (%s)", job["_id"], why)
-        if limits.rate_limited(e.status, e.headers, why):
-            until = t + timedelta(seconds=limits.MIN_PAUSE_S)
-            if cred:
-                until = limits.pause(db, cred, limits.pause_s(e.headers, limits.strikes(db, cred) + 1), t)
-                paused[cred] = until
-            return _later(db, job, sets, until)
-        if limits.permanent(e.status):
-            return _give_up(db, job, sets, why)
-        return _backoff(db, job, sets, t, why)
-    except (OSError, KeyError) as e:
-        log.warning("job %s: posting to GitHub failed (%s: %s)", job["_id"], type(e).__name__, e)
-        return _backoff(db, job, sets, t, f"{type(e).__name__}: {e}"[:500])
-    if sets and cred:
-        limits.clear_strikes(db, cred)
+    sets: dict[str, Any] = {}  # what reached GitHub, kept whatever happens next
+    outcome, detail = limits.attempt(db, settings, job.get("source", {}).get("repo", ""), t, paused,
+                                     lambda cred: _post(db, settings, job, t, cred, sets))  # fmt: skip
+    if outcome == "later":
+        return _later(db, job, sets, detail)
+    if outcome == "give_up":
+        return _give_up(db, job, sets, detail)
+    if outcome == "retry":
+        return _backoff(db, job, sets, t, detail)
     sets["github_failures"] = 0
     if job["status"] in FINAL_STATUSES:
         db[JOBS].update_one({"_id": job["_id"]}, {"$set": sets, "$unset": {"github_outbox": ""}})
@@ -175,8 +151,9 @@ def _sync_job(db, settings: Settings, job: dict[str, Any], t: datetime, paused: 
         db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_outbox": due(t + timedelta(seconds=LOOK_EVERY_S))}})
 
 
-def _post(db, settings: Settings, job: dict[str, Any], t: datetime, cred: str, sets: dict[str, Any]) -> None:
-    """Post the status if it changed, and the final PR comment; ``sets`` records what reached GitHub."""
+def _post(db, settings: Settings, job: dict[str, Any], t: datetime, cred: str, sets: dict[str, Any]) -> bool:
+    """Post the status if it changed, and the final PR comment; ``sets`` records what reached
+    GitHub. True if anything was written."""
     src = job["source"]
     state, text = desired_status(job)
     repo = client.client(settings, src["repo"]).get_repo(src["repo"])
@@ -187,12 +164,13 @@ def _post(db, settings: Settings, job: dict[str, Any], t: datetime, cred: str, s
         sets["github_posted"] = f"{state}|{text}"
     # Cancelled (superseded) jobs leave the PR's comment to the newer job.
     if job["status"] not in FINAL_STATUSES or job["status"] == "cancelled" or job.get("github_commented"):
-        return
+        return bool(sets)
     pr = src.get("pr") or _pull_of(repo, src["sha"])
     if pr:
         sets["source.pr"] = pr
         _comment(db, settings, repo, {**job, "source": {**src, "pr": pr}}, cred, t)
     sets["github_commented"] = True
+    return True
 
 
 def _pull_of(repo, sha: str) -> int | None:
