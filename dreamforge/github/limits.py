@@ -82,7 +82,14 @@ def describe(e: Exception) -> str:
 
 
 def paused_until(db, cred: str, t: datetime) -> datetime | None:
-    doc = db[GITHUB_LIMITS].find_one({"_id": cred}, {"until": 1, "strikes": 1})
+    return _until(db[GITHUB_LIMITS].find_one({"_id": cred}, {"until": 1}), t)
+
+
+async def paused_until_async(db, cred: str, t: datetime) -> datetime | None:
+    return _until(await db[GITHUB_LIMITS].find_one({"_id": cred}, {"until": 1}), t)
+
+
+def _until(doc: dict[str, Any] | None, t: datetime) -> datetime | None:
     if doc and doc.get("until") and doc["until"] > queue.stamp(t):
         return _at(doc["until"])
     return None
@@ -94,12 +101,23 @@ def strikes(db, cred: str) -> int:
 
 def pause(db, cred: str, seconds: float, t: datetime, *, strike: bool = True) -> datetime:
     """Pause ``cred`` for ``seconds`` from ``t`` (never shortening a longer pause already stored)."""
+    doc = db[GITHUB_LIMITS].find_one_and_update({"_id": cred}, _pause_update(seconds, t, strike), upsert=True,
+                                                return_document=ReturnDocument.AFTER)  # fmt: skip
+    return _at(doc["until"])
+
+
+async def pause_async(db, cred: str, seconds: float, t: datetime) -> datetime:
+    doc = await db[GITHUB_LIMITS].find_one_and_update({"_id": cred}, _pause_update(seconds, t, True), upsert=True,
+                                                      return_document=ReturnDocument.AFTER)  # fmt: skip
+    return _at(doc["until"])
+
+
+def _pause_update(seconds: float, t: datetime, strike: bool) -> dict[str, Any]:
     until = queue.stamp(t + timedelta(seconds=seconds))
     update: dict[str, Any] = {"$max": {"until": until}, "$set": {"expires_at": t + timedelta(seconds=seconds + MAX_PAUSE_S)}}
     if strike:
         update["$inc"] = {"strikes": 1}
-    doc = db[GITHUB_LIMITS].find_one_and_update({"_id": cred}, update, upsert=True, return_document=ReturnDocument.AFTER)
-    return _at(doc["until"])
+    return update
 
 
 def _at(stamp: str) -> datetime:

@@ -26,7 +26,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
-from dreamforge.github import contents, limits, notes, webhooks
+from dreamforge.github import client, contents, limits, notes, webhooks
 from dreamforge.github.contents import CONFIG_FILE
 from dreamforge.github.webhooks import WAITING, waiting_response
 from dreamforge.jobs import queue
@@ -58,21 +58,9 @@ async def resolve(db, settings: Settings, p: dict[str, Any], *, inline: bool) ->
 
     ``inline`` (the webhook request itself): a bad config answers 422 as it always did. From the
     outbox there is nobody to answer, so the preview shows the error instead."""
-    from github import GithubException
-
-    try:
-        text = await asyncio.to_thread(contents.fetch_config, settings, p["repo"], p["sha"])
-    except contents.Unreadable as e:
-        return await _unreadable(db, settings, p, str(e), inline=inline, visible=e.visible)
-    except GithubException as e:
-        if limits.rate_limited(e.status, e.headers, limits.describe(e)):
-            return await _retry_later(db, p, e, pause=limits.pause_s(e.headers, int(p.get("failures", 0)) + 1))
-        if limits.permanent(e.status):  # GitHub's answer: a retry would get the same
-            why = f"reading {CONFIG_FILE} of {p['repo']}: {limits.describe(e)}"
-            return await _unreadable(db, settings, p, why, inline=inline, visible=e.status != 404)
-        return await _retry_later(db, p, e)
-    except Exception as e:  # noqa: BLE001 — requests raises many kinds; all mean "try later"
-        return await _retry_later(db, p, e)
+    text = await _read(db, settings, p, inline=inline)
+    if isinstance(text, JSONResponse):
+        return text
     source = JobSource(kind="github", repo=p["repo"], branch=p["branch"], sha=p["sha"], pr=p["pr"])
     if text is None:
         await _done(db, p, skipped=f"no {webhooks.CONFIG_FILE} at {p['sha'][:12]}")
@@ -96,6 +84,37 @@ async def resolve(db, settings: Settings, p: dict[str, Any], *, inline: bool) ->
         return JSONResponse({"detail": e.detail}, status_code=e.status_code)
     await _done(db, p)
     return resp
+
+
+async def _read(db, settings: Settings, p: dict[str, Any], *, inline: bool) -> str | None | JSONResponse:
+    """The config's text (None: no such file), or the answer when it cannot be read now. Reads
+    wait out the credential's rate-limit pause, which every process shares (``limits``)."""
+    from github import GithubException
+
+    cred = None
+    try:
+        cred = await asyncio.to_thread(client.credential, settings, p["repo"])
+        if until := await limits.paused_until_async(db, cred, queue.now()):
+            raise limits.Paused(until)
+        return await asyncio.to_thread(contents.fetch_config, settings, p["repo"], p["sha"])
+    except client.NotInstalled as e:
+        return await _unreadable(db, settings, p, str(e), inline=inline, visible=False)
+    except contents.Unreadable as e:
+        return await _unreadable(db, settings, p, str(e), inline=inline, visible=e.visible)
+    except limits.Paused as e:
+        return await _retry_later(db, p, e, pause=(e.until - queue.now()).total_seconds())
+    except GithubException as e:
+        if limits.rate_limited(e.status, e.headers, limits.describe(e)):
+            seconds = limits.pause_s(e.headers, int(p.get("failures", 0)) + 1)
+            if cred:
+                await limits.pause_async(db, cred, seconds, queue.now())
+            return await _retry_later(db, p, e, pause=seconds)
+        if limits.permanent(e.status):  # GitHub's answer: a retry would get the same
+            why = f"reading {CONFIG_FILE} of {p['repo']}: {limits.describe(e)}"
+            return await _unreadable(db, settings, p, why, inline=inline, visible=e.status != 404)
+        return await _retry_later(db, p, e)
+    except Exception as e:  # noqa: BLE001 — requests raises many kinds; all mean "try later"
+        return await _retry_later(db, p, e)
 
 
 def _detail_text(detail: Any) -> str:
