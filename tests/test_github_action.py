@@ -311,7 +311,8 @@ def test_wait_follows_the_job_to_its_metrics_and_github_shows_them(stack, db, ke
     assert states[0] == "pending" and states[-1] == "failure" and set(states[:-1]) == {"pending"}
     assert gh.statuses(head)[-1]["description"].startswith(f"did not learn: {key_name} ")
     assert f", reward: retail_facings {scores[released]:.3f}, see the dashboard" in gh.statuses(head)[-1]["description"]
-    comment = next(c["json"]["body"] for c in gh.requests if c["path"] == f"/repos/{REPO}/issues/5/comments")
+    comment = next(c["json"]["body"] for c in gh.requests if c["path"] == f"/repos/{REPO}/issues/5/comments"
+                   and c["method"] == "POST")  # fmt: skip
     assert f"{metrics['models']['reward'][key_name]:.4g}" in comment
     header = next(ln for ln in comment.splitlines() if ln.startswith("| model |"))
     assert " reward: retail_facings |" in header and "reward_score" not in comment
