@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import tiny_job_config
 from fake_github import APP_ID
-from github_helpers import SECRET, action_body, link, post_action, sha
+from github_helpers import SECRET, action_body, link, post_action, pull_request_event, sha
 from service_helpers import api
 
 from dreamforge.auth import create_project
@@ -187,7 +187,8 @@ def test_the_apps_webhook_tells_apart_why_a_config_cannot_be_read(stack, db, gh,
     github_status.sync_once(db, settings, now=datetime.now(UTC) + timedelta(seconds=5))
     for branch, commit in shas.items():  # the commit says it too
         [posted] = gh.statuses(commit)
-        assert posted["state"] == "error" and "is a" in posted["description"] and len(posted["description"]) <= 140
+        assert posted["state"] == "error" and len(posted["description"]) <= 140
+        assert f"is a {'directory' if branch == 'dir' else branch}" in posted["description"]
     # over 1 MB: read with the raw media type; and a webhook body over the usual 1 MiB cap
     big, commit = tiny_job_config(name="big"), sha()
     gh.files[(REPO, commit, "dreamforge.config.json")] = json.dumps(big) + " " * (1 << 20)
@@ -196,6 +197,17 @@ def test_the_apps_webhook_tells_apart_why_a_config_cannot_be_read(stack, db, gh,
     assert db.jobs.find_one({"_id": r.json()["jobId"]})["config"]["name"] == "big"
     assert any(q["accept"] == "application/vnd.github.raw+json" for q in gh.requests)
     assert post_action(stack, project_a[1], b"x" * (2 << 20)).status_code == 413  # other routes keep 1 MiB
+    # a pull request: GitHub's merge commit holds another config than the head; the head's trains
+    head, merge = sha(), sha()
+    gh.files[(REPO, head, "dreamforge.config.json")] = json.dumps(tiny_job_config(name="at-head"))
+    gh.files[(REPO, merge, "dreamforge.config.json")] = json.dumps(tiny_job_config(name="at-merge"))
+    ev = pull_request_event(REPO, REPO, 14, "feature", head)
+    ev["pull_request"]["merge_commit_sha"] = merge  # what GITHUB_SHA is on pull_request
+    ev["repository"]["id"] = REPO_ID
+    r = deliver(stack, ev, "kind-pr", kind="pull_request")
+    assert r.status_code == 201, r.text
+    job = db.jobs.find_one({"_id": r.json()["jobId"]})
+    assert (job["config"]["name"], job["source"]["sha"]) == ("at-head", head)
     # a renamed repository is found by its id
     commit = sha()
     gh.files[("acme/renamed-later", commit, "dreamforge.config.json")] = json.dumps(tiny_job_config(name="renamed"))
