@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -95,6 +95,24 @@ class Settings(BaseSettings):
         except ValidationError as e:
             raise SettingsError("bad settings: " + "; ".join(_problem(x) for x in e.errors())) from None
 
+    @field_validator("github_app_private_key")
+    @classmethod
+    def _pem(cls, key: str | None, info: ValidationInfo) -> str | None:
+        """A PEM private key; a platform that cannot hold newlines may pass them as ``\\n``."""
+        if bool(info.data.get("github_app_id")) != bool(key):
+            raise ValueError("GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY go together: set both for the GitHub App, or neither")
+        if not key:
+            return None
+        if "\n" not in key and "\\n" in key:
+            key = key.replace("\\n", "\n")
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            load_pem_private_key(key.encode(), password=None)
+        except (ValueError, TypeError):
+            raise ValueError("not a PEM private key: paste the whole .pem file GitHub gave for the App") from None
+        return key
+
     @field_validator("home")
     @classmethod
     def _absolute(cls, home: Path) -> Path:  # children run elsewhere (cwd of a stage): one meaning
@@ -118,4 +136,6 @@ class Settings(BaseSettings):
 def _problem(error: dict[str, Any]) -> str:
     """``NAME='value': why``; ``loc`` is the variable's name for a value read from the environment."""
     name = ".".join(str(x) for x in error["loc"])
+    if any(w in name.upper() for w in ("KEY", "TOKEN", "SECRET", "URI")):  # never echo a credential
+        return f"{name}: {error['msg']}"
     return f"{name}={error.get('input')!r}: {error['msg']}"

@@ -20,7 +20,7 @@ from dreamforge.github import status as github_status
 from dreamforge.github.webhooks import signature
 from dreamforge.jobs import queue
 from dreamforge.local.stack import start_stack
-from dreamforge.settings import Settings
+from dreamforge.settings import Settings, SettingsError
 from dreamforge.store import GITHUB_LIMITS
 
 REPO, REPO_ID = "acme/shelves", 9001
@@ -208,6 +208,9 @@ def test_the_apps_webhook_tells_apart_why_a_config_cannot_be_read(stack, db, gh,
     assert r.status_code == 201, r.text
     job = db.jobs.find_one({"_id": r.json()["jobId"]})
     assert (job["config"]["name"], job["source"]["sha"]) == ("at-head", head)
+    # the App's webhook also brings installation events, which name no repository
+    r = deliver(stack, {"action": "created", "installation": {"id": 1}}, "kind-install", kind="installation")
+    assert r.status_code == 202 and "names no repository" in r.json()["skipped"]
     # a renamed repository is found by its id
     commit = sha()
     gh.files[("acme/renamed-later", commit, "dreamforge.config.json")] = json.dumps(tiny_job_config(name="renamed"))
@@ -222,3 +225,18 @@ def test_the_apps_webhook_tells_apart_why_a_config_cannot_be_read(stack, db, gh,
         gh.installations[1]["repos"].add(REPO)
     assert r.status_code == 422 and "private" in r.json()["detail"], r.text
     assert db.github_notes.count_documents({}) == 0  # nothing to post where GitHub shows nothing
+
+
+def test_the_apps_settings_are_checked_without_echoing_the_key(gh, monkeypatch):
+    monkeypatch.setenv("GITHUB_APP_ID", str(APP_ID))
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "-----BEGIN RSA PRIVATE KEY-----\nsecret-bytes\n-----END RSA PRIVATE KEY-----")
+    with pytest.raises(SettingsError) as e:
+        Settings()
+    assert "GITHUB_APP_PRIVATE_KEY" in str(e.value) and "not a PEM private key" in str(e.value)
+    assert "secret-bytes" not in str(e.value)
+    monkeypatch.delenv("GITHUB_APP_PRIVATE_KEY")
+    with pytest.raises(SettingsError, match="go together"):
+        Settings()
+    # one line with \n escapes, as some platforms store secrets
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", gh.app_pem.replace("\n", "\\n"))
+    assert Settings().github_app_private_key == gh.app_pem

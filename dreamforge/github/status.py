@@ -252,6 +252,8 @@ def start_sync_thread(db, settings: Settings, stop: threading.Event) -> threadin
                 sync_once(db, settings)
             except PyMongoError as e:
                 log.warning("GitHub status sync: database unavailable (%s)", type(e).__name__)
+            except Exception:  # a bug must not end the thread: later jobs' statuses still go out
+                log.exception("GitHub status sync")
 
     th = threading.Thread(target=loop, name="github-status", daemon=True)
     th.start()

@@ -142,8 +142,12 @@ async def from_github(request: Request, db: Db, settings: AppSettings, x_github_
     raw = await request.body()
     try:
         event = json.loads(raw)
+        if not isinstance(event.get("repository"), dict) and settings.github_app_webhook_secret and \
+                signature_ok(settings.github_app_webhook_secret, raw, x_hub_signature_256):
+            # The App's webhook also carries installation events, which name no repository.
+            return JSONResponse({"skipped": f"event {x_github_event} names no repository"}, status_code=202)
         repo, repo_id = event["repository"]["full_name"], event["repository"].get("id")
-    except (ValueError, KeyError, TypeError, RecursionError):  # unauthenticated yet: any bytes may arrive
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # unauthenticated yet: any bytes may arrive
         raise HTTPException(400, "not a GitHub webhook payload: set the content type to application/json") from None
     # By the numeric id first: a renamed repository keeps it (and its old name is free to re-use).
     project = await db[PROJECTS].find_one({"github_repo_ids": repo_id}) if type(repo_id) is int else None
