@@ -70,8 +70,9 @@ def test_project_b_can_neither_link_nor_post_for_project_a_repository(stack, db,
     for repo, says in [("nobody/else", "not installed"), ("acme/secret", "not installed"), (REPO, ".github/dreamforge-project")]:
         r = link(stack, key_b, [{"name": repo}])
         assert r.status_code == 403 and says in r.json()["detail"], (repo, r.text)
-    gh.files[("beta/tools", "HEAD", ".github/dreamforge-project")] = "prj_someone_else"
-    assert link(stack, key_b, [{"name": "beta/tools"}]).status_code == 403
+    for proof in ("prj_someone_else", {"type": "dir"}, {"type": "symlink", "target": "/etc/hostname"}):
+        gh.files[("beta/tools", "HEAD", ".github/dreamforge-project")] = proof
+        assert link(stack, key_b, [{"name": "beta/tools"}]).status_code == 403
     assert link(stack, key_b, [], secret=SECRET).status_code == 200  # B's secret, no repository
     commit = sha()
     r = post_action(stack, key_b, action_body(REPO, "main", commit, tiny_job_config()))

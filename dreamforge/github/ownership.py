@@ -29,7 +29,8 @@ def verify(settings: Settings, pid: str, link: RepoLink) -> RepoLink:
         repo = client.client(settings, link.name).get_repo(link.name, lazy=False)
         try:
             proof = repo.get_contents(PROOF_FILE)
-            named = proof.decoded_content.decode(errors="replace").strip() if not isinstance(proof, list) else None
+            is_file = not isinstance(proof, list) and proof.type == "file" and proof.encoding == "base64"
+            named = proof.decoded_content.decode(errors="replace").strip() if is_file else None
         except UnknownObjectException:
             named = None
     except client.NotInstalled as e:
