@@ -125,6 +125,23 @@ def test_a_rate_limit_pauses_every_job_of_the_installation(stack, db, gh, settin
     assert sorted(len(gh.statuses(c)) for c in commits) == [1, 1, 2]  # the refused one, again
 
 
+def test_rate_limits_without_headers_back_off_from_a_minute_doubling(stack, db, gh, settings, project_a):
+    db[GITHUB_LIMITS].delete_many({})
+    db.jobs.update_many({"github_outbox": {"$exists": True}}, {"$unset": {"github_outbox": ""}})
+    commit = sha()
+    post_action(stack, project_a[1], action_body(REPO, "doubling", commit, tiny_job_config()))
+    t = datetime.now(UTC) + timedelta(seconds=5)
+    for expected in (60, 120, 240):
+        gh.rate_limit("bare")
+        github_status.sync_once(db, settings, now=t)
+        until = datetime.fromisoformat(db[GITHUB_LIMITS].find_one({"_id": "installation:1"})["until"]).replace(tzinfo=UTC)
+        assert abs((until - t).total_seconds() - expected) < 3
+        t = until + timedelta(seconds=1)
+    github_status.sync_once(db, settings, now=t)  # GitHub takes it: the next limit starts at a minute again
+    assert db[GITHUB_LIMITS].find_one({"_id": "installation:1"})["strikes"] == 0
+    assert len(gh.statuses(commit)) == 4
+
+
 def test_content_writes_stay_under_the_per_minute_budget(stack, db, gh, settings, project_a):
     db[GITHUB_LIMITS].delete_many({})
     db.jobs.update_many({"github_outbox": {"$exists": True}}, {"$unset": {"github_outbox": ""}})
