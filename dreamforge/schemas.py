@@ -110,6 +110,8 @@ class JobView(BaseModel):
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
+    github_error: str | None = Field(None, description="Why DreamForge stopped posting this job's commit status or "
+                                     "pull request comment to GitHub (GitHub's refusal), if it did.")
     datasets: dict[str, DatasetRef] = Field(
         default_factory=dict,
         description="The uploaded datasets the job trains on, by config field (dataset, warm_start_dataset): "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,12 +70,26 @@ class Settings(BaseSettings):
     modal_app: str = env("DREAMFORGE_MODAL_APP", "dreamforge")
     # GitHub integration (dreamforge/github/)
     github_api_url: str = env("GITHUB_API_URL", "https://api.github.com")
+    # A GitHub App (multi-tenant): its id and private key (PEM text). Tokens are minted per
+    # installation, and a repository links only where the App is installed (github/app.py).
+    github_app_id: int | None = env("GITHUB_APP_ID", None, ge=1)
+    github_app_private_key: str | None = env("GITHUB_APP_PRIVATE_KEY", None)
+    # The App's webhook secret: GitHub signs every installation's deliveries with it.
+    github_app_webhook_secret: str | None = env("GITHUB_APP_WEBHOOK_SECRET", None)
+    # A personal access token instead of the App: a single-tenant fallback, one user for every project.
     github_token: str | None = env("GITHUB_TOKEN", None)
     dashboard_url: str | None = env("DREAMFORGE_DASHBOARD_URL", None)
     oidc_issuer: str = env("DREAMFORGE_OIDC_ISSUER", "https://token.actions.githubusercontent.com")
     oidc_audience: str = env("DREAMFORGE_OIDC_AUDIENCE", "dreamforge")
     # GitHub asks integrations to space writes (secondary rate limits); tests set 0.
     github_write_interval_s: float = env("DREAMFORGE_GITHUB_WRITE_INTERVAL_S", 1.0, ge=0)
+    # GitHub allows 80 content-creating requests a minute per token or installation.
+    github_writes_per_min: int = env("DREAMFORGE_GITHUB_WRITES_PER_MIN", 80, ge=1)
+    # GitHub's webhooks carry up to 25 MB; only that route accepts bodies this large.
+    github_webhook_max_body: int = env("DREAMFORGE_GITHUB_WEBHOOK_MAX_BODY", 25 << 20, gt=0)
+    # Optional: only OIDC tokens whose job_workflow_ref starts with one of these (comma-separated)
+    # may submit, e.g. "acme/shelves/.github/workflows/dreamforge.yml@".
+    oidc_workflows: str = env("DREAMFORGE_OIDC_WORKFLOWS", "")
     # Signed Action requests older (or newer) than this are refused as replays.
     webhook_tolerance_s: float = env("DREAMFORGE_WEBHOOK_TOLERANCE_S", 300.0, gt=0)
 
@@ -84,6 +98,24 @@ class Settings(BaseSettings):
             super().__init__(**values)
         except ValidationError as e:
             raise SettingsError("bad settings: " + "; ".join(_problem(x) for x in e.errors())) from None
+
+    @field_validator("github_app_private_key")
+    @classmethod
+    def _pem(cls, key: str | None, info: ValidationInfo) -> str | None:
+        """A PEM private key; a platform that cannot hold newlines may pass them as ``\\n``."""
+        if bool(info.data.get("github_app_id")) != bool(key):
+            raise ValueError("GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY go together: set both for the GitHub App, or neither")
+        if not key:
+            return None
+        if "\n" not in key and "\\n" in key:
+            key = key.replace("\\n", "\n")
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            load_pem_private_key(key.encode(), password=None)
+        except (ValueError, TypeError):
+            raise ValueError("not a PEM private key: paste the whole .pem file GitHub gave for the App") from None
+        return key
 
     @field_validator("home")
     @classmethod
@@ -94,6 +126,11 @@ class Settings(BaseSettings):
     def artifacts(self) -> Path:
         return self.home / "artifacts"
 
+    @property
+    def github_enabled(self) -> bool:
+        """Whether anything may be written to GitHub (an App, or the PAT fallback)."""
+        return bool(self.github_app_id and self.github_app_private_key) or bool(self.github_token)
+
     def require_uri(self) -> str:
         if not self.mongodb_uri:
             raise RuntimeError("MONGODB_URI is not set; start the local stack with `dreamforge up` or set MONGODB_URI")
@@ -103,4 +140,6 @@ class Settings(BaseSettings):
 def _problem(error: dict[str, Any]) -> str:
     """``NAME='value': why``; ``loc`` is the variable's name for a value read from the environment."""
     name = ".".join(str(x) for x in error["loc"])
+    if any(w in name.upper() for w in ("KEY", "TOKEN", "SECRET", "URI")):  # never echo a credential
+        return f"{name}: {error['msg']}"
     return f"{name}={error.get('input')!r}: {error['msg']}"

@@ -28,6 +28,8 @@ DELIVERIES = "github_deliveries"  # _id "project|delivery id" -> job id; TTL-exp
 PREVIEWS = "github_previews"  # _id "project|owner/name|branch" -> the branch's latest job
 COMMENTS = "github_comments"  # _id "project|owner/name#pr" -> the PR's comment id and latest job
 JTIS = "github_oidc_jti"  # one document per GitHub OIDC token seen; a TTL index drops it once the token expired
+GITHUB_NOTES = "github_notes"  # commit statuses of pushes that got no job (github/notes.py)
+GITHUB_LIMITS = "github_limits"  # per GitHub credential: its rate-limit pause, and its content writes per minute (github/limits.py)
 
 INDEXES: dict[str, list[IndexModel]] = {
     JOBS: [
@@ -49,6 +51,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     GITHUB_PUSHES: [IndexModel([("due", ASCENDING)], name="due", sparse=True),
                     IndexModel([("received_at", ASCENDING)], name="ttl", expireAfterSeconds=7 * 86400)],
     JTIS: [IndexModel([("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0)],
+    GITHUB_LIMITS: [IndexModel([("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0)],
+    GITHUB_NOTES: [IndexModel([("due", ASCENDING)], name="due", sparse=True)],
     LOGS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
     METRICS: [IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="tail", unique=True)],
     KEYS: [IndexModel([("project_id", ASCENDING)], name="project")],

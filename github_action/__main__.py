@@ -16,15 +16,18 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from github_action import checkout
 from github_action.workflow import annotate, event, get_input, key_lines, line_of, set_output, write_summary
 from pipeline.stage_table import REWARD_SCORE, STAGES, metric_title, models_newest_first
 
 RETRIES = 5
+MAX_ANNOTATIONS = 10
 PERMISSIONS_FIX = "permissions:\n  id-token: write\n  contents: read"
 
 
@@ -66,14 +69,10 @@ def describe_push() -> dict[str, Any] | None:
 
 
 # -- the config ----------------------------------------------------------------------------
-def read_config(path: Path, shown: str) -> dict[str, Any]:
+def read_config(text: str, shown: str) -> dict[str, Any]:
     """The config as JSON, validated by the server's schema; each problem annotated at its line."""
     from pipeline.config import ConfigError, build_config
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise fail(f"{shown}: cannot read the config ({e.strerror})", file=shown) from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
@@ -89,18 +88,33 @@ def read_config(path: Path, shown: str) -> dict[str, Any]:
 
 
 def annotate_config_errors(shown: str, text: str, errors: list[dict[str, Any]]) -> None:
+    """One annotation per problem, at its line. GitHub shows at most 10 error annotations per step
+    (docs.github.com "Workflow commands for GitHub Actions", and the Checks API's limits): past
+    that, 9 are annotated, the 10th says how many more, and the job summary lists them all."""
     lines = key_lines(text)
+    found = []
     for err in errors:
         loc = err["loc"] if isinstance(err["loc"], str) else ".".join(str(p) for p in err["loc"])
-        annotate("error", f"{loc or '(top level)'}: {err['msg']}", file=shown, line=line_of(lines, loc), title="DreamForge config")
+        found.append((f"{loc or '(top level)'}: {err['msg']}", line_of(lines, loc)))
+    cut = len(found) if len(found) <= MAX_ANNOTATIONS else MAX_ANNOTATIONS - 1
+    for msg, line in found[:cut]:
+        annotate("error", msg, file=shown, line=line, title="DreamForge config")
+    if cut < len(found):
+        annotate("error", f"{len(found) - cut} more problems in {shown}: see the job summary", file=shown, title="DreamForge config")
+        rows = [f"| {line} | " + msg.replace("|", "\\|") + " |" for msg, line in found]
+        write_summary("\n".join([f"### {len(found)} problems in `{shown}`", "", "| line | problem |", "|---|---|", *rows]))
 
 
 # -- the API -------------------------------------------------------------------------------
-def request_with_retries(http: httpx.Client, method: str, url: str, **kw) -> httpx.Response:
-    """5xx and network errors are retried with exponential backoff (1, 2, 4, 8 s); 4xx are answers."""
+def request_with_retries(http: httpx.Client, method: str, url: str, *, auth: Callable[[], str] | None = None,
+                         **kw) -> httpx.Response:  # fmt: skip
+    """5xx and network errors are retried with exponential backoff (1, 2, 4, 8 s); 4xx are answers.
+    ``auth``: the Authorization header, made anew for each attempt (an OIDC token is single-use)."""
     delay = float(os.environ.get("DREAMFORGE_ACTION_BACKOFF_S", "1"))
     for attempt in range(1, RETRIES + 1):
         try:
+            if auth is not None:
+                kw["headers"] = {**kw.get("headers", {}), "Authorization": auth()}
             r = http.request(method, url, **kw)
             if r.status_code < 500:
                 return r
@@ -121,26 +135,33 @@ def oidc_token(audience: str) -> str:
         raise fail("no credentials: set the `secret` and `api-key` inputs, or let the job request an OIDC token "
                    f"with\n{PERMISSIONS_FIX}")  # fmt: skip
     # The URL already carries a query (api-version); add the audience to it, as @actions/core does.
-    r = httpx.get(httpx.URL(url).copy_merge_params({"audience": audience}), headers={"Authorization": f"bearer {token}"},
-                  timeout=30)  # fmt: skip
+    # Like @actions/core's getIDToken (src/oidc-utils.ts): retried, and masked in the log.
+    with httpx.Client(timeout=30) as http:
+        r = request_with_retries(http, "GET", str(httpx.URL(url).copy_merge_params({"audience": audience})),
+                                 headers={"Authorization": f"bearer {token}"})  # fmt: skip
     if r.status_code != 200:
         raise fail(f"GitHub refused an OIDC token (HTTP {r.status_code}); the job needs\n{PERMISSIONS_FIX}")
-    return r.json()["value"]
+    value = r.json()["value"]
+    sys.stdout.write(f"::add-mask::{value}\n")
+    return value
 
 
 def post_push(endpoint: str, payload: dict[str, Any], secret: str, api_key: str, audience: str,
               config_path: str, config_text: str) -> dict[str, Any]:  # fmt: skip
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "X-DreamForge-Delivery": payload["delivery"]}
+    auth = None
     if secret:
         if not api_key:
             raise fail("the `secret` input needs the `api-key` input too (the key names the project, the secret signs)")
         headers["Authorization"] = f"Bearer {api_key}"
         headers["X-DreamForge-Signature-256"] = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    else:
-        headers["Authorization"] = f"Bearer {oidc_token(audience)}"
+    else:  # a fresh token per attempt: the server spends each token once
+        def auth() -> str:
+            return f"Bearer {oidc_token(audience)}"
     with httpx.Client(timeout=30) as http:
-        r = request_with_retries(http, "POST", f"{endpoint}/api/webhooks/github-action", content=body, headers=headers)
+        r = request_with_retries(http, "POST", f"{endpoint}/api/webhooks/github-action", content=body, headers=headers,
+                                 auth=auth)  # fmt: skip
     if r.status_code == 422:
         detail = r.json().get("detail")
         if isinstance(detail, list):  # the server's own checks (dataset, reward): point at the field too
@@ -303,15 +324,17 @@ def run() -> None:
         annotate("notice", f"{os.environ.get('GITHUB_REF')}: not a branch push; nothing to train")
         set_output("status", "skipped")
         return
-    path = workspace / config_path
-    if not path.is_file():
+    try:  # at the sha the job is for: a pull request's head, not the merge commit checked out
+        text = checkout.config_text(workspace, config_path, push["sha"] if push["event"] == "pull_request" else None)
+    except (checkout.NotAtSha, OSError) as e:
+        raise fail(str(e), file=config_path) from None
+    if text is None:
         annotate("notice", f"no {config_path} in this commit; nothing to train")
         set_output("status", "skipped")
         return
-    raw = read_config(path, config_path)
+    raw = read_config(text, config_path)
     payload = {**push, "delivery": str(uuid.uuid4()), "timestamp": time.time(), "config": raw, "config_path": config_path}
-    answer = post_push(endpoint, payload, secret, api_key, get_input("audience", "dreamforge"), config_path,
-                       path.read_text(encoding="utf-8"))  # fmt: skip
+    answer = post_push(endpoint, payload, secret, api_key, get_input("audience", "dreamforge"), config_path, text)
     job_id = answer["jobId"]
     set_output("job-id", job_id)
     set_output("dashboard-url", answer.get("dashboard_url") or "")

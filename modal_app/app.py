@@ -66,7 +66,9 @@ ARTIFACTS_PATH = "/data/artifacts"
 VOLUMES = {ARTIFACTS_PATH: artifacts, "/hf": hf_cache}
 
 mongodb = modal.Secret.from_name("dreamforge-mongodb", required_keys=["MONGODB_URI"])
-github = modal.Secret.from_name("dreamforge-github", required_keys=["GITHUB_TOKEN"])  # commit statuses
+# The GitHub App (GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY, GITHUB_APP_WEBHOOK_SECRET), or the
+# single-tenant fallback GITHUB_TOKEN: which keys it holds is checked by Settings, not here.
+github = modal.Secret.from_name("dreamforge-github")
 huggingface = modal.Secret.from_name("dreamforge-huggingface", required_keys=["HF_TOKEN"])
 
 app = modal.App(APP_NAME, image=image)

@@ -7,8 +7,10 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -112,3 +114,40 @@ def run_action(tmp: Path, *, endpoint: str, event_name: str, event: dict | Path,
     proc = subprocess.run([sys.executable, "-m", "github_action"], cwd=workspace, env=runner, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
     return Run(proc, tmp)
+
+
+class Proxy:
+    """A proxy in front of the API: answers 502 to the first ``fail`` requests without passing
+    them on, then passes the next ``lose`` on and answers 502 anyway (the answer lost on the way
+    back), then passes everything."""
+
+    def __init__(self, target: str, fail: int = 0, lose: int = 0) -> None:
+        self.hits, proxy = 0, self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.hits += 1
+                r = None
+                if proxy.hits > fail:
+                    r = httpx.request(self.command, target + self.path, content=body, timeout=30,
+                                      headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")})
+                if r is None or proxy.hits <= fail + lose:
+                    self.send_response(502)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            do_GET = do_POST
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()

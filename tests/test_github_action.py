@@ -11,12 +11,10 @@ import re
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 from conftest import tiny_job_config
-from github_helpers import PUSH_FIXTURE, SECRET, link, pull_request_event, run_action, sha
+from github_helpers import PUSH_FIXTURE, SECRET, Proxy, link, pull_request_event, run_action, sha
 from service_helpers import wait_for
 
 from dreamforge.auth import create_project
@@ -168,6 +166,46 @@ def test_invalid_config_fails_the_step_with_annotations_at_the_field(stack, db, 
     assert db.jobs.count_documents({}) == before
 
 
+def test_more_than_ten_problems_annotate_nine_and_list_all_in_the_summary(stack, db, key, tmp_path):
+    # GitHub shows 10 error annotations per step; the rest would vanish without the summary.
+    cfg = tiny_job_config(name="many", rl={f"typo{i}": 1 for i in range(12)})
+    r = run_action(tmp_path, endpoint=stack.api_url, event_name="push", event=PUSH_FIXTURE, config=cfg, inputs=creds(stack, key))
+    assert r.rc == 1
+    errors = [ln for ln in r.stdout.splitlines() if ln.startswith("::error ")]
+    assert len(errors) == 10 and "3 more problems in dreamforge.config.json: see the job summary" in errors[-1]
+    assert "### 12 problems in `dreamforge.config.json`" in r.summary
+    assert all(f"rl.typo{i}" in r.summary for i in range(12))
+
+
+def git(workspace, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", "-C", str(workspace), *args], env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_pull_request_trains_the_config_of_its_head_not_of_the_merge_commit(stack, db, key, tmp_path):
+    # actions/checkout checks out GITHUB_SHA, the merge commit; the status is for the head sha
+    ws = tmp_path / "a" / "workspace"
+    ws.mkdir(parents=True)
+    git(ws, "init", "-q")
+    (ws / "dreamforge.config.json").write_text(json.dumps(tiny_job_config(name="at-head")))
+    git(ws, "add", ".")
+    git(ws, "commit", "-qm", "head")
+    head = git(ws, "rev-parse", "HEAD")
+    (ws / "dreamforge.config.json").write_text(json.dumps(tiny_job_config(name="at-merge")))
+    git(ws, "commit", "-qam", "merge of the head into main")
+    ev = pull_request_event(REPO, REPO, 21, "feature", head)
+    r = run_action(tmp_path / "a", endpoint=stack.api_url, event_name="pull_request", event=ev, config=None,
+                   inputs=creds(stack, key), env={"GITHUB_SHA": git(ws, "rev-parse", "HEAD")})  # fmt: skip
+    assert r.rc == 0, r.stdout
+    job = db.jobs.find_one({"_id": r.outputs["job-id"]})
+    assert job["source"]["sha"] == head and job["config"]["name"] == "at-head"
+    # a head that is not in the clone and cannot be fetched: the step says how to check it out
+    gone = pull_request_event(REPO, REPO, 22, "feature", sha())
+    r = run_action(tmp_path / "a", endpoint=stack.api_url, event_name="pull_request", event=gone, config=None,
+                   inputs=creds(stack, key))  # fmt: skip
+    assert r.rc == 1 and "ref: ${{ github.event.pull_request.head.sha }}" in r.stdout
+
+
 def test_wrong_secret_or_missing_credentials_fail_the_step(stack, db, key, tmp_path):
     r = run_action(tmp_path / "a", endpoint=stack.api_url, event_name="push", event=PUSH_FIXTURE, config=tiny_job_config(),
                    inputs={"secret": "not-the-secret-0123456789", "api-key": key})  # fmt: skip
@@ -192,41 +230,8 @@ def test_tags_and_commits_without_a_config_train_nothing(stack, db, key, tmp_pat
     assert db.jobs.count_documents({}) == before
 
 
-class Flaky:
-    """A proxy in front of the API that answers 502 to the first ``fail`` requests."""
-
-    def __init__(self, target: str, fail: int) -> None:
-        self.hits, flaky = 0, self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                flaky.hits += 1
-                if flaky.hits <= fail:
-                    self.send_response(502)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                r = httpx.request(self.command, target + self.path, content=body, headers={k: v for k, v in self.headers.items()
-                                                                          if k.lower() not in ("host", "content-length")})  # fmt: skip
-                self.send_response(r.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
-
-            do_GET = do_POST
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def test_5xx_and_network_errors_are_retried_with_backoff(stack, db, key, tmp_path):
-    proxy = Flaky(stack.api_url, fail=2)
+    proxy = Proxy(stack.api_url, fail=2)
     try:
         ev = {**FIXTURE, "ref": "refs/heads/retry", "after": sha()}
         r = run_action(tmp_path / "a", endpoint=proxy.url, event_name="push", event=ev, config=tiny_job_config(),
@@ -306,7 +311,8 @@ def test_wait_follows_the_job_to_its_metrics_and_github_shows_them(stack, db, ke
     assert states[0] == "pending" and states[-1] == "failure" and set(states[:-1]) == {"pending"}
     assert gh.statuses(head)[-1]["description"].startswith(f"did not learn: {key_name} ")
     assert f", reward: retail_facings {scores[released]:.3f}, see the dashboard" in gh.statuses(head)[-1]["description"]
-    comment = next(c["json"]["body"] for c in gh.requests if c["path"] == f"/repos/{REPO}/issues/5/comments")
+    comment = next(c["json"]["body"] for c in gh.requests if c["path"] == f"/repos/{REPO}/issues/5/comments"
+                   and c["method"] == "POST")  # fmt: skip
     assert f"{metrics['models']['reward'][key_name]:.4g}" in comment
     header = next(ln for ln in comment.splitlines() if ln.startswith("| model |"))
     assert " reward: retail_facings |" in header and "reward_score" not in comment

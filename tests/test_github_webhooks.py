@@ -129,6 +129,17 @@ def test_replayed_delivery_and_same_push_give_one_job(stack, db, key):
     assert job["source"] == {"kind": "github", "repo": REPO, "branch": "dedupe", "sha": commit, "run_id": "42"}
 
 
+def test_a_delivery_recorded_without_its_job_is_finished_by_the_retry(stack, db, key):
+    # The first try died between recording the delivery and submitting (a database error): the
+    # Action's retry of the same signed body must create the job, not get 409 for a day.
+    pid = db.projects.find_one({"github_repos": REPO})["_id"]
+    body = action_body(REPO, "half-done", sha(), cfg("half-done"))
+    db.github_deliveries.insert_one({"_id": queue.scoped(pid, body["delivery"]), "created_at": datetime.now(UTC)})
+    r = post_action(stack, key, body)
+    assert r.status_code == 201, r.text
+    assert post_action(stack, key, body).json() == {**r.json(), "created": False, "duplicate": True}
+
+
 def test_invalid_config_is_422_naming_the_field_and_queues_nothing(stack, db, key):
     bad = tiny_job_config(rl={"tmperature": 1.0})
     r = post_action(stack, key, action_body(REPO, "bad", sha(), bad))
@@ -229,6 +240,7 @@ def test_commit_status_and_one_pr_comment_follow_the_job(stack, db, key, gh, set
         ("POST", f"/repos/{REPO}/statuses/{first}"),
         ("POST", f"/repos/{REPO}/statuses/{first}"),
         ("POST", f"/repos/{REPO}/statuses/{first}"),
+        ("GET", f"/repos/{REPO}/issues/12/comments"),  # ours, by its marker, before creating one
         ("POST", f"/repos/{REPO}/issues/12/comments"),
     ]
     states = [(r["json"]["state"], r["json"]["description"]) for r in mine[:4]]
@@ -237,7 +249,7 @@ def test_commit_status_and_one_pr_comment_follow_the_job(stack, db, key, gh, set
     assert {r["json"]["context"] for r in mine[:4]} == {"dreamforge/train"}
     assert {r["json"]["target_url"] for r in mine[:4]} == {f"{DASH}/job?job={job_id}"}
     assert mine[0]["auth"] == "token ghs_test"
-    comment = mine[4]["json"]["body"]
+    comment = mine[5]["json"]["body"]
     assert "| reward | 0.42 | 1 |" in comment and "| model | iou | parse_rate |" in comment and job_id in comment
     assert "github_outbox" not in db.jobs.find_one({"_id": job_id})
     # a newer push to the PR edits the same comment in place

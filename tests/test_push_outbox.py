@@ -5,8 +5,10 @@ against the stack's API, a loopback GitHub that goes down and comes back."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -16,8 +18,9 @@ from service_helpers import api
 
 from dreamforge.auth import create_project
 from dreamforge.github.webhooks import signature
+from dreamforge.jobs import queue
 from dreamforge.local.stack import start_stack
-from dreamforge.store import GITHUB_PUSHES
+from dreamforge.store import GITHUB_LIMITS, GITHUB_PUSHES
 
 REPO = "acme/outage"
 
@@ -127,3 +130,20 @@ def test_a_bad_config_read_after_an_outage_shows_on_the_preview(stack, db, key, 
     # GitHub's manual redelivery of it starts over: the same bad file, now said to GitHub
     r = push(stack, branch, commit, "d-bad")
     assert r.status_code == 422 and "tmperature" in r.text
+
+
+def test_a_read_waits_out_the_tokens_rate_limit_pause_shared_by_every_process(stack, db, key, gh):
+    # A worker was told to wait (github/limits.py); the API's reads of the same token wait too.
+    cred = "token:" + hashlib.sha256(b"ghs_test").hexdigest()[:16]
+    until = datetime.now(UTC) + timedelta(minutes=10)
+    db[GITHUB_LIMITS].insert_one({"_id": cred, "until": queue.stamp(until), "expires_at": until})
+    commit, mark = sha(), len(gh.requests)
+    gh.files[(REPO, commit, "dreamforge.config.json")] = json.dumps(tiny_job_config(name="paused"))
+    try:
+        r = push(stack, "paused", commit, "d-paused")
+        assert r.status_code == 202 and r.json()["status"] == "waiting_for_github" and "paused until" in r.json()["detail"]
+        assert gh.calls(since=mark) == []  # GitHub was not asked
+        assert db[GITHUB_PUSHES].find_one({"delivery": "d-paused"})["due"] >= queue.stamp(until - timedelta(seconds=5))
+    finally:
+        db[GITHUB_LIMITS].delete_one({"_id": cred})
+        db[GITHUB_PUSHES].delete_one({"delivery": "d-paused"})

@@ -58,6 +58,8 @@ class BodyLimit:
 def _cap(path: str, settings: Settings) -> int:
     if path == "/api/datasets":
         return settings.max_upload_bytes
+    if path == "/api/webhooks/github":  # GitHub sends deliveries of up to 25 MB
+        return settings.github_webhook_max_body
     if path.startswith("/api/jobs/") and "/try/" in path:
         return settings.max_try_bytes
     return settings.max_body_bytes

@@ -15,5 +15,6 @@ def job_view(doc: dict[str, Any]) -> JobView:
         stages=doc["stages"], metrics=doc.get("metrics") or {}, error=doc.get("error"), source=doc.get("source") or {},
         preset=doc.get("preset"), task=doc.get("task", "detect"), attempt=doc.get("attempt", 0),
         created_at=doc["created_at"], updated_at=doc["updated_at"], finished_at=doc.get("finished_at"),
-        result=doc.get("result"), cancel_requested=doc.get("cancel_requested", False), datasets=doc.get("datasets") or {},
+        result=doc.get("result"), cancel_requested=doc.get("cancel_requested", False),
+        github_error=doc.get("github_error"), datasets=doc.get("datasets") or {},
     )  # fmt: skip

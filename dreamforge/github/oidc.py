@@ -29,6 +29,10 @@ class OidcError(Exception):
     """The token is not acceptable; the message says why (it is shown to the caller)."""
 
 
+class KeysUnavailable(OidcError):
+    """GitHub's signing keys could not be fetched: nothing is known about the token yet (503)."""
+
+
 def looks_like_jwt(token: str) -> bool:
     return token.startswith("eyJ") and token.count(".") == 2
 
@@ -46,6 +50,8 @@ def verify(token: str, *, issuer: str, audience: str) -> dict[str, Any]:
         key = jwks_client(issuer).get_signing_key_from_jwt(token)
         claims = jwt.decode(token, key.key, algorithms=["RS256"], audience=audience, issuer=issuer, leeway=LEEWAY_S,
                             options={"require": ["exp", "iat", "iss", "aud", "jti", "repository_id", "repository"]})  # fmt: skip
+    except jwt.PyJWKClientConnectionError as e:
+        raise KeysUnavailable(f"cannot fetch GitHub's OIDC signing keys now ({e}); retry shortly") from None
     except jwt.PyJWKClientError as e:
         raise OidcError(f"OIDC token: cannot get the issuer's signing key ({e})") from None
     except jwt.InvalidAudienceError:
@@ -60,13 +66,32 @@ def verify(token: str, *, issuer: str, audience: str) -> dict[str, Any]:
     return claims
 
 
-async def spend_jti(db, claims: dict[str, Any]) -> None:
-    """Record the token's ``jti``; a second use of the same token is a replay."""
+def check_body(claims: dict[str, Any], *, ref: str, sha: str, event: str, workflows: str) -> str | None:
+    """Why the body does not match what GitHub signed, or None. The token names the run's ref
+    and, on push, its sha (on pull_request the token's sha is the merge commit, the body's the
+    head); ``workflows``: comma-separated ``job_workflow_ref`` prefixes allowed, if any."""
+    if claims.get("ref") is not None and claims["ref"] != ref:
+        return f"the OIDC token is for {claims['ref']}, the body for {ref}"
+    if event == "push" and claims.get("sha") is not None and claims["sha"] != sha:
+        return f"the OIDC token is for commit {str(claims['sha'])[:12]}, the body for {sha[:12]}"
+    allowed = [w.strip() for w in workflows.split(",") if w.strip()]
+    if allowed and not any(str(claims.get("job_workflow_ref") or "").startswith(w) for w in allowed):
+        return (f"workflow {claims.get('job_workflow_ref')!r} may not submit: the server allows only "
+                f"{', '.join(allowed)} (DREAMFORGE_OIDC_WORKFLOWS)")
+    return None
+
+
+async def spend_jti(db, claims: dict[str, Any], delivery: str) -> None:
+    """Record the token's ``jti`` with the delivery it carried. The same token again with the
+    same delivery is the Action retrying after a lost answer (the delivery dedupes it to the
+    same job); with another delivery it is a replay."""
     try:
         expires = datetime.fromtimestamp(int(claims["exp"]) + LEEWAY_S, UTC)
     except (OverflowError, ValueError, OSError):  # a finite but absurd exp (PyJWT checked it is a number)
         raise OidcError("OIDC token: exp is out of range") from None
     try:
-        await db[JTIS].insert_one({"_id": str(claims["jti"]), "expires_at": expires})
+        await db[JTIS].insert_one({"_id": str(claims["jti"]), "expires_at": expires, "delivery": delivery})
     except DuplicateKeyError:
+        if (await db[JTIS].find_one({"_id": str(claims["jti"])}) or {}).get("delivery") == delivery:
+            return
         raise OidcError("OIDC token already used (jti seen before): request a fresh token for each call") from None

@@ -26,8 +26,9 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
-from dreamforge.github import webhooks
-from dreamforge.github.webhooks import CONFIG_FILE, WAITING, waiting_response
+from dreamforge.github import client, contents, limits, notes, webhooks
+from dreamforge.github.contents import CONFIG_FILE
+from dreamforge.github.webhooks import WAITING, waiting_response
 from dreamforge.jobs import queue
 from dreamforge.schemas import JobSource
 from dreamforge.settings import Settings
@@ -57,10 +58,9 @@ async def resolve(db, settings: Settings, p: dict[str, Any], *, inline: bool) ->
 
     ``inline`` (the webhook request itself): a bad config answers 422 as it always did. From the
     outbox there is nobody to answer, so the preview shows the error instead."""
-    try:
-        text = await asyncio.to_thread(webhooks.fetch_config, settings, p["repo"], p["sha"])
-    except Exception as e:  # noqa: BLE001 — PyGithub and requests raise many kinds; all mean "try later"
-        return await _retry_later(db, p, e)
+    text = await _read(db, settings, p, inline=inline)
+    if isinstance(text, JSONResponse):
+        return text
     source = JobSource(kind="github", repo=p["repo"], branch=p["branch"], sha=p["sha"], pr=p["pr"])
     if text is None:
         await _done(db, p, skipped=f"no {webhooks.CONFIG_FILE} at {p['sha'][:12]}")
@@ -84,6 +84,37 @@ async def resolve(db, settings: Settings, p: dict[str, Any], *, inline: bool) ->
         return JSONResponse({"detail": e.detail}, status_code=e.status_code)
     await _done(db, p)
     return resp
+
+
+async def _read(db, settings: Settings, p: dict[str, Any], *, inline: bool) -> str | None | JSONResponse:
+    """The config's text (None: no such file), or the answer when it cannot be read now. Reads
+    wait out the credential's rate-limit pause, which every process shares (``limits``)."""
+    from github import GithubException
+
+    cred = None
+    try:
+        cred = await asyncio.to_thread(client.credential, settings, p["repo"])
+        if until := await limits.paused_until_async(db, cred, queue.now()):
+            raise limits.Paused(until)
+        return await asyncio.to_thread(contents.fetch_config, settings, p["repo"], p["sha"])
+    except client.NotInstalled as e:
+        return await _unreadable(db, settings, p, str(e), inline=inline, visible=False)
+    except contents.Unreadable as e:
+        return await _unreadable(db, settings, p, str(e), inline=inline, visible=e.visible)
+    except limits.Paused as e:
+        return await _retry_later(db, p, e, pause=(e.until - queue.now()).total_seconds())
+    except GithubException as e:
+        if limits.rate_limited(e.status, e.headers, limits.describe(e)):
+            seconds = limits.pause_s(e.headers, int(p.get("failures", 0)) + 1)
+            if cred:
+                await limits.pause_async(db, cred, seconds, queue.now())
+            return await _retry_later(db, p, e, pause=seconds)
+        if limits.permanent(e.status):  # GitHub's answer: a retry would get the same
+            why = f"reading {CONFIG_FILE} of {p['repo']}: {limits.describe(e)}"
+            return await _unreadable(db, settings, p, why, inline=inline, visible=e.status != 404)
+        return await _retry_later(db, p, e)
+    except Exception as e:  # noqa: BLE001 — requests raises many kinds; all mean "try later"
+        return await _retry_later(db, p, e)
 
 
 def _detail_text(detail: Any) -> str:
@@ -128,15 +159,26 @@ async def _failed(db, p: dict[str, Any], detail: str) -> None:
     await _forget(db, p)
 
 
-async def _retry_later(db, p: dict[str, Any], e: Exception) -> JSONResponse:
+async def _unreadable(db, settings: Settings, p: dict[str, Any], why: str, *, inline: bool, visible: bool) -> JSONResponse:
+    """GitHub answered and the config cannot be read: the preview and the commit's status say
+    which case (private, directory, symlink, submodule); GitHub's manual redelivery tries again
+    once it is fixed."""
+    await _failed(db, p, why)
+    if visible and settings.github_enabled:
+        await notes.add(db, p["project_id"], p["repo"], p["sha"], why)
+    return JSONResponse({"detail": why}, status_code=422 if inline else 200)
+
+
+async def _retry_later(db, p: dict[str, Any], e: Exception, *, pause: float = 0.0) -> JSONResponse:
+    """Try again later: doubling from FIRST_RETRY_S, or after GitHub's rate-limit pause."""
     failures = int(p.get("failures", 0)) + 1
-    what = f"GitHub did not answer reading {CONFIG_FILE} of {p['repo']}@{p['sha'][:12]} ({type(e).__name__}: {e})"[:400]
+    what = f"GitHub did not answer reading {CONFIG_FILE} of {p['repo']}@{p['sha'][:12]} ({limits.describe(e)})"[:400]
     log.warning("delivery %s: %s, attempt %d", p["delivery"], what, failures)
     if failures >= MAX_FAILURES:
         p = {**p, "failures": failures}
         await _failed(db, p, f"{what}; gave up after {failures} tries: push again")
         return waiting_response({**p, "error": what})
-    delay = min(RETRY_CAP_S, FIRST_RETRY_S * 2 ** (failures - 1))
+    delay = max(pause, min(RETRY_CAP_S, FIRST_RETRY_S * 2 ** (failures - 1)))
     error = f"{what}; trying again in {delay:.0f} s"
     await db[PUSHES].update_one({"_id": p["_id"]}, {"$set": {"failures": failures, "error": error,
                                 "due": queue.stamp(queue.now() + timedelta(seconds=delay))}})  # fmt: skip

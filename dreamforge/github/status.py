@@ -8,7 +8,8 @@ update (so two workers never post the same job twice), posts what changed, and e
 the next look, backs off after a failure, or removes the field once the final state and the
 pull request comment are on GitHub. The worker runs it in a daemon thread
 (:func:`start_sync_thread`; on Modal the orchestrator through :func:`syncing`, and the scheduled
-sweep once a minute); without ``GITHUB_TOKEN`` it does nothing.
+sweep once a minute); without a GitHub App or ``GITHUB_TOKEN`` it does nothing. Rate limits
+and GitHub's refusals are handled as ``limits`` says.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
+from dreamforge.github import client, limits, notes
 from dreamforge.jobs import queue
 from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.settings import Settings, dashboard_page
@@ -116,64 +118,88 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, int | float) else ""
 
 
-def github_client(settings: Settings, timeout: int = 10):
-    from github import Auth, Github
-
-    # retry=None: the outbox retries with its own backoff and never sleeps inside a request.
-    return Github(base_url=settings.github_api_url, auth=Auth.Token(settings.github_token or ""), retry=None, timeout=timeout,
-                  lazy=True, seconds_between_requests=0, seconds_between_writes=settings.github_write_interval_s)  # fmt: skip
-
-
-def sync_once(db, settings: Settings, *, now: datetime | None = None, gh=None) -> int:
+def sync_once(db, settings: Settings, *, now: datetime | None = None) -> int:
     """Post every due change; returns how many jobs were looked at. Never raises for GitHub."""
-    if not settings.github_token:
+    if not settings.github_enabled:
         return 0
     t = now or datetime.now(UTC)
     cands = list(db[JOBS].find({"github_outbox": {"$lte": due(t)}}).sort("github_outbox", 1).limit(50))
+    paused: dict[str, datetime | None] = {}  # per credential, this sweep: one rate limit stops all its jobs
     for job in cands:
         claimed = db[JOBS].update_one({"_id": job["_id"], "github_outbox": job["github_outbox"]},
                                       {"$set": {"github_outbox": due(t + timedelta(seconds=CLAIM_S))}})  # fmt: skip
         if not claimed.modified_count:
             continue  # another worker has it
-        gh = gh or github_client(settings)
-        _sync_job(db, settings, gh, job, t)
-    return len(cands)
+        _sync_job(db, settings, job, t, paused)
+    return len(cands) + notes.sync_due(db, settings, t, paused)
 
 
-def _sync_job(db, settings: Settings, gh, job: dict[str, Any], t: datetime) -> None:
-    from github import GithubException
-
-    src = job.get("source") or {}
-    state, text = desired_status(job)
-    posted = f"{state}|{text}"
-    final = job["status"] in FINAL_STATUSES
-    sets: dict[str, Any] = {}
-    try:
-        repo = gh.get_repo(src["repo"])
-        if job.get("github_posted") != posted:
-            repo.get_commit(src["sha"]).create_status(state, target_url=dashboard_link(settings, job["_id"]) or _unset(),
-                                                      description=text, context=CONTEXT)  # fmt: skip
-            sets["github_posted"] = posted
-        # Cancelled (superseded) jobs leave the PR's comment to the newer job.
-        if final and job["status"] != "cancelled" and src.get("pr") and not job.get("github_commented"):
-            _comment(db, settings, repo, job)
-            sets["github_commented"] = True
-    except (GithubException, OSError, KeyError) as e:
-        failures = int(job.get("github_failures", 0)) + 1
-        log.warning("job %s: posting to GitHub failed (%s: %s), attempt %d", job["_id"], type(e).__name__, e, failures)
-        if failures >= MAX_FAILURES:
-            db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_failures": failures,
-                                "github_error": f"{type(e).__name__}: {e}"[:500]}, "$unset": {"github_outbox": ""}})  # fmt: skip
-        else:
-            delay = min(1800.0, LOOK_EVERY_S * 2 ** (failures - 1))
-            db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_failures": failures,
-                                "github_outbox": due(t + timedelta(seconds=delay))}})  # fmt: skip
-        return
+def _sync_job(db, settings: Settings, job: dict[str, Any], t: datetime, paused: dict[str, datetime | None]) -> None:
+    sets: dict[str, Any] = {}  # what reached GitHub, kept whatever happens next
+    outcome, detail = limits.attempt(db, settings, job.get("source", {}).get("repo", ""), t, paused,
+                                     lambda cred: _post(db, settings, job, t, cred, sets))  # fmt: skip
+    if outcome == "later":
+        return _later(db, job, sets, detail)
+    if outcome == "give_up":
+        return _give_up(db, job, sets, detail)
+    if outcome == "retry":
+        return _backoff(db, job, sets, t, detail)
     sets["github_failures"] = 0
-    if final:
+    if job["status"] in FINAL_STATUSES:
         db[JOBS].update_one({"_id": job["_id"]}, {"$set": sets, "$unset": {"github_outbox": ""}})
     else:
         db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_outbox": due(t + timedelta(seconds=LOOK_EVERY_S))}})
+
+
+def _post(db, settings: Settings, job: dict[str, Any], t: datetime, cred: str, sets: dict[str, Any]) -> bool:
+    """Post the status if it changed, and the final PR comment; ``sets`` records what reached
+    GitHub. True if anything was written."""
+    src = job["source"]
+    state, text = desired_status(job)
+    repo = client.client(settings, src["repo"]).get_repo(src["repo"])
+    if job.get("github_posted") != f"{state}|{text}":
+        limits.take_write(db, cred, settings.github_writes_per_min, t)
+        repo.get_commit(src["sha"]).create_status(state, target_url=dashboard_link(settings, job["_id"]) or _unset(),
+                                                  description=text, context=CONTEXT)  # fmt: skip
+        sets["github_posted"] = f"{state}|{text}"
+    # Cancelled (superseded) jobs leave the PR's comment to the newer job.
+    if job["status"] not in FINAL_STATUSES or job["status"] == "cancelled" or job.get("github_commented"):
+        return bool(sets)
+    pr = src.get("pr") or _pull_of(repo, src["sha"])
+    if pr:
+        sets["source.pr"] = pr
+        _comment(db, settings, repo, {**job, "source": {**src, "pr": pr}}, cred, t)
+    sets["github_commented"] = True
+    return True
+
+
+def _pull_of(repo, sha: str) -> int | None:
+    """The open pull request whose head is ``sha``, for a job made by a push alone
+    (``GET /repos/{owner}/{repo}/commits/{sha}/pulls``)."""
+    for pull in repo.get_commit(sha).get_pulls():
+        if pull.state == "open" and pull.head.sha == sha:
+            return int(pull.number)
+    return None
+
+
+def _later(db, job: dict[str, Any], sets: dict[str, Any], until: datetime) -> None:
+    """Rate limited: look again once the credential's pause is over (not a failure of the job)."""
+    db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_outbox": due(until)}})
+
+
+def _give_up(db, job: dict[str, Any], sets: dict[str, Any], why: str) -> None:
+    """A 4xx other than a rate limit: GitHub's answer, which a retry would not change."""
+    log.warning("job %s: GitHub refused (%s); not retried", job["_id"], why)
+    db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_error": why}, "$unset": {"github_outbox": ""}})
+
+
+def _backoff(db, job: dict[str, Any], sets: dict[str, Any], t: datetime, why: str) -> None:
+    failures = int(job.get("github_failures", 0)) + 1
+    if failures >= MAX_FAILURES:
+        return _give_up(db, job, {**sets, "github_failures": failures}, f"{why}; gave up after {failures} tries")
+    delay = min(1800.0, LOOK_EVERY_S * 2 ** (failures - 1))
+    db[JOBS].update_one({"_id": job["_id"]}, {"$set": {**sets, "github_failures": failures,
+                        "github_outbox": due(t + timedelta(seconds=delay))}})  # fmt: skip
 
 
 def _unset():
@@ -182,23 +208,34 @@ def _unset():
     return NotSet
 
 
-def _comment(db, settings: Settings, repo, job: dict[str, Any]) -> None:
-    """Create the PR's comment once, then edit it in place; only the PR's latest job writes it."""
+def _comment(db, settings: Settings, repo, job: dict[str, Any], cred: str, t: datetime) -> None:
+    """Create the PR's comment once, then edit it in place; only the PR's latest job writes it.
+    Before creating one, look for ours by its marker: a crash between creating the comment and
+    saving its id must not post a second one."""
     src = job["source"]
     cid = f"{job['project_id']}|{src['repo']}#{src['pr']}"
     doc = db[COMMENTS].find_one({"_id": cid}) or {}
     if doc.get("job_id") not in (None, job["_id"]):
         return  # a newer push of this PR owns the comment
-    from github import UnknownObjectException
+    from github import GithubException
 
     body = comment_body(job, settings)
     issue = repo.get_issue(int(src["pr"]))
+    old = None
     if doc.get("comment_id"):
+        old = issue.get_comment(int(doc["comment_id"]))
+    else:
+        old = next((c for c in issue.get_comments() if COMMENT_MARK in (c.body or "")), None)
+    if old is not None:
+        limits.take_write(db, cred, settings.github_writes_per_min, t)
         try:
-            issue.get_comment(int(doc["comment_id"])).edit(body)
+            old.edit(body)
+            db[COMMENTS].update_one({"_id": cid}, {"$set": {"comment_id": old.id}}, upsert=True)
             return
-        except UnknownObjectException:
-            pass  # someone deleted it: write a new one
+        except GithubException as e:
+            if e.status not in (403, 404):  # deleted, or someone else's: write a new one
+                raise
+    limits.take_write(db, cred, settings.github_writes_per_min, t)
     c = issue.create_comment(body)
     db[COMMENTS].update_one({"_id": cid}, {"$set": {"comment_id": c.id}}, upsert=True)
 
@@ -206,16 +243,17 @@ def _comment(db, settings: Settings, repo, job: dict[str, Any]) -> None:
 def start_sync_thread(db, settings: Settings, stop: threading.Event) -> threading.Thread | None:
     """A daemon thread that syncs every second while the worker runs (a job can run for hours;
     the worker's own loop only turns between jobs)."""
-    if not settings.github_token:
+    if not settings.github_enabled:
         return None
 
     def loop() -> None:
-        gh = github_client(settings)
         while not stop.wait(1.0):
             try:
-                sync_once(db, settings, gh=gh)
+                sync_once(db, settings)
             except PyMongoError as e:
                 log.warning("GitHub status sync: database unavailable (%s)", type(e).__name__)
+            except Exception:  # a bug must not end the thread: later jobs' statuses still go out
+                log.exception("GitHub status sync")
 
     th = threading.Thread(target=loop, name="github-status", daemon=True)
     th.start()

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from dreamforge.github.status import dashboard_link, due, github_client
+from dreamforge.github.contents import CONFIG_FILE
+from dreamforge.github.status import dashboard_link, due
 from dreamforge.jobs import queue
 from dreamforge.jobs.submit import NotFound, submit
 from dreamforge.schemas import JobSource, TrainRequest
@@ -44,7 +45,6 @@ log = logging.getLogger("dreamforge.webhooks")
 SIGNATURE_HEADER = "X-DreamForge-Signature-256"
 WAITING = "waiting_for_github"  # a push whose config GitHub has not given us yet (push_outbox.py)
 REPO_PATTERN = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
-CONFIG_FILE = "dreamforge.config.json"
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -157,17 +157,6 @@ def fork_branch(branch: str, head_repo: str | None, fork: bool) -> str:
     return f"{(head_repo or 'deleted-fork').split('/')[0]}:{branch}"
 
 
-def fetch_config(settings: Settings, repo: str, sha: str) -> str | None:
-    """``dreamforge.config.json`` at ``sha`` through GitHub's contents API; None when absent."""
-    from github import UnknownObjectException  # PyGithub loads on the first GitHub call, as in status.py
-
-    try:
-        # 5 s: the whole delivery must be answered within GitHub's 10 s.
-        return github_client(settings, timeout=5).get_repo(repo).get_contents(CONFIG_FILE, ref=sha).decoded_content.decode()
-    except UnknownObjectException:
-        return None
-
-
 async def replayed(db, settings: Settings, pid: str, delivery: str) -> JSONResponse:
     rec = await db[DELIVERIES].find_one({"_id": queue.scoped(pid, delivery)}) or {}
     job = await db[JOBS].find_one({"_id": rec.get("job_id")}, {"status": 1}) if rec.get("job_id") else None
@@ -188,7 +177,11 @@ async def create_preview(db, settings: Settings, pid: str, *, config: dict[str, 
     try:
         await db[DELIVERIES].insert_one({"_id": queue.scoped(pid, delivery), "created_at": queue.now()})
     except DuplicateKeyError:
-        return await replayed(db, settings, pid, delivery)
+        rec = await db[DELIVERIES].find_one({"_id": queue.scoped(pid, delivery)}) or {}
+        if rec.get("job_id") or rec.get("skipped"):
+            return await replayed(db, settings, pid, delivery)
+        # Recorded, but no job: the first try died between the two (or runs now). The body is
+        # the same signed one, and submit dedupes on the job's key, so finishing it here is safe.
     return await create_job(db, settings, pid, config=config, config_path=config_path, delivery=delivery, source=source,
                             fork=fork)  # fmt: skip
 

@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from dreamforge.api import errors
 from dreamforge.api.deps import AppSettings, Db, Project, current_project
 from dreamforge.api.views import JOB_FIELDS
-from dreamforge.github import oidc, push_outbox
+from dreamforge.github import client, oidc, ownership, push_outbox
 from dreamforge.github.status import dashboard_link
 from dreamforge.github.webhooks import (
     SIGNATURE_HEADER,
@@ -47,15 +47,20 @@ router = APIRouter(tags=["github"], responses={**errors.responses(403, 404, 409,
 
 # -- the project's repositories --------------------------------------------------------
 @router.put("/api/github", response_model=GithubLinkView)
-async def link(db: Db, body: GithubLinkIn, pid: Project):
-    """Claim repositories for this project (a repository belongs to one project) and set the secret."""
-    names = [r.name for r in body.repos]
-    ids = [r.id for r in body.repos if r.id]
+async def link(db: Db, settings: AppSettings, body: GithubLinkIn, pid: Project):
+    """Claim repositories for this project (a repository belongs to one project) and set the secret.
+    With the GitHub App, each must have the App installed and name this project in its
+    ``.github/dreamforge-project`` (``github.ownership``); GitHub's id and name are stored."""
+    repos = body.repos
+    if client.app_mode(settings):
+        repos = [await asyncio.to_thread(ownership.verify, settings, pid, r) for r in repos]
+    names = [r.name for r in repos]
+    ids = [r.id for r in repos if r.id]
     taken = await db[PROJECTS].find_one({"_id": {"$ne": pid}, "$or": [{"github_repos": {"$in": names}},
                                         {"github_repo_ids": {"$in": ids}}]}, {"_id": 1})  # fmt: skip
     if taken:
         raise HTTPException(409, "one of these repositories is linked to another project; unlink it there first")
-    sets: dict[str, Any] = {"github_repos": names, "github_repo_ids": ids, "github_links": [r.model_dump() for r in body.repos]}
+    sets: dict[str, Any] = {"github_repos": names, "github_repo_ids": ids, "github_links": [r.model_dump() for r in repos]}
     if body.webhook_secret:
         sets["github_webhook_secret"] = body.webhook_secret
     doc = await db[PROJECTS].find_one_and_update({"_id": pid}, {"$set": sets}, return_document=ReturnDocument.AFTER)
@@ -81,6 +86,8 @@ async def from_action(request: Request, db: Db, settings: AppSettings, authoriza
     if oidc.looks_like_jwt(token):
         try:
             claims = await asyncio.to_thread(oidc.verify, token, issuer=settings.oidc_issuer, audience=settings.oidc_audience)
+        except oidc.KeysUnavailable as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "10"}) from None
         except oidc.OidcError as e:
             raise HTTPException(401, str(e)) from None
         project = await db[PROJECTS].find_one({"github_repo_ids": int(claims["repository_id"])})
@@ -108,11 +115,14 @@ async def from_action(request: Request, db: Db, settings: AppSettings, authoriza
         if claims["repository"] != push.repository or claims.get("event_name", push.event) != push.event:
             raise HTTPException(403, f"the OIDC token is for {claims['repository']} ({claims.get('event_name')}), "
                                      f"the body for {push.repository} ({push.event})")  # fmt: skip
+        if why := oidc.check_body(claims, ref=push.ref, sha=push.sha, event=push.event, workflows=settings.oidc_workflows):
+            raise HTTPException(403, why)
         try:
-            await oidc.spend_jti(db, claims)
+            await oidc.spend_jti(db, claims, push.delivery)
         except oidc.OidcError as e:
             raise HTTPException(401, str(e)) from None
-    elif push.repository not in (project.get("github_repos") or []):
+    elif push.repository not in (project.get("github_repos") or []) and (
+            push.repository_id is None or push.repository_id not in (project.get("github_repo_ids") or [])):
         raise HTTPException(403, f"repository {push.repository} is not linked to this project: add it with PUT /api/github")
     fork = bool(push.pr) and push.head_repository != push.repository
     return await create_preview(
@@ -132,13 +142,20 @@ async def from_github(request: Request, db: Db, settings: AppSettings, x_github_
     raw = await request.body()
     try:
         event = json.loads(raw)
-        repo = event["repository"]["full_name"]
-    except (ValueError, KeyError, TypeError, RecursionError):  # unauthenticated yet: any bytes may arrive
+        if not isinstance(event.get("repository"), dict) and settings.github_app_webhook_secret and \
+                signature_ok(settings.github_app_webhook_secret, raw, x_hub_signature_256):
+            # The App's webhook also carries installation events, which name no repository.
+            return JSONResponse({"skipped": f"event {x_github_event} names no repository"}, status_code=202)
+        repo, repo_id = event["repository"]["full_name"], event["repository"].get("id")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # unauthenticated yet: any bytes may arrive
         raise HTTPException(400, "not a GitHub webhook payload: set the content type to application/json") from None
-    project = await db[PROJECTS].find_one({"github_repos": repo})
-    secret = (project or {}).get("github_webhook_secret")
+    # By the numeric id first: a renamed repository keeps it (and its old name is free to re-use).
+    project = await db[PROJECTS].find_one({"github_repo_ids": repo_id}) if type(repo_id) is int else None
+    project = project or await db[PROJECTS].find_one({"github_repos": repo})
+    # The project's own webhook, or the GitHub App's (one secret for every installation).
+    secrets = [(project or {}).get("github_webhook_secret"), settings.github_app_webhook_secret]
     # One answer for "unknown repository" and "bad signature": nothing to probe.
-    if not secret or not signature_ok(secret, raw, x_hub_signature_256):
+    if project is None or not any(s and signature_ok(s, raw, x_hub_signature_256) for s in secrets):
         raise HTTPException(401, "X-Hub-Signature-256 does not verify: the webhook's secret must be the project's")
     if x_github_event == "ping":
         return {"ok": True}
