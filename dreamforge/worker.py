@@ -306,6 +306,28 @@ def cleanup_temporary(settings: Settings, db) -> list[str]:
             if tmp.exists():
                 shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
                 removed.append(str(tmp))
+    return removed + cleanup_dataset_cache(cutoff)
+
+
+def cleanup_dataset_cache(cutoff: float) -> list[str]:
+    """Delete cached datasets (extracted ZIPs, downloads from s3/gs/https and GridFS) not read
+    since ``cutoff`` (a timestamp). A loader marks an entry each time it reads it
+    (``pipeline.data.sources.mark_used``), so a dataset a job still uses is never old; one that is
+    deleted is downloaded again by the next job that names it."""
+    from pipeline.data.sources import cache_dir
+
+    removed = []
+    for kind in ("zips", "remote"):
+        for entry in sorted((cache_dir() / kind).glob("*")):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue  # a download or extraction in progress works in a hidden folder
+            try:
+                used = max([entry.stat().st_mtime, *(c.stat().st_mtime for c in entry.iterdir())])
+            except OSError:
+                continue
+            if used < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
     return removed
 
 

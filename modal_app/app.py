@@ -23,45 +23,74 @@ HOURS = 60 * MINUTES
 APP_NAME = "dreamforge"
 ROOT = Path(__file__).resolve().parents[1]
 
-# ## Image
-# The project's own dependencies from pyproject.toml, so the container runs what the tests ran.
-# PyPI's Linux torch wheel is the CUDA build (the range in pyproject admits it); the embedded
-# database is for local use only. Read where the image is built: inside a container the image
-# already exists and pyproject.toml is not there.
+# ## Images
+# The project's own dependencies from pyproject.toml, so the containers run what the tests ran,
+# split in two. The GPU stages get CUDA torch and the training stack; the CPU functions (`web`,
+# `orchestrate`, `sweep`) get the service without it, so `web` starts in seconds, well inside
+# GitHub's 10 s webhook deadline (tests/test_modal_app.py runs their code with the training
+# stack unimportable). Neither gets the embedded database or the dashboard (local only), nor
+# `modal`: Modal mounts its own client into every container (modal 1.6.4, modal/_functions.py,
+# `_get_client_mount`). PyPI's Linux torch wheel is the CUDA build (the range in pyproject admits
+# it). Read where the images are built: inside a container pyproject.toml is not there.
 TORCH = "torch==2.13.0"
-LOCAL_ONLY = ("torch", "secantusdb")
+NOT_DEPLOYED = ("secantusdb", "streamlit", "pandas", "modal")
+TRAINING = ("torch", "transformers", "trl", "accelerate", "peft", "bitsandbytes", "datasets", "safetensors", "tokenizers")
 
 
-def project_dependencies(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+def _name(requirement: str) -> str:
+    return requirement.replace(">", "=").replace("<", "=").replace("[", "=").split("=")[0].strip().lower()
+
+
+def project_dependencies(pyproject: Path = ROOT / "pyproject.toml", *, training: bool = True) -> list[str]:
+    """The requirements an image installs: the GPU one's (``training``) or the CPU one's."""
+    if not pyproject.exists():
+        return []
     project = tomllib.loads(pyproject.read_text())["project"]
-    deps = project["dependencies"] + project["optional-dependencies"]["modal"]
-    return [d for d in deps if not d.replace(">", "=").replace("<", "=").split("=")[0].strip().startswith(LOCAL_ONLY)]
+    left_out = NOT_DEPLOYED + (("torch",) if training else TRAINING)  # torch: pinned on its own
+    return [d for d in project["dependencies"] if _name(d) not in left_out]
 
 
+ENV = {
+    "DREAMFORGE_HOME": "/data",  # Settings.artifacts = /data/artifacts, the artifacts Volume
+    "DREAMFORGE_CACHE": "/hf/datasets",  # remote datasets, cached by version beside the models
+    "DREAMFORGE_EXECUTOR": "modal",
+    "DREAMFORGE_MODAL_APP": APP_NAME,
+}
+SOURCE = ("pipeline", "dreamforge", "modal_app")
+cpu_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .uv_pip_install(*project_dependencies(training=False))
+    .env(ENV)
+    .add_local_python_source(*SOURCE, ignore=["**/__pycache__/**"])
+)
 image = (
     modal.Image.debian_slim(python_version="3.11")
     .uv_pip_install(TORCH)
-    .uv_pip_install(*(project_dependencies() if (ROOT / "pyproject.toml").exists() else []))
+    .uv_pip_install(*project_dependencies())
     .env({
-        "DREAMFORGE_HOME": "/data",  # Settings.artifacts = /data/artifacts, the artifacts Volume
+        **ENV,
         "HF_HOME": "/hf",
         "HF_HUB_OFFLINE": "0",  # pipeline.run defaults to offline; Modal reaches the hub
-        "DREAMFORGE_CACHE": "/hf/datasets",  # remote datasets, cached by version beside the models
-        "DREAMFORGE_EXECUTOR": "modal",
-        "DREAMFORGE_MODAL_APP": APP_NAME,
         # Modal gives a preempted container ~30 s: checkpoint every 5 minutes so a restart
         # loses at most that (pipeline/stages/common.py); GRPO also saves every 25 steps.
         "DREAMFORGE_CHECKPOINT_S": "300",
         "TOKENIZERS_PARALLELISM": "false",
+        # The stage's own output (and `accelerate launch`'s children's) goes to Modal's logs as
+        # well as to its log file on the Volume (dreamforge/executors/local.py).
+        "DREAMFORGE_ECHO_STAGE_LOG": "1",
     })  # fmt: skip
-    .add_local_python_source("pipeline", "dreamforge", "modal_app", ignore=["**/__pycache__/**"])
+    .add_local_python_source(*SOURCE, ignore=["**/__pycache__/**"])
 )
 
 # ## Volumes and Secrets
 # Artifacts (stage checkpoints, models, events) outlive any container; the Hugging Face cache
-# saves re-downloading a 3B model on every cold start.
-artifacts = modal.Volume.from_name("dreamforge-artifacts", create_if_missing=True)
-hf_cache = modal.Volume.from_name("dreamforge-hf-cache", create_if_missing=True)
+# saves re-downloading a 3B model on every cold start. Both are created as v2 Volumes: no limit on
+# the number of files (v1 stops at 500k: every job writes checkpoints) and many concurrent
+# writers (v1 recommends about 5; every running stage writes). An existing v1 Volume of the same
+# name is used as it is (see the README to migrate).
+VOLUME_VERSION = 2
+artifacts = modal.Volume.from_name("dreamforge-artifacts", create_if_missing=True, version=VOLUME_VERSION)
+hf_cache = modal.Volume.from_name("dreamforge-hf-cache", create_if_missing=True, version=VOLUME_VERSION)
 ARTIFACTS_PATH = "/data/artifacts"
 VOLUMES = {ARTIFACTS_PATH: artifacts, "/hf": hf_cache}
 
@@ -125,7 +154,7 @@ def evaluate(job_id: str, token: str, config: dict, reward_source: str | None = 
 # dies, the sweep reaps the job's lease and spawns another, which adopts the running stage call.
 # While it runs it posts its jobs' commit statuses and pull request comments (the worker's
 # GitHub outbox, dreamforge/github/status.py), as `dreamforge worker` does locally.
-@app.function(timeout=24 * HOURS, retries=modal.Retries(max_retries=3, initial_delay=5.0),
+@app.function(image=cpu_image, timeout=24 * HOURS, retries=modal.Retries(max_retries=3, initial_delay=5.0),
               volumes={ARTIFACTS_PATH: artifacts}, secrets=[mongodb, github])  # fmt: skip
 def orchestrate() -> int:
     from dreamforge.executors.modal_executor import ModalExecutor
@@ -151,20 +180,20 @@ def run_jobs(worker) -> int:
 # GitHub deliveries that waited for GitHub (the API that stored them may be scaled to zero), spawn
 # an orchestrator for every ready job (requeued, backed off, missed or just read), post due commit
 # statuses and pull request comments, and delete intermediate checkpoints and datasets of jobs
-# finished longer ago than the retention.
+# finished longer ago than the retention, and cached datasets no job has read for as long.
 SPAWN_AT_MOST = 20
 
 
-@app.function(schedule=modal.Period(minutes=1), timeout=10 * MINUTES, volumes={ARTIFACTS_PATH: artifacts},
-              secrets=[mongodb, github])  # fmt: skip
+@app.function(image=cpu_image, schedule=modal.Period(minutes=1), timeout=10 * MINUTES,
+              volumes={ARTIFACTS_PATH: artifacts, "/hf": hf_cache}, secrets=[mongodb, github])  # fmt: skip
 def sweep() -> dict[str, Any]:
     on_modal = not modal.is_local()
-    return sweep_once(spawn=orchestrate.spawn if on_modal else None, volume=artifacts if on_modal else None)
+    return sweep_once(spawn=orchestrate.spawn if on_modal else None, volumes=(artifacts, hf_cache) if on_modal else ())
 
 
-def sweep_once(spawn=None, volume=None) -> dict[str, Any]:
-    """The sweep's body; ``spawn`` starts one orchestrator, ``volume`` is the mounted artifacts
-    Volume (None off Modal)."""
+def sweep_once(spawn=None, volumes=()) -> dict[str, Any]:
+    """The sweep's body; ``spawn`` starts one orchestrator, ``volumes`` are the mounted Volumes
+    (the artifacts and the dataset cache; none off Modal)."""
     from dreamforge.github import push_outbox, status
     from dreamforge.jobs import queue
     from dreamforge.settings import Settings
@@ -181,10 +210,10 @@ def sweep_once(spawn=None, volume=None) -> dict[str, Any]:
         for _ in range(spawned if spawn else 0):
             spawn()
         posted = status.sync_once(db, settings)
-        if volume is not None:
+        for volume in volumes:
             volume.reload()
         removed = cleanup_temporary(settings, db)
-        if volume is not None and removed:
+        for volume in volumes if removed else ():
             volume.commit()
     return {"reaped": reaped, "resolved": resolved, "ready": ready, "spawned": spawned, "github": posted,
             "removed": removed}
@@ -219,7 +248,12 @@ def configure_web(api, spawn, read_file) -> None:
     api.state.read_artifact = volume_reader(read_file)
 
 
-@app.function(secrets=[mongodb, github], scaledown_window=5 * MINUTES)
+# One container stays warm (min_containers=1): a cold start would take several seconds of GitHub's
+# 10 s webhook deadline. Its cost is in the README (Modal, "What it costs").
+WEB_WARM_CONTAINERS = 1
+
+
+@app.function(image=cpu_image, secrets=[mongodb, github], min_containers=WEB_WARM_CONTAINERS, scaledown_window=5 * MINUTES)
 @modal.concurrent(max_inputs=100)
 @modal.asgi_app()
 def web():

@@ -93,13 +93,68 @@ def test_orchestrator_sweep_and_web_endpoint(deployed):
                                    "modal.Secret.from_name('dreamforge-mongodb')"]  # fmt: skip
 
 
-def test_image_installs_the_projects_own_dependencies_with_cuda_torch(deployed):
-    deps = deployed.project_dependencies()
-    names = {d.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip() for d in deps}
-    assert {"transformers", "trl", "accelerate", "bitsandbytes", "fastapi", "pymongo", "mini-racer"} <= names
-    assert "torch" not in names and "secantusdb" not in names  # torch pinned separately; the DB is local-only
-    assert "modal" in names  # an extra in pyproject, but the container needs it
-    assert deployed.TORCH == "torch==2.13.0"
+def test_images_install_the_projects_own_dependencies_split_by_what_runs_there(deployed):
+    gpu = {deployed._name(d) for d in deployed.project_dependencies()}
+    cpu = {deployed._name(d) for d in deployed.project_dependencies(training=False)}
+    assert {"transformers", "trl", "accelerate", "bitsandbytes", "peft", "fastapi", "pymongo", "mini-racer"} <= gpu
+    assert "torch" not in gpu and deployed.TORCH == "torch==2.13.0"  # pinned on its own: the CUDA wheel
+    # Modal mounts its own client; the embedded database and the dashboard are not deployed
+    assert not gpu & {"modal", "secantusdb", "streamlit", "pandas"} and not cpu & {"modal", "secantusdb", "streamlit", "pandas"}
+    assert not cpu & set(deployed.TRAINING) and {"fastapi", "pymongo", "pygithub", "mini-racer", "pycocotools"} <= cpu
+    from modal._utils.async_utils import synchronizer
+
+    def image_of(name: str):  # the image a function was declared with (modal 1.6.4 keeps it in _spec_)
+        return getattr(deployed, name)._spec_.image
+
+    cpu, gpu_image = synchronizer._translate_in(deployed.cpu_image), synchronizer._translate_in(deployed.image)
+    assert all(image_of(n) is cpu for n in ("web", "orchestrate", "sweep"))
+    assert all(image_of(s) is gpu_image for s in STAGES)
+    assert deployed.WEB_WARM_CONTAINERS == 1  # warm for GitHub's 10 s webhook deadline
+
+
+# What the slim image lacks: a function of its own cannot import it (the finder refuses), so any
+# code path web, orchestrate or sweep runs that needs it fails here as it would on Modal.
+CPU_PATHS = """
+import importlib.abc, json, sys
+import modal_app.app as m
+BLOCKED = set(m.TRAINING) | {"secantus", "streamlit", "pandas"}
+for name in list(sys.modules):
+    assert name.split(".")[0] not in BLOCKED, f"modal_app.app imported {name}"
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not in the CPU image")
+sys.meta_path.insert(0, Missing())
+from dreamforge.api.app import create_app
+from dreamforge.executors.modal_executor import ModalExecutor
+from dreamforge.settings import Settings
+from dreamforge.worker import Worker, cleanup_temporary
+from pipeline.config import build_config
+from pipeline.preflight import run_preflight
+from pipeline.rewards.js import JsReward
+from pipeline.rewards.probe import dataset_targets, load_any_reward, probe_reward
+create_app(Settings(mongodb_uri="mongodb://127.0.0.1:1"))
+targets = dataset_targets("synthetic://retail-shelf?n=4&seed=1", "detect", 4)
+rows = probe_reward(load_any_reward("iou"), targets) + probe_reward(JsReward(sys.argv[1]), targets)
+report = run_preflight(build_config(json.loads(sys.argv[2])), samples=4)
+print(json.dumps({"probe_rows": len(rows), "findings": len(report["findings"])}))
+"""
+
+
+def test_the_cpu_functions_code_runs_without_the_training_stack(tmp_path):
+    """web (its routes' heavy paths: reward tests, preflight), orchestrate and sweep run on the
+    slim image: nothing they run imports torch, transformers or the rest of TRAINING."""
+    import json
+
+    from conftest import tiny_job_config
+
+    js = "function reward(out, gt) { return out.boxes.length === gt.boxes.length ? 1 : 0; }"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "DREAMFORGE_CACHE": str(tmp_path / "cache")}
+    res = subprocess.run([sys.executable, "-c", CPU_PATHS, js, json.dumps(tiny_job_config())], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["probe_rows"] > 0
 
 
 def test_a_multi_gpu_stage_launches_through_accelerate(tmp_path):

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -719,3 +722,25 @@ def test_a_stored_reward_reaches_the_gpu_container_under_its_own_name(env, tmp_p
         worker.client.close()
     config, shipped = _inputs(tmp_path)
     assert shipped == source and Path(config["reward"]) == tmp_path / "reward" / "retail_facings_v2.js"
+
+
+def test_a_multi_gpu_stages_output_is_echoed_to_the_functions_own_output(tmp_path):
+    """With several GPUs the stage runs as ``accelerate launch`` children writing to a log file
+    on the Volume; LogEcho copies each new part on to stdout (Modal's logs), in order, none twice."""
+    import io
+
+    from dreamforge.executors.local import LogEcho
+
+    log_file = tmp_path / "reward-attempt1.log"
+    log_file.write_bytes(b"")
+    code = "import sys, time\nfor i in range(30):\n    print(f'rank0 step {i}', flush=True); time.sleep(0.01)\n"
+    with log_file.open("ab") as out:
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
+    seen = io.StringIO()
+    echo = LogEcho(log_file, seen)
+    while child.poll() is None:
+        echo.copy()
+        time.sleep(0.02)
+    echo.copy()
+    assert seen.getvalue() == "".join(f"rank0 step {i}\n" for i in range(30))
+    assert log_file.read_text() == seen.getvalue()  # the file on the Volume keeps it all too

@@ -3,6 +3,7 @@ fenced writes after a takeover, reaping, retry budgets, dead letters and requeue
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -116,9 +117,11 @@ def test_expired_leases_count_against_the_running_stage(db):
     assert doc["stages"]["domain"]["status"] == "failed"
 
 
-def test_temporary_artifacts_expire_final_models_stay(db, tmp_path):
+def test_temporary_artifacts_expire_final_models_stay(db, tmp_path, monkeypatch):
     from dreamforge.settings import Settings
     from dreamforge.worker import cleanup_temporary
+
+    monkeypatch.setenv("DREAMFORGE_CACHE", str(tmp_path / "cache"))  # empty: only the job folders count here
 
     settings = Settings(mongodb_uri="unused", home=tmp_path, temp_retention_s=0)
     done, running = add_jobs(db, 2)
@@ -256,3 +259,32 @@ def test_an_idle_worker_picks_up_a_new_job_at_once_not_at_its_next_poll(db, tmp_
         w.stop()
         th.join(10)
     assert not th.is_alive()
+
+
+def test_cached_datasets_not_read_within_the_retention_are_deleted(tmp_path, monkeypatch):
+    import os
+
+    from dreamforge.worker import cleanup_dataset_cache
+    from pipeline.data import load_dataset
+    from pipeline.data.synthetic import generate, write_coco
+
+    monkeypatch.setenv("DREAMFORGE_CACHE", str(tmp_path / "cache"))
+    zips = []
+    for seed in (1, 2):
+        folder = write_coco(generate("generic", 6, seed=seed), tmp_path / f"set{seed}")
+        zips.append(shutil.make_archive(str(tmp_path / f"set{seed}"), "zip", folder))
+    for z in zips:
+        load_dataset(z, "detect")  # extracted into the cache
+    entries = sorted((tmp_path / "cache" / "zips").iterdir())
+    assert len(entries) == 2
+    week_ago = time.time() - 7 * 86400
+    for e in entries:  # as if extracted a week ago
+        for p in [e, *e.rglob("*")]:
+            os.utime(p, (week_ago, week_ago))
+    load_dataset(zips[0], "detect")  # read again today: marked as used, from the cache
+    assert sorted((tmp_path / "cache" / "zips").iterdir()) == entries
+    removed = cleanup_dataset_cache(time.time() - 86400)
+    kept = [e for e in entries if e.exists()]
+    assert len(removed) == 1 and len(kept) == 1 and removed[0] not in map(str, kept)
+    assert load_dataset(zips[0], "detect").splits["train"]  # the kept one still loads
+    assert load_dataset(zips[1], "detect").splits["train"]  # the deleted one is extracted again

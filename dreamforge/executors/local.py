@@ -165,8 +165,11 @@ class LocalExecutor:
         err_path.parent.mkdir(parents=True, exist_ok=True)
         err_path.write_bytes(b"")
         proc = self._start(cmd, err_path)
+        echo = LogEcho(err_path, sys.stdout) if os.environ.get("DREAMFORGE_ECHO_STAGE_LOG") == "1" else None
 
         def pump() -> None:
+            if echo is not None:
+                echo.copy()
             for ev in tail.read():
                 if ev.get("attempt", attempt) == attempt or _training_point(ev, stage):
                     sink.event(ev)  # a stale process's last words are not this attempt's, its steps are
@@ -212,6 +215,27 @@ class LocalExecutor:
         if code == USER_ERROR_EXIT:
             return StageOutcome("user_error", message)
         return StageOutcome("infra_error", message)
+
+
+class LogEcho:
+    """Copies what a stage writes to its log file on to ``stream`` as well, from where the last
+    copy stopped. On Modal the stage's output (``accelerate launch``'s children's included) then
+    reaches Modal's logs, while the file on the Volume keeps it with the job."""
+
+    def __init__(self, path: Path, stream: Any) -> None:
+        self.path, self.stream, self.offset = path, stream, 0
+
+    def copy(self) -> None:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return
+        self.offset += len(data)
+        if data:
+            self.stream.write(data.decode(errors="replace"))
+            self.stream.flush()
 
 
 def _training_point(ev: dict[str, Any], stage: str) -> bool:

@@ -53,7 +53,7 @@ import aiohttp
 from yarl import URL
 
 from pipeline.data.errors import DataError
-from pipeline.data.sources import REMOTE_SCHEMES, Source, cache_dir, extract_zip
+from pipeline.data.sources import REMOTE_SCHEMES, Source, cache_dir, extract_zip, mark_used
 
 # Limits. Module constants (not arguments) so a deployment tunes them in one place and tests
 # shrink them with monkeypatch.
@@ -465,6 +465,7 @@ def fetch_remote(uri: str, dest_dir: Path | None = None, *, allow_private: bool 
         final = _uri_dir(dest_dir, uri) / _digest(version or f"unversioned-{time.time_ns()}")
         target = final / (name if name.lower().endswith(".zip") else name + ".zip")
         if version and (final / _COMPLETE).exists():
+            mark_used(final)
             return target
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
@@ -505,6 +506,7 @@ def _fetch_folder(fs: Any, path: str, uri_dir: Path, label: str, budget: _Budget
     version = "\n".join(f"{'/'.join(parts)} {_version_key(info)}" for parts, info in sorted(objects.items()))
     final = uri_dir / _digest(version)
     if (final / _COMPLETE).exists():
+        mark_used(final)
         return final / "data"
     uri_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=uri_dir))
@@ -578,6 +580,7 @@ def fetch_gridfs(
             final = _uri_dir(dest_dir, f"gridfs://{raw_id}") / _digest(f"{stream.length}|{stream.upload_date}|{name}")
             target = final / f"{name}.zip"
             if (final / _COMPLETE).exists():
+                mark_used(final)
                 return target
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))

@@ -85,6 +85,15 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "dreamforge"
 
 
+def mark_used(entry: Path) -> None:
+    """Record that a cached dataset was read now: the retention sweep deletes entries not read
+    for longer than its retention (``dreamforge.worker.cleanup_dataset_cache``)."""
+    try:
+        os.utime(entry)
+    except OSError:  # a read-only cache still serves; it is just not swept
+        pass
+
+
 def resolve_source(source: str | os.PathLike[str]) -> Source:
     """Turn a path or URI into a :class:`Source`; ZIPs are extracted (safely) on the way."""
     text = os.fspath(source)
@@ -242,6 +251,7 @@ def _extract_zip(
     parent = dest_root or cache_dir() / "zips"
     dest = parent / f"{zip_path.stem}-{digest[:16]}"
     if (dest / _COMPLETE_MARKER).exists():
+        mark_used(dest)
         return dest, False
     try:
         parent.mkdir(parents=True, exist_ok=True)
