@@ -239,13 +239,14 @@ def spawn_on_queue(api, spawn) -> None:
         return response
 
 
-def configure_web(api, spawn, read_file) -> None:
+def configure_web(api, spawn, read_file, listdir) -> None:
     """The API as ``web`` serves it: queueing spawns ``spawn()``, and artifacts (a job's held-out
-    samples) are read with ``read_file`` (``Volume.read_file.aio``): ``web`` mounts no Volume."""
-    from dreamforge.api.artifacts import volume_reader
+    samples, its downloads) are read and listed with ``read_file`` and ``listdir``
+    (``Volume.read_file.aio``, ``Volume.listdir.aio``): ``web`` mounts no Volume."""
+    from dreamforge.api.artifacts import VolumeStore
 
     spawn_on_queue(api, spawn)
-    api.state.read_artifact = volume_reader(read_file)
+    api.state.artifact_store = VolumeStore(read_file, listdir)
 
 
 # One container stays warm (min_containers=1): a cold start would take several seconds of GitHub's
@@ -260,7 +261,7 @@ def web():
     from dreamforge.api.app import create_app
 
     api = create_app()
-    configure_web(api, orchestrate.spawn.aio, artifacts.read_file.aio)
+    configure_web(api, orchestrate.spawn.aio, artifacts.read_file.aio, artifacts.listdir.aio)
     return api
 
 

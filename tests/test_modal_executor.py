@@ -5,11 +5,13 @@ function body, the pipeline on the tiny model) is the real code."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -616,6 +618,30 @@ class CommittedFiles:
         for i in range(0, len(data), 8):  # in blocks, as Modal streams them
             yield data[i : i + 8]
 
+    async def listdir(self, path: str, *, recursive: bool = False):
+        """``Volume.listdir``: a file path lists that file; a folder its files and folders (all
+        levels when ``recursive``), paths from the Volume's root; a path with nothing under it is
+        the server's NOT_FOUND, raised as ``modal.exception.NotFoundError``."""
+        import modal.exception
+        from modal.types import FileEntry, FileEntryType
+
+        if path in self.files:
+            return [FileEntry(path, FileEntryType.FILE, 1_700_000_000, len(self.files[path]))]
+        under = [f for f in self.files if f.startswith(path.rstrip("/") + "/")]
+        if not under:
+            raise modal.exception.NotFoundError(f"No such file or directory: {path}")
+        entries, folders = [], set()
+        for f in sorted(under):
+            parts = f[len(path.rstrip("/")) + 1 :].split("/")
+            if len(parts) > 1 and not recursive:
+                folders.add(parts[0])
+                continue
+            for i in range(1, len(parts)):
+                folders.add("/".join(parts[:i]))
+            entries.append(FileEntry(f, FileEntryType.FILE, 1_700_000_000, len(self.files[f])))
+        base = path.rstrip("/")
+        return entries + [FileEntry(f"{base}/{d}", FileEntryType.DIRECTORY, 1_700_000_000, 0) for d in sorted(folders)]
+
 
 # -- the web endpoint and the sweep (last: they leave a queued job behind) -----------------
 def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
@@ -641,14 +667,18 @@ def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
     finished = new_job(db, tiny_job_config())
     out = settings.artifacts / finished / "out"
     db[JOBS].update_one({"_id": finished}, {"$set": {"project_id": pid, "status": "succeeded",
-                        "result": {"artifacts": {"metrics.json": str(out / "metrics.json")}}},
+                        "result": {"artifacts": {"metrics.json": str(out / "metrics.json"), "model": str(out / "model")}}},
                         "$unset": {"queue_key": ""}})  # fmt: skip
     sample = {"file_name": "not-in-the-dataset.png", "text": "<box>", "pred": {"boxes": []}, "gt": {"boxes": []}}
     volume.files[f"{finished}/out/predictions.json"] = json.dumps({"domain": [sample]}).encode()
+    model_files = {"config.json": b'{"model_type": "tiny"}', "weights/model.safetensors": os.urandom(5000)}
+    for name, data in model_files.items():
+        volume.files[f"{finished}/out/model/{name}"] = data
+    volume.files[f"{finished}/out/metrics.json"] = b'{"evaluation": {}}'
     assert not out.exists()
 
     api = create_app(settings)
-    configure_web(api, spawn, volume.read_file)
+    configure_web(api, spawn, volume.read_file, volume.listdir)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
@@ -671,9 +701,24 @@ def test_web_endpoint_spawns_an_orchestrator_when_a_request_queues_a_job(env):
             assert r.status_code == 200, r.text
             assert [x["text"] for x in r.json()["samples"]] == ["<box>"] and r.json()["model"] == "domain"
             assert volume.reads == [f"{finished}/out/predictions.json"]
+            # downloads list and stream through the Volume's API too (was: 404 "not on this server's disk")
+            listed = {a["name"]: a for a in c.get(f"/api/jobs/{finished}/artifacts").json()["artifacts"]}
+            assert (listed["model"]["files"], listed["model"]["bytes"]) == (2, sum(map(len, model_files.values())))
+            whole = c.get(f"/api/jobs/{finished}/artifacts/model")
+            assert whole.status_code == 200 and int(whole.headers["content-length"]) == len(whole.content)
+            with tarfile.open(fileobj=io.BytesIO(whole.content)) as tar:
+                got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+            assert got == {f"{finished}-model/{k}": v for k, v in model_files.items()}
+            cut = len(whole.content) // 2 + 3  # a resumed download, from inside a file's blocks
+            r = c.get(f"/api/jobs/{finished}/artifacts/model", headers={"Range": f"bytes={cut}-"})
+            assert r.status_code == 206 and whole.content[:cut] + r.content == whole.content
+            r = c.get(f"/api/jobs/{finished}/artifacts/metrics.json", headers={"Range": "bytes=2-11"})
+            assert r.status_code == 206 and r.content == b'{"evaluation": {}}'[2:12]
             volume.files.clear()
             r = c.get(f"/api/jobs/{finished}/samples", params={"n": 2})  # not cached: a new request
             assert r.status_code == 404 and "predictions.json" in r.json()["detail"]
+            r = c.get(f"/api/jobs/{finished}/artifacts/model")
+            assert r.status_code == 404 and "no longer stored" in r.json()["detail"]
     finally:
         server.should_exit = True
         thread.join(10)

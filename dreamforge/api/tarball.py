@@ -5,20 +5,20 @@ archive written anywhere. Headers are ``tarfile``'s own (PAX), so any tar reads 
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
+
+from dreamforge.api.artifacts import Entry, Store
 
 BLOCK = 512
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class Tarball:
-    parts: tuple[bytes | tuple[Path, int], ...]  # literal bytes, or (file, its length in the archive)
+    parts: tuple[bytes | tuple[str, int], ...]  # literal bytes, or (a file's path in the store, its length)
     size: int
 
-    def read(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    async def read(self, store: Store, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` … ``end`` (inclusive; None: to the end) of the archive."""
         end = self.size - 1 if end is None else end
         at = 0
@@ -26,38 +26,28 @@ class Tarball:
             n = len(part) if isinstance(part, bytes) else part[1]
             lo, hi = max(start, at), min(end + 1, at + n)
             if lo < hi:
-                yield from (_slice(part, lo - at, hi - at) if isinstance(part, bytes) else _file(part[0], lo - at, hi - at))
+                if isinstance(part, bytes):
+                    yield part[lo - at : hi - at]
+                else:
+                    async for chunk in store.stream(part[0], lo - at, hi - at):
+                        yield chunk
             at += n
             if at > end:
                 return
 
 
-def _slice(data: bytes, lo: int, hi: int) -> Iterator[bytes]:
-    yield data[lo:hi]
-
-
-def _file(path: Path, lo: int, hi: int) -> Iterator[bytes]:
-    # A file that shrank since the plan is padded with zeros: the Content-Length already sent holds.
-    with path.open("rb") as f:
-        f.seek(lo)
-        while lo < hi:
-            chunk = f.read(min(CHUNK, hi - lo)) or b"\0" * min(CHUNK, hi - lo)
-            lo += len(chunk)
-            yield chunk
-
-
-def plan(folder: Path, prefix: str) -> Tarball:
-    """The tar of ``folder``'s files under ``prefix/``, in name order (the same bytes each time
-    while the files do not change, so a resumed download continues the same archive)."""
-    parts: list[bytes | tuple[Path, int]] = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
-        st = f.stat()
-        info = tarfile.TarInfo(f"{prefix}/{f.relative_to(folder).as_posix()}")
-        info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o644
+def plan(folder: str, entries: list[Entry], prefix: str) -> Tarball:
+    """The tar of ``entries`` (the files under ``folder`` in the store) under ``prefix/``, in name
+    order (the same bytes each time while the files do not change, so a resumed download
+    continues the same archive)."""
+    parts: list[bytes | tuple[str, int]] = []
+    for e in sorted(entries, key=lambda e: e.name):
+        info = tarfile.TarInfo(f"{prefix}/{e.name}")
+        info.size, info.mtime, info.mode = e.size, e.mtime, 0o644
         parts.append(info.tobuf(format=tarfile.PAX_FORMAT))
-        parts.append((f, st.st_size))
-        if st.st_size % BLOCK:
-            parts.append(b"\0" * (BLOCK - st.st_size % BLOCK))
+        parts.append((f"{folder}/{e.name}", e.size))
+        if e.size % BLOCK:
+            parts.append(b"\0" * (BLOCK - e.size % BLOCK))
     parts.append(b"\0" * (2 * BLOCK))  # the end-of-archive marker
     return Tarball(tuple(parts), sum(len(p) if isinstance(p, bytes) else p[1] for p in parts))
 
