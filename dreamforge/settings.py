@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # stops after this long without a request.
     max_try_bytes: int = env("DREAMFORGE_MAX_TRY_BODY", 20 << 20, gt=0)
     try_idle_s: float = env("DREAMFORGE_TRY_IDLE_S", 600.0, gt=0)
+    # Where jobs' models are served (Modal's `serve` endpoint, dreamforge/serve/jobs.py); unset: the
+    # API starts `dreamforge serve` itself (serve/pool.py), which needs the artifacts on its disk.
+    serve_url: str | None = env("DREAMFORGE_SERVE_URL", None)
     # Intermediate checkpoints and unpacked datasets of finished jobs older than this are deleted.
     temp_retention_s: float = env("DREAMFORGE_TEMP_RETENTION_S", 7 * 86400.0, ge=0)
     poll_s: float = env("DREAMFORGE_POLL_S", 0.2, gt=0)

@@ -258,11 +258,36 @@ WEB_WARM_CONTAINERS = 1
 @modal.concurrent(max_inputs=100)
 @modal.asgi_app()
 def web():
+    import os
+
     from dreamforge.api.app import create_app
 
+    try:  # "Try it" asks the GPU endpoint above, with the caller's key
+        os.environ.setdefault("DREAMFORGE_SERVE_URL", serve.get_web_url() or "")
+    except Exception:  # noqa: BLE001 — without it, Try it says the model is not here to serve
+        pass
     api = create_app()
     configure_web(api, orchestrate.spawn.aio, artifacts.read_file.aio, artifacts.listdir.aio)
     return api
+
+
+# ## Serving the trained models
+# Moondream Station's API for every finished job, at `/jobs/JOB_ID/v1` of this endpoint (the
+# project's API key in X-Moondream-Auth): a GPU web endpoint that scales to zero, loading a job's
+# released model from the artifacts Volume on its first request (dreamforge/serve/jobs.py). The
+# dashboard's "Try it" goes through it (`web` sets DREAMFORGE_SERVE_URL to its URL).
+SERVE_GPU = "L4"
+
+
+@app.function(gpu=SERVE_GPU, **stage_resources(SERVE_GPU), volumes={ARTIFACTS_PATH: artifacts}, secrets=[mongodb],
+              scaledown_window=5 * MINUTES, startup_timeout=int(STARTUP_TIMEOUT_S), timeout=HOURS)  # fmt: skip
+@modal.concurrent(max_inputs=32)  # concurrent requests share a batched forward pass (dreamforge/serve/model.py)
+@modal.asgi_app()
+def serve():
+    from dreamforge.serve.jobs import JobsServer
+    from dreamforge.settings import Settings
+
+    return JobsServer(Settings(), reload=None if modal.is_local() else artifacts.reload)
 
 
 @app.local_entrypoint()

@@ -3,6 +3,7 @@ real process and spoken to over HTTP, in the shapes Station's ``rest_server.py``
 client use."""
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -353,6 +354,62 @@ def test_try_it_answers_with_the_served_model_over_the_api(stack, db, job, full)
     with api(stack, other) as theirs:
         r = theirs.post(f"/api/jobs/{job}/try/detect", json={"image_url": IMG})
         assert r.status_code == 404 and str(stack.home) not in r.text
+
+
+@contextlib.contextmanager
+def in_thread(app):
+    """``app`` under uvicorn on a loopback port, in this process; its URL."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_one_endpoint_serves_every_jobs_model_to_its_project_and_try_it_goes_through_it(stack, db, job, home):
+    """Modal's `serve` (dreamforge.serve.jobs): /jobs/JOB/v1/… is Station's API for that job's
+    released model, behind the project's key; with DREAMFORGE_SERVE_URL the API's Try it asks it."""
+    from dreamforge.api.app import create_app
+    from dreamforge.serve.jobs import JobsServer
+    from dreamforge.settings import Settings
+
+    settings = Settings(mongodb_uri=stack.uri, home=home)
+    release = Server(home, job)  # what `dreamforge serve JOB` answers: the same released model
+    try:
+        expected = release.post("detect", {"image_url": IMG}).json()
+    finally:
+        release.stop()
+    _, other = create_project(db, "other-endpoint")
+    with in_thread(JobsServer(settings)) as url:
+        ask = lambda path, key, body=None: httpx.post(f"{url}/jobs/{path}", json=body or {"image_url": IMG},  # noqa: E731
+                                                      headers={"X-Moondream-Auth": key}, timeout=120)  # fmt: skip
+        r = ask(f"{job}/v1/detect", stack.dev_key)
+        assert r.status_code == 200 and r.json() == expected, r.text
+        health = httpx.get(f"{url}/jobs/{job}/health", headers={"X-Moondream-Auth": stack.dev_key}).json()
+        assert health["task"] == "detect" and health["model"].startswith(job)
+        assert ask(f"{job}/v1/caption", stack.dev_key).status_code == 422  # Station's own refusal, passed on
+        assert ask(f"{job}/v1/detect", "dfk_wrong").status_code == 401
+        assert ask(f"{job}/v1/detect", other).status_code == 404  # another project's job is not found
+        assert ask("job_nope/v1/detect", stack.dev_key).status_code == 404
+        with in_thread(create_app(Settings(mongodb_uri=stack.uri, home=home / "elsewhere", serve_url=url))) as api_url:
+            with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {stack.dev_key}"}, timeout=120) as c:
+                r = c.post(f"/api/jobs/{job}/try/detect", json={"image_url": IMG})  # no artifacts on this API's disk
+                assert r.status_code == 200 and r.json() == expected, r.text
+                r = c.post(f"/api/jobs/{job}/try/caption", json={"image_url": IMG})
+                assert r.status_code == 422 and "cannot caption" in r.json()["detail"]
 
 
 def test_a_model_downloads_as_a_tar_and_resumes_from_a_range(stack, db, job, tmp_path):
