@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.data.errors import DataError, os_reason
+from pipeline.data.formats import LAYOUT_FOLDERS, convert, detect_format
 from pipeline.data.images import upright_rgb, upright_size
 from pipeline.data.sources import Source, remove_extracted, resolve_source
 from pipeline.data.synthetic import generate
@@ -119,11 +120,18 @@ def _load_coco(
     keep_images: bool,
 ) -> Dataset:
     reader = _CocoReader(resolved, task, max_image_pixels, keep_images)
-    files = _find_annotation_files(resolved, task)
-    parsed = {split: reader.parse_file(path, split) for split, path in files.items()}
+    kind = "coco" if resolved.annotation_file is not None else detect_format(_dataset_root(resolved))
+    if kind == "coco":
+        files = _find_annotation_files(resolved, task)
+        parsed = {split: reader.parse_file(path, split) for split, path in files.items()}
+    else:  # YOLO, Pascal VOC, Hugging Face imagefolder: converted to COCO's shape, then read alike
+        parsed = {
+            part.split: reader.parse_data(part.data, part.path, part.split, part.where, part.origins)
+            for part in convert(kind, resolved, task)
+        }
     categories, keypoint_names = reader.merge_categories(parsed)
     all_samples = {split: reader.build_samples(part) for split, part in parsed.items()}
-    held_out_wanted = fractions[1] + fractions[2] > 0 if "all" in files else bool({"val", "test"} & set(files))
+    held_out_wanted = fractions[1] + fractions[2] > 0 if "all" in parsed else bool({"val", "test"} & set(parsed))
     reader.check_usable(all_samples, held_out_wanted)
 
     if "all" in all_samples:
@@ -296,16 +304,7 @@ def _find_annotation_files(resolved: Source, task: str) -> dict[str, Path]:
     """``{"all": path}`` for one annotation file, or ``{"train": .., "val": .., ...}``."""
     if resolved.annotation_file is not None:
         return {"all": resolved.annotation_file}
-    root = resolved.root
-    assert root is not None
-    # A ZIP of a folder usually holds that one folder: step into it.
-    for _ in range(3):
-        inner = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        if len(inner) == 1 and inner[0].is_dir() and inner[0].name not in ("annotations", "images"):
-            root = inner[0]
-        else:
-            break
-    resolved.root = root
+    root = _dataset_root(resolved)
     candidates = _json_files(root) + _json_files(root / "annotations")
     for path in (root / "annotations.json", root / "annotations" / "annotations.json"):
         if path.is_file():
@@ -338,6 +337,21 @@ def _find_annotation_files(resolved: Source, task: str) -> dict[str, Path]:
         f"{resolved.label}: several annotation files ({names}) and none is annotations.json; "
         "rename the one to use to annotations.json, or pass its .json path"
     )
+
+
+def _dataset_root(resolved: Source) -> Path:
+    """The folder the dataset lies in: a ZIP of a folder usually holds that one folder, so
+    step into it (up to three levels; ``resolved.root`` is updated)."""
+    root = resolved.root
+    assert root is not None
+    for _ in range(3):
+        inner = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if len(inner) == 1 and inner[0].is_dir() and inner[0].name not in LAYOUT_FOLDERS:
+            root = inner[0]
+        else:
+            break
+    resolved.root = root
+    return root
 
 
 def _pick_for_task(paths: list[Path], split: str, task: str, label: str, root: Path) -> Path:
@@ -381,6 +395,13 @@ class _Parsed:
     crowds: dict[int, list[tuple[Any, dict[str, Any]]]] = field(default_factory=dict)  # iscrowd=1, same shape
     counts: dict[int, dict[str, int]] = field(default_factory=dict)  # image id -> {category name: n}, no zeros
     kinds: dict[int, str] = field(default_factory=dict)  # image id -> label kind
+    origins: dict[Any, str] = field(default_factory=dict)  # annotation id -> its place in a non-COCO file
+
+    def ann_at(self, ann_id: Any, entry: _ImageEntry, extra: str = "") -> str:
+        """How messages name an annotation: its file and line where it was not COCO."""
+        if ann_id in self.origins:
+            return self.origins[ann_id] + (f" ({extra})" if extra else "")
+        return f"{self.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}'{extra and ', ' + extra})"
 
 
 class _CocoReader:
@@ -427,6 +448,14 @@ class _CocoReader:
                 "hundreds of levels deep); a COCO file needs only a few levels"
             ) from None
         del text
+        return self.parse_data(data, path, split, where)
+
+    def parse_data(
+        self, data: Any, path: Path, split: str, where: str, origins: dict[Any, str] | None = None
+    ) -> _Parsed:
+        """Check one COCO document (parsed JSON, or another format converted to its shape).
+        ``origins`` names where each annotation id came from ("labels/a.txt line 3"), for
+        messages about annotations that were not written as COCO."""
         if not isinstance(data, dict):
             raise DataError(
                 f'{where}: the top level must be a JSON object with "images", '
@@ -449,6 +478,7 @@ class _CocoReader:
             split,
             self._images(data["images"], where),
             self._categories(data.get("categories", []), where),
+            origins=dict(origins or {}),
         )
         self._annotations(data["annotations"], parsed)
         return parsed
@@ -832,7 +862,7 @@ class _CocoReader:
             if captions:
                 target["text"] = captions[0]
             for ann_id, ann in part.instances.get(entry.id, []):
-                at = f"{part.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}')"
+                at = part.ann_at(ann_id, entry)
                 instance = self._instance(ann, at, width, height, part.categories[ann["category_id"]][1])
                 if instance is None:
                     continue
@@ -852,7 +882,7 @@ class _CocoReader:
                     target["points"].extend([[x, y] for x, y, v in keypoints if v > 0])
                 self.instances_kept += 1
             for ann_id, ann in part.crowds.get(entry.id, []):
-                at = f"{part.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}', iscrowd=1)"
+                at = part.ann_at(ann_id, entry, "iscrowd=1")
                 box = self._crowd_box(ann, at, width, height)
                 if box is not None:
                     target["crowd"].append({"box": box, "label": part.categories[ann["category_id"]][0]})
