@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import reprlib
 import warnings
@@ -33,7 +34,7 @@ from PIL import Image
 
 from pipeline.data.errors import DataError, os_reason
 from pipeline.data.formats import LAYOUT_FOLDERS, convert, detect_format
-from pipeline.data.images import upright_rgb, upright_size
+from pipeline.data.images import CACHE, CACHE_ENV, LazyImage, check_decodes, rgb_bytes, upright_rgb, upright_size
 from pipeline.data.sources import Source, remove_extracted, resolve_source
 from pipeline.data.synthetic import generate
 from pipeline.structures import KIND_WORDS, TASKS, WEAK_TASKS, Dataset, Sample, empty_target
@@ -41,6 +42,14 @@ from pipeline.structures import KIND_WORDS, TASKS, WEAK_TASKS, Dataset, Sample, 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+IMAGE_MODES = ("auto", "eager", "lazy")
+EAGER_ENV = "DREAMFORGE_EAGER_IMAGES_MB"
+DEFAULT_EAGER_MB = 2048  # decoded images a set may hold in memory before it is read lazily
+
+
+def eager_budget() -> int:
+    """Bytes of decoded images a load keeps before it turns lazy (``$DREAMFORGE_EAGER_IMAGES_MB``)."""
+    return int(float(os.environ.get(EAGER_ENV, DEFAULT_EAGER_MB)) * (1 << 20))
 BOX_TOLERANCE = 1.0  # pixels a box / polygon / keypoint may stick out of the image before it is an error
 # What each task needs from an instance annotation (captions are image-level).
 _REQUIRED = {"detect": "bbox", "segment": "segmentation", "keypoints": "keypoints"}
@@ -76,6 +85,7 @@ def load_dataset(
     name: str | None = None,
     keep_images: bool = True,
     label: str | None = None,
+    images: str = "auto",
 ) -> Dataset:
     """Load ``source`` for ``task`` and split it into train / val / test.
 
@@ -85,6 +95,12 @@ def load_dataset(
     ``annotations/``) define the splits; otherwise images are split by a stable hash of
     ``seed`` and the file name with ``fractions``. A ``synthetic://`` URI without its own
     ``seed`` parameter is generated with ``seed`` too.
+
+    ``images``: ``"eager"`` decodes every image once, here; ``"lazy"`` checks each (header,
+    size, a decode at 1/8 scale for JPEG) and keeps a :class:`~pipeline.data.images.LazyImage`
+    that decodes on use through a bounded cache (``$DREAMFORGE_IMAGE_CACHE_MB``, 1024 by
+    default); ``"auto"`` decodes eagerly until the decoded images pass
+    ``$DREAMFORGE_EAGER_IMAGES_MB`` (2048 by default), then turns the whole set lazy.
 
     ``keep_images=False`` checks every image as a load does (header, size, a full decode)
     but keeps none decoded (``Sample.image`` is None): memory stays at one image, for
@@ -97,6 +113,8 @@ def load_dataset(
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if images not in IMAGE_MODES:
+        raise ValueError(f"images={images!r}; choose one of {', '.join(IMAGE_MODES)}")
     fractions = _check_fractions(fractions)
     resolved = resolve_source(source)
     if label is not None:
@@ -104,7 +122,7 @@ def load_dataset(
     if resolved.synthetic is not None:
         return _load_synthetic(resolved, task, seed=seed, fractions=fractions, name=name)
     try:
-        return _load_coco(resolved, task, seed, fractions, max_image_pixels, name, keep_images)
+        return _load_coco(resolved, task, seed, fractions, max_image_pixels, name, keep_images, images)
     except BaseException:
         remove_extracted(resolved)
         raise
@@ -118,8 +136,9 @@ def _load_coco(
     max_image_pixels: int,
     name: str | None,
     keep_images: bool,
+    images: str = "auto",
 ) -> Dataset:
-    reader = _CocoReader(resolved, task, max_image_pixels, keep_images)
+    reader = _CocoReader(resolved, task, max_image_pixels, keep_images, images)
     kind = "coco" if resolved.annotation_file is not None else detect_format(_dataset_root(resolved))
     if kind == "coco":
         files = _find_annotation_files(resolved, task)
@@ -405,7 +424,13 @@ class _Parsed:
 
 
 class _CocoReader:
-    def __init__(self, resolved: Source, task: str, max_image_pixels: int, keep_images: bool = True) -> None:
+    def __init__(
+        self, resolved: Source, task: str, max_image_pixels: int, keep_images: bool = True, images: str = "auto"
+    ) -> None:
+        self.lazy = images == "lazy"
+        self.eager_budget = eager_budget() if images == "auto" else None
+        self.decoded_bytes = 0
+        self.made: list[Sample] = []  # every sample so far, to turn lazy when the budget is passed
         self.source = resolved
         self.label = resolved.label
         self.task = task
@@ -819,11 +844,11 @@ class _CocoReader:
                     probe.verify()
                 with Image.open(io.BytesIO(data)) as reopened:  # verify() leaves the image unusable
                     width, height = upright_size(reopened)  # EXIF is read after verify(), which must come first
-                    if self.keep_images:
+                    if self.keep_images and not self.lazy:
                         image = upright_rgb(reopened)  # decodes: the one decode this image gets
                     else:  # decode to find truncated data as a load would, then let the pixels go
-                        reopened.load()
-                        image = None
+                        check_decodes(reopened)
+                        image = LazyImage(path, (width, height)) if self.keep_images else None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             self.warn(
                 f"{at}: refused as a decompression bomb ({exc}); image skipped, not decoded — resize it"
@@ -834,12 +859,29 @@ class _CocoReader:
                 f"{at}: cannot be decoded ({type(exc).__name__}: {exc}); image skipped — replace the file"
             )
             return None
+        if isinstance(image, Image.Image) and self._over_budget(image):
+            image = LazyImage(path, (width, height))
         if (entry.width, entry.height) not in ((None, None), (width, height)):
             self.warn(
                 f"{at}: the JSON says {entry.width}×{entry.height} but the image is {width}×{height}; "
                 'using the real size — fix "width"/"height" in the JSON'
             )
         return image, path, width, height
+
+    def _over_budget(self, image: Image.Image) -> bool:
+        """Count a decoded image; past the eager budget, turn every sample so far lazy (and
+        say True: this image too)."""
+        self.decoded_bytes += rgb_bytes(image.size)
+        if self.eager_budget is None or self.decoded_bytes <= self.eager_budget:
+            return False
+        for sample in self.made:
+            sample.image = LazyImage(sample.path, (sample.width, sample.height))
+        self.lazy = True
+        logger.info(
+            "%s: the decoded images pass %d MB, so images are decoded when used, through a cache of %d MB "
+            "(set %s to change it)", self.label, self.eager_budget >> 20, CACHE.max_bytes >> 20, CACHE_ENV,
+        )
+        return True
 
     # ---- targets ---------------------------------------------------------------------
 
@@ -905,6 +947,7 @@ class _CocoReader:
                     label_kind=kind,
                 )
             )
+            self.made.append(samples[-1])
         if split_objects:
             self.warn(
                 f"{part.where}: {split_objects} object{'s have' if split_objects > 1 else ' has'} a mask in "
