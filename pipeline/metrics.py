@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.coco_eval import standard_metrics
-from pipeline.geometry import class_mask, default_sigmas, ioa_matrix, iou_matrix, match_matrix
+from pipeline.geometry import default_sigmas, iou_matrix, match_matrix
+from pipeline.rewards.base import without_crowd_hits
 from pipeline.rewards.builtin import (
     caption_f1,
     caption_words,
@@ -201,41 +202,6 @@ def confusion_matrix(
     for true, pred in pairs:
         matrix[at.get(true, at.get(OTHER, 0))][at.get(pred, at.get(OTHER, 0))] += 1
     return {"labels": labels, "matrix": matrix, "rows": "ground truth", "columns": "prediction", "iou": iou_thr}
-
-
-CROWD_IOA = 0.5  # COCOeval's IoU threshold applied to a crowd region as overlap / detection area
-_PER_OBJECT = ("boxes", "labels", "masks", "keypoints")
-
-
-def without_crowd_hits(pred: Target, gt: Target) -> Target:
-    """``pred`` without the detections COCO would ignore: those that cover a crowd region of
-    their label (intersection over the detection's area >= 0.5) and match no real object of
-    that label at IoU >= 0.5 (``pipeline.structures``, crowd regions).
-
-    >>> gt = {"boxes": [], "labels": [], "crowd": [{"box": [0, 0, 20, 20], "label": "p"}]}
-    >>> without_crowd_hits({"boxes": [[2, 2, 8, 8]], "labels": ["p"]}, gt)["boxes"]
-    []
-    """
-    crowd = gt.get("crowd") or []
-    boxes = pred.get("boxes") or []
-    if not crowd or not boxes:
-        return pred
-    labels = ([str(x) for x in pred.get("labels") or []] + [""] * len(boxes))[: len(boxes)]
-    ioa = ioa_matrix(boxes, [c["box"] for c in crowd])
-    on_crowd = ((ioa >= CROWD_IOA) & class_mask(labels, [c["label"] for c in crowd])).any(axis=1)
-    sim = iou_matrix(boxes, gt.get("boxes") or [])
-    if sim.size:
-        sim = np.where(class_mask(labels, [str(x) for x in gt.get("labels") or []]), sim, 0.0)
-    matched = {i for i, _, _ in match_matrix(sim, 0.5)}
-    keep = [i for i in range(len(boxes)) if i in matched or not on_crowd[i]]
-    if len(keep) == len(boxes):
-        return pred
-    out = dict(pred)
-    for key in _PER_OBJECT:
-        values = pred.get(key) or []
-        if len(values) == len(boxes):
-            out[key] = [values[i] for i in keep]
-    return out
 
 
 def _mean(values: Any) -> float:

@@ -40,7 +40,10 @@ Crowd regions (COCO ``iscrowd: 1``: "many objects here, not boxed one by one") a
 ``crowd`` instead. Evaluation passes them to COCOeval as ignore regions: a detection of that
 label covering a crowd region (intersection over the detection's area >= 0.5) that matches no
 real object is neither a true nor a false positive, for ``map50`` / ``ap`` and for the pooled
-``f1_50``, ``mean_iou`` and ``mean_count_error`` alike (``pipeline.metrics``).
+``f1_50``, ``mean_iou`` and ``mean_count_error`` alike (``pipeline.metrics``); stage 3's
+rewards, built-in and JavaScript, are given the answer without those detections too
+(``pipeline.rewards.base.without_crowd_hits``), so a box on a crowd is neither rewarded nor
+penalised.
 
 Weak labels (detect and segment tasks): an image's ``Sample.label_kind`` says what its target
 can be trusted for. ``"full"``: boxes (and masks) of every object, as above. ``"points"``: one
