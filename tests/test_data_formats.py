@@ -245,6 +245,9 @@ def test_yolo_box_outside_the_image_is_dropped_with_a_warning_naming_file_and_li
 
 def test_yolo_names_file_errors_say_what_to_fix(tmp_path):
     folder = _yolo(tmp_path / "yolo")
+    (folder / "data.yaml").unlink()
+    with pytest.raises(DataError, match=r"labels/ looks like a YOLO folder, but no data\.yaml or classes\.txt names"):
+        _load(folder)
     (folder / "data.yaml").write_text("nc: 3\nnames: [cola, water]\n")
     with pytest.raises(DataError, match=r'data\.yaml: "nc" is 3 but "names" lists 2 classes'):
         _load(folder)

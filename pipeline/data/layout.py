@@ -53,9 +53,16 @@ def find_annotation_files(resolved: Source, task: str) -> dict[str, Path]:
     if len(candidates) == 1:
         return {"all": candidates[0]}
     if not candidates:
+        if any(p.is_dir() for p in [root / "labels", *root.glob("*/labels")]):
+            raise DataError(
+                f"{resolved.label}: labels/ looks like a YOLO folder, but no data.yaml or classes.txt "
+                "names its classes; add data.yaml with names: [...] (or classes.txt, one name a line)"
+            )
         raise DataError(
-            f"{resolved.label}: no annotation file found; expected annotations.json, "
-            "train.json / val.json / test.json, or a single *.json (at the top or in annotations/)"
+            f"{resolved.label}: no annotation file found; expected COCO's annotations.json, "
+            "train.json / val.json / test.json, or a single *.json (at the top or in annotations/), "
+            "a YOLO folder (images/, labels/ and data.yaml), a Pascal VOC folder (Annotations/*.xml "
+            "and JPEGImages/) or images with a metadata.jsonl"
         )
     names = ", ".join(p.relative_to(root).as_posix() for p in candidates)
     raise DataError(
