@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,8 @@ def test_a_lazy_load_keeps_paths_and_decodes_the_same_pixels_on_use(tmp_path):
     for e, z in zip(eager, lazy, strict=True):
         assert z.image.mode == "RGB" and np.array_equal(np.asarray(z.image), np.asarray(e.image))
     # a replaced sample (pseudo-labels, stage 3) stays lazy rather than pinning its pixels
+    again = pickle.loads(pickle.dumps(lazy[0]))  # and a lazy sample crosses processes as its path
+    assert isinstance(again.pixels, LazyImage) and np.array_equal(np.asarray(again.image), np.asarray(eager[0].image))
     assert isinstance(dataclasses.replace(lazy[0], label_kind="full").pixels, LazyImage)
 
 

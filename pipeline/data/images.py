@@ -126,6 +126,12 @@ class LazyImage(ImageRef):
             raise OSError(f"{self.path.name}: is {image.size[0]}×{image.size[1]} now, not {self.size[0]}×{self.size[1]}")
         return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if self.mirrored_ else image
 
+    def __getstate__(self) -> dict[str, Any]:  # the cache (its lock) stays in this process
+        return {"path": self.path, "size": self.size, "mirrored_": self.mirrored_}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, cache=CACHE)
+
     def __repr__(self) -> str:
         return f"LazyImage({self.path.name!r}, {self.size[0]}×{self.size[1]}{', mirrored' if self.mirrored_ else ''})"
 
