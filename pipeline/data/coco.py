@@ -51,6 +51,8 @@ DEFAULT_EAGER_MB = 2048  # decoded images a set may hold in memory before it is 
 def eager_budget() -> int:
     """Bytes of decoded images a load keeps before it turns lazy (``$DREAMFORGE_EAGER_IMAGES_MB``)."""
     return int(float(os.environ.get(EAGER_ENV, DEFAULT_EAGER_MB)) * (1 << 20))
+
+
 BOX_TOLERANCE = 1.0  # pixels a box / polygon / keypoint may stick out of the image before it is an error
 # What each task needs from an instance annotation (captions are image-level).
 _REQUIRED = {"detect": "bbox", "segment": "segmentation", "keypoints": "keypoints"}
@@ -163,9 +165,7 @@ def _load_coco(
     )
 
 
-
 # ----------------------------------------------------------------------------- helpers
-
 
 
 def _load_synthetic(
@@ -204,10 +204,6 @@ def _box_area(box: Sequence[float]) -> float:
 def _polygon_area(flat: Sequence[float]) -> float:
     xs, ys = flat[0::2], flat[1::2]
     return abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
-
-
-# -------------------------------------------------------------------- annotation files
-
 
 
 # ------------------------------------------------------------------------------ reader
