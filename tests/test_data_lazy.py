@@ -112,3 +112,16 @@ def test_a_truncated_jpeg_is_still_caught_by_a_lazy_load(tmp_path):
     ds = load_dataset(folder, "detect", images="lazy")
     assert len(_samples(ds)) == 2
     assert any("'0.png': cannot be decoded" in w for w in ds.warnings), ds.warnings
+
+
+def test_prediction_reads_a_lazy_set_one_batch_at_a_time(tmp_path):
+    from pipeline.data.images import CACHE
+    from pipeline.predict import SampleImages
+
+    samples = _samples(load_dataset(_coco(tmp_path / "set"), "detect", images="lazy"))
+    CACHE.clear()
+    misses = CACHE.misses
+    images = SampleImages(samples)
+    assert len(images) == len(samples) and CACHE.misses == misses  # nothing decoded up front
+    batch = images[0:2]
+    assert CACHE.misses == misses + 2 and np.array_equal(np.asarray(batch[1]), np.asarray(samples[1].image))
