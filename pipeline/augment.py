@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.structures import Sample
+from pipeline.structures import ImageRef, Sample
 
 AUGMENTATIONS: tuple[str, ...] = ("hflip",)
 # Ids of mirrored copies: far above any COCO image id, so split hashing and logs never collide.
@@ -66,7 +66,10 @@ def hflip(sample: Sample, keypoint_perm: list[int] | None = None) -> Sample:
             moved = [moved[keypoint_perm[k]] for k in range(len(moved))]
         kps.append(moved)
     t["keypoints"] = kps
-    image = sample.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if sample.image is not None else None
+    if isinstance(sample.pixels, ImageRef):  # a lazy image stays lazy: mirrored when decoded
+        image = sample.pixels.mirrored()
+    else:
+        image = sample.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if sample.image is not None else None
     return dataclasses.replace(sample, id=sample.id + _MIRROR_ID, file_name=f"{sample.file_name} (mirrored)",
                                target=t, image=image, path=None)  # fmt: skip
 

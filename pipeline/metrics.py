@@ -20,6 +20,10 @@ Every task with objects also reports COCO's standard metrics through COCOeval
 ``mask_ap50`` for segment (every part of a split mask), ``kp_ap`` / ``kp_ap50`` for keypoints
 (OKS with the annotation's area), and ``ap_per_class``: ``[{"label", "ap", "ap50", ...}]``.
 
+Tasks with objects also report ``confusion_matrix`` (:func:`confusion_matrix`): ground-truth
+label against predicted label for predictions matched one-to-one at box IoU ≥ 0.5, with a
+``background`` row (predictions matching nothing) and column (objects nothing found).
+
 Detections on crowd regions are left out of every metric (``without_crowd_hits``; COCOeval
 is given the regions as ``iscrowd`` ground truth and does the same).
 
@@ -40,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.coco_eval import standard_metrics
-from pipeline.geometry import class_mask, default_sigmas, ioa_matrix, iou_matrix, match_matrix
+from pipeline.geometry import default_sigmas, iou_matrix, match_matrix
+from pipeline.rewards.base import without_crowd_hits
 from pipeline.rewards.builtin import (
     caption_f1,
     caption_words,
@@ -121,6 +126,7 @@ def evaluate(
             for p, g in zip(preds, gts, strict=True)
         ),
     }
+    out["confusion_matrix"] = confusion_matrix(preds, gts, categories)
     accuracy = label_accuracy(preds, gts)
     if accuracy is not None:
         out["label_accuracy"] = accuracy
@@ -155,39 +161,47 @@ def label_accuracy(preds: list[Target], gts: list[Target], iou_thr: float = 0.5)
     return right / found if found else None
 
 
-CROWD_IOA = 0.5  # COCOeval's IoU threshold applied to a crowd region as overlap / detection area
-_PER_OBJECT = ("boxes", "labels", "masks", "keypoints")
+BACKGROUND = "background"  # the confusion matrix's row and column for "no object"
+OTHER = "(other)"  # its column for predicted labels that are not categories
 
 
-def without_crowd_hits(pred: Target, gt: Target) -> Target:
-    """``pred`` without the detections COCO would ignore: those that cover a crowd region of
-    their label (intersection over the detection's area >= 0.5) and match no real object of
-    that label at IoU >= 0.5 (``pipeline.structures``, crowd regions).
+def confusion_matrix(
+    preds: list[Target], gts: list[Target], categories: Sequence[str], iou_thr: float = 0.5
+) -> dict[str, Any]:
+    """Per-class confusion, pooled over images: ``matrix[i][j]`` counts objects whose true
+    label is ``labels[i]`` and predicted label ``labels[j]``.
 
-    >>> gt = {"boxes": [], "labels": [], "crowd": [{"box": [0, 0, 20, 20], "label": "p"}]}
-    >>> without_crowd_hits({"boxes": [[2, 2, 8, 8]], "labels": ["p"]}, gt)["boxes"]
-    []
+    Predictions are matched to ground truth one-to-one by box IoU whatever their labels
+    (Hungarian, ``scipy.optimize.linear_sum_assignment``, as ``label_accuracy``), pairs under
+    ``iou_thr`` left unmatched. An unmatched prediction counts in the ``background`` row (a
+    false positive), an unmatched object in the ``background`` column (a miss). The
+    background-to-background cell is always 0 (nothing to count). A predicted label that is
+    no category counts in an ``(other)`` column, present only when needed.
+
+    >>> gt = {"boxes": [[0, 0, 8, 8], [10, 0, 18, 8]], "labels": ["a", "b"]}
+    >>> pred = {"boxes": [[0, 0, 8, 8], [10, 0, 18, 8], [30, 30, 40, 40]], "labels": ["a", "a", "b"]}
+    >>> cm = confusion_matrix([pred], [gt], ["a", "b"])
+    >>> cm["labels"], cm["matrix"]
+    (['a', 'b', 'background'], [[1, 0, 0], [1, 0, 0], [0, 1, 0]])
     """
-    crowd = gt.get("crowd") or []
-    boxes = pred.get("boxes") or []
-    if not crowd or not boxes:
-        return pred
-    labels = ([str(x) for x in pred.get("labels") or []] + [""] * len(boxes))[: len(boxes)]
-    ioa = ioa_matrix(boxes, [c["box"] for c in crowd])
-    on_crowd = ((ioa >= CROWD_IOA) & class_mask(labels, [c["label"] for c in crowd])).any(axis=1)
-    sim = iou_matrix(boxes, gt.get("boxes") or [])
-    if sim.size:
-        sim = np.where(class_mask(labels, [str(x) for x in gt.get("labels") or []]), sim, 0.0)
-    matched = {i for i, _, _ in match_matrix(sim, 0.5)}
-    keep = [i for i in range(len(boxes)) if i in matched or not on_crowd[i]]
-    if len(keep) == len(boxes):
-        return pred
-    out = dict(pred)
-    for key in _PER_OBJECT:
-        values = pred.get(key) or []
-        if len(values) == len(boxes):
-            out[key] = [values[i] for i in keep]
-    return out
+    names = list(categories)
+    index = {name: i for i, name in enumerate(names)}
+    pairs: list[tuple[str, str]] = []  # (true, predicted)
+    for p, g in zip(preds, gts, strict=True):
+        pb, gb = p.get("boxes") or [], g.get("boxes") or []
+        pl = ([str(x) for x in p.get("labels") or []] + [""] * len(pb))[: len(pb)]
+        gl = ([str(x) for x in g.get("labels") or []] + [""] * len(gb))[: len(gb)]
+        matched = match_matrix(iou_matrix(pb, gb), iou_thr) if pb and gb else []
+        pairs += [(gl[j], pl[i]) for i, j, _ in matched]
+        pairs += [(BACKGROUND, pl[i]) for i in sorted(set(range(len(pb))) - {i for i, _, _ in matched})]
+        pairs += [(gl[j], BACKGROUND) for j in sorted(set(range(len(gb))) - {j for _, j, _ in matched})]
+    extra = [OTHER] if any(x not in index and x != BACKGROUND for pair in pairs for x in pair) else []
+    labels = names + extra + [BACKGROUND]
+    at = {name: i for i, name in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for true, pred in pairs:
+        matrix[at.get(true, at.get(OTHER, 0))][at.get(pred, at.get(OTHER, 0))] += 1
+    return {"labels": labels, "matrix": matrix, "rows": "ground truth", "columns": "prediction", "iou": iou_thr}
 
 
 def _mean(values: Any) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from pipeline.stages.common import user_prompt
 def generate_texts(
     model,
     processor,
-    images: list[Any],
+    images: Sequence[Any],
     codec: Codec,
     *,
     batch_size: int = 32,
@@ -23,7 +24,9 @@ def generate_texts(
     temperature: float | None = None,
 ) -> list[str]:
     """Answers for ``images`` (PIL), in order: greedy, or with a ``temperature`` ``num_samples``
-    sampled answers per image, consecutive (image 0's first, …). ``batch_size`` counts answers."""
+    sampled answers per image, consecutive (image 0's first, …). ``batch_size`` counts answers.
+    ``images`` is read a batch at a time (slices), so a :class:`SampleImages` keeps at most one
+    batch of a lazily loaded set decoded."""
     model.eval()
     tok = processor.tokenizer
     tok.padding_side = "left"  # generation appends on the right; pad the prompt on the left
@@ -54,9 +57,25 @@ def generate_texts(
     return texts
 
 
+class SampleImages(Sequence):
+    """The images of ``samples``, each read (decoded, for a lazily loaded set) only when
+    indexed: ``[s.image for s in samples]`` would hold a whole held-out split of big photos."""
+
+    def __init__(self, samples: Sequence[Any]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [s.image for s in self.samples[index]]
+        return self.samples[index].image
+
+
 def predict_targets(model, processor, samples, codec: Codec, *, batch_size: int = 32):
     """(targets, parsed flags, raw texts) for a list of ``Sample``."""
-    texts = generate_texts(model, processor, [s.image for s in samples], codec, batch_size=batch_size)
+    texts = generate_texts(model, processor, SampleImages(samples), codec, batch_size=batch_size)
     targets, parsed = [], []
     for s, t in zip(samples, texts, strict=True):
         tgt, ok = codec.decode(t, s.width, s.height)

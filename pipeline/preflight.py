@@ -251,7 +251,7 @@ def _thumb(img) -> tuple[int, np.ndarray, str]:
 
 def _duplicates(ds: Dataset, findings: list) -> dict[str, Any]:
     held = [k for k in ("val", "test") if ds.splits.get(k)]
-    train = [s for s in ds.splits.get("train") or [] if s.image is not None]
+    train = [s for s in ds.splits.get("train") or [] if s.pixels is not None]  # pixels: a lazy image is not decoded twice
     out: dict[str, Any] = {"method": f"dHash 64-bit within {NEAR_BITS} bits + 16×16 colour thumbnail correlation ≥ {NEAR_CORR}",
                            "exact": [], "near": []}  # fmt: skip
     if not train or not held:
@@ -262,7 +262,7 @@ def _duplicates(ds: Dataset, findings: list) -> dict[str, Any]:
     by_exact = {e: s.file_name for s, (_, _, e) in zip(train, ta, strict=True)}
     for split in held:
         for s in ds.splits[split]:
-            if s.image is None:
+            if s.pixels is None:
                 continue
             h, t, e = _thumb(s.image)
             if e in by_exact:

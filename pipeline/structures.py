@@ -40,7 +40,10 @@ Crowd regions (COCO ``iscrowd: 1``: "many objects here, not boxed one by one") a
 ``crowd`` instead. Evaluation passes them to COCOeval as ignore regions: a detection of that
 label covering a crowd region (intersection over the detection's area >= 0.5) that matches no
 real object is neither a true nor a false positive, for ``map50`` / ``ap`` and for the pooled
-``f1_50``, ``mean_iou`` and ``mean_count_error`` alike (``pipeline.metrics``).
+``f1_50``, ``mean_iou`` and ``mean_count_error`` alike (``pipeline.metrics``); stage 3's
+rewards, built-in and JavaScript, are given the answer without those detections too
+(``pipeline.rewards.base.without_crowd_hits``), so a box on a crowd is neither rewarded nor
+penalised.
 
 Weak labels (detect and segment tasks): an image's ``Sample.label_kind`` says what its target
 can be trusted for. ``"full"``: boxes (and masks) of every object, as above. ``"points"``: one
@@ -53,7 +56,7 @@ evaluation; stage 3 uses every image its reward can score (``pipeline.rewards``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,12 +98,27 @@ def instance_masks(target: dict[str, Any]) -> list[Any]:
     return list(parts) if parts and len(parts) == len(masks) else list(masks)
 
 
+class ImageRef:
+    """An image not decoded yet: ``decode()`` gives it as an RGB PIL image
+    (``pipeline.data.images.LazyImage``)."""
+
+    size: tuple[int, int]
+    key: Any  # equal for refs that decode to the same pixels
+
+    def decode(self) -> Any:
+        raise NotImplementedError
+
+
 @dataclass
 class Sample:
     """One image with its ground truth.
 
-    ``image`` holds the decoded RGB PIL image once loaded (datasets decode every image
-    once at load time: the images are small and decoding each step is wasted CPU).
+    ``image`` is the decoded, upright RGB PIL image. A set small enough to hold decoded is
+    decoded once at load (decoding each step is wasted CPU); a larger one keeps an
+    :class:`ImageRef` in ``pixels``, and reading ``image`` decodes it through a bounded cache
+    (``pipeline.data.images``). A sample made by ``dataclasses.replace`` stays lazy (replace
+    reads ``image``, which decodes through the cache, but the decoded image is known by its
+    ref's key and not kept).
     """
 
     id: int
@@ -108,9 +126,36 @@ class Sample:
     width: int
     height: int
     target: dict[str, Any]
-    image: Any = None  # PIL.Image.Image, RGB
+    image: InitVar[Any] = None  # PIL.Image.Image (RGB) or an ImageRef; read back as a PIL image
     path: Path | None = None
     label_kind: str = "full"  # one of LABEL_KINDS: what ``target`` holds (see the module doc)
+    pixels: Any = field(default=None, repr=False, compare=False)  # what ``image`` holds
+
+    def __post_init__(self, image: Any) -> None:
+        if image is None:
+            return
+        if isinstance(self.pixels, ImageRef) and getattr(image, DECODED_FROM, None) == self.pixels.key:
+            return  # dataclasses.replace handing back what ``pixels`` decodes to: stay lazy
+        self.pixels = image
+
+
+DECODED_FROM = "_dreamforge_ref_key"  # set on an image decoded from a ref (not copied by PIL operations)
+
+
+def _sample_image(sample: Sample) -> Any:
+    pixels = sample.pixels
+    if not isinstance(pixels, ImageRef):
+        return pixels
+    image = pixels.decode()
+    setattr(image, DECODED_FROM, pixels.key)
+    return image
+
+
+def _set_sample_image(sample: Sample, value: Any) -> None:
+    sample.pixels = value
+
+
+Sample.image = property(_sample_image, _set_sample_image)  # type: ignore[assignment,method-assign]  # after @dataclass: the field stays an init argument
 
 
 @dataclass

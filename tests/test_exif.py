@@ -44,6 +44,8 @@ def test_a_sideways_photo_is_read_upright_with_its_boxes_on_the_right_pixels(tmp
     inside = pixels[y1:y2, x1:x2].reshape(-1, 3).mean(axis=0)
     assert inside[0] > 200 and inside[1] < 60  # the box holds the red patch, not the black
     assert pixels[:, 20:].mean() < 10  # and the right half is black, as upright
+    (lazy,) = load_dataset(tmp_path, "detect", fractions=(1.0, 0.0, 0.0), images="lazy").splits["train"]
+    assert np.array_equal(np.asarray(lazy.image), pixels)  # a big set, decoded on use, is turned upright too
 
 
 def test_an_image_without_exif_or_with_a_broken_tag_is_shown_as_stored(tmp_path):

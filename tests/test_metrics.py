@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from pipeline.metrics import evaluate, primary_metric
+from pipeline.metrics import confusion_matrix, evaluate, primary_metric
 from pipeline.structures import empty_target
 
 CATS = ["a", "b"]
@@ -35,7 +35,8 @@ def dataset():
 def test_perfect_predictions_score_one(task):
     gts = dataset()
     m = evaluate(copy.deepcopy(gts), gts, [True] * 3, task, CATS)
-    boxes = {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error", "ap", "ap50", "ap_per_class", "label_accuracy"}
+    boxes = {"mean_iou", "map50", "f1_50", "parse_rate", "mean_count_error", "ap", "ap50", "ap_per_class", "label_accuracy",
+             "confusion_matrix"}
     expected = {
         "detect": boxes,
         "segment": boxes | {"mask_iou", "mask_ap", "mask_ap50"},
@@ -44,6 +45,10 @@ def test_perfect_predictions_score_one(task):
     }[task]
     assert set(m) == expected
     per_class = m.pop("ap_per_class", [])
+    confusion = m.pop("confusion_matrix", None)
+    if confusion is not None:  # every object on the diagonal, nothing against background
+        assert confusion["labels"] == [*CATS, "background"]
+        assert confusion["matrix"] == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]  # two a, one b
     for key, value in m.items():
         assert value == (0.0 if key == "mean_count_error" else 1.0), key
     assert [row["label"] for row in per_class] == (CATS if task != "caption" else [])
@@ -59,6 +64,8 @@ def test_empty_predictions_score_zero_except_on_empty_images():
         "mean_iou": 0.0, "map50": 0.0, "f1_50": 0.0, "parse_rate": 0.0,
         "mean_count_error": 1.5, "mask_iou": 0.0, "ap": 0.0, "ap50": 0.0, "mask_ap": 0.0, "mask_ap50": 0.0,
         "ap_per_class": [{"label": c, "ap": 0.0, "ap50": 0.0, "mask_ap": 0.0, "mask_ap50": 0.0} for c in CATS],
+        "confusion_matrix": {"labels": [*CATS, "background"], "matrix": [[0, 0, 2], [0, 0, 1], [0, 0, 0]],
+                             "rows": "ground truth", "columns": "prediction", "iou": 0.5},
     }  # fmt: skip
     caption = evaluate(preds, gts, [True, False], "caption", CATS)
     assert caption == {"caption_f1": 0.0, "accuracy": 0.0, "parse_rate": 0.5}
@@ -153,3 +160,28 @@ def test_label_accuracy_counts_the_found_objects_labelled_right_and_caption_accu
     caps = [{**empty_target(8, 8), "text": t} for t in ("Two cats.", "a dog", "three birds")]
     truth = [{**empty_target(8, 8), "text": t} for t in ("two cats", "a red dog", "Three  birds!")]
     assert evaluate(caps, truth, [True] * 3, "caption", [])["accuracy"] == 2 / 3
+
+
+def test_confusion_matrix_counts_swaps_misses_extras_and_unknown_labels_and_ignores_crowd_hits():
+    gts = [
+        tgt([[0, 0, 8, 8], [8, 8, 16, 16]], ["a", "b"]),
+        {**tgt([[0, 0, 4, 4]], ["a"]), "crowd": [{"box": [8, 0, 16, 8], "label": "b"}]},
+    ]
+    preds = [
+        # "a" found as "b" (a swap), "b" missed, an extra "a" on background
+        tgt([[0, 0, 8, 8], [0, 9, 7, 16]], ["b", "a"]),
+        # "a" found at IoU 9/16 (>= 0.5), a "b" on the crowd region (ignored), a "c" no category has
+        tgt([[0, 0, 3, 3], [9, 1, 15, 7], [20, 20, 30, 30]], ["a", "b", "c"]),
+    ]
+    cm = evaluate(preds, gts, [True, True], "detect", CATS)["confusion_matrix"]
+    assert cm["labels"] == ["a", "b", "(other)", "background"]
+    assert cm["matrix"] == [
+        # pred: a  b  other  background       (rows: ground truth)
+        [1, 1, 0, 0],  # a: one right, one taken for b
+        [0, 0, 0, 1],  # b: missed
+        [0, 0, 0, 0],  # (other): no object has a label outside the categories
+        [1, 0, 1, 0],  # background: an extra a, and the c
+    ]
+    # a pair under IoU 0.5 is a miss plus an extra, not a confusion
+    loose = confusion_matrix([tgt([[0, 0, 8, 3]], ["b"])], [tgt([[0, 0, 8, 8]], ["a"])], CATS)
+    assert loose["matrix"] == [[0, 0, 1], [0, 0, 0], [0, 1, 0]]

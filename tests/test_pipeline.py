@@ -50,6 +50,8 @@ def test_four_stage_job_writes_metrics_checkpoints_and_both_exports(detect_job):
     for metrics in ev["models"].values():
         for key in ("mean_iou", "map50", "f1_50", "parse_rate"):
             assert 0.0 <= metrics[key] <= 1.0
+        confusion = metrics["confusion_matrix"]  # per class, with background, in metrics.json
+        assert confusion["labels"][-1] == "background" and len(confusion["matrix"]) == len(confusion["labels"])
     rel = ev["release"]
     assert rel["size_ratio"] > 1.2  # the language model shrank; vision stays 16-bit
     assert rel["release_format"] in ("nf4", "16-bit")

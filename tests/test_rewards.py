@@ -271,6 +271,19 @@ def test_trl_adapter_decodes_completions_in_either_format():
     assert pickle.loads(pickle.dumps(f)).__name__ == "iou"
 
 
+def test_stage_3_rewards_neither_reward_nor_penalise_a_box_on_a_crowd_region():
+    codec = Codec("detect", ["cola", "soap"], num_bins=32)
+    gt = {**tgt([[0, 0, 50, 50]], ["cola"]), "crowd": [{"box": [50, 50, 100, 100], "label": "soap"}]}
+    row_gt = json.dumps(pipeline.rewards.base.reward_target(gt, "detect"))  # as stage 3's rows carry it
+    right = tgt([[0, 0, 50, 50]], ["cola"])
+    on_crowd = tgt([[0, 0, 50, 50], [50, 50, 100, 100]], ["cola", "soap"])
+    not_its_label = tgt([[0, 0, 50, 50], [50, 50, 100, 100]], ["cola", "cola"])  # an extra, as anywhere else
+    for name in ("iou", "f1", "count"):
+        f = as_trl_reward(get_reward(name), codec)
+        a, b, c = f([codec.encode(t) for t in (right, on_crowd, not_its_label)], gt=[row_gt] * 3)
+        assert a == b == pytest.approx(1.0) and c < a, name
+
+
 def test_reward_errors_name_the_reward_and_sample():
     codec = Codec("detect", ["cola"])
     f = as_trl_reward(get_reward("iou"), codec)

@@ -1,4 +1,5 @@
-"""Load a COCO-format dataset (folder, ZIP, .json, file:// or synthetic://) into a ``Dataset``.
+"""Load a dataset (folder, ZIP, .json, file:// or synthetic://) into a ``Dataset``: COCO, or
+YOLO / Pascal VOC / Hugging Face imagefolder converted to COCO's shape (``pipeline.data.formats``).
 
 Reading order, and why: all JSON is parsed and checked first (cheap, and structural mistakes
 are fatal ``DataError``s); only then is every image opened, size-checked from its header,
@@ -14,12 +15,11 @@ and no box is a click, an image's ``"counts": {"cola": 3}`` counts its objects, 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import math
-import re
+import os
 import reprlib
 import warnings
 from collections import Counter
@@ -32,23 +32,30 @@ import numpy as np
 from PIL import Image
 
 from pipeline.data.errors import DataError, os_reason
-from pipeline.data.images import upright_rgb, upright_size
+from pipeline.data.formats import convert, detect_format
+from pipeline.data.images import CACHE, CACHE_ENV, LazyImage, check_decodes, rgb_bytes, upright_rgb, upright_size
+from pipeline.data.layout import SPLIT_FILE, dataset_root, find_annotation_files
+from pipeline.data.masks import mask_to_polygons, rle_string_counts
 from pipeline.data.sources import Source, remove_extracted, resolve_source
+from pipeline.data.splits import SPLITS, check_evaluable, check_fractions, split_samples
 from pipeline.data.synthetic import generate
-from pipeline.structures import KIND_WORDS, TASKS, WEAK_TASKS, Dataset, Sample, empty_target
+from pipeline.structures import TASKS, WEAK_TASKS, Dataset, Sample, empty_target
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+IMAGE_MODES = ("auto", "eager", "lazy")
+EAGER_ENV = "DREAMFORGE_EAGER_IMAGES_MB"
+DEFAULT_EAGER_MB = 2048  # decoded images a set may hold in memory before it is read lazily
+
+
+def eager_budget() -> int:
+    """Bytes of decoded images a load keeps before it turns lazy (``$DREAMFORGE_EAGER_IMAGES_MB``)."""
+    return int(float(os.environ.get(EAGER_ENV, DEFAULT_EAGER_MB)) * (1 << 20))
+
+
 BOX_TOLERANCE = 1.0  # pixels a box / polygon / keypoint may stick out of the image before it is an error
 # What each task needs from an instance annotation (captions are image-level).
 _REQUIRED = {"detect": "bbox", "segment": "segmentation", "keypoints": "keypoints"}
-_SPLIT_FILE = re.compile(
-    r"^(?:(?P<prefix>[a-z0-9]+(?:_[a-z0-9]+)*)_)?(?P<split>train|training|val|valid|validation|test|testing)"
-    r"(?P<year>\d{4})?$",
-    re.IGNORECASE,
-)
-_SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
 # Caps on what a dataset may declare: category names become labels in every prompt and are
 # stored with the dataset, so a 1 MB name or 100k categories must be refused, not kept.
 MAX_CATEGORIES = 2000  # LVIS, the largest common detection vocabulary, has 1203
@@ -75,6 +82,7 @@ def load_dataset(
     name: str | None = None,
     keep_images: bool = True,
     label: str | None = None,
+    images: str = "auto",
 ) -> Dataset:
     """Load ``source`` for ``task`` and split it into train / val / test.
 
@@ -84,6 +92,12 @@ def load_dataset(
     ``annotations/``) define the splits; otherwise images are split by a stable hash of
     ``seed`` and the file name with ``fractions``. A ``synthetic://`` URI without its own
     ``seed`` parameter is generated with ``seed`` too.
+
+    ``images``: ``"eager"`` decodes every image once, here; ``"lazy"`` checks each (header,
+    size, a decode at 1/8 scale for JPEG) and keeps a :class:`~pipeline.data.images.LazyImage`
+    that decodes on use through a bounded cache (``$DREAMFORGE_IMAGE_CACHE_MB``, 1024 by
+    default); ``"auto"`` decodes eagerly until the decoded images pass
+    ``$DREAMFORGE_EAGER_IMAGES_MB`` (2048 by default), then turns the whole set lazy.
 
     ``keep_images=False`` checks every image as a load does (header, size, a full decode)
     but keeps none decoded (``Sample.image`` is None): memory stays at one image, for
@@ -96,14 +110,16 @@ def load_dataset(
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    fractions = _check_fractions(fractions)
+    if images not in IMAGE_MODES:
+        raise ValueError(f"images={images!r}; choose one of {', '.join(IMAGE_MODES)}")
+    fractions = check_fractions(fractions)
     resolved = resolve_source(source)
     if label is not None:
         resolved.label = label
     if resolved.synthetic is not None:
         return _load_synthetic(resolved, task, seed=seed, fractions=fractions, name=name)
     try:
-        return _load_coco(resolved, task, seed, fractions, max_image_pixels, name, keep_images)
+        return _load_coco(resolved, task, seed, fractions, max_image_pixels, name, keep_images, images)
     except BaseException:
         remove_extracted(resolved)
         raise
@@ -117,13 +133,21 @@ def _load_coco(
     max_image_pixels: int,
     name: str | None,
     keep_images: bool,
+    images: str = "auto",
 ) -> Dataset:
-    reader = _CocoReader(resolved, task, max_image_pixels, keep_images)
-    files = _find_annotation_files(resolved, task)
-    parsed = {split: reader.parse_file(path, split) for split, path in files.items()}
+    reader = _CocoReader(resolved, task, max_image_pixels, keep_images, images)
+    kind = "coco" if resolved.annotation_file is not None else detect_format(dataset_root(resolved))
+    if kind == "coco":
+        files = find_annotation_files(resolved, task)
+        parsed = {split: reader.parse_file(path, split) for split, path in files.items()}
+    else:  # YOLO, Pascal VOC, Hugging Face imagefolder: converted to COCO's shape, then read alike
+        parsed = {
+            part.split: reader.parse_data(part.data, part.path, part.split, part.where, part.origins)
+            for part in convert(kind, resolved, task)
+        }
     categories, keypoint_names = reader.merge_categories(parsed)
     all_samples = {split: reader.build_samples(part) for split, part in parsed.items()}
-    held_out_wanted = fractions[1] + fractions[2] > 0 if "all" in files else bool({"val", "test"} & set(files))
+    held_out_wanted = fractions[1] + fractions[2] > 0 if "all" in parsed else bool({"val", "test"} & set(parsed))
     reader.check_usable(all_samples, held_out_wanted)
 
     if "all" in all_samples:
@@ -141,108 +165,7 @@ def _load_coco(
     )
 
 
-def split_samples(
-    samples: list[Sample], *, seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1)
-) -> dict[str, list[Sample]]:
-    """Split by a stable hash of ``seed`` and each file name (SHA-256, not ``hash()``,
-    which is salted per process).
-
-    The same file lands in the same split on every machine and run, whatever else is in the
-    dataset. Tiny datasets are repaired so that train is never empty, and (when their
-    fraction is not 0) test is non-empty from 2 images on and val from 3 on, by moving the
-    image whose hash is nearest the missing split's range. Order inside a split follows the
-    input order.
-
-    Only fully labelled images are divided (and counted for the repairs): val and test are
-    for evaluation, which needs every object labelled, so weakly labelled images (clicks,
-    counts, unlabelled) all go to train, and adding them never moves a fully labelled image.
-    """
-    fractions = _check_fractions(fractions)
-    weak = [s for s in samples if s.label_kind != "full"]
-    if weak:
-        divided = split_samples([s for s in samples if s.label_kind == "full"], seed=seed, fractions=fractions)
-        train = {id(s) for s in divided["train"]} | {id(s) for s in weak}
-        return {**divided, "train": [s for s in samples if id(s) in train]}  # input order, as documented
-    scores = [_hash_unit(seed, sample.file_name) for sample in samples]
-    cut_train, cut_val = fractions[0], fractions[0] + fractions[1]
-    assign = ["train" if u < cut_train else "val" if u < cut_val else "test" for u in scores]
-    counts = Counter(assign)
-
-    def move(index: int, split: str) -> None:
-        counts[assign[index]] -= 1
-        counts[split] += 1
-        assign[index] = split
-
-    n = len(samples)
-    if n and not counts["train"]:
-        move(min(range(n), key=scores.__getitem__), "train")  # lowest hash: nearest the train range
-    for split, minimum in (("test", 2), ("val", 3)):
-        # Only repair a split the caller asked for: fractions=(1, 0, 0) means "no test set".
-        if n >= minimum and not counts[split] and fractions[SPLITS.index(split)] > 0:
-            donors = [i for i in range(n) if counts[assign[i]] > 1]
-            if donors:
-                move(max(donors, key=scores.__getitem__), split)  # highest hash: nearest val/test
-    return {split: [s for s, a in zip(samples, assign) if a == split] for split in SPLITS}
-
-
-# How a summary names each label kind: "400 images: 40 boxed, 300 clicked, 60 counted".
-
-
-def label_summary(samples: Sequence[Sample]) -> str:
-    """How many images and, when any is weakly labelled, how many of each label kind.
-
-    >>> label_summary([])
-    '0 images'
-    """
-    kinds = Counter(s.label_kind for s in samples)
-    head = f"{len(samples)} image{'' if len(samples) == 1 else 's'}"
-    if set(kinds) <= {"full"}:
-        return head  # no weak labels: "boxed" would be wrong for captions and keypoints
-    return head + ": " + ", ".join(f"{kinds[k]} {word}" for k, word in KIND_WORDS.items() if kinds[k])
-
-
-def check_evaluable(label: str, splits: dict[str, list[Sample]], held_out_wanted: bool) -> None:
-    """Raise when a dataset with weak labels leaves val and test without a fully labelled image.
-
-    Weak images always train (``split_samples``), so a dataset of mostly clicks can end with
-    nothing to evaluate on; the job would fail only at stage 4, after the training time.
-    ``held_out_wanted`` is False for a load that asks for no val or test (a warm-start set).
-    """
-    everything = [s for samples in splits.values() for s in samples]
-    if not held_out_wanted or all(s.label_kind == "full" for s in everything):
-        return
-    if any(s.label_kind == "full" for split in ("val", "test") for s in splits.get(split, [])):
-        return
-    full = sum(s.label_kind == "full" for s in everything)
-    where = (
-        "none of its images is fully labelled" if not full
-        else "its one fully labelled image went to train" if full == 1
-        else f"its {full} fully labelled images all went to train"
-    )  # fmt: skip
-    raise DataError(
-        f"{label}: evaluation needs fully labelled images in val or test, and {where} "
-        f"({label_summary(everything)}); clicked, counted and unlabelled images always train — "
-        "box every object of a few dozen more images"
-    )
-
-
 # ----------------------------------------------------------------------------- helpers
-
-
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    values = tuple(float(f) for f in fractions)
-    if len(values) != 3 or any(not math.isfinite(f) or f < 0 for f in values) or sum(values) <= 0:
-        raise ValueError(
-            f"fractions={tuple(fractions)!r} must be three non-negative numbers "
-            "(train, val, test), e.g. (0.8, 0.1, 0.1)"
-        )
-    total = sum(values)
-    return values[0] / total, values[1] / total, values[2] / total  # type: ignore[return-value]
-
-
-def _hash_unit(seed: int, file_name: str) -> float:
-    digest = hashlib.sha256(f"{seed}\x00{file_name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _load_synthetic(
@@ -283,75 +206,6 @@ def _polygon_area(flat: Sequence[float]) -> float:
     return abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
 
 
-# -------------------------------------------------------------------- annotation files
-
-
-def _json_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith("."))
-
-
-def _find_annotation_files(resolved: Source, task: str) -> dict[str, Path]:
-    """``{"all": path}`` for one annotation file, or ``{"train": .., "val": .., ...}``."""
-    if resolved.annotation_file is not None:
-        return {"all": resolved.annotation_file}
-    root = resolved.root
-    assert root is not None
-    # A ZIP of a folder usually holds that one folder: step into it.
-    for _ in range(3):
-        inner = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        if len(inner) == 1 and inner[0].is_dir() and inner[0].name not in ("annotations", "images"):
-            root = inner[0]
-        else:
-            break
-    resolved.root = root
-    candidates = _json_files(root) + _json_files(root / "annotations")
-    for path in (root / "annotations.json", root / "annotations" / "annotations.json"):
-        if path.is_file():
-            return {"all": path}
-
-    by_split: dict[str, list[Path]] = {}
-    for path in candidates:
-        match = _SPLIT_FILE.match(path.stem)
-        if match:
-            split = match.group("split").lower()
-            by_split.setdefault(_SPLIT_ALIASES.get(split, split), []).append(path)
-    if len(by_split) >= 2:
-        return {
-            split: _pick_for_task(paths, split, task, resolved.label, root)
-            for split, paths in by_split.items()
-        }
-    if len(by_split) == 1 and len(candidates) > 1:
-        # One split file beside other JSON: use the split file, split it by hash.
-        ((split, paths),) = by_split.items()
-        return {"all": _pick_for_task(paths, split, task, resolved.label, root)}
-    if len(candidates) == 1:
-        return {"all": candidates[0]}
-    if not candidates:
-        raise DataError(
-            f"{resolved.label}: no annotation file found; expected annotations.json, "
-            "train.json / val.json / test.json, or a single *.json (at the top or in annotations/)"
-        )
-    names = ", ".join(p.relative_to(root).as_posix() for p in candidates)
-    raise DataError(
-        f"{resolved.label}: several annotation files ({names}) and none is annotations.json; "
-        "rename the one to use to annotations.json, or pass its .json path"
-    )
-
-
-def _pick_for_task(paths: list[Path], split: str, task: str, label: str, root: Path) -> Path:
-    """Among e.g. instances_train2017.json / captions_train2017.json, the one for ``task``."""
-    if len(paths) == 1:
-        return paths[0]
-    hint = {"caption": "caption", "keypoints": "keypoint"}.get(task, "instances")
-    preferred = [p for p in paths if hint in p.stem.lower()]
-    if len(preferred) == 1:
-        return preferred[0]
-    names = ", ".join(p.relative_to(root).as_posix() for p in paths)
-    raise DataError(f"{label}: several annotation files for the {split} split ({names}); keep one")
-
-
 # ------------------------------------------------------------------------------ reader
 
 
@@ -381,10 +235,23 @@ class _Parsed:
     crowds: dict[int, list[tuple[Any, dict[str, Any]]]] = field(default_factory=dict)  # iscrowd=1, same shape
     counts: dict[int, dict[str, int]] = field(default_factory=dict)  # image id -> {category name: n}, no zeros
     kinds: dict[int, str] = field(default_factory=dict)  # image id -> label kind
+    origins: dict[Any, str] = field(default_factory=dict)  # annotation id -> its place in a non-COCO file
+
+    def ann_at(self, ann_id: Any, entry: _ImageEntry, extra: str = "") -> str:
+        """How messages name an annotation: its file and line where it was not COCO."""
+        if ann_id in self.origins:
+            return self.origins[ann_id] + (f" ({extra})" if extra else "")
+        return f"{self.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}'{extra and ', ' + extra})"
 
 
 class _CocoReader:
-    def __init__(self, resolved: Source, task: str, max_image_pixels: int, keep_images: bool = True) -> None:
+    def __init__(
+        self, resolved: Source, task: str, max_image_pixels: int, keep_images: bool = True, images: str = "auto"
+    ) -> None:
+        self.lazy = images == "lazy"
+        self.eager_budget = eager_budget() if images == "auto" else None
+        self.decoded_bytes = 0
+        self.made: list[Sample] = []  # every sample so far, to turn lazy when the budget is passed
         self.source = resolved
         self.label = resolved.label
         self.task = task
@@ -427,6 +294,14 @@ class _CocoReader:
                 "hundreds of levels deep); a COCO file needs only a few levels"
             ) from None
         del text
+        return self.parse_data(data, path, split, where)
+
+    def parse_data(
+        self, data: Any, path: Path, split: str, where: str, origins: dict[Any, str] | None = None
+    ) -> _Parsed:
+        """Check one COCO document (parsed JSON, or another format converted to its shape).
+        ``origins`` names where each annotation id came from ("labels/a.txt line 3"), for
+        messages about annotations that were not written as COCO."""
         if not isinstance(data, dict):
             raise DataError(
                 f'{where}: the top level must be a JSON object with "images", '
@@ -449,6 +324,7 @@ class _CocoReader:
             split,
             self._images(data["images"], where),
             self._categories(data.get("categories", []), where),
+            origins=dict(origins or {}),
         )
         self._annotations(data["annotations"], parsed)
         return parsed
@@ -735,7 +611,7 @@ class _CocoReader:
         root = self.source.root
         assert root is not None
         folders = [root, root / "images", part.path.parent, part.path.parent / "images"]
-        match = _SPLIT_FILE.match(part.path.stem)
+        match = SPLIT_FILE.match(part.path.stem)
         if match:  # COCO layout: annotations/instances_train2017.json + train2017/xxx.jpg
             for word in dict.fromkeys([match.group("split") + (match.group("year") or ""), part.split]):
                 folders += [root / word, root / "images" / word]
@@ -789,11 +665,11 @@ class _CocoReader:
                     probe.verify()
                 with Image.open(io.BytesIO(data)) as reopened:  # verify() leaves the image unusable
                     width, height = upright_size(reopened)  # EXIF is read after verify(), which must come first
-                    if self.keep_images:
+                    if self.keep_images and not self.lazy:
                         image = upright_rgb(reopened)  # decodes: the one decode this image gets
                     else:  # decode to find truncated data as a load would, then let the pixels go
-                        reopened.load()
-                        image = None
+                        check_decodes(reopened)
+                        image = LazyImage(path, (width, height)) if self.keep_images else None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             self.warn(
                 f"{at}: refused as a decompression bomb ({exc}); image skipped, not decoded — resize it"
@@ -804,12 +680,29 @@ class _CocoReader:
                 f"{at}: cannot be decoded ({type(exc).__name__}: {exc}); image skipped — replace the file"
             )
             return None
+        if isinstance(image, Image.Image) and self._over_budget(image):
+            image = LazyImage(path, (width, height))
         if (entry.width, entry.height) not in ((None, None), (width, height)):
             self.warn(
                 f"{at}: the JSON says {entry.width}×{entry.height} but the image is {width}×{height}; "
                 'using the real size — fix "width"/"height" in the JSON'
             )
         return image, path, width, height
+
+    def _over_budget(self, image: Image.Image) -> bool:
+        """Count a decoded image; past the eager budget, turn every sample so far lazy (and
+        say True: this image too)."""
+        self.decoded_bytes += rgb_bytes(image.size)
+        if self.eager_budget is None or self.decoded_bytes <= self.eager_budget:
+            return False
+        for sample in self.made:
+            sample.image = LazyImage(sample.path, (sample.width, sample.height))
+        self.lazy = True
+        logger.info(
+            "%s: the decoded images pass %d MB, so images are decoded when used, through a cache of %d MB "
+            "(set %s to change it)", self.label, self.eager_budget >> 20, CACHE.max_bytes >> 20, CACHE_ENV,
+        )
+        return True
 
     # ---- targets ---------------------------------------------------------------------
 
@@ -832,7 +725,7 @@ class _CocoReader:
             if captions:
                 target["text"] = captions[0]
             for ann_id, ann in part.instances.get(entry.id, []):
-                at = f"{part.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}')"
+                at = part.ann_at(ann_id, entry)
                 instance = self._instance(ann, at, width, height, part.categories[ann["category_id"]][1])
                 if instance is None:
                     continue
@@ -852,7 +745,7 @@ class _CocoReader:
                     target["points"].extend([[x, y] for x, y, v in keypoints if v > 0])
                 self.instances_kept += 1
             for ann_id, ann in part.crowds.get(entry.id, []):
-                at = f"{part.where}: annotation {ann_id} (image {entry.id} '{entry.file_name}', iscrowd=1)"
+                at = part.ann_at(ann_id, entry, "iscrowd=1")
                 box = self._crowd_box(ann, at, width, height)
                 if box is not None:
                     target["crowd"].append({"box": box, "label": part.categories[ann["category_id"]][0]})
@@ -875,6 +768,7 @@ class _CocoReader:
                     label_kind=kind,
                 )
             )
+            self.made.append(samples[-1])
         if split_objects:
             self.warn(
                 f"{part.where}: {split_objects} object{'s have' if split_objects > 1 else ' has'} a mask in "
@@ -1080,7 +974,7 @@ class _CocoReader:
         # pycocotools trusts its input (an empty or short "counts" decodes to garbage memory),
         # so the run lengths are parsed and checked here before it sees them.
         try:
-            runs = _rle_string_counts(counts) if isinstance(counts, str) else counts
+            runs = rle_string_counts(counts) if isinstance(counts, str) else counts
             if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
                 raise ValueError("run lengths must be non-negative integers")
             if sum(runs) != height * width:
@@ -1117,93 +1011,3 @@ class _CocoReader:
                 f'{self.label}: no annotation has a usable "{_REQUIRED[self.task]}", which task '
                 f"{self.task} needs; check the task or the annotations"
             )
-
-
-# ------------------------------------------------------------------------ RLE -> polygon
-
-
-def _rle_string_counts(text: str) -> list[int]:
-    """Run lengths of a compressed COCO RLE string (the inverse of pycocotools' rleToString:
-    6-bit chunks offset by 48, sign-extended, each count after the second stored as a delta)."""
-    counts: list[int] = []
-    p = 0
-    while p < len(text):
-        value = shift = 0
-        more = True
-        while more:
-            if p >= len(text):
-                raise ValueError("the counts string ends in the middle of a number")
-            chunk = ord(text[p]) - 48
-            if not 0 <= chunk < 64:
-                raise ValueError(f"unexpected character {text[p]!r} in the counts string")
-            value |= (chunk & 0x1F) << (5 * shift)
-            more = bool(chunk & 0x20)
-            p += 1
-            shift += 1
-            if not more and chunk & 0x10:
-                value |= -1 << (5 * shift)
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
-
-
-def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
-    """The outline of every 4-connected component of ``mask``, largest first (see
-    :func:`mask_to_polygon`; holes are filled: COCO polygons add up, they cannot cut holes).
-
-    >>> m = np.zeros((4, 8), bool); m[0:2, 0:2] = m[1:4, 4:8] = True
-    >>> mask_to_polygons(m)
-    [[4.0, 1.0, 8.0, 1.0, 8.0, 4.0, 4.0, 4.0], [0.0, 0.0, 2.0, 0.0, 2.0, 2.0, 0.0, 2.0]]
-    """
-    from scipy import ndimage
-
-    labels, count = ndimage.label(np.asarray(mask, dtype=bool))
-    sizes = np.bincount(labels.ravel())[1:]
-    return [mask_to_polygon(labels == k + 1) for k in np.argsort(-sizes, kind="stable")[:count]]
-
-
-def mask_to_polygon(mask: np.ndarray) -> list[float]:
-    """The outline of the largest 4-connected component of ``mask``, as a flat xy polygon.
-
-    We trace the exact boundary along pixel edges (not a convex hull, which would swallow
-    concave shapes) in half-open pixel coordinates: pixel ``(r, c)`` covers
-    ``[c, c+1) × [r, r+1)``, so the polygon's bounds equal the component's xyxy box. Holes
-    are filled first — the canonical target has one ring per instance — which also removes
-    every pinch point, so the boundary is one simple loop. Collinear vertices are dropped.
-    Returns ``[]`` for an empty mask.
-    """
-    from scipy import ndimage
-
-    labels, count = ndimage.label(np.asarray(mask, dtype=bool))  # default structure: 4-connectivity
-    if count == 0:
-        return []
-    sizes = np.bincount(labels.ravel())[1:]
-    component = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
-    padded = np.pad(component, 1)
-    inner = padded[1:-1, 1:-1]
-    # Directed boundary edges, clockwise on screen (y down), as (start x, start y, end x, end y):
-    # a side of a foreground pixel is boundary where the neighbour across it is background.
-    nxt: dict[tuple[int, int], tuple[int, int]] = {}
-    sides = (
-        (~padded[:-2, 1:-1], (0, 0, 1, 0)),  # top edge, left to right
-        (~padded[1:-1, 2:], (1, 0, 1, 1)),  # right edge, downwards
-        (~padded[2:, 1:-1], (1, 1, 0, 1)),  # bottom edge, right to left
-        (~padded[1:-1, :-2], (0, 1, 0, 0)),  # left edge, upwards
-    )
-    for open_side, (sx, sy, ex, ey) in sides:
-        rows, cols = np.nonzero(inner & open_side)
-        for r, c in zip(rows.tolist(), cols.tolist()):
-            nxt[(c + sx, r + sy)] = (c + ex, r + ey)
-    start = min(nxt, key=lambda p: (p[1], p[0]))
-    loop = [start]
-    point = nxt[start]
-    while point != start and len(loop) <= len(nxt):  # the bound only guards against a bug above
-        loop.append(point)
-        point = nxt[point]
-    corners = []
-    for i, (x, y) in enumerate(loop):
-        (px, py), (qx, qy) = loop[i - 1], loop[(i + 1) % len(loop)]
-        if (x - px) * (qy - y) - (y - py) * (qx - x) != 0:  # keep only turns
-            corners.extend((float(x), float(y)))
-    return corners

@@ -16,7 +16,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from pipeline.codec import Codec
+from pipeline.geometry import class_mask, ioa_matrix, iou_matrix, match_matrix
 from pipeline.structures import WEAK_TASKS
 
 
@@ -54,6 +57,43 @@ def reward_target(target: dict[str, Any], task: str) -> dict[str, Any]:
     if not t["counts"]:
         t["counts"] = dict(Counter(labels if boxes else t["point_labels"]))
     return t
+
+
+CROWD_IOA = 0.5  # COCOeval's IoU threshold applied to a crowd region as overlap / detection area
+_PER_OBJECT = ("boxes", "labels", "masks", "keypoints")
+
+
+def without_crowd_hits(pred: dict[str, Any], gt: dict[str, Any]) -> dict[str, Any]:
+    """``pred`` without the detections COCO would ignore (every reward and every metric
+    scores what is left): those that cover a crowd region of their label (intersection over
+    the detection's area >= 0.5) and match no real object of that label at IoU >= 0.5
+    (``pipeline.structures``, crowd regions). Stage 3's rewards apply it in
+    :class:`TrlReward`, so a JavaScript reward never sees a crowd hit either.
+
+    >>> gt = {"boxes": [], "labels": [], "crowd": [{"box": [0, 0, 20, 20], "label": "p"}]}
+    >>> without_crowd_hits({"boxes": [[2, 2, 8, 8]], "labels": ["p"]}, gt)["boxes"]
+    []
+    """
+    crowd = gt.get("crowd") or []
+    boxes = pred.get("boxes") or []
+    if not crowd or not boxes:
+        return pred
+    labels = ([str(x) for x in pred.get("labels") or []] + [""] * len(boxes))[: len(boxes)]
+    ioa = ioa_matrix(boxes, [c["box"] for c in crowd])
+    on_crowd = ((ioa >= CROWD_IOA) & class_mask(labels, [c["label"] for c in crowd])).any(axis=1)
+    sim = iou_matrix(boxes, gt.get("boxes") or [])
+    if sim.size:
+        sim = np.where(class_mask(labels, [str(x) for x in gt.get("labels") or []]), sim, 0.0)
+    matched = {i for i, _, _ in match_matrix(sim, 0.5)}
+    keep = [i for i in range(len(boxes)) if i in matched or not on_crowd[i]]
+    if len(keep) == len(boxes):
+        return pred
+    out = dict(pred)
+    for key in _PER_OBJECT:
+        values = pred.get(key) or []
+        if len(values) == len(boxes):
+            out[key] = [values[i] for i in keep]
+    return out
 
 
 LOADING = -1  # RewardError.index of a reward that does not compile or load
@@ -156,7 +196,9 @@ class TrlReward:
             w = width[i] if width is not None else g["image"]["width"]
             h = height[i] if height is not None else g["image"]["height"]
             out, ok = self.codec.decode(completion_text(c), w, h)
-            outs.append(out)
+            # A box on a crowd region ("many objects here, not boxed one by one") is neither
+            # right nor wrong, as in evaluation: no reward may count it as an extra.
+            outs.append(without_crowd_hits(out, g))
             parsed.append(ok)
         if getattr(self.reward, "needs_parsed", False):
             scores = self.reward.score(outs, gts, parsed=parsed)  # type: ignore[call-arg]

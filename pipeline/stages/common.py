@@ -65,15 +65,37 @@ def user_prompt(codec: Codec) -> list[dict[str, Any]]:
 
 
 def sft_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
+    """Stage 1 and 2's rows, without their images (:func:`with_images` adds them as rows are read)."""
     prompt = user_prompt(codec)
     return [
         {
-            "image": s.image,
             "prompt": prompt,
             "completion": [{"role": "assistant", "content": codec.encode(s.target)}],
         }
         for s in samples
     ]
+
+
+IMAGE_INDEX = "image_index"  # the column that says which sample's image a row shows
+
+
+def with_images(rows: list[dict[str, Any]], samples: list[Sample]) -> Any:
+    """A ``datasets.Dataset`` of ``rows`` whose ``image`` column is each sample's image, read
+    when the trainer reads the row (``Dataset.with_transform``), not stored in the table.
+
+    Why: ``Dataset.from_list`` with PIL images re-encodes every image as PNG bytes in memory,
+    which a set of big photos cannot afford; here a lazily loaded sample decodes through the
+    bounded cache (``pipeline.data.images``) and an eager one hands over its decoded image.
+    """
+    import datasets  # local: the stages import this module, and only training needs datasets
+
+    table = datasets.Dataset.from_list([{**row, IMAGE_INDEX: i} for i, row in enumerate(rows)])
+
+    def attach(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        batch["image"] = [samples[i].image for i in batch[IMAGE_INDEX]]
+        return batch
+
+    return table.with_transform(attach)
 
 
 def fully_labelled(samples: list[Sample]) -> list[Sample]:
@@ -83,11 +105,12 @@ def fully_labelled(samples: list[Sample]) -> list[Sample]:
 
 
 def grpo_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
-    """Stage 3's rows. The ``gt`` column is :func:`reward_target`'s canonical structure, so
-    every reward sees boxed, clicked and counted images alike."""
+    """Stage 3's rows, without their images (:func:`with_images`). The ``gt`` column is
+    :func:`reward_target`'s canonical structure, so every reward sees boxed, clicked and
+    counted images alike."""
     prompt = user_prompt(codec)
     return [
-        {"prompt": prompt, "image": s.image, "gt": json.dumps(reward_target(s.target, codec.task)),
+        {"prompt": prompt, "gt": json.dumps(reward_target(s.target, codec.task)),
          "width": s.width, "height": s.height}  # fmt: skip
         for s in samples
     ]

@@ -13,7 +13,6 @@ import math
 import time
 from pathlib import Path
 
-import datasets
 import torch
 from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
@@ -34,6 +33,7 @@ from pipeline.stages.common import (
     resume_point,
     save_model,
     time_cosine,
+    with_images,
 )
 from pipeline.structures import Sample
 
@@ -55,7 +55,7 @@ def train_grpo(
         model = lora_wrap(model, rl)
     reward_fn = as_trl_reward(ctx.reward, codec)
     rows = grpo_rows(samples, codec)
-    train = datasets.Dataset.from_list(rows)
+    train = with_images(rows, samples)
     prompts_per_step = max(1, rl.batch_size // rl.num_generations)
     steps_per_epoch = math.ceil(len(rows) / prompts_per_step)
     # As in the supervised stages, epochs stay a ceiling under a time budget: whichever ends first

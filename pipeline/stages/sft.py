@@ -12,7 +12,6 @@ import math
 import time
 from pathlib import Path
 
-import datasets
 import torch
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
@@ -33,6 +32,7 @@ from pipeline.stages.common import (
     save_model,
     sft_rows,
     time_cosine,
+    with_images,
 )
 from pipeline.stages.loc_loss import soft_location_loss
 from pipeline.stages.validation import ValidationCallback, check_interval, check_seconds
@@ -76,7 +76,7 @@ def train_sft(
     if stage_cfg.lora:
         model = lora_wrap(model, stage_cfg)
     rows = sft_rows(samples, codec)
-    train = datasets.Dataset.from_list(rows)
+    train = with_images(rows, samples)
     bs = min(stage_cfg.batch_size, len(rows))
     steps_per_epoch = math.ceil((epoch_examples or len(rows)) / bs)
     max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
