@@ -379,7 +379,8 @@ def in_thread(app):
         thread.join(10)
 
 
-def test_one_endpoint_serves_every_jobs_model_to_its_project_and_try_it_goes_through_it(stack, db, job, home):
+def test_one_endpoint_serves_every_jobs_model_to_its_project_and_try_it_goes_through_it(stack, db, job, home, full,
+                                                                                        quantized):  # fmt: skip
     """Modal's `serve` (dreamforge.serve.jobs): /jobs/JOB/v1/… is Station's API for that job's
     released model, behind the project's key; with DREAMFORGE_SERVE_URL the API's Try it asks it."""
     from dreamforge.api.app import create_app
@@ -387,11 +388,9 @@ def test_one_endpoint_serves_every_jobs_model_to_its_project_and_try_it_goes_thr
     from dreamforge.settings import Settings
 
     settings = Settings(mongodb_uri=stack.uri, home=home)
-    release = Server(home, job)  # what `dreamforge serve JOB` answers: the same released model
-    try:
-        expected = release.post("detect", {"image_url": IMG}).json()
-    finally:
-        release.stop()
+    released = resolve(job, home / "artifacts").name  # what `dreamforge serve JOB` serves
+    by = {"model": (full, {}), "model-4bit": (quantized, {"X-Moondream-Auth": "sesame"})}[released]
+    expected = by[0].post("detect", {"image_url": IMG}, headers=by[1]).json()
     _, other = create_project(db, "other-endpoint")
     with in_thread(JobsServer(settings)) as url:
         ask = lambda path, key, body=None: httpx.post(f"{url}/jobs/{path}", json=body or {"image_url": IMG},  # noqa: E731
