@@ -50,6 +50,8 @@ class JobSource(_Strict):
     sha: str | None = None
     pr: int | None = Field(None, ge=1, le=2**53)  # stored in BSON: an int64 at most
     run_id: str | None = None
+    default_branch: str | None = Field(None, max_length=255, description="The repository's default branch, as the push "
+                                       "names it: the base a branch's preview is gated against (github/gates.py).")  # fmt: skip
 
 
 class TrainRequest(_Strict):

@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 
 from dreamforge.executors.local import Executor, LocalExecutor, StageOutcome
 from dreamforge.executors.modal_executor import ModalExecutor
+from dreamforge.github import gates
 from dreamforge.github.status import start_sync_thread
 from dreamforge.jobs import queue, streams, wakeup
 from dreamforge.jobs.sink import MongoSink
@@ -171,6 +172,9 @@ class Worker:
             path.parent.mkdir(exist_ok=True)
             path.write_text(doc["source"])
             cfg["reward"] = str(path)
+        baseline = gates.baseline_for(self.db, job)  # a branch's preview is scored beside main's release
+        if baseline is not None:
+            cfg["evaluate"] = {**(cfg.get("evaluate") or {}), "baseline": baseline}
         (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
 
     def _run_stages(self, job: dict[str, Any], state: dict) -> None:
@@ -223,7 +227,15 @@ class Worker:
             return
         sink.log("job succeeded")
         retry(sink.flush, strict=True)
-        retry(queue.finish, db, job_id, attempt, "succeeded", result=job_result(workdir / "out"))
+        result = job_result(workdir / "out")
+        gate = retry(gates.judge, db, job, result)
+        if gate is not None:
+            result["gate"] = gate
+            sink.log(f"gate: {'passed' if gate['passed'] else 'not compared' if gate['passed'] is None else 'failed'}: "
+                     f"{gate['text']}", level="info" if gate["passed"] else "warning")  # fmt: skip
+            retry(sink.flush, strict=True)
+        retry(queue.finish, db, job_id, attempt, "succeeded", result=result)
+        retry(gates.record_release, db, job, result)
 
     def _cancel_reason(self, job_id: str) -> str:
         """Why a running job was cancelled: a newer push of its branch, or the user."""
@@ -285,6 +297,8 @@ def job_result(out: Path) -> dict[str, Any]:
         "train_fit": ev.get("train_fit") or {},
         "verdict": ev.get("verdict") or {},
         "selection": ev.get("selection") or {},
+        "split_fingerprint": ev.get("split_fingerprint"),  # what a later branch's gate compares against
+        "baseline": ev.get("baseline"),  # the default branch's model on the same images (github/gates.py)
         "artifacts": {name: str(out / name) for name in ("model", "model-4bit", "metrics.json", "MODEL_CARD.md")
                       if (out / name).exists()},  # fmt: skip
         "wall_seconds": record.get("wall_seconds"),

@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from pipeline.gate import BaselineModel, GateConfig
 from pipeline.stage_table import SECTION, STAGES  # noqa: F401 — STAGES re-exported for callers of the config
 from pipeline.structures import WEAK_TASKS
 
@@ -245,6 +246,10 @@ class EvalConfig(_Strict):
     max_samples: int | None = Field(None, ge=1, le=10_000_000, description="Evaluate at most this many held-out images.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per generation batch.")
     compute: str | None = Field(None, description="Compute hint (Modal GPU string) for evaluation and export.")
+    baseline: BaselineModel | None = Field(
+        None, description="A model scored beside this job's on the same held-out images: the service sets it to the "
+        "default branch's released model for a branch's preview (its gate). Does not change what is trained.",
+    )  # fmt: skip
 
     @field_validator("compute")
     @classmethod
@@ -357,6 +362,10 @@ class CurriculumConfig(_Strict):
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    gate: GateConfig | None = Field(
+        None, description="Preview gate, read from the default branch's config: when a branch's model passes against "
+        "the default branch's released one. A project's own gate setting (PUT /api/gate) wins.",
+    )  # fmt: skip
 
     @field_validator("reward")
     @classmethod
@@ -479,5 +488,11 @@ def json_schema() -> dict[str, Any]:
 
 
 def config_hash(cfg: CurriculumConfig) -> str:
-    """A stable short hash of a validated config (resume checks, dedupe of pushes)."""
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    """A stable short hash of a validated config (resume checks, dedupe of pushes). The gate and
+    the baseline change what a job is compared with, not what it trains: left out, so a job
+    resumed after the default branch released a newer model is still the same job."""
+    dump = cfg.model_dump_json(exclude=HASH_EXCLUDE)
+    return hashlib.sha256(dump.encode()).hexdigest()[:16]
+
+
+HASH_EXCLUDE: dict[str, Any] = {"gate": True, "evaluate": {"baseline"}}

@@ -63,7 +63,7 @@ def test_action_yml_passes_every_input_and_output(root):
         assert step["env"][f"INPUT_{name.upper().replace('-', '_')}"] == f"${{{{ inputs.{name} }}}}", name
     assert {n: o["value"] for n, o in action["outputs"].items()} == {
         n: f"${{{{ steps.run.outputs.{n} }}}}"
-        for n in ("job-id", "status", "dashboard-url", "metrics", "verdict", "reward", "reward-score")}
+        for n in ("job-id", "status", "dashboard-url", "metrics", "verdict", "reward", "reward-score", "gate", "delta")}
     workflow = yaml.safe_load((root / ".github" / "workflows" / "dreamforge.yml").read_text())
     uses = [s.get("uses") for s in workflow["jobs"]["preview"]["steps"]]
     assert "./" in uses and "pull_request_target" not in workflow[True]  # YAML reads the key `on` as True
