@@ -44,7 +44,8 @@ def cfg(steps: int, **evaluate) -> dict:
     # min_gain 0: a tiny model that learned a little is not "did not learn" on 6 images.
     return tiny_job_config(name=f"gate-{steps}", budget_minutes=None, warm_start={"enabled": False}, rl={"enabled": False},
                            domain={"max_steps": steps, "lr": 0.003},
-                           evaluate={"max_samples": 6, "batch_size": 6, "min_gain": 0.0, **evaluate})  # fmt: skip
+                           evaluate={"max_samples": 6, "batch_size": 6, "min_gain": 0.0, **evaluate},
+                           export={"quantization": "none"})  # fmt: skip
 
 
 def pr_comment(gh, pr: int) -> str:

@@ -16,4 +16,5 @@ def job_view(doc: dict[str, Any]) -> JobView:
         preset=doc.get("preset"), task=doc.get("task", "detect"), attempt=doc.get("attempt", 0),
         created_at=doc["created_at"], updated_at=doc["updated_at"], finished_at=doc.get("finished_at"),
         result=doc.get("result"), cancel_requested=doc.get("cancel_requested", False), datasets=doc.get("datasets") or {},
+        caps=doc.get("caps"), spend=doc.get("spend") or {}, paused=doc.get("paused"),
     )  # fmt: skip

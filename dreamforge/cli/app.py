@@ -26,7 +26,8 @@ app.command()(gate.gate)
 app.command()(service.up)
 app.command()(service.worker)
 app.command(context_settings={"allow_extra_args": True})(service.train)
-for command in (service.status, service.logs, service.cancel, service.approve, service.jobs, offline.init, service.demo):
+for command in (service.status, service.logs, service.cancel, service.approve, service.caps, service.jobs, offline.init,
+                service.demo):
     app.command()(command)
 app.command()(serve.serve)
 app.command()(pull.pull)

@@ -27,6 +27,7 @@ from pipeline.stages.common import (
     ReporterCallback,
     StageCancelled,
     StageClock,
+    StagePaused,
     checkpoint_schedule,
     drop_checkpoints,
     grpo_rows,
@@ -106,6 +107,8 @@ def train_grpo(
     seconds = time.monotonic() - t0
     if callback.cancelled:
         raise StageCancelled(f"stage {stage} cancelled")
+    if callback.paused:
+        raise StagePaused(f"stage {stage} paused at step {trainer.state.global_step}")
     with ctx.publish():
         save_model(trainer.model, processor, out_model)
     drop_checkpoints(ctx, stage)
