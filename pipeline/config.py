@@ -207,6 +207,18 @@ class RLConfig(StageConfig):
         None, ge=1, le=32_768, description="Token cap of a rollout; default: what the longest valid answer needs."
     )
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="TRL GRPO loss variant.")
+    watch_every: int = Field(
+        25, ge=0, le=MAX_STEPS,
+        description="grpo: every this many steps, score watch_samples validation images beside the training reward "
+        "and warn of reward hacking (pipeline/stages/watch.py); 0: no watch.",
+    )  # fmt: skip
+    watch_samples: int = Field(16, ge=1, le=10_000, description="Validation images the reward-hacking watch decodes.")
+    watch_checks: int = Field(
+        3, ge=1, le=100, description="Consecutive checks with the reward rising and validation falling that count as hacking."
+    )
+    watch_stop: bool = Field(
+        False, description="Stop the stage when the watch sees reward hacking (the weights that validated best are kept)."
+    )
     reward_errors: Literal["fail", "zero"] = Field(
         "fail", description="A JavaScript reward that fails on a sample: fail the job, or score it 0 and count it."
     )

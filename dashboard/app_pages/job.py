@@ -84,6 +84,14 @@ def live(job_id: str) -> None:
     progress_panel(job)
     loss = curves(stream.points, ("loss", "train_loss"))
     reward = curves(stream.points, ("reward", "rewards/mean", "reward_mean"))
+    # The RL stage's reward-hacking watch (pipeline/stages/watch.py): its validation score beside the reward.
+    rl_points = [p for p in stream.points if p["stage"] == "reward"]
+    watch = curves(rl_points, validation_names(rl_points))
+    if len(watch) and len(reward):
+        reward = pd.concat([reward, watch.assign(stage="reward: " + watch["metric"])])
+    if any("reward_hacking" in p["values"] for p in rl_points):
+        st.warning("Reward hacking? During RL the training reward rose while validation fell, or the model's boxes per "
+                   "image drifted past twice the ground truth's: see the warnings in the logs.")  # fmt: skip
     # keyed containers get a CSS class (st-key-…): the browser test finds the charts by it
     left, right = st.container(key="charts").columns(2)
     with left:
