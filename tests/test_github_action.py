@@ -117,7 +117,8 @@ def test_push_event_creates_the_job_with_outputs_and_summary(stack, db, key, tmp
                                                 "released": None}  # fmt: skip
     assert r.outputs["verdict"] == r.outputs["reward"] == r.outputs["reward-score"] == ""  # queued: no verdict or score yet
     job = db.jobs.find_one({"_id": job_id})
-    assert job["source"] == {"kind": "github", "repo": REPO, "branch": "master", "sha": FIXTURE["after"], "run_id": "9001"}
+    assert job["source"] == {"kind": "github", "repo": REPO, "branch": "master", "sha": FIXTURE["after"], "run_id": "9001",
+                             "default_branch": "master"}  # the base its preview is gated against (github/gates.py)
     assert job["config"]["name"] == "hello" and job["status"] == "queued"
     assert f"## DreamForge preview `{job_id}`: queued" in r.summary
     assert f"`{REPO}` · branch `master` · commit `{FIXTURE['after'][:12]}`" in r.summary
