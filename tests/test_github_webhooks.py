@@ -371,6 +371,9 @@ def test_the_gate_passes_by_the_margin_or_within_the_tolerance_and_sets_the_stat
     assert [ln.split("|")[1].strip() for ln in table[2:5]] == ["base", "domain", "reward"]
     assert "**Gate ❌ failed**: iou 0.420, -0.080 vs main@abc1234 (needs ≥ +0.000) (margin +0.000)." in body
     job["result"]["gate"] = {**decide(GateConfig(tolerance=0.1), "iou", 0.42, 0.5, base)}
+    paused = {**job, "status": "paused", "paused": {"stage": "domain", "reason": "the job's cap of 5 dollars reached (5.01 spent)"}}
+    assert github_status.desired_status(paused) == ("pending", "paused at stage 2/4 domain SFT: the job's cap of 5 dollars "
+                                                               "reached (5.01 spent)")  # fmt: skip
     assert github_status.desired_status(job) == ("success", "iou 0.420, -0.080 vs main@abc1234, nf4 release")
 
 

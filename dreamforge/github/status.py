@@ -73,6 +73,9 @@ def desired_status(job: dict[str, Any]) -> tuple[str, str]:
         state, text = "pending", "queued"
     elif status == "running":
         state, text = "pending", f"training: stage {stage_text(stage)}"
+    elif status == "paused":  # at a spending cap (jobs/budgets.py): waits for a person to raise it
+        why = job.get("paused") or {}
+        state, text = "pending", f"paused at stage {stage_text(why.get('stage'))}: {why.get('reason') or 'a spending cap'}"
     elif status == "succeeded" and ((job.get("result") or {}).get("verdict") or {}).get("verdict") == "did_not_learn":
         # A model no better than its base must not show a green check (pipeline/verdict.py).
         m = gate_text(job) or m
