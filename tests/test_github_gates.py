@@ -50,7 +50,7 @@ def cfg(steps: int, **evaluate) -> dict:
 
 def pr_comment(gh, pr: int) -> str:
     """The newest body posted to pull request ``pr``'s comment (created, then edited in place)."""
-    posts = [r["json"]["body"] for r in gh.requests if r["path"] == f"/repos/{REPO}/issues/{pr}/comments"]
+    posts = [r["json"]["body"] for r in gh.requests if r["method"] == "POST" and r["path"] == f"/repos/{REPO}/issues/{pr}/comments"]
     return posts[-1] if posts else ""
 
 
