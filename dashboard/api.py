@@ -92,6 +92,9 @@ class Api:
     def approve(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/api/jobs/{job_id}/approve")
 
+    def set_caps(self, job_id: str, caps: dict[str, float]) -> dict[str, Any]:
+        return self._call("PUT", f"/api/jobs/{job_id}/caps", json=caps)
+
     def samples(self, job_id: str, n: int = 6) -> dict[str, Any]:
         return self._call("GET", f"/api/jobs/{job_id}/samples", params={"n": n})
 

@@ -47,8 +47,9 @@ def thin(df: pd.DataFrame, n: int = MAX_CHART_POINTS) -> pd.DataFrame:
 
 
 def validation_names(points: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The validation score a supervised stage reports (``val_<its primary metric>``)."""
-    return tuple(sorted({k for p in points for k in p["values"] if k.startswith("val_") and k != "val_parse_rate"}))
+    """The validation score a stage reports (``val_<its primary metric>``; the RL watch's too)."""
+    side = ("val_parse_rate", "val_boxes_per_image")  # reported beside the score, on another scale
+    return tuple(sorted({k for p in points for k in p["values"] if k.startswith("val_") and k not in side}))
 
 
 def curves(points: list[dict[str, Any]], names: tuple[str, ...]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ STAGE_TITLES = {s.name: s.label for s in STAGE_TABLE}
 BADGES = {"queued": ":material/schedule: queued", "running": ":material/autorenew: running",
           "succeeded": ":material/check_circle: succeeded", "failed": ":material/error: failed",
           "cancelled": ":material/cancel: cancelled", "dead": ":material/dangerous: dead",
-          "awaiting_approval": ":material/front_hand: awaiting approval"}  # fmt: skip
+          "awaiting_approval": ":material/front_hand: awaiting approval", "paused": ":material/pause_circle: paused"}  # fmt: skip
 # The row labels of the metrics table, in curriculum order.
 MODEL_TITLES = {"base": "base", **{s: BY_NAME[s].title for s in TRAINED}, "4bit": "4-bit"}
 

@@ -22,15 +22,16 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     DEAD = "dead"  # out of infrastructure retries (dead-lettered)
+    PAUSED = "paused"  # at a spending cap: its stage checkpointed; raising the cap resumes it (jobs/budgets.py)
 
 
 # A final job never changes again (unless requeued); an active one is waiting or training.
 FINAL_STATUSES: tuple[JobStatus, ...] = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD)
 ACTIVE_STATUSES: tuple[JobStatus, ...] = tuple(s for s in JobStatus if s not in FINAL_STATUSES)
 # Not claimed by a worker yet: a cancel ends these at once (a running job is asked to stop).
-WAITING_STATUSES: tuple[JobStatus, ...] = (JobStatus.AWAITING_APPROVAL, JobStatus.QUEUED)
-# Waiting for a person, not a worker: nothing changes until someone approves (or cancels) the job.
-HELD_STATUSES: tuple[JobStatus, ...] = (JobStatus.AWAITING_APPROVAL,)
+WAITING_STATUSES: tuple[JobStatus, ...] = (JobStatus.AWAITING_APPROVAL, JobStatus.QUEUED, JobStatus.PAUSED)
+# Waiting for a person, not a worker: nothing changes until someone approves, raises a cap (or cancels).
+HELD_STATUSES: tuple[JobStatus, ...] = (JobStatus.AWAITING_APPROVAL, JobStatus.PAUSED)
 # What POST /api/jobs/{id}/requeue puts back in the queue (a succeeded job is done).
 REQUEUABLE_STATUSES: tuple[JobStatus, ...] = (JobStatus.DEAD, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -50,6 +51,26 @@ class JobSource(_Strict):
     sha: str | None = None
     pr: int | None = Field(None, ge=1, le=2**53)  # stored in BSON: an int64 at most
     run_id: str | None = None
+    default_branch: str | None = Field(None, max_length=255, description="The repository's default branch, as the push "
+                                       "names it: the base a branch's preview is gated against (github/gates.py).")  # fmt: skip
+
+
+class Caps(_Strict):
+    """Spending caps, of one job or of a whole project (its jobs' spend added up). At a cap the running
+    stage checkpoints and the job is ``paused``; raising the cap resumes it where it stopped."""
+
+    gpu_seconds: float | None = Field(None, gt=0, le=1e9, description="GPU-seconds (seconds × GPUs of each stage).")
+    usd: float | None = Field(None, gt=0, le=1e7, description="Dollars at Modal's per-second GPU prices.")
+    wall_minutes: float | None = Field(None, gt=0, le=1e6, description="Minutes of stages running (queue time is free).")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Spend(BaseModel):
+    """What a job (or project) has been billed: stages' running time, their GPUs and price."""
+
+    seconds: float = 0.0
+    gpu_seconds: float = 0.0
+    usd: float = 0.0
 
 
 class TrainRequest(_Strict):
@@ -66,6 +87,7 @@ class TrainRequest(_Strict):
     # Checked by the curriculum (warm_start.epochs …), which names the stage and refuses NaN and Infinity.
     epochs: list[float] | None = Field(None, max_length=3, description="Epochs of stage 1, 2 and the RL stage.")
     source: JobSource = Field(default_factory=JobSource)
+    caps: Caps | None = Field(None, description="This job's spending caps (the project's apply as well).")
 
 
 class StageState(BaseModel):
@@ -112,6 +134,9 @@ class JobView(BaseModel):
     cancel_requested: bool = False
     github_error: str | None = Field(None, description="Why DreamForge stopped posting this job's commit status or "
                                      "pull request comment to GitHub (GitHub's refusal), if it did.")
+    caps: Caps | None = None
+    spend: Spend = Field(default_factory=Spend)
+    paused: dict[str, Any] | None = Field(None, description="Why and where a paused job stopped: reason, stage.")
     datasets: dict[str, DatasetRef] = Field(
         default_factory=dict,
         description="The uploaded datasets the job trains on, by config field (dataset, warm_start_dataset): "

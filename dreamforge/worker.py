@@ -23,9 +23,10 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from dreamforge.executors.local import Executor, LocalExecutor, StageOutcome
-from dreamforge.executors.modal_executor import ModalExecutor
+from dreamforge.executors.modal_executor import ModalExecutor, stage_rate
+from dreamforge.github import gates
 from dreamforge.github.status import start_sync_thread
-from dreamforge.jobs import queue, streams, wakeup
+from dreamforge.jobs import budgets, queue, streams, wakeup
 from dreamforge.jobs.sink import MongoSink
 from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.settings import Settings, SettingsError
@@ -110,6 +111,12 @@ class Worker:
                 if queue.heartbeat(self.db, job_id, attempt, self.settings.lease_s):
                     state["cancel"] = True
                 state["renewed"] = t  # the lease now runs until t + lease_s at the earliest
+                billing = state.get("billing")  # (GPUs, $/s) while a stage runs: jobs/budgets.py
+                if billing is not None:
+                    since, state["billed_at"] = state["billed_at"], t
+                    reason = budgets.bill(self.db, job_id, attempt, t - since, *billing)
+                    if reason and not state.get("pause"):
+                        state["pause"] = reason
             except queue.LostLease:
                 state["lost"] = True
                 return
@@ -171,6 +178,9 @@ class Worker:
             path.parent.mkdir(exist_ok=True)
             path.write_text(doc["source"])
             cfg["reward"] = str(path)
+        baseline = gates.baseline_for(self.db, job)  # a branch's preview is scored beside main's release
+        if baseline is not None:
+            cfg["evaluate"] = {**(cfg.get("evaluate") or {}), "baseline": baseline}
         (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
 
     def _run_stages(self, job: dict[str, Any], state: dict) -> None:
@@ -192,6 +202,8 @@ class Worker:
                 return "lost"
             if state["cancel"]:
                 return "cancelled"
+            if state.get("pause"):
+                return "paused"
             return None
 
         for stage in STAGES:
@@ -207,10 +219,19 @@ class Worker:
                 retry(queue.finish, db, job_id, attempt, "failed", error={"kind": "timeout", "stage": stage,
                       "message": f"the job ran past its {self.settings.job_timeout_s:.0f} s limit"})  # fmt: skip
                 return
+            reason = state.get("pause") or retry(budgets.cap_reason_of, db, job_id)
+            if reason:  # at a cap before the stage starts: pause here, nothing to checkpoint
+                self._pause(job, stage, reason, sink)
+                return
             while True:
                 retry(queue.stage_started, db, job_id, attempt, stage)
                 sink.log(f"stage {stage} starting", stage=stage)
-                outcome = self.executor.run_stage(job, stage, workdir, sink, check, self.settings.stage_timeout_s)
+                state["billed_at"] = time.monotonic()
+                state["billing"] = stage_rate(self.settings.executor, job, stage)
+                try:
+                    outcome = self.executor.run_stage(job, stage, workdir, sink, check, self.settings.stage_timeout_s)
+                finally:
+                    state["billing"] = None
                 if outcome.kind == "lost" and state.pop("unsure", False) and self._regained(state, sink):
                     continue  # stopped for a lease it could not renew, and it is still ours
                 break
@@ -223,7 +244,20 @@ class Worker:
             return
         sink.log("job succeeded")
         retry(sink.flush, strict=True)
-        retry(queue.finish, db, job_id, attempt, "succeeded", result=job_result(workdir / "out"))
+        result = job_result(workdir / "out")
+        gate = retry(gates.judge, db, job, result)
+        if gate is not None:
+            result["gate"] = gate
+            sink.log(f"gate: {'passed' if gate['passed'] else 'not compared' if gate['passed'] is None else 'failed'}: "
+                     f"{gate['text']}", level="info" if gate["passed"] else "warning")  # fmt: skip
+            retry(sink.flush, strict=True)
+        retry(queue.finish, db, job_id, attempt, "succeeded", result=result)
+        retry(gates.record_release, db, job, result)
+
+    def _pause(self, job: dict[str, Any], stage: str, reason: str, sink: MongoSink) -> None:
+        sink.log(f"paused before the end of stage {stage}: {reason}; raise the cap to resume", level="warning", stage=stage)
+        self._retry(sink.flush, strict=True)
+        self._retry(budgets.pause, self.db, job, job["attempt"], stage, reason)
 
     def _cancel_reason(self, job_id: str) -> str:
         """Why a running job was cancelled: a newer push of its branch, or the user."""
@@ -240,6 +274,9 @@ class Worker:
             retry(sink.flush, strict=True)
             retry(queue.stage_finished, db, job_id, attempt, stage, "done", outcome.info)
             return True
+        if outcome.kind == "paused":
+            self._pause(job, stage, retry(budgets.cap_reason_of, db, job_id) or outcome.message, sink)
+            return False
         sink.log(f"stage {stage}: {outcome.message}", level="error", stage=stage)
         retry(sink.flush, strict=True)
         if outcome.kind == "cancelled":
@@ -285,6 +322,8 @@ def job_result(out: Path) -> dict[str, Any]:
         "train_fit": ev.get("train_fit") or {},
         "verdict": ev.get("verdict") or {},
         "selection": ev.get("selection") or {},
+        "split_fingerprint": ev.get("split_fingerprint"),  # what a later branch's gate compares against
+        "baseline": ev.get("baseline"),  # the default branch's model on the same images (github/gates.py)
         "artifacts": {name: str(out / name) for name in ("model", "model-4bit", "metrics.json", "MODEL_CARD.md")
                       if (out / name).exists()},  # fmt: skip
         "wall_seconds": record.get("wall_seconds"),

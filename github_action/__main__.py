@@ -51,6 +51,8 @@ def describe_push() -> dict[str, Any] | None:
     info: dict[str, Any] = {"repository": repo, "repository_id": int(repo_id) if repo_id else None, "event": name,
                             "run_id": os.environ.get("GITHUB_RUN_ID"),
                             "run_attempt": int(os.environ.get("GITHUB_RUN_ATTEMPT") or 1)}  # fmt: skip
+    if (ev.get("repository") or {}).get("default_branch"):  # the base a branch's preview is gated against
+        info["default_branch"] = ev["repository"]["default_branch"]
     if name in ("pull_request_target", "workflow_run"):
         raise fail(f"DreamForge does not run on {name}: such workflows hold the base repository's secrets next to a "
                    "fork's code. Use `on: [push, pull_request]`; forks' pull requests wait for a project member's approval.")  # fmt: skip
@@ -220,6 +222,17 @@ def reward_score_of(job: dict[str, Any] | None) -> str:
     return ""
 
 
+def gate_of(job: dict[str, Any] | None) -> dict[str, Any]:
+    """The preview gate's verdict against the default branch's released model (github/gates.py), or {}."""
+    return (((job or {}).get("result") or {}).get("gate")) or {}
+
+
+def delta_of(job: dict[str, Any] | None) -> str:
+    """The ``delta`` output: the gate metric's difference to the default branch's model, e.g. ``+0.0400``."""
+    d = gate_of(job).get("delta")
+    return f"{d:+.4f}" if isinstance(d, int | float) else ""
+
+
 def verdict_of(job: dict[str, Any] | None) -> str:
     """``learned`` / ``did_not_learn`` for a finished job (pipeline/verdict.py), else empty."""
     return ((((job or {}).get("result") or {}).get("verdict") or {}).get("verdict")) or ""
@@ -266,6 +279,14 @@ def summary(push: dict[str, Any], answer: dict[str, Any], job: dict[str, Any] | 
             out += ["", "| model | " + " | ".join(titles) + " |", "|---|" + "---|" * len(keys)]
             out += [f"| {n} | " + " | ".join(f"{m[k]:.4g}" if isinstance(m.get(k), int | float) else "" for k in keys) + " |"
                     for n, m in models.items()]  # fmt: skip
+            gate = gate_of(job)
+            base = result.get("baseline") or {}
+            if base.get("metrics"):  # the default branch's released model, side by side with this branch's
+                out.append(f"| **{base['name']}** | " + " | ".join(
+                    f"{base['metrics'][k]:.4g}" if isinstance(base["metrics"].get(k), int | float) else "" for k in keys) + " |")
+            if gate:
+                word = {True: "✅ passed", False: "❌ failed"}.get(gate.get("passed"), "not compared")
+                out += ["", f"**Gate {word}**: {gate.get('text')}."]
         if job.get("error"):
             out += ["", f"**Error** ({job['error'].get('kind')}): {job['error'].get('message')}"]
     return "\n".join(out) + "\n"
@@ -353,6 +374,8 @@ def run() -> None:
     set_output("reward", ((job or {}).get("result") or {}).get("reward") or "")
     set_output("reward-score", reward_score_of(job))
     set_output("metrics", json.dumps(metrics_of(job) if job else {}))
+    set_output("gate", {True: "passed", False: "failed"}.get(gate_of(job).get("passed"), ""))
+    set_output("delta", delta_of(job))
     write_summary(summary(push, answer, job) + (preflight_section(endpoint, api_key, raw) if api_key else ""))
     if wait and not finished:
         raise fail(f"job {job_id} still {status} after {timeout_s / 60:.0f} minutes (timeout-minutes)")
@@ -360,6 +383,8 @@ def run() -> None:
         err = (job or {}).get("error") or {}
         raise fail(f"job {job_id} {status}" + (f" in stage {err.get('stage')}" if err.get("stage") else "")
                    + (f": {err.get('message')}" if err.get("message") else ""))  # fmt: skip
+    if wait and gate_of(job).get("passed") is False:  # the commit status fails too (github/gates.py)
+        raise fail(f"job {job_id} is worse than the default branch's model: {gate_of(job)['text']}")
     if wait and verdict_of(job) == "did_not_learn":  # the commit status says failure too (github_status.py)
         problems = "; ".join(job["result"]["verdict"].get("problems") or [])
         raise fail(f"job {job_id} succeeded but the model did not learn: {problems}")

@@ -42,3 +42,16 @@ def with_stage_budget(cfg: CurriculumConfig, stage: str, spent_seconds: float) -
     if seconds == section.max_seconds:  # type: ignore[union-attr]
         return cfg, why
     return cfg.model_copy(update={SECTION[stage]: section.model_copy(update={"max_seconds": seconds})}), why
+
+
+def spend_text(spend: dict | None, caps: dict | None) -> str:
+    """``12.3 s of stages (cap 0.5 min) · 0 GPU-s · $0.00 (cap $5)``: a job's or project's spend
+    against its caps (dreamforge/jobs/budgets.py), as the CLI and the dashboard show it."""
+    spend, caps = spend or {}, caps or {}
+
+    def cap(field: str, fmt: str) -> str:
+        return f" (cap {fmt.format(caps[field])})" if caps.get(field) is not None else ""
+
+    return (f"{float(spend.get('seconds') or 0):.1f} s of stages{cap('wall_minutes', '{:g} min')} · "
+            f"{float(spend.get('gpu_seconds') or 0):.0f} GPU-s{cap('gpu_seconds', '{:g} GPU-s')} · "
+            f"${float(spend.get('usd') or 0):.2f}{cap('usd', '${:g}')}")  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from pipeline.gate import BaselineModel, GateConfig
 from pipeline.stage_table import SECTION, STAGES  # noqa: F401 — STAGES re-exported for callers of the config
 from pipeline.structures import WEAK_TASKS
 
@@ -206,6 +207,18 @@ class RLConfig(StageConfig):
         None, ge=1, le=32_768, description="Token cap of a rollout; default: what the longest valid answer needs."
     )
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="TRL GRPO loss variant.")
+    watch_every: int = Field(
+        25, ge=0, le=MAX_STEPS,
+        description="grpo: every this many steps, score watch_samples validation images beside the training reward "
+        "and warn of reward hacking (pipeline/stages/watch.py); 0: no watch.",
+    )  # fmt: skip
+    watch_samples: int = Field(16, ge=1, le=10_000, description="Validation images the reward-hacking watch decodes.")
+    watch_checks: int = Field(
+        3, ge=1, le=100, description="Consecutive checks with the reward rising and validation falling that count as hacking."
+    )
+    watch_stop: bool = Field(
+        False, description="Stop the stage when the watch sees reward hacking (the weights that validated best are kept)."
+    )
     reward_errors: Literal["fail", "zero"] = Field(
         "fail", description="A JavaScript reward that fails on a sample: fail the job, or score it 0 and count it."
     )
@@ -245,6 +258,10 @@ class EvalConfig(_Strict):
     max_samples: int | None = Field(None, ge=1, le=10_000_000, description="Evaluate at most this many held-out images.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per generation batch.")
     compute: str | None = Field(None, description="Compute hint (Modal GPU string) for evaluation and export.")
+    baseline: BaselineModel | None = Field(
+        None, description="A model scored beside this job's on the same held-out images: the service sets it to the "
+        "default branch's released model for a branch's preview (its gate). Does not change what is trained.",
+    )  # fmt: skip
 
     @field_validator("compute")
     @classmethod
@@ -357,6 +374,10 @@ class CurriculumConfig(_Strict):
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    gate: GateConfig | None = Field(
+        None, description="Preview gate, read from the default branch's config: when a branch's model passes against "
+        "the default branch's released one. A project's own gate setting (PUT /api/gate) wins.",
+    )  # fmt: skip
 
     @field_validator("reward")
     @classmethod
@@ -479,5 +500,11 @@ def json_schema() -> dict[str, Any]:
 
 
 def config_hash(cfg: CurriculumConfig) -> str:
-    """A stable short hash of a validated config (resume checks, dedupe of pushes)."""
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    """A stable short hash of a validated config (resume checks, dedupe of pushes). The gate and
+    the baseline change what a job is compared with, not what it trains: left out, so a job
+    resumed after the default branch released a newer model is still the same job."""
+    dump = cfg.model_dump_json(exclude=HASH_EXCLUDE)
+    return hashlib.sha256(dump.encode()).hexdigest()[:16]
+
+
+HASH_EXCLUDE: dict[str, Any] = {"gate": True, "evaluate": {"baseline"}}

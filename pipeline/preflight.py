@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import REWARD_SCOPES, CurriculumConfig
+from pipeline.memory import memory_findings, stage_memory
 from pipeline.objects import auto_max_objects, bins_for, object_count
 from pipeline.stage_table import SECTION, STAGE_TABLE
 from pipeline.structures import KIND_WORDS, WEAK_TASKS, Dataset, Sample
@@ -385,7 +386,8 @@ def cost_estimate(cfg: CurriculumConfig, ds: Dataset, findings: list, default_gp
         name, _, count = gpu.partition(":")
         n_gpu = int(count) if count.isdigit() else 1
         row: dict[str, Any] = {"stage": st.name, "gpu": gpu, "steps": None, "seconds_per_step": None,
-                               "seconds": None, "gpu_seconds": None, "usd": None, "source": None}  # fmt: skip
+                               "seconds": None, "gpu_seconds": None, "usd": None, "source": None,
+                               "memory": stage_memory(cfg, st.name, gpu)}  # fmt: skip
         if st.name == "evaluate":
             seconds = EVAL_SECONDS if cfg.model == "dreamforge-tiny" else None
             row["source"] = "README 'What a job costs by default' (demo evaluate + 4-bit)" if seconds else None
@@ -424,6 +426,8 @@ def cost_estimate(cfg: CurriculumConfig, ds: Dataset, findings: list, default_gp
                                 "is left out of the total",
                                 "time one short run (max_steps 20) of the model on that GPU and add it to "
                                 "pipeline/preflight.py STEP_TIMES"))  # fmt: skip
+    for severity, message, fix in memory_findings(cfg, rows):
+        findings.append(finding("memory", severity, message, fix))
     known = [r for r in rows if r["seconds"] is not None]
     total_s = sum(r["seconds"] for r in known)
     running = total_s - CONTAINER_START_S * len(known)  # the job's budget starts with its stages, not their containers

@@ -31,6 +31,7 @@ class Reporter(Protocol):
     def progress(self, stage: str, fraction: float) -> None: ...
     def stage_state(self, stage: str, state: str, **info: Any) -> None: ...
     def should_stop(self) -> bool: ...
+    def should_pause(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -50,6 +51,10 @@ class BaseReporter:
         pass
 
     def should_stop(self) -> bool:
+        return False
+
+    def should_pause(self) -> bool:
+        """Checkpoint and stop, to resume later (a budget's cap): see :class:`PauseRequest`."""
         return False
 
     def close(self) -> None:
@@ -79,9 +84,31 @@ class MultiReporter(BaseReporter):
     def should_stop(self) -> bool:
         return any(r.should_stop() for r in self.reporters)
 
+    def should_pause(self) -> bool:
+        return any(r.should_pause() for r in self.reporters if hasattr(r, "should_pause"))
+
     def close(self) -> None:
         for r in self.reporters:
             r.close()
+
+
+PAUSE_FILE = "PAUSE"  # in the output folder: the service asks the running stage to checkpoint and stop
+PAUSED_EXIT = 75  # pipeline.run's exit status for a stage that did (EX_TEMPFAIL: try again later)
+
+
+class PauseRequest(BaseReporter):
+    """Pause requests from the service: the file ``PAUSE_FILE`` in the output folder (a stage runs
+    in another process, perhaps another machine sharing the folder). Stat'ed at most once a second."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / PAUSE_FILE
+        self._seen, self._at = False, 0.0
+
+    def should_pause(self) -> bool:
+        if not self._seen and time.monotonic() - self._at >= 1.0:
+            self._at = time.monotonic()
+            self._seen = self.path.exists()
+        return self._seen
 
 
 class MetricsFileReporter(BaseReporter):

@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from pipeline.data.errors import DataError
     from pipeline.job import run_job
-    from pipeline.reporter import ConsoleReporter, MetricsFileReporter, MultiReporter
+    from pipeline.reporter import PAUSED_EXIT, ConsoleReporter, MetricsFileReporter, MultiReporter, PauseRequest
     from pipeline.rewards.base import RewardError
-    from pipeline.stages.common import StageCancelled
+    from pipeline.stages.common import StageCancelled, StagePaused
 
     try:
         cfg = config_from_args(args)
@@ -93,13 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     console = ConsoleReporter(quiet=args.quiet)
     # Events carry the attempt, so the new owner's worker skips what a stale process still appends.
     tag = {"attempt": fence.token} if fence else {}
-    reporter = MultiReporter(console, MetricsFileReporter(args.output / "events.jsonl", tag=tag), fence)
+    reporter = MultiReporter(console, MetricsFileReporter(args.output / "events.jsonl", tag=tag), fence,
+                             PauseRequest(args.output) if fence else None)  # fmt: skip
     try:
         record = run_job(cfg, args.output, stages=args.stages, reporter=reporter, fence=fence)
     except (ConfigError, DataError, RewardError) as e:  # the user's to fix: exit 2, never retried
         reporter.close()
         print(f"error: {e}", file=sys.stderr)  # noqa: T201
         return 2
+    except StagePaused as e:  # checkpointed: the service resumes the stage when the cap is raised
+        print(f"paused: {e}", file=sys.stderr)  # noqa: T201
+        return PAUSED_EXIT
     except (FenceLost, StageCancelled) as e:  # only a fence stops a standalone stage
         print(f"stopped: {e}", file=sys.stderr)  # noqa: T201
         return LOST_EXIT

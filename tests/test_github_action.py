@@ -61,7 +61,7 @@ def test_action_yml_passes_every_input_and_output(root):
         assert step["env"][f"INPUT_{name.upper().replace('-', '_')}"] == f"${{{{ inputs.{name} }}}}", name
     assert {n: o["value"] for n, o in action["outputs"].items()} == {
         n: f"${{{{ steps.run.outputs.{n} }}}}"
-        for n in ("job-id", "status", "dashboard-url", "metrics", "verdict", "reward", "reward-score")}
+        for n in ("job-id", "status", "dashboard-url", "metrics", "verdict", "reward", "reward-score", "gate", "delta")}
     workflow = yaml.safe_load((root / ".github" / "workflows" / "dreamforge.yml").read_text())
     uses = [s.get("uses") for s in workflow["jobs"]["preview"]["steps"]]
     assert "./" in uses and "pull_request_target" not in workflow[True]  # YAML reads the key `on` as True
@@ -115,7 +115,8 @@ def test_push_event_creates_the_job_with_outputs_and_summary(stack, db, key, tmp
                                                 "released": None}  # fmt: skip
     assert r.outputs["verdict"] == r.outputs["reward"] == r.outputs["reward-score"] == ""  # queued: no verdict or score yet
     job = db.jobs.find_one({"_id": job_id})
-    assert job["source"] == {"kind": "github", "repo": REPO, "branch": "master", "sha": FIXTURE["after"], "run_id": "9001"}
+    assert job["source"] == {"kind": "github", "repo": REPO, "branch": "master", "sha": FIXTURE["after"], "run_id": "9001",
+                             "default_branch": "master"}  # the base its preview is gated against (github/gates.py)
     assert job["config"]["name"] == "hello" and job["status"] == "queued"
     assert f"## DreamForge preview `{job_id}`: queued" in r.summary
     assert f"`{REPO}` · branch `master` · commit `{FIXTURE['after'][:12]}`" in r.summary

@@ -357,3 +357,68 @@ def test_signed_bodies_with_a_non_finite_or_non_numeric_timestamp_are_refused(st
             assert any(e["loc"][-1] == "timestamp" for e in r.json()["detail"]), r.text
     assert db.jobs.count_documents({}) == before
     assert post_action(stack, key, body).status_code == 201  # the same body with a real timestamp is fine
+
+
+def test_the_gate_passes_by_the_margin_or_within_the_tolerance_and_sets_the_status(settings):
+    from pipeline.gate import GateConfig, decide
+
+    base = "main@abc1234"
+    assert decide(GateConfig(margin=0.02), "f1_50", 0.71, 0.67, base)["text"] == "f1_50 0.710, +0.040 vs main@abc1234"
+    assert decide(GateConfig(margin=0.05), "f1_50", 0.71, 0.67, base)["passed"] is False
+    worse = decide(GateConfig(), "mean_iou", 0.65, 0.67, base)
+    assert worse["passed"] is False and worse["text"] == "mean_iou 0.650, -0.020 vs main@abc1234 (needs ≥ +0.000)"
+    assert decide(GateConfig(tolerance=0.03), "mean_iou", 0.65, 0.67, base)["passed"] is True
+    # fewer counting errors is better
+    assert decide(GateConfig(), "mean_count_error", 0.4, 0.6, base)["passed"] is True
+    assert decide(GateConfig(), "mean_count_error", 0.6, 0.4, base)["passed"] is False
+    # a model that learned but is worse than main fails the check, naming the delta
+    job = {"_id": "job_0123456789abcdef", "status": "succeeded", "source": {"sha": "a" * 40, "branch": "b", "pr": 3},
+           "result": {**RESULT, "verdict": {"verdict": "learned"}, "release": {"release_format": "nf4", "stage": "reward"},
+                      "baseline": {"name": base, "metrics": {"iou": 0.5, "parse_rate": 1.0}, "rescored": True},
+                      "gate": {**decide(GateConfig(), "iou", 0.42, 0.5, base), "rescored": True}}}  # fmt: skip
+    assert github_status.desired_status(job) == ("failure", "iou 0.420, -0.080 vs main@abc1234 (needs ≥ +0.000), nf4 release")
+    body = github_status.comment_body(job, settings)
+    table = [ln for ln in body.splitlines() if ln.startswith("|")]
+    assert table[-1] == "| **main@abc1234** (released, re-scored on these images) | 0.5 | 1 |", body  # main beside base → stages
+    assert [ln.split("|")[1].strip() for ln in table[2:5]] == ["base", "domain", "reward"]
+    assert "**Gate ❌ failed**: iou 0.420, -0.080 vs main@abc1234 (needs ≥ +0.000) (margin +0.000)." in body
+    job["result"]["gate"] = {**decide(GateConfig(tolerance=0.1), "iou", 0.42, 0.5, base)}
+    paused = {**job, "status": "paused", "paused": {"stage": "domain", "reason": "the job's cap of 5 dollars reached (5.01 spent)"}}
+    assert github_status.desired_status(paused) == ("pending", "paused at stage 2/4 domain SFT: the job's cap of 5 dollars "
+                                                               "reached (5.01 spent)")  # fmt: skip
+    assert github_status.desired_status(job) == ("success", "iou 0.420, -0.080 vs main@abc1234, nf4 release")
+
+
+def test_the_projects_gate_is_set_over_http_and_the_cli_and_wins_over_mains_config(stack, db, key):
+    import os
+    import subprocess
+    import sys
+
+    from dreamforge.auth import hash_key
+    from dreamforge.github.gates import judge
+
+    with api(stack, key) as h:
+        assert h.get("/api/gate").json() == {"enabled": True, "metric": None, "margin": 0.0, "tolerance": None,
+                                             "branch": None, "project_set": False}  # fmt: skip
+        bad = h.put("/api/gate", json={"margin": "lots", "tolerance": -1})
+        assert bad.status_code == 422 and {tuple(e["loc"][-1:]) for e in bad.json()["detail"]} == {("margin",), ("tolerance",)}
+    pid = db.api_keys.find_one({"_id": hash_key(key)})["project_id"]
+    # main's released config asks for +0.1; a branch 0.05 better fails by it while the project sets nothing
+    main_id = f"job_gate_main_{sha()[:8]}"
+    db.jobs.insert_one({"_id": main_id, "project_id": pid, "status": "succeeded", "config": cfg("m") | {"gate": {"margin": 0.1}}})
+    result = {"primary_metric": "iou", "release": {"stage": "domain"}, "models": {"domain": {"iou": 0.55}},
+              "baseline": {"name": "main@1234567", "job_id": main_id, "metrics": {"iou": 0.5}, "rescored": False}}  # fmt: skip
+    branch = {"_id": "job_gate_branch", "project_id": pid}
+    assert judge(db, branch, result)["passed"] is False
+    env = {**os.environ, "DREAMFORGE_URL": stack.api_url, "DREAMFORGE_API_KEY": key}
+    run = subprocess.run([sys.executable, "-m", "dreamforge.cli", "gate", "--tolerance", "0.02", "--metric", "iou"], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "set by the project" in run.stdout and "iou is within 0.02 of the default branch" in run.stdout
+    assert judge(db, branch, result)["passed"] is True  # the project's gate wins
+    run = subprocess.run([sys.executable, "-m", "dreamforge.cli", "gate", "--margin", "nan"], env=env, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 1 and "--margin" in run.stderr
+    assert subprocess.run([sys.executable, "-m", "dreamforge.cli", "gate", "--reset"], env=env, capture_output=True,
+                          timeout=60).returncode == 0  # fmt: skip
+    assert judge(db, branch, result)["passed"] is False

@@ -18,6 +18,7 @@ from dashboard import tryit, ui
 from dashboard.api import ApiError
 from dashboard.jobview import curves, duration, thin, timing, validation_names
 from dashboard.stream import PANEL_LINES, job_stream
+from pipeline.budget import spend_text
 from pipeline.stage_table import REWARD_SCORE, STAGES, metric_title
 
 REFRESH_S = 2.0
@@ -83,6 +84,14 @@ def live(job_id: str) -> None:
     progress_panel(job)
     loss = curves(stream.points, ("loss", "train_loss"))
     reward = curves(stream.points, ("reward", "rewards/mean", "reward_mean"))
+    # The RL stage's reward-hacking watch (pipeline/stages/watch.py): its validation score beside the reward.
+    rl_points = [p for p in stream.points if p["stage"] == "reward"]
+    watch = curves(rl_points, validation_names(rl_points))
+    if len(watch) and len(reward):
+        reward = pd.concat([reward, watch.assign(stage="reward: " + watch["metric"])])
+    if any("reward_hacking" in p["values"] for p in rl_points):
+        st.warning("Reward hacking? During RL the training reward rose while validation fell, or the model's boxes per "
+                   "image drifted past twice the ground truth's: see the warnings in the logs.")  # fmt: skip
     # keyed containers get a CSS class (st-key-…): the browser test finds the charts by it
     left, right = st.container(key="charts").columns(2)
     with left:
@@ -194,7 +203,7 @@ def samples(job: dict[str, Any]) -> None:
 
 def approve_button(job: dict[str, Any]) -> None:
     """A held job (a fork's pull request) trains only once a project member approves it."""
-    if job["status"] not in ui.meta()["held"]:
+    if job["status"] != "awaiting_approval":
         return
     st.info("A pull request from a fork: it trains once a project member approves it.")
     if st.button("Approve", key="approve", type="primary"):
@@ -205,6 +214,29 @@ def approve_button(job: dict[str, Any]) -> None:
             return
         st.session_state.pop("_job", None)
         st.rerun()  # now queued: the page follows it live
+
+
+def spend_panel(job: dict[str, Any]) -> None:
+    """Spend against the job's caps; a paused job says why, and raising a cap resumes it."""
+    st.caption("Spend: " + spend_text(job.get("spend"), job.get("caps")))
+    if job["status"] != "paused":
+        return
+    st.warning(f"Paused in {ui.STAGE_TITLES.get(job['paused']['stage'], job['paused']['stage'])}: "
+               f"{job['paused']['reason']}. Raise the cap to resume where it stopped.")  # fmt: skip
+    caps = job.get("caps") or {}
+    with st.form("caps"):
+        c = st.columns(3)
+        new = {"wall_minutes": c[0].number_input("minutes of stages", min_value=0.0, value=float(caps.get("wall_minutes") or 0)),
+               "gpu_seconds": c[1].number_input("GPU-seconds", min_value=0.0, value=float(caps.get("gpu_seconds") or 0)),
+               "usd": c[2].number_input("dollars", min_value=0.0, value=float(caps.get("usd") or 0))}  # fmt: skip
+        if st.form_submit_button("Set caps and resume", type="primary"):
+            try:  # 0: no cap of that kind
+                ui.api().set_caps(job["jobId"], {k: v for k, v in new.items() if v > 0})
+            except ApiError as e:
+                st.error(f"setting the caps failed: {e}")
+                return
+            st.session_state.pop("_job", None)
+            st.rerun()
 
 
 def cancel_button(job: dict[str, Any]) -> None:
@@ -250,6 +282,7 @@ if job_id:
     st.fragment(live, run_every=REFRESH_S if running else None)(job_id)
     job = st.session_state.get("_job") or first
     approve_button(job)
+    spend_panel(job)
     cancel_button(job)
     if job["status"] == "succeeded":
         results(job)

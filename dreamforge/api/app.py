@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from dreamforge.api import errors
-from dreamforge.api.routes import datasets, downloads, github, jobs, logs, meta, preflight, rewards, samples, try_model
+from dreamforge.api.routes import caps, datasets, downloads, gate, github, jobs, logs, meta, preflight, rewards, samples, try_model
 from dreamforge.github import push_outbox
 from dreamforge.settings import Settings
 from dreamforge.store import async_client, ensure_indexes_async
@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, settings=app.state.settings)
     errors.install(app)
     app.add_exception_handler(PyMongoError, db_down)
-    for module in (meta, jobs, logs, datasets, rewards, preflight, github, samples, downloads, try_model):
+    for module in (meta, jobs, caps, logs, datasets, rewards, preflight, github, gate, samples, downloads, try_model):
         app.include_router(module.router)
     errors.document(app, {("POST", "/api/train"): {200: "The job this Idempotency-Key already created.", 404: None, 409: None,
                                                       429: None}})

@@ -17,4 +17,5 @@ def job_view(doc: dict[str, Any]) -> JobView:
         created_at=doc["created_at"], updated_at=doc["updated_at"], finished_at=doc.get("finished_at"),
         result=doc.get("result"), cancel_requested=doc.get("cancel_requested", False),
         github_error=doc.get("github_error"), datasets=doc.get("datasets") or {},
+        caps=doc.get("caps"), spend=doc.get("spend") or {}, paused=doc.get("paused"),
     )  # fmt: skip

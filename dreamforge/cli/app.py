@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from dreamforge.cli import offline, preflight, pull, serve, service
+from dreamforge.cli import gate, offline, preflight, pull, serve, service
 
 app = typer.Typer(help="DreamForge: fine-tune a vision-language model on your own images.", no_args_is_help=True)
 for command in (offline.schema, offline.presets, offline.predict):
@@ -21,11 +21,13 @@ reward_app = typer.Typer(help="Check rewards before training with them.", no_arg
 reward_app.command("test")(offline.reward_test)
 app.add_typer(reward_app, name="reward")
 app.command()(preflight.preflight)
+app.command()(gate.gate)
 
 app.command()(service.up)
 app.command()(service.worker)
 app.command(context_settings={"allow_extra_args": True})(service.train)
-for command in (service.status, service.logs, service.cancel, service.approve, service.jobs, offline.init, service.demo):
+for command in (service.status, service.logs, service.cancel, service.approve, service.caps, service.jobs, offline.init,
+                service.demo):
     app.command()(command)
 app.command()(serve.serve)
 app.command()(pull.pull)

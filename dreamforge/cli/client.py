@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from dreamforge.schemas import FINAL_STATUSES
+from dreamforge.schemas import FINAL_STATUSES, JobStatus
 from dreamforge.settings import Settings
 
 STACK_FILE = "stack.json"
@@ -104,7 +104,8 @@ class Client:
             body = self.logs(job_id, after)
             after = body["next"]
             yield job, body["lines"]
-            if job["status"] in FINAL_STATUSES and not body["lines"]:
+            # a paused job waits for its cap to be raised: nothing more to follow until then
+            if (job["status"] in FINAL_STATUSES or job["status"] == JobStatus.PAUSED) and not body["lines"]:
                 return
             if not body["lines"]:
                 time.sleep(every)

@@ -16,6 +16,7 @@ from dreamforge.cli.client import STACK_FILE, ApiError, Client, stack_info
 from dreamforge.cli.console import fail, follow_job, log_line, print_summary, stage_label
 from dreamforge.local.stack import start_stack
 from dreamforge.settings import Settings, SettingsError, dashboard_page
+from pipeline.budget import spend_text
 
 
 def _client() -> Client:
@@ -157,6 +158,10 @@ def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False
         typer.echo(json.dumps(job, indent=1))
         return
     typer.echo(f"{job['jobId']}  {job['status']}  {job['progress']:.0f}%  stage={job.get('stage') or '-'}")
+    typer.echo(f"  spend: {spend_text(job.get('spend'), job.get('caps'))}")
+    if job.get("paused"):
+        typer.echo(f"  paused in {job['paused']['stage']}: {job['paused']['reason']}; raise the cap to resume: "
+                   f"dreamforge caps {job['jobId']} --wall-minutes N (or --gpu-seconds, --usd)")  # fmt: skip
     for field, ds in (job.get("datasets") or {}).items():
         typer.echo(f"  {field.replace('_', ' ')}: {ds['name']} ({ds['id']})")
     for s, st in job["stages"].items():
@@ -279,3 +284,29 @@ def _dataset_ref(c: Client, dataset: str, task: str, name: str | None = None) ->
     up = c.upload_dataset(path, name=name, task=task)
     typer.echo(f"uploaded {path.name} as dataset {up['name']} ({up['id']}): {up['images']} images")
     return up["id"]
+
+
+def caps(
+    job_id: Annotated[str | None, typer.Argument(help="A job; without one, the project's caps (all its jobs' spend together).")] = None,
+    gpu_seconds: Annotated[float | None, typer.Option(help="Cap in GPU-seconds.")] = None,
+    usd: Annotated[float | None, typer.Option(help="Cap in dollars.")] = None,
+    wall_minutes: Annotated[float | None, typer.Option(help="Cap in minutes of running stages.")] = None,
+) -> None:
+    """Show spend against the caps, or set them (the options given replace all three); a paused job
+    that no cap holds any more resumes where it stopped."""
+    body = {k: v for k, v in {"gpu_seconds": gpu_seconds, "usd": usd, "wall_minutes": wall_minutes}.items() if v is not None}
+    setting = bool(body)
+    with _client() as c:
+        try:
+            if job_id:
+                view = c.request("PUT", f"/api/jobs/{job_id}/caps", json=body) if setting else c.status(job_id)
+            else:
+                view = c.request("PUT" if setting else "GET", "/api/caps", **({"json": body} if setting else {}))
+        except ApiError as e:
+            raise fail(str(e)) from None
+    typer.echo(f"{job_id or 'project'}: {spend_text(view.get('spend'), view.get('caps'))}"
+               + (f"  [{view['status']}]" if job_id else ""))  # fmt: skip
+    if job_id and view.get("paused"):
+        typer.echo(f"  paused: {view['paused']['reason']}")
+    if view.get("resumed"):
+        typer.echo(f"  resumed: {', '.join(view['resumed'])}")

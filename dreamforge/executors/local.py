@@ -26,17 +26,21 @@ from typing import Any, Literal, Protocol
 from dreamforge.executors.forkserver import ForkServer
 from pipeline.fence import LOST_EXIT, OWNER_FILE, take_ownership
 from pipeline.procs import die_with_parent
+from pipeline.reporter import PAUSE_FILE, PAUSED_EXIT
 from pipeline.stage_table import BY_NAME
 
 log = logging.getLogger("dreamforge.executors")
 
 # pipeline.run's exit code for a user's mistake (bad config, data or reward): never retried.
 USER_ERROR_EXIT = 2
+# How long a stage asked to pause may take to save its checkpoint and exit before it is stopped
+# (then it resumes from its last periodic checkpoint, or from its start).
+PAUSE_GRACE_S = float(os.environ.get("DREAMFORGE_PAUSE_GRACE_S", 300))
 
 
 @dataclass
 class StageOutcome:
-    kind: Literal["done", "user_error", "infra_error", "cancelled", "timeout", "lost"]
+    kind: Literal["done", "user_error", "infra_error", "cancelled", "timeout", "lost", "paused"]
     message: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -152,6 +156,7 @@ class LocalExecutor:
                 return StageOutcome("lost", f"a newer attempt than {attempt} owns the job's folder")
         except TimeoutError as e:
             return StageOutcome("infra_error", str(e))
+        (out / PAUSE_FILE).unlink(missing_ok=True)  # an earlier pause's request is answered
         cmd = stage_command(self.python, workdir / "config.json", stage, out, num_processes=self.num_processes,
                             fence=(owner, attempt))  # fmt: skip
         tail = EventTail(out / "events.jsonl")
@@ -187,6 +192,9 @@ class LocalExecutor:
                 if not pumping.is_alive():  # it raised (a lost lease): the stage stops, the error goes up
                     break
                 reason = check()
+                if reason == "paused":
+                    outcome = _pause(proc, out, stage)  # None: it exited by itself, its exit status says how
+                    break
                 if reason in ("cancelled", "lost"):
                     _stop(proc)
                     outcome = StageOutcome(reason, "cancelled by the user" if reason == "cancelled" else "lease lost")
@@ -209,6 +217,8 @@ class LocalExecutor:
         code = proc.returncode
         if code == 0:
             return StageOutcome("done", info=stage_info(out, stage))
+        if code == PAUSED_EXIT:
+            return StageOutcome("paused", f"stage {stage} paused")
         if code == LOST_EXIT:
             return StageOutcome("lost", f"stage {stage}: a newer attempt owns the job")
         message = _error_line(err_path) or f"stage {stage} exited with code {code}"
@@ -250,6 +260,19 @@ def _pump_until(pump: Callable[[], None], stop: threading.Event, every_s: float,
             pump()
     except Exception as e:  # noqa: BLE001 — handed to run_stage, which stops the stage and raises it
         failed.append(e)
+
+
+def _pause(proc: subprocess.Popen, out: Path, stage: str) -> StageOutcome | None:
+    """Ask the stage to checkpoint and exit (``pipeline.reporter.PauseRequest``); stop it if it
+    has not within ``PAUSE_GRACE_S`` (a stage with no trainer loop, such as evaluate, then runs
+    again). None when it exited: finished, paused (``PAUSED_EXIT``) or failed meanwhile."""
+    (out / PAUSE_FILE).touch()
+    try:
+        proc.wait(PAUSE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        return StageOutcome("paused", f"stage {stage} stopped without a new checkpoint")
+    return None
 
 
 def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:

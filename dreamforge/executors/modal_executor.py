@@ -33,6 +33,19 @@ def stage_gpu(config: dict[str, Any], stage: str) -> str:
     return (config.get(SECTION[stage]) or {}).get("compute") or DEFAULT_GPU[stage]
 
 
+def stage_rate(executor: str, job: dict[str, Any], stage: str) -> tuple[int, float]:
+    """``(GPUs, dollars per second)`` a running ``stage`` of ``job`` is billed at (jobs/budgets.py):
+    Modal's list price of its GPUs (``pipeline.preflight``); a local worker's stages bill seconds only."""
+    if executor != "modal":
+        return 0, 0.0
+    from dreamforge.executors.modal_limits import gpu_count
+    from pipeline.preflight import CPU_MEMORY_USD_PER_HOUR, GPU_USD_PER_HOUR
+
+    gpu = stage_gpu(job.get("config") or {}, stage)
+    n = gpu_count(gpu)
+    return n, n * (GPU_USD_PER_HOUR.get(gpu.partition(":")[0].upper(), 0.0) + CPU_MEMORY_USD_PER_HOUR) / 3600
+
+
 def modal_lookup(app_name: str) -> Callable[[str], Any]:
     """The deployed function of ``app_name`` by name (lazy: Modal is contacted on first use)."""
     import modal

@@ -24,6 +24,7 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from dreamforge.github import client, limits, notes
+from dreamforge.github.gates import gate_rows, gate_state, gate_text
 from dreamforge.jobs import queue
 from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.settings import Settings, dashboard_page
@@ -74,9 +75,17 @@ def desired_status(job: dict[str, Any]) -> tuple[str, str]:
         state, text = "pending", "queued"
     elif status == "running":
         state, text = "pending", f"training: stage {stage_text(stage)}"
+    elif status == "paused":  # at a spending cap (jobs/budgets.py): waits for a person to raise it
+        why = job.get("paused") or {}
+        state, text = "pending", f"paused at stage {stage_text(why.get('stage'))}: {why.get('reason') or 'a spending cap'}"
     elif status == "succeeded" and ((job.get("result") or {}).get("verdict") or {}).get("verdict") == "did_not_learn":
         # A model no better than its base must not show a green check (pipeline/verdict.py).
+        m = gate_text(job) or m
         state, text = "failure", "did not learn" + (f": {m}" if m else "") + ", see the dashboard for likely causes"
+    elif status == "succeeded" and gate_state(job):
+        # A branch's preview against the default branch's release (github/gates.py): a required check.
+        fmt = ((job.get("result") or {}).get("release") or {}).get("release_format")
+        state, text = gate_state(job), gate_text(job) + (f", {fmt} release" if fmt else "")
     elif status == "succeeded":
         fmt = ((job.get("result") or {}).get("release") or {}).get("release_format")
         state, text = "success", "trained" + (f": {m}" if m else "") + (f", {fmt} release" if fmt else "")
@@ -111,6 +120,7 @@ def comment_body(job: dict[str, Any], settings: Settings) -> str:
         lines += ["", "| model | " + " | ".join(metric_title(k, reward) for k in keys) + " |", "|---|" + "---|" * len(keys)]
         for name, vals in models.items():
             lines.append(f"| {name} | " + " | ".join(_fmt(vals.get(k)) for k in keys) + " |")
+        lines += gate_rows(job, keys)
     return "\n".join(lines)
 
 

@@ -83,6 +83,7 @@ class ActionPush(BaseModel):
                              description="Unix time the Action signed the request (replay window).")
     config: dict[str, Any]
     config_path: str = Field(CONFIG_FILE, max_length=300)
+    default_branch: str | None = Field(None, max_length=255, description="The repository's default branch (the gate's base).")
 
 
 class RepoLink(BaseModel):

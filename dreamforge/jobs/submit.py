@@ -210,6 +210,8 @@ async def submit(db, project_id: str, req: TrainRequest, *, idempotency_key: str
                         status=status)  # fmt: skip
     if body_hash:
         doc["request_hash"] = body_hash
+    if req.caps is not None:
+        doc["caps"] = req.caps.model_dump(exclude_none=True)
     if names := await uploaded_names(db, project_id, config):
         doc["datasets"] = names
     try:

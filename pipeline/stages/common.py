@@ -30,6 +30,10 @@ class StageCancelled(RuntimeError):
     """The reporter asked the stage to stop (job cancelled)."""
 
 
+class StagePaused(RuntimeError):
+    """The reporter asked the stage to pause (a budget's cap): it saved a checkpoint to resume from."""
+
+
 @dataclass
 class Context:
     cfg: CurriculumConfig
@@ -196,6 +200,7 @@ class ReporterCallback(TrainerCallback):
         self.max_seconds = max_seconds
         self.clock = clock or StageClock(max_seconds)
         self.cancelled = False
+        self.paused = False
         self.step_offset = step_offset
 
     def on_train_begin(self, args, state, control, **kw):
@@ -211,6 +216,9 @@ class ReporterCallback(TrainerCallback):
             control.should_training_stop = True
         if self.clock.out_of_time():
             control.should_training_stop = True
+        elif self.reporter.should_pause() and _epoch_ends(state):  # a checkpoint to resume from, then stop
+            self.paused = True
+            control.should_save = control.should_training_stop = True
         return control
 
     def on_save(self, args, state, control, **kw):
@@ -223,6 +231,21 @@ class ReporterCallback(TrainerCallback):
         values = {("lr" if k == "learning_rate" else k): v for k, v in values.items()}
         if values:
             self.reporter.metric(self.stage, state.global_step + self.step_offset, values)
+
+
+PAUSE_WITHIN_STEPS = 20  # a pause waits this long at most for the end of the epoch
+
+
+def _epoch_ends(state) -> bool:
+    """Whether a pause now resumes exactly: at an epoch's end (or when that is far off). The trainer
+    draws each epoch's order from the RNG state it saves with the checkpoint; paused mid-epoch, the
+    resumed epoch's remaining batches come from a new draw (measured: a tiny job resumed from step 1
+    ended at held-out IoU 0.0 against 0.056 uncapped; from an epoch's end, the same numbers)."""
+    if not state.epoch or not state.global_step:
+        return True
+    per_epoch = state.global_step / state.epoch
+    left = (math.ceil(state.epoch - 1e-6) - state.epoch) * per_epoch
+    return left < 0.5 or left > PAUSE_WITHIN_STEPS
 
 
 class CheckpointTimer(TrainerCallback):

@@ -29,6 +29,7 @@ from pipeline.coco_eval import write_export
 from pipeline.codec import CODEC_FILE
 from pipeline.data.errors import DataError
 from pipeline.fence import FenceLost
+from pipeline.gate import split_fingerprint
 from pipeline.metrics import evaluate as compute_metrics
 from pipeline.metrics import primary_metric
 from pipeline.models.loading import load_model
@@ -80,12 +81,14 @@ def reward_score(ctx: Context, preds: list[dict], samples, parsed: list[bool]) -
     return round(sum(finite) / len(finite), 4) if len(finite) == len(preds) else None
 
 
-def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_config=None) -> tuple[dict, list, list]:
-    """(metrics, the first examples, every parsed prediction) of one model on ``samples``."""
+def evaluate_model(ctx: Context, model_dir: Path, samples, *, quantization_config=None,
+                   codec=None) -> tuple[dict, list, list]:  # fmt: skip
+    """(metrics, the first examples, every parsed prediction) of one model on ``samples``;
+    ``codec``: how the model writes its answers, when not as this job's models do."""
     model, processor = load_model(model_dir, ctx.device, quantization_config=quantization_config)
     t0 = time.monotonic()
     preds, parsed, texts = predict_targets(
-        model, processor, samples, ctx.domain_codec, batch_size=ctx.cfg.evaluate.batch_size
+        model, processor, samples, codec or ctx.domain_codec, batch_size=ctx.cfg.evaluate.batch_size
     )
     metrics = compute_metrics(
         preds, [s.target for s in samples], parsed, ctx.cfg.task, ctx.domain.categories,
@@ -107,7 +110,8 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     """Evaluate every checkpoint, export the release model, return the evaluation record."""
     samples = held_out(ctx)
     key = primary_metric(ctx.cfg.task)
-    record: dict[str, Any] = {"split": ctx.cfg.evaluate.split, "n": len(samples), "primary_metric": key, "models": {}}
+    record: dict[str, Any] = {"split": ctx.cfg.evaluate.split, "n": len(samples), "primary_metric": key, "models": {},
+                              "split_fingerprint": split_fingerprint(samples, ctx.cfg.evaluate.split)}  # fmt: skip
     examples: dict[str, Any] = {}
     preds: dict[str, list] = {}
     names = [n for n in ("base", *TRAINED) if n in checkpoints]
@@ -117,6 +121,10 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
         examples[name] = ex
         ctx.reporter.log(f"{name}: {key} {metrics[key]:.3f} (parse rate {metrics.get('parse_rate', 0):.2f})", stage="evaluate")
         ctx.reporter.progress("evaluate", (i + 1) / (len(names) + 2))
+    if ctx.cfg.evaluate.baseline is not None:
+        from pipeline.stages.baseline import score_baseline
+
+        record["baseline"] = score_baseline(ctx, ctx.cfg.evaluate.baseline, samples, record)
     fit = train_fit(ctx, checkpoints, record)
     if fit:
         record["train_fit"] = fit

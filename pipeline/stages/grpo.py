@@ -26,8 +26,10 @@ from pipeline.stages.common import (
     ReporterCallback,
     StageCancelled,
     StageClock,
+    StagePaused,
     checkpoint_schedule,
     drop_checkpoints,
+    fully_labelled,
     grpo_rows,
     lora_wrap,
     resume_point,
@@ -35,6 +37,7 @@ from pipeline.stages.common import (
     time_cosine,
     with_images,
 )
+from pipeline.stages.watch import RewardWatch
 from pipeline.structures import Sample
 
 
@@ -91,6 +94,7 @@ def train_grpo(
     clock = StageClock.resumed(ctx, stage, rl.max_seconds)
     scheduler = time_cosine(optimizer, max_seconds=rl.max_seconds, clock=clock, total_steps=max_steps, warmup_steps=2)
     callback = ReporterCallback(ctx.reporter, stage, rl.max_seconds, clock=clock)
+    watch = _watch(ctx, stage, codec, rl, processor)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[reward_fn],
@@ -98,7 +102,7 @@ def train_grpo(
         train_dataset=train,
         processing_class=processor,
         optimizers=(optimizer, scheduler),
-        callbacks=[callback, checkpoint_schedule(25)],
+        callbacks=[callback, checkpoint_schedule(25), *([watch] if watch else [])],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter
     t0 = time.monotonic()
@@ -106,13 +110,28 @@ def train_grpo(
     seconds = time.monotonic() - t0
     if callback.cancelled:
         raise StageCancelled(f"stage {stage} cancelled")
+    if callback.paused:
+        raise StagePaused(f"stage {stage} paused at step {trainer.state.global_step}")
+    if watch is not None and watch.finish(trainer.model, trainer.state.global_step):
+        ctx.reporter.log(f"keeping the weights of step {watch.best_step}: validation {watch.key} {watch.best:.3f}, the best "
+                         f"of {len(watch.curve)} watch checks", stage=stage)  # fmt: skip
     with ctx.publish():
         save_model(trainer.model, processor, out_model)
     drop_checkpoints(ctx, stage)
-    return {
+    return {**(watch.summary() if watch is not None else {}),
         "train_seconds": round(seconds, 2),
         "steps": trainer.state.global_step,
         "train_loss": round(float(result.training_loss), 4),
         "examples": len(rows),
         "reward_seconds": round(reward_fn.seconds, 3),
     }
+
+
+def _watch(ctx: Context, stage: str, codec: Codec, rl: RLConfig, processor) -> RewardWatch | None:
+    """The reward-hacking watch on the domain's validation split, when configured and there is one."""
+    val = fully_labelled(ctx.domain.splits.get("val") or [])[: rl.watch_samples]
+    if not rl.watch_every or not val:
+        return None
+    return RewardWatch(every=rl.watch_every, checks=rl.watch_checks, stop=rl.watch_stop, reporter=ctx.reporter, stage=stage,
+                       samples=val, codec=codec, task=ctx.cfg.task, processor=processor,
+                       batch_size=ctx.cfg.evaluate.batch_size)  # fmt: skip

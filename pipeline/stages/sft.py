@@ -24,6 +24,7 @@ from pipeline.stages.common import (
     ReporterCallback,
     StageCancelled,
     StageClock,
+    StagePaused,
     checkpoint_schedule,
     drop_checkpoints,
     fully_labelled,
@@ -130,6 +131,8 @@ def train_sft(
     seconds = time.monotonic() - t0
     if callback.cancelled:
         raise StageCancelled(f"stage {stage} cancelled")
+    if callback.paused:
+        raise StagePaused(f"stage {stage} paused at step {trainer.state.global_step}")
     info = {
         "train_seconds": round(seconds, 2),
         "steps": trainer.state.global_step,

@@ -128,7 +128,7 @@ async def from_action(request: Request, db: Db, settings: AppSettings, authoriza
     return await create_preview(
         db, settings, project["_id"], config=push.config, config_path=push.config_path, delivery=push.delivery,
         source=JobSource(kind="github", repo=push.repository, branch=fork_branch(push.branch, push.head_repository, fork),
-                         sha=push.sha, pr=push.pr, run_id=push.run_id),
+                         sha=push.sha, pr=push.pr, run_id=push.run_id, default_branch=push.default_branch),
         fork=fork,
     )  # fmt: skip
 
