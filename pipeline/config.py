@@ -346,7 +346,17 @@ class CurriculumConfig(_Strict):
         "starts (warm start 30 %, domain SFT 50 %, RL 20 %, among the stages still to run; 10 % kept for "
         "evaluation), capped by its own max_seconds. null: only the stages' own budgets.",
     )  # fmt: skip
-    num_bins: int = Field(32, ge=4, le=4096, description="Location-token bins per axis.")
+    codec: Literal["auto", "loc", "qwen-json", "florence", "paligemma", "text"] = Field(
+        "auto",
+        description="The output format the model is trained and read in. auto: the model's own (Qwen-VL: "
+        "qwen-json; Florence-2: florence; PaliGemma: paligemma), else loc; the job logs which and why. loc: "
+        "<loc_N> tokens over num_bins; text: the same bins as plain numbers, adding no tokens. A format that "
+        "would reuse one of the model's tokens with another meaning is refused.",
+    )  # fmt: skip
+    num_bins: int = Field(
+        32, ge=4, le=4096,
+        description="Location bins per axis of the loc and text formats (the others have their model's own).",
+    )  # fmt: skip
     image_size: int = Field(64, ge=16, le=4096, description="Side of the square image the built-in model sees.")
     data: DataConfig = Field(default_factory=DataConfig)
     # A config that leaves the warm start out skips it; one that configures it, and every preset,

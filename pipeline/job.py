@@ -75,13 +75,18 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, doma
 def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = None) -> Codec:
     if reporter is not None:
         log_object_sizes(cfg, ds, reporter)
-    return Codec(
-        cfg.task,
-        ds.categories,
-        num_bins=cfg.num_bins,
-        max_objects=cfg.data.max_objects or auto_max_objects(ds, reporter),
-        keypoint_names=ds.keypoint_names or None,
-    )
+    from pipeline.codecs.auto import codec_for_model
+
+    model = None if cfg.model == TINY_MODEL else cfg.model
+    try:
+        codec, why = codec_for_model(model, cfg.codec, cfg.task, ds.categories, num_bins=cfg.num_bins,
+                                     max_objects=cfg.data.max_objects or auto_max_objects(ds, reporter),
+                                     keypoint_names=ds.keypoint_names or None)  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"codec: {e}") from None
+    if reporter is not None:
+        reporter.log(f"output format {codec.format}: {why}")
+    return codec
 
 
 def log_object_sizes(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from pipeline.codec import Codec
-from pipeline.stages.common import user_prompt
+from pipeline.stages.common import prompt_text
 
 
 @torch.no_grad()
@@ -27,10 +27,13 @@ def generate_texts(
     model.eval()
     tok = processor.tokenizer
     tok.padding_side = "left"  # generation appends on the right; pad the prompt on the left
-    prompt = processor.apply_chat_template(user_prompt(codec), add_generation_prompt=True)
+    prompt = prompt_text(processor, codec)
     device = next(model.parameters()).device
     texts: list[str] = []
     cap = max_new_tokens or codec.max_new_tokens()
+    # Special tokens are dropped from the answers, except the format's own: Florence-2's <loc_N>
+    # are special tokens of its tokenizer, and its post-processor decodes with them kept.
+    drop = set(tok.all_special_ids) - set(tok.convert_tokens_to_ids(codec.special_tokens()))
     per_call = max(1, batch_size // num_samples)
     sampling = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     for i in range(0, len(images), per_call):
@@ -49,8 +52,9 @@ def generate_texts(
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
-        new = out[:, inputs["input_ids"].shape[1] :]
-        texts.extend(tok.batch_decode(new, skip_special_tokens=True))
+        # an encoder-decoder (Florence-2) returns the decoder's tokens only; a decoder, prompt + answer
+        new = out if model.config.is_encoder_decoder else out[:, inputs["input_ids"].shape[1] :]
+        texts.extend(tok.decode([i for i in row.tolist() if i not in drop]) for row in new)
     return texts
 
 

@@ -49,7 +49,8 @@ def predict(
 
 
 def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None) -> dict:
-    from pipeline.codec import CODEC_FILE, Codec
+    from pipeline.codec import CODEC_FILE
+    from pipeline.codecs import codec_from_spec
 
     # the user's mistakes first, before seconds of torch imports
     meta = model_dir / CODEC_FILE
@@ -72,7 +73,7 @@ def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None
     except UnidentifiedImageError:
         raise ValueError(f"{image}: not an image Pillow can read") from None
     c = json.loads(meta.read_text())
-    codec = Codec(c["task"], c["categories"], c["num_bins"], c["max_objects"], c.get("keypoint_names") or None)
+    codec = codec_from_spec(c)
     if prompt:
         codec.prompt = lambda: prompt  # type: ignore[method-assign]
     quantized = (model_dir / "config.json").exists() and "quantization_config" in (model_dir / "config.json").read_text()

@@ -64,6 +64,15 @@ def user_prompt(codec: Codec) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": codec.prompt()}]}]
 
 
+def prompt_text(processor, codec: Codec) -> str:
+    """The prompt as the model's processor wants it: through its chat template, or, for families
+    with none (Florence-2, PaliGemma), the bare task prompt, which their processors wrap with the
+    image tokens themselves (``Florence2Processor`` also expands its ``<OD>``-style task tags)."""
+    if getattr(processor, "chat_template", None):
+        return processor.apply_chat_template(user_prompt(codec), add_generation_prompt=True)
+    return codec.prompt()
+
+
 def sft_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
     prompt = user_prompt(codec)
     return [

@@ -306,19 +306,7 @@ def quantized_release_ok(full_metric: float, quantized_metric: float, max_drop: 
 
 def write_codec(ctx: Context, model_dir: Path) -> None:
     """What ``dreamforge predict`` needs to turn the model's text back into structures."""
-    c = ctx.domain_codec
-    (model_dir / CODEC_FILE).write_text(
-        json.dumps(
-            {
-                "task": c.task,
-                "categories": list(c.categories),
-                "num_bins": c.num_bins,
-                "max_objects": c.max_objects,
-                "keypoint_names": list(c.keypoint_names or []),
-            },
-            indent=1,
-        )
-    )
+    (model_dir / CODEC_FILE).write_text(json.dumps(ctx.domain_codec.spec(), indent=1))
 
 
 def quantize_and_eval(ctx: Context, full_dir: Path, q_dir: Path, samples, examples: dict) -> dict:
