@@ -40,6 +40,31 @@ def test_stages_2_to_4_run_on_another_vlm_family(family, tmp_path):
     assert type(reloaded).__name__.lower().startswith(family.replace("_", "").split("vl")[0][:5])
 
 
+@pytest.mark.parametrize(("family", "codec", "fmt"), [
+    ("qwen2_5_vl", "auto", "qwen-json"),
+    ("paligemma", "auto", "paligemma"),
+    ("idefics3", "text", "text"),
+])  # fmt: skip
+def test_stages_2_to_4_run_in_each_familys_native_format(family, codec, fmt, tmp_path):
+    """A model that already grounds objects is trained and scored in its own format, with its own
+    prompt: the base row reads the pretrained model's answers as the model card says to."""
+    import json
+
+    raw = tiny_job_config(codec=codec)
+    cfg = build_config(raw)
+    ds = load_dataset(cfg.data.dataset, cfg.task)
+    model_dir = build_tiny_vlm(tmp_path / family, family=family, extra_words=ds.categories, layers=1)
+    record = run_job(build_config({**raw, "model": str(model_dir)}), tmp_path / "out", stages=[2, 3, 4])
+    assert [record["stages"][s]["state"] for s in ("domain", "reward", "evaluate")] == ["completed"] * 3
+    models = record["evaluation"]["models"]
+    assert {"base", "domain", "reward"} <= set(models) and "parse_rate" in models["base"]
+    spec = json.loads((tmp_path / "out" / "model" / "dreamforge_codec.json").read_text())
+    assert spec["format"] == fmt  # predict and serve read the release in the same format
+    vocab = json.loads((tmp_path / "out" / "model" / "tokenizer.json").read_text())
+    added = {t["content"] for t in vocab["added_tokens"]}
+    assert not any(t.startswith("<loc_") for t in added)  # no DreamForge grammar bolted on
+
+
 def test_lora_stage_trains_adapters_and_saves_a_merged_model(tmp_path):
     raw = tiny_job_config(domain={"lora": True, "lora_r": 4, "max_steps": 3, "lr": 0.01})
     cfg = build_config(raw)

@@ -37,9 +37,26 @@ def load_model(path: str | Path, device: Device, *, quantization_config: Any = N
         kwargs["dtype"] = torch.float32 if device.use_cpu else device.dtype
     model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
     processor = AutoProcessor.from_pretrained(str(path))
+    if type(processor).__name__ == "PaliGemmaProcessor":
+        from pipeline.models.paligemma_compat import adapt
+
+        processor = adapt(processor)
+    if not getattr(processor, "chat_template", None) and not model.config.is_encoder_decoder:
+        processor.chat_template = bare_template(processor.tokenizer.eos_token)
     if quantization_config is None and not device.use_cpu:
         model.to(device.kind)
     return model, processor
+
+
+def bare_template(eos: str) -> str:
+    """A chat template for a family that has none (PaliGemma): the user's text as is, the
+    answer then end of text. TRL's trainers take chat messages; this renders them as the
+    family's own prompt (``detect cola ; soap``), and its processor adds the image and <bos>."""
+    return (
+        "{% for message in messages %}{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+        "{% endif %}{% endfor %}{% endif %}{% if message['role'] == 'assistant' %}" + eos + "{% endif %}{% endfor %}"
+    )
 
 
 def ensure_tokens(model, processor, tokens: list[str]) -> int:

@@ -11,7 +11,7 @@ special tokens, so ``codec: "auto"`` meets the vocabulary it would meet on the h
 
 from __future__ import annotations
 
-from pipeline.models.tiny import _siglip_kwargs, _template, _text_kwargs, train_tokenizer
+from pipeline.models.tiny import _siglip_kwargs, _text_kwargs, train_tokenizer
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -64,7 +64,8 @@ def build_paligemma(*, special_tokens, extra_words, image_size, hidden, layers, 
     ip = SiglipImageProcessorPil(size={"height": image_size, "width": image_size}, do_resize=True)
     ip.image_seq_length = (image_size // patch) ** 2
     # The processor adds <image>, <loc0000>…<loc1023> and <seg000>…<seg127> itself, as on the hub.
-    processor = PaliGemmaProcessor(image_processor=ip, tokenizer=tok, chat_template=_template("<image>"))
+    # No chat template, as on the hub: the processor puts the image tokens and <bos> before the prompt.
+    processor = PaliGemmaProcessor(image_processor=ip, tokenizer=tok)
     text = GemmaConfig(**{**_text_kwargs(tok, hidden, layers), "head_dim": hidden // 4})
     config = PaliGemmaConfig(
         vision_config=_siglip_kwargs(vision_hidden, vision_layers, image_size, patch) | {"projection_dim": hidden},

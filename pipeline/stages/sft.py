@@ -42,7 +42,7 @@ from pipeline.structures import Sample
 class LocationAwareSFTTrainer(SFTTrainer):
     def __init__(self, *args, loc_ids: list[int], loc_sigma: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self._loc_ids = torch.tensor(loc_ids)
+        self._loc_ids = torch.tensor(loc_ids, dtype=torch.long)  # empty for formats without location tokens
         self._loc_sigma = loc_sigma
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
