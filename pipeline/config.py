@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pipeline.stage_table import SECTION, STAGES  # noqa: F401 — STAGES re-exported for callers of the config
 from pipeline.structures import WEAK_TASKS
 
+TINY_MODEL = "dreamforge-tiny"  # the built-in model, built locally (pipeline.models.tiny)
 PRESETS = ("generic", "medical-scan", "retail-shelf", "traffic-camera")
 # The shipped JavaScript examples, by name: ``example:NAME`` resolves only to these, so a name can
 # never walk out of the examples folder (``example:../../x``).

@@ -21,6 +21,9 @@ reward_app = typer.Typer(help="Check rewards before training with them.", no_arg
 reward_app.command("test")(offline.reward_test)
 app.add_typer(reward_app, name="reward")
 app.command()(preflight.preflight)
+data_app = typer.Typer(help="Look at a dataset as a model would be trained on it.", no_args_is_help=True)
+data_app.command("show")(offline.data_show)
+app.add_typer(data_app, name="data")
 
 app.command()(service.up)
 app.command()(service.worker)

@@ -27,7 +27,12 @@ _BY_TYPE: dict[str, tuple[str, dict[str, Any], str]] = {
     "qwen2_vl": ("qwen-json", {"coords": "norm1000"},
                  "Qwen2-VL grounds objects on a 0-1000 scale (its pretraining wrote <|box_start|>(x1,y1),(x2,y2)"
                  "<|box_end|>; JSON keeps the scale)"),
+    "florence2": ("florence", {}, "Florence-2 answers label<loc_x1><loc_y1><loc_x2><loc_y2> in thousandths"),
+    "paligemma": ("paligemma", {}, "PaliGemma answers <locY1><locX1><locY2><locX2> label in 1024ths"),
 }  # fmt: skip
+# Families DreamForge knows by name (`dreamforge data show --model FAMILY`), without their files.
+FAMILIES = {**{t: t for t in _BY_TYPE}, "llava": "llava", "idefics3": "idefics3", "smolvlm": "smolvlm",
+            "dreamforge-tiny": "dreamforge-tiny"}  # fmt: skip
 _LOC = re.compile(r"^<loc_(\d+)>$")
 
 
@@ -140,6 +145,8 @@ def codec_for_model(model: str | Path | None, requested: str, task: str, categor
     Raises ValueError when the format cannot serve the task or would reuse a token."""
     from pipeline.codecs import make_format_codec
 
+    if model is not None and str(model) in FAMILIES and not Path(model).exists():
+        return _family_codec(str(model), requested, task, categories, **kw)
     if model is None:
         fmt = "loc" if requested == "auto" else requested
         why = "DreamForge's own model is built for it" if requested == "auto" else "set in the config"
@@ -152,6 +159,18 @@ def codec_for_model(model: str | Path | None, requested: str, task: str, categor
     codec = make_format_codec(fmt, task, categories, **kw, **opts)
     check_tokens(codec, vocab)
     return codec, why
+
+
+def _family_codec(family: str, requested: str, task: str, categories: list[str], **kw: Any) -> tuple[Codec, str]:
+    """A family's codec by name, with its published defaults (Qwen2.5-VL: its shipped resize)."""
+    from pipeline.codecs import make_format_codec
+    from pipeline.codecs.qwen_json import QWEN25_RESIZE
+
+    fmt, opts, why = _BY_TYPE.get(family, ("loc", {}, f"{family} has no grounding vocabulary"))
+    if requested != "auto":
+        fmt, why = requested, "set in the config"
+    opts = {**opts, **(QWEN25_RESIZE if opts.get("coords") == "pixels" else {})} if fmt == "qwen-json" else {}
+    return make_format_codec(fmt, task, categories, **kw, **opts), f"{why} (the {family} family's defaults)"
 
 
 def _qwen_options(spec: dict[str, Any]) -> dict[str, Any]:

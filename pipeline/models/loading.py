@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from pipeline.config import TINY_MODEL  # noqa: F401 — re-exported for the stages
 from pipeline.device import Device
-
-TINY_MODEL = "dreamforge-tiny"
 
 
 def _register_compat(path: Path) -> None:
@@ -36,16 +35,32 @@ def load_model(path: str | Path, device: Device, *, quantization_config: Any = N
     else:
         kwargs["dtype"] = torch.float32 if device.use_cpu else device.dtype
     model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
-    processor = AutoProcessor.from_pretrained(str(path))
+    processor = prepared(AutoProcessor.from_pretrained(str(path)), encoder_decoder=model.config.is_encoder_decoder)
+    if quantization_config is None and not device.use_cpu:
+        model.to(device.kind)
+    return model, processor
+
+
+def load_processor(path: str | Path):
+    """The processor alone (``dreamforge data show``), prepared as :func:`load_model` prepares it."""
+    from transformers import AutoConfig
+
+    if Path(path).exists():
+        _register_compat(Path(path))
+    encoder_decoder = bool(getattr(AutoConfig.from_pretrained(str(path)), "is_encoder_decoder", False))
+    return prepared(AutoProcessor.from_pretrained(str(path)), encoder_decoder=encoder_decoder)
+
+
+def prepared(processor, *, encoder_decoder: bool):
+    """A PaliGemma processor that tokenises completions alone, and a bare chat template for a
+    decoder family that ships none (an encoder-decoder takes the task prompt as is)."""
     if type(processor).__name__ == "PaliGemmaProcessor":
         from pipeline.models.paligemma_compat import adapt
 
         processor = adapt(processor)
-    if not getattr(processor, "chat_template", None) and not model.config.is_encoder_decoder:
+    if not getattr(processor, "chat_template", None) and not encoder_decoder:
         processor.chat_template = bare_template(processor.tokenizer.eos_token)
-    if quantization_config is None and not device.use_cpu:
-        model.to(device.kind)
-    return model, processor
+    return processor
 
 
 def bare_template(eos: str) -> str:
