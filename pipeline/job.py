@@ -89,6 +89,22 @@ def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = N
     return codec
 
 
+def refuse_grpo_on_encoder_decoder(cfg: CurriculumConfig, stages: set[str]) -> None:
+    """TRL's GRPO generates and scores decoder-only sequences; an encoder-decoder (Florence-2)
+    trains stage 3 by rejection sampling, whose steps are supervised (``pipeline.stages.seq2seq``)."""
+    if cfg.model == TINY_MODEL or "reward" not in stages or not cfg.rl.enabled or cfg.rl.algorithm != "grpo":
+        return
+    from pipeline.codecs.auto import read_vocab
+
+    try:
+        vocab = read_vocab(cfg.model)
+    except ValueError:
+        return  # make_codec has said what it could not read
+    if vocab.encoder_decoder:
+        raise ConfigError(f"rl.algorithm: {vocab.model_type} is an encoder-decoder model, which TRL's GRPO cannot "
+                          "train; set rl.algorithm to 'rft' (rejection sampling, supervised steps) or disable rl")  # fmt: skip
+
+
 def log_object_sizes(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter) -> None:
     """What the model can resolve of these objects: their sizes against one location bin and
     the built-in model's input size, said before training rather than after a failed job."""
@@ -213,6 +229,7 @@ def run_job(
         reward=reward,
         fence=fence,
     )
+    refuse_grpo_on_encoder_decoder(cfg, wanted)
     if cfg.evaluate.enabled:  # whichever stage this process runs: fail before training, not after it
         from pipeline.stages.evaluate import held_out
 

@@ -105,3 +105,12 @@ def test_the_builtin_model_is_built_for_the_chosen_format(ds):
     codec = make_codec(build_config(tiny_job_config()), ds, Log())
     assert codec.format == "loc"
     assert make_codec(build_config(tiny_job_config(codec="text")), ds).format == "text"
+
+
+def test_grpo_on_an_encoder_decoder_is_refused_before_training(models, tmp_path):
+    from pipeline.job import run_job
+
+    cfg = build_config(tiny_job_config(model=str(models["florence2"])))
+    with pytest.raises(ConfigError, match="rl.algorithm: florence2 is an encoder-decoder.*'rft'"):
+        run_job(cfg, tmp_path / "out", stages=[2, 3, 4])
+    assert not (tmp_path / "out" / "stages" / "domain" / "DONE.json").exists()

@@ -41,6 +41,7 @@ class ModelVocab:
     """What the format choice needs to know about a model."""
 
     model_type: str = "unknown"
+    encoder_decoder: bool = False  # Florence-2: TRL's GRPO trains decoder-only models
     tokens: set[str] = field(default_factory=set)
     dreamforge: dict[str, Any] | None = None  # dreamforge_model.json: built here
     codec: dict[str, Any] | None = None  # CODEC_FILE: exported by DreamForge
@@ -75,6 +76,7 @@ def read_vocab(model: str | Path) -> ModelVocab:
     v = ModelVocab()
     cfg = _json(p / "config.json")
     v.model_type = str(cfg.get("model_type", "unknown"))
+    v.encoder_decoder = bool(cfg.get("is_encoder_decoder")) or v.model_type == "florence2"
     v.dreamforge = _json(p / "dreamforge_model.json") or None
     v.codec = _json(p / CODEC_FILE) or None
     v.image_processor = _json(p / "preprocessor_config.json") or _json(p / "processor_config.json").get("image_processor", {})
@@ -99,7 +101,8 @@ def _hub_vocab(model: str) -> ModelVocab:
     except (OSError, ValueError) as e:
         raise ValueError(f"model {model!r}: cannot read its config and vocabulary to choose the output format "
                          f"({e.__class__.__name__}); set codec to one of loc, qwen-json, florence, paligemma, text") from None  # fmt: skip
-    return ModelVocab(model_type=cfg.model_type, tokens=set(tok.get_vocab()))
+    return ModelVocab(model_type=cfg.model_type, tokens=set(tok.get_vocab()),
+                      encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)))
 
 
 def _json(path: Path) -> dict[str, Any]:

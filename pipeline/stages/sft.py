@@ -35,6 +35,7 @@ from pipeline.stages.common import (
     time_cosine,
 )
 from pipeline.stages.loc_loss import soft_location_loss
+from pipeline.stages.seq2seq import LocationAwareSeq2SeqTrainer, Seq2SeqCollator, seq2seq_rows
 from pipeline.stages.validation import ValidationCallback, check_interval, check_seconds
 from pipeline.structures import Sample
 
@@ -75,7 +76,8 @@ def train_sft(
     ensure_tokens(model, processor, codec.special_tokens())
     if stage_cfg.lora:
         model = lora_wrap(model, stage_cfg)
-    rows = sft_rows(samples, codec)
+    seq2seq = bool(model.config.is_encoder_decoder)
+    rows = seq2seq_rows(samples, codec) if seq2seq else sft_rows(samples, codec)
     train = datasets.Dataset.from_list(rows)
     bs = min(stage_cfg.batch_size, len(rows))
     steps_per_epoch = math.ceil((epoch_examples or len(rows)) / bs)
@@ -114,16 +116,13 @@ def train_sft(
     callback = ReporterCallback(ctx.reporter, stage, stage_cfg.max_seconds, clock=clock)
     planned = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
     validation = _validation(ctx, stage, codec, stage_cfg, processor, planned=planned)
-    trainer = LocationAwareSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        processing_class=processor,
-        optimizers=(optimizer, scheduler),
-        callbacks=[callback, checkpoint_schedule(None), *([validation] if validation else [])],
-        loc_ids=loc_ids,
-        loc_sigma=loc_sigma,
-    )
+    common = dict(model=model, args=args, train_dataset=train, optimizers=(optimizer, scheduler),
+                  callbacks=[callback, checkpoint_schedule(None), *([validation] if validation else [])],
+                  loc_ids=loc_ids, loc_sigma=loc_sigma)  # fmt: skip
+    if seq2seq:
+        trainer = LocationAwareSeq2SeqTrainer(**common, data_collator=Seq2SeqCollator(processor, codec))
+    else:
+        trainer = LocationAwareSFTTrainer(**common, processing_class=processor)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter
     t0 = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume_point(ctx, stage))
