@@ -109,7 +109,12 @@ class StageConfig(_Strict):
     )
     lr: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate (linear warm-up, cosine decay).")
     batch_size: int = Field(16, ge=1, le=4096, description="Examples per optimizer step (completions for RL).")
-    lora: bool = Field(False, description="Train LoRA adapters on the language model instead of all weights.")
+    lora: bool | Literal["auto"] = Field(
+        "auto",
+        description="Train LoRA adapters on the language model instead of all weights. auto: on above 1B "
+        "parameters, where full fine-tuning (~8 bytes a parameter with AdamW, plus activations) outgrows a "
+        "16-24 GB GPU. The adapters are saved beside the merged model (model/adapter/).",
+    )
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank when lora is on.")
     compute: str | None = Field(
         None,

@@ -89,6 +89,19 @@ def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = N
     return codec
 
 
+def check_fits(ctx: Context, base: Path, stages: set[str]) -> None:
+    """Each training stage's memory and time, said before training; a stage that cannot fit
+    its GPU (its ``compute`` hint, else this machine's card) fails the job now, with the numbers."""
+    from pipeline.estimate import GIB, stage_estimates
+
+    cuda = torch.cuda.get_device_properties(0).total_memory / GIB if ctx.device.kind == "cuda" else None
+    for e in stage_estimates(ctx.cfg, base, stages, cuda, ctx.domain_codec.max_new_tokens()):
+        ctx.reporter.log(e.line(), stage=e.stage)
+        if not e.fits():
+            raise ConfigError(f"{e.line()}: it does not fit. Turn lora on for this stage, lower its batch_size, or "
+                              f"choose a larger GPU (compute)")  # fmt: skip
+
+
 def refuse_grpo_on_encoder_decoder(cfg: CurriculumConfig, stages: set[str]) -> None:
     """TRL's GRPO generates and scores decoder-only sequences; an encoder-decoder (Florence-2)
     trains stage 3 by rejection sampling, whose steps are supervised (``pipeline.stages.seq2seq``)."""
@@ -239,6 +252,7 @@ def run_job(
         reward.prepare(boxed)
         reporter.log(f"reward {reward.name}: prepared on the {len(boxed)} fully labelled training images")
     base = prepare_base_model(ctx)
+    check_fits(ctx, base, wanted)
     checkpoints: dict[str, Path] = {"base": base}
     stage_info: dict[str, Any] = {}
     previous = base

@@ -1,6 +1,8 @@
 """The pipeline is architecture-generic: stages 2-4 on tiny random models of real VLM families
 (loaded by path through the Auto classes, exactly as a hub id would be)."""
 
+import json
+
 import pytest
 
 from pipeline.config import build_config
@@ -50,8 +52,6 @@ def test_stages_2_to_4_run_in_each_familys_native_format(family, codec, fmt, tmp
     """A model that already grounds objects is trained and scored in its own format, with its own
     prompt: the base row reads the pretrained model's answers as the model card says to.
     Florence-2, an encoder-decoder, trains stage 3 by rejection sampling (GRPO is decoder-only)."""
-    import json
-
     rl = {"algorithm": "rft"} if family == "florence2" else {}
     raw = tiny_job_config(codec=codec, rl=rl)
     cfg = build_config(raw)
@@ -77,6 +77,10 @@ def test_lora_stage_trains_adapters_and_saves_a_merged_model(tmp_path):
     assert record["stages"]["domain"]["state"] == "completed"
     model_dir = tmp_path / "out" / "stages" / "domain" / "model"
     assert not (model_dir / "adapter_config.json").exists()  # merged: a plain model
+    # and its adapters beside it, for those who serve LoRA adapters over the base
+    adapter = json.loads((model_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and (model_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "out" / "model" / "adapter" / "adapter_config.json").exists()  # the release keeps them
     import torch
     from safetensors.torch import load_file
 

@@ -297,8 +297,19 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
+def lora_on(ctx: Context, stage: str, stage_cfg: StageConfig, model) -> bool:
+    """Whether ``stage`` trains LoRA adapters (``lora: "auto"``: by the model's size), logged."""
+    from pipeline.estimate import lora_wanted
+
+    on, why = lora_wanted(stage_cfg.lora, model.num_parameters())
+    if stage_cfg.lora == "auto":
+        ctx.reporter.log(f"stage {stage}: {'LoRA' if on else 'full fine-tuning'}, {why}", stage=stage)
+    return on
+
+
 def save_model(model, processor, path: Path) -> None:
-    if hasattr(model, "merge_and_unload"):  # LoRA: every checkpoint is a plain, loadable model
+    if hasattr(model, "merge_and_unload"):  # LoRA: every checkpoint is a plain, loadable model,
+        model.save_pretrained(path / "adapter")  # and the adapters beside it for those who serve them
         model = model.merge_and_unload()
     model.save_pretrained(path)
     processor.save_pretrained(path)

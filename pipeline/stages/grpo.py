@@ -30,6 +30,7 @@ from pipeline.stages.common import (
     checkpoint_schedule,
     drop_checkpoints,
     grpo_rows,
+    lora_on,
     lora_wrap,
     resume_point,
     save_model,
@@ -51,7 +52,7 @@ def train_grpo(
         raise ValueError(f"stage {stage}: the training split is empty")
     model, processor = load_model(in_model, ctx.device)
     ensure_tokens(model, processor, codec.special_tokens())
-    if rl.lora:
+    if lora_on(ctx, stage, rl, model):
         model = lora_wrap(model, rl)
     reward_fn = as_trl_reward(ctx.reward, codec)
     rows = grpo_rows(samples, codec)

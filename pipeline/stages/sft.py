@@ -28,6 +28,7 @@ from pipeline.stages.common import (
     checkpoint_schedule,
     drop_checkpoints,
     fully_labelled,
+    lora_on,
     lora_wrap,
     resume_point,
     save_model,
@@ -74,7 +75,7 @@ def train_sft(
         raise ValueError(f"stage {stage}: the training split is empty")
     model, processor = load_model(in_model, ctx.device)
     ensure_tokens(model, processor, codec.special_tokens())
-    if stage_cfg.lora:
+    if lora_on(ctx, stage, stage_cfg, model):
         model = lora_wrap(model, stage_cfg)
     seq2seq = bool(model.config.is_encoder_decoder)
     rows = seq2seq_rows(samples, codec) if seq2seq else sft_rows(samples, codec)
