@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from pipeline.budget import with_stage_budget
-from pipeline.codec import CODEC_FILE, Codec
+from pipeline.card import write_model_card
+from pipeline.codec import Codec
 from pipeline.config import STAGES, ConfigError, CurriculumConfig, config_hash  # noqa: F401 — re-exported
 from pipeline.data import label_summary, load_dataset
 from pipeline.data.errors import DataError
@@ -397,87 +398,3 @@ def _evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     from pipeline.stages.evaluate import run_evaluate
 
     return run_evaluate(ctx, checkpoints)
-
-
-def _verdict_md(verdict: dict[str, Any]) -> str:
-    from pipeline.verdict import DID_NOT_LEARN, verdict_line
-
-    if verdict.get("verdict") != DID_NOT_LEARN:
-        return f"Verdict: {verdict_line(verdict)}." if verdict else ""
-    causes = "".join(f"\n- {c['cause']}. Try: {c['fix']}" for c in verdict.get("causes") or [])
-    return f"**Verdict: {verdict_line(verdict)}.**{causes}\n"
-
-
-def _usage_md(cfg: CurriculumConfig, out: Path) -> str:
-    """How to use the model: ``dreamforge serve`` speaks Moondream Station's API, so curl and
-    Moondream's client work against it."""
-    if cfg.task == "caption":
-        skill, extra, call = "caption", "", 'model.caption(image)["caption"]'
-    else:
-        codec = out / "model" / CODEC_FILE
-        names = (json.loads(codec.read_text()).get("categories") if codec.exists() else None) or ["object"]
-        skill, extra, call = "detect", f', \\"object\\": \\"{names[0]}\\"', f'model.detect(image, "{names[0]}")["objects"]'
-    return f"""## Use it
-
-Serve it over Moondream Station's API (port 2020): `dreamforge serve JOB_ID` (or this job's
-output folder), then
-
-```bash
-curl -s localhost:2020/v1/{skill} -H 'Content-Type: application/json' \\
-  -d "{{\\"image_url\\": \\"data:image/jpeg;base64,$(base64 -w0 photo.jpg)\\"{extra}}}"
-```
-
-```python
-import moondream as md
-from PIL import Image
-
-model = md.vl(endpoint="http://localhost:2020/v1")
-image = Image.open("photo.jpg")
-print({call})
-```
-"""
-
-
-def write_model_card(out: Path, cfg: CurriculumConfig, record: dict[str, Any]) -> None:
-    ev = record["evaluation"]
-    key = ev["primary_metric"]
-    rows = "\n".join(
-        f"| {name} | {m.get(key, 0):.3f} | {m.get('parse_rate', 0):.2f} |" for name, m in ev["models"].items()
-    )
-    rel = ev.get("release", {})
-    fit = ev.get("train_fit") or {}
-    fit_line = "".join(
-        f"\nOn {fit['n']} of its training images the {name} model scores {fit[name][key]:.3f} {key}"
-        f" ({fit[name]['gap']:+.3f} against held-out)."
-        for name in ("domain", "reward") if name in fit
-    )
-    card = f"""---
-library_name: transformers
-pipeline_tag: image-text-to-text
-tags: [dreamforge, {cfg.task}]
----
-# {cfg.name}
-
-Fine-tuned by DreamForge from `{cfg.model}` for **{cfg.task}** on `{cfg.data.dataset}`
-with the `{record['reward']}` reward.
-
-Held-out split `{ev['split']}` ({ev['n']} images):
-
-| model | {key} | parse rate |
-|---|---|---|
-{rows}
-{fit_line}
-
-Released: {rel.get('reason', 'the last trained stage')}.
-{_verdict_md(ev.get('verdict') or {})}
-Release artifact: `{Path(rel.get('release_dir', 'model')).name}` ({rel.get('release_format', '16-bit')}).
-4-bit size ratio: {rel.get('size_ratio', 'n/a')}, metric drop: {rel.get('metric_drop', 'n/a')}.
-
-Outputs are location tokens (`<loc_0>`…`<loc_{cfg.num_bins - 1}>`) over the original image;
-decode them with `pipeline.codec.Codec` or run `dreamforge predict`.
-
-{_usage_md(cfg, out)}"""
-    for d in ("model", "model-4bit"):
-        if (out / d).exists():
-            (out / d / "README.md").write_text(card)
-    (out / "MODEL_CARD.md").write_text(card)
