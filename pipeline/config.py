@@ -116,6 +116,18 @@ class StageConfig(_Strict):
         "16-24 GB GPU. The adapters are saved beside the merged model (model/adapter/).",
     )
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank when lora is on.")
+    qlora: bool = Field(
+        False,
+        description="QLoRA: load the model's language weights in 4-bit NF4 (bitsandbytes) and train LoRA adapters on "
+        "top; the vision tower, projector and lm_head stay 16-bit (export.keep_16bit). The saved model is the "
+        "16-bit base with the adapters merged in.",
+    )
+
+    @model_validator(mode="after")
+    def _qlora_is_lora(self) -> StageConfig:
+        if self.qlora and self.lora is False:
+            raise ValueError("qlora trains LoRA adapters on a 4-bit base: set lora to true or 'auto', or qlora to false")
+        return self
     compute: str | None = Field(
         None,
         description="Compute hint for the stage, a Modal GPU string such as 'T4', 'A10G', 'H100' or 'H100:2'; "

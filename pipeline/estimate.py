@@ -3,7 +3,8 @@
 Rules of thumb, not measurements (no GPU was lent when this was written: check them with
 ``benchmarks/families.py`` on one):
 
-* weights: 2 bytes a parameter in bf16/fp16 (4 in fp32 on CPU);
+* weights: 2 bytes a parameter in bf16/fp16 (4 in fp32 on CPU; about 0.55 in NF4 for QLoRA:
+  4 bits and the block scales, the vision tower kept 16-bit);
 * full fine-tuning adds gradients and AdamW's two moments in the weights' precision: 3 more
   copies (PyTorch keeps Adam's state in the parameter's dtype);
 * LoRA trains ``r·(d_in + d_out)`` per adapted projection (q, k, v, o, gate, up, down of
@@ -49,6 +50,7 @@ class ModelShape:
 class StageEstimate:
     stage: str
     lora: bool
+    qlora: bool
     trainable: int
     memory_gib: float
     step_seconds: float
@@ -59,7 +61,7 @@ class StageEstimate:
         return self.capacity_gib is None or self.memory_gib <= self.capacity_gib
 
     def line(self) -> str:
-        mode = "LoRA" if self.lora else "full fine-tuning"
+        mode = "QLoRA" if self.qlora else "LoRA" if self.lora else "full fine-tuning"
         cap = f" of {self.capacity_gib:.0f} GiB" if self.capacity_gib else ""
         return (f"stage {self.stage}: {mode}, {self.trainable / 1e6:.1f}M trainable parameters, about "
                 f"{self.memory_gib:.1f} GiB{cap} on {self.device} and {self.step_seconds:.2g} s a step")  # fmt: skip
@@ -78,13 +80,14 @@ def lora_trainable(shape: ModelShape, r: int) -> int:
     return shape.layers * r * (4 * 2 * h + 2 * (h + i) + (i + h))
 
 
-def estimate_stage(stage: str, shape: ModelShape, *, lora: bool, r: int, batch: int, seq: int,
+def estimate_stage(stage: str, shape: ModelShape, *, lora: bool, r: int, qlora: bool = False, batch: int, seq: int,
                    new_tokens: int, generations: int, gpu: str | None, cuda_gib: float | None,
                    bytes_per: int) -> StageEstimate:  # fmt: skip
     """One stage's memory and step time; ``gpu``: a Modal GPU hint, else ``cuda_gib`` (the
     local card's memory) or the CPU."""
     p = shape.params
-    weights = p * bytes_per
+    weights = p * (0.55 if qlora else bytes_per)
+    lora = lora or qlora
     trainable = lora_trainable(shape, r) if lora else p
     state = trainable * 16 if lora else p * bytes_per * 3
     rows = batch * (generations if stage == "reward" else 1)
@@ -96,7 +99,7 @@ def estimate_stage(stage: str, shape: ModelShape, *, lora: bool, r: int, batch: 
     flops = 6 * p * seq * rows + (2 * p * new_tokens * rows if stage == "reward" else 0)
     step = flops / (tflops * 1e12 * (MFU if kind or cuda_gib else 1.0))
     capacity = GPUS[kind][1] if kind in GPUS else cuda_gib
-    return StageEstimate(stage, lora, int(trainable), round(memory, 2), step, kind or ("cuda" if cuda_gib else "cpu"),
+    return StageEstimate(stage, lora or qlora, qlora, int(trainable), round(memory, 2), step, kind or ("cuda" if cuda_gib else "cpu"),
                          capacity)  # fmt: skip
 
 
@@ -149,7 +152,7 @@ def stage_estimates(cfg, base, stages: set[str], cuda_gib: float | None, max_new
             continue
         lora, _ = lora_wanted(sc.lora, params)
         out.append(estimate_stage(
-            stage, shape, lora=lora, r=sc.lora_r, batch=sc.batch_size // (sc.num_generations if stage == "reward" else 1),
+            stage, shape, lora=lora, qlora=sc.qlora, r=sc.lora_r, batch=sc.batch_size // (sc.num_generations if stage == "reward" else 1),
             seq=image_tokens + 64 + max_new_tokens, new_tokens=max_new_tokens,
             generations=getattr(sc, "num_generations", 1), gpu=sc.compute, cuda_gib=cuda_gib,
             bytes_per=4 if cuda_gib is None and not sc.compute else 2,

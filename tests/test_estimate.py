@@ -29,6 +29,8 @@ def test_a_3b_model_fits_an_a10g_with_lora_and_not_in_full():
     assert 30 < full.memory_gib < 45 and not full.fits()
     assert 7 < lora.memory_gib < 16 and lora.fits() and lora.trainable < 0.02 * QWEN3B.params
     assert "GiB of 24 GiB on A10G" in full.line() and "full fine-tuning" in full.line()
+    qlora = estimate_stage("domain", QWEN3B, lora=True, qlora=True, gpu="T4", **kw)
+    assert qlora.memory_gib < lora.memory_gib - 4 and qlora.fits() and "QLoRA" in qlora.line()  # 3B on a 16 GB T4
 
 
 def header_only_model(folder, params: int, hidden: int, layers: int) -> None:

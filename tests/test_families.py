@@ -88,3 +88,20 @@ def test_lora_stage_trains_adapters_and_saves_a_merged_model(tmp_path):
     tuned = load_file(next(model_dir.glob("*.safetensors")))
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     assert changed and all("language_model" in k for k in changed)  # vision untouched by LoRA
+
+
+def test_qlora_trains_adapters_over_a_4bit_base_and_saves_a_16bit_merged_model(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    raw = tiny_job_config(domain={"qlora": True, "lora_r": 4, "max_steps": 3, "lr": 0.01, "val_checks": 0})
+    record = run_job(build_config(raw), tmp_path / "out", stages=[2])
+    assert record["stages"]["domain"]["state"] == "completed"
+    model_dir = tmp_path / "out" / "stages" / "domain" / "model"
+    assert "quantization_config" not in json.loads((model_dir / "config.json").read_text())  # merged into 16-bit
+    assert json.loads((model_dir / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    base = load_file(next((tmp_path / "out" / "base-model").glob("*.safetensors")))
+    tuned = load_file(next(model_dir.glob("*.safetensors")))
+    assert base.keys() == tuned.keys()
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all("language_model" in k for k in changed)

@@ -41,6 +41,20 @@ def load_model(path: str | Path, device: Device, *, quantization_config: Any = N
     return model, processor
 
 
+def four_bit_config(quant_type: str, device: Device, keep_16bit: list[str]):
+    """bitsandbytes 4-bit weights for the language model; ``keep_16bit`` module prefixes (the
+    vision tower, the projector, lm_head) stay in 16-bit. Prefixes match from the start of the
+    full module name (FACTS.md): "model.vision_tower", not "vision_tower"."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_compute_dtype=torch.float32 if device.use_cpu else device.dtype,
+        llm_int8_skip_modules=list(keep_16bit),
+    )
+
+
 def load_processor(path: str | Path):
     """The processor alone (``dreamforge data show``), prepared as :func:`load_model` prepares it."""
     from transformers import AutoConfig

@@ -20,7 +20,6 @@ from trl import GRPOConfig, GRPOTrainer
 
 from pipeline.codec import Codec
 from pipeline.config import RLConfig
-from pipeline.models.loading import ensure_tokens, load_model
 from pipeline.rewards.base import as_trl_reward
 from pipeline.stages.common import (
     Context,
@@ -30,8 +29,7 @@ from pipeline.stages.common import (
     checkpoint_schedule,
     drop_checkpoints,
     grpo_rows,
-    lora_on,
-    lora_wrap,
+    load_for_training,
     resume_point,
     save_model,
     time_cosine,
@@ -50,10 +48,7 @@ def train_grpo(
 ) -> dict:
     if not samples:
         raise ValueError(f"stage {stage}: the training split is empty")
-    model, processor = load_model(in_model, ctx.device)
-    ensure_tokens(model, processor, codec.special_tokens())
-    if lora_on(ctx, stage, rl, model):
-        model = lora_wrap(model, rl)
+    model, processor = load_for_training(ctx, stage, in_model, rl, codec.special_tokens())
     reward_fn = as_trl_reward(ctx.reward, codec)
     rows = grpo_rows(samples, codec)
     train = datasets.Dataset.from_list(rows)
@@ -108,7 +103,7 @@ def train_grpo(
     if callback.cancelled:
         raise StageCancelled(f"stage {stage} cancelled")
     with ctx.publish():
-        save_model(trainer.model, processor, out_model)
+        save_model(trainer.model, processor, out_model, base=in_model, device=ctx.device, tokens=codec.special_tokens())
     drop_checkpoints(ctx, stage)
     return {
         "train_seconds": round(seconds, 2),

@@ -19,7 +19,6 @@ from trl import SFTConfig, SFTTrainer
 
 from pipeline.codec import Codec
 from pipeline.config import StageConfig, SupervisedConfig
-from pipeline.models.loading import ensure_tokens, load_model
 from pipeline.stages.common import (
     Context,
     ReporterCallback,
@@ -28,8 +27,7 @@ from pipeline.stages.common import (
     checkpoint_schedule,
     drop_checkpoints,
     fully_labelled,
-    lora_on,
-    lora_wrap,
+    load_for_training,
     resume_point,
     save_model,
     sft_rows,
@@ -73,10 +71,7 @@ def train_sft(
     (an epoch counts each labelled image once, so augmenting does not lengthen the stage)."""
     if not samples:
         raise ValueError(f"stage {stage}: the training split is empty")
-    model, processor = load_model(in_model, ctx.device)
-    ensure_tokens(model, processor, codec.special_tokens())
-    if lora_on(ctx, stage, stage_cfg, model):
-        model = lora_wrap(model, stage_cfg)
+    model, processor = load_for_training(ctx, stage, in_model, stage_cfg, codec.special_tokens())
     seq2seq = bool(model.config.is_encoder_decoder)
     rows = seq2seq_rows(samples, codec) if seq2seq else sft_rows(samples, codec)
     train = datasets.Dataset.from_list(rows)
@@ -142,7 +137,7 @@ def train_sft(
                              f"{validation.best:.3f}, the best of {len(validation.curve)} checks", stage=stage)  # fmt: skip
         info.update(validation.summary())
     with ctx.publish():
-        save_model(trainer.model, processor, out_model)
+        save_model(trainer.model, processor, out_model, base=in_model, device=ctx.device, tokens=codec.special_tokens())
     drop_checkpoints(ctx, stage)
     return info
 
