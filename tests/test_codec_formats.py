@@ -175,3 +175,12 @@ def test_formats_without_an_output_for_a_task_say_so():
         codec_of("florence", {}, "keypoints")
     with pytest.raises(ValueError, match="VQ-VAE"):
         codec_of("paligemma", {}, "segment")
+
+
+@pytest.mark.parametrize("fmt", ["loc", "text", "qwen-json"])
+def test_keypoints_of_the_wrong_count_are_refused_when_encoding(fmt):
+    codec = codec_of(fmt, {}, "keypoints")
+    t = empty_target(64, 64)
+    t["boxes"], t["labels"], t["keypoints"] = [[0, 0, 32, 32]], ["cola"], [[[1, 1, 2], [2, 2, 2]]]
+    with pytest.raises(ValueError, match="has 2 keypoints, the codec expects 3"):
+        codec.encode(t)

@@ -110,8 +110,11 @@ class QwenJsonCodec(Codec):
                 if len(pts) >= 3:
                     item["polygon"] = [[scale_round(x, w, uw), scale_round(y, h, uh)] for x, y in pts]
             elif self.task == "keypoints":
-                kps = (target.get("keypoints") or [])
+                kps = target.get("keypoints") or []
                 kp_i = kps[i] if i < len(kps) else []
+                if kp_i and len(kp_i) != len(self.keypoint_names):
+                    raise ValueError(f"encode: instance {i} has {len(kp_i)} keypoints, the codec expects "
+                                     f"{len(self.keypoint_names)} ({', '.join(self.keypoint_names)})")  # fmt: skip
                 item["keypoints"] = [
                     [scale_round(kp[0], w, uw), scale_round(kp[1], h, uh)] if len(kp) >= 3 and kp[2] > 0 else None
                     for kp in (kp_i or [[0, 0, 0]] * len(self.keypoint_names))
