@@ -33,7 +33,8 @@ def generate_texts(
     cap = max_new_tokens or codec.max_new_tokens()
     # Special tokens are dropped from the answers, except the format's own: Florence-2's <loc_N>
     # are special tokens of its tokenizer, and its post-processor decodes with them kept.
-    drop = set(tok.all_special_ids) - set(tok.convert_tokens_to_ids(codec.special_tokens()))
+    added = tok.added_tokens_decoder
+    keep = {i for i in tok.convert_tokens_to_ids(codec.special_tokens()) if i in added and added[i].special}
     per_call = max(1, batch_size // num_samples)
     sampling = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     for i in range(0, len(images), per_call):
@@ -54,8 +55,22 @@ def generate_texts(
         )
         # an encoder-decoder (Florence-2) returns the decoder's tokens only; a decoder, prompt + answer
         new = out if model.config.is_encoder_decoder else out[:, inputs["input_ids"].shape[1] :]
-        texts.extend(tok.decode([i for i in row.tolist() if i not in drop]) for row in new)
+        texts.extend(_decode(tok, row.tolist(), keep) for row in new)
     return texts
+
+
+def _decode(tok, ids: list[int], keep: set[int]) -> str:
+    """``tok.decode(ids, skip_special_tokens=True)``, but the ``keep`` tokens written out."""
+    if not keep:
+        return tok.decode(ids, skip_special_tokens=True)
+    out, run = [], []
+    for i in ids:
+        if i in keep:
+            out += [tok.decode(run, skip_special_tokens=True), tok.convert_ids_to_tokens(i)]
+            run = []
+        else:
+            run.append(i)
+    return "".join([*out, tok.decode(run, skip_special_tokens=True)])
 
 
 def predict_targets(model, processor, samples, codec: Codec, *, batch_size: int = 32):

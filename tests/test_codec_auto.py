@@ -114,3 +114,27 @@ def test_grpo_on_an_encoder_decoder_is_refused_before_training(models, tmp_path)
     with pytest.raises(ConfigError, match="rl.algorithm: florence2 is an encoder-decoder.*'rft'"):
         run_job(cfg, tmp_path / "out", stages=[2, 3, 4])
     assert not (tmp_path / "out" / "stages" / "domain" / "DONE.json").exists()
+
+
+def test_florence2_answers_keep_its_location_tokens(models, ds):
+    """Florence-2's <loc_N> are special tokens of its tokenizer: decoding answers with
+    skip_special_tokens would strip every coordinate. The format's own tokens are kept."""
+    import torch
+    from PIL import Image
+
+    from pipeline.device import pick_device
+    from pipeline.models.loading import load_model
+    from pipeline.predict import generate_texts
+
+    codec, _ = codec_on(models["florence2"], ds)
+    model, processor = load_model(models["florence2"], pick_device())
+    loc5 = processor.tokenizer.convert_tokens_to_ids("<loc_5>")
+    assert processor.tokenizer.decode([loc5], skip_special_tokens=True) == ""  # what the old decoding did
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():  # a decoder that can only say <loc_5>
+        head.weight.zero_()
+        head.bias.fill_(-1e4)
+        head.bias[loc5] = 0.0
+    model.lm_head = head
+    (text,) = generate_texts(model, processor, [Image.new("RGB", (64, 64))], codec, max_new_tokens=4)
+    assert text.count("<loc_5>") >= 3
