@@ -1,4 +1,5 @@
-"""Canonical targets ⇄ the text the model emits.
+"""Canonical targets ⇄ the text the model emits: the ``loc`` output format, and the
+:class:`Codec` interface every format implements (the others: ``pipeline.codecs``).
 
 Coordinates become quantised location tokens ``<loc_0>`` … ``<loc_{N-1}>`` (``N = num_bins``),
 normalised by the ORIGINAL image width and height, so the text does not depend on how the

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pipeline.codec import Codec, _size, simplify_polygon
-
-# The decoded labels of one answer; the flag is False when one is not a known category.
+from pipeline.codec import _EPS, Codec, simplify_polygon
 
 
 def known_label(codec: Codec, label: str) -> tuple[str, bool]:
@@ -18,13 +16,7 @@ def known_label(codec: Codec, label: str) -> tuple[str, bool]:
 
 def scale_round(v: float, size: float, units: float) -> int:
     """``v`` pixels of ``size`` on a ``units`` scale, rounded half up and clipped to ``[0, units]``."""
-    return min(max(math.floor(float(v) / size * units + 0.5), 0), int(units))
-
-
-def object_order(codec: Codec, target: dict) -> list[int]:
-    """Reading order of the instances (top edge, then left edge), capped at ``max_objects``;
-    the same order whatever the format (``Codec.order``)."""
-    return codec.order(target)
+    return min(max(math.floor(float(v) / size * units + 0.5 + _EPS), 0), int(units))
 
 
 def polygon_points(poly: Sequence[float], max_vertices: int) -> list[tuple[float, float]]:
@@ -36,6 +28,3 @@ def polygon_points(poly: Sequence[float], max_vertices: int) -> list[tuple[float
 
         pts = [tuple(p) for p in simplify_polygon(np.array(pts, dtype=float), max_vertices)]
     return pts
-
-
-__all__ = ["known_label", "object_order", "polygon_points", "scale_round", "_size"]

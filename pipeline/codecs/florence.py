@@ -20,7 +20,7 @@ import math
 import re
 from typing import Any
 
-from pipeline.codec import EMPTY, Codec, Target, _int_or_zero, _size, box_polygon
+from pipeline.codec import _EPS, EMPTY, Codec, Target, _int_or_zero, _size, box_polygon
 from pipeline.codecs.common import known_label, polygon_points
 from pipeline.structures import empty_target
 
@@ -33,7 +33,7 @@ def fl_loc(b: int) -> str:
 
 
 def fl_bin(v: float, size: float) -> int:
-    return min(max(math.floor(float(v) / size * BINS), 0), BINS - 1)
+    return min(max(math.floor(float(v) / size * BINS + _EPS), 0), BINS - 1)
 
 
 def fl_coord(b: int, size: float) -> float:

@@ -19,7 +19,7 @@ import math
 import re
 from typing import Any
 
-from pipeline.codec import EMPTY, Codec, Target, _int_or_zero, _size
+from pipeline.codec import _EPS, EMPTY, Codec, Target, _int_or_zero, _size
 from pipeline.codecs.common import known_label
 from pipeline.structures import empty_target
 
@@ -33,7 +33,7 @@ def pg_loc(b: int) -> str:
 
 
 def pg_bin(v: float, size: float) -> int:
-    return min(max(math.floor(float(v) / size * BINS + 0.5), 0), BINS - 1)
+    return min(max(math.floor(float(v) / size * BINS + 0.5 + _EPS), 0), BINS - 1)
 
 
 class PaliGemmaCodec(Codec):
