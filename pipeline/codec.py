@@ -1,4 +1,5 @@
-"""Canonical targets ⇄ the text the model emits.
+"""Canonical targets ⇄ the text the model emits: the ``loc`` output format, and the
+:class:`Codec` interface every format implements (the others: ``pipeline.codecs``).
 
 Coordinates become quantised location tokens ``<loc_0>`` … ``<loc_{N-1}>`` (``N = num_bins``),
 normalised by the ORIGINAL image width and height, so the text does not depend on how the
@@ -156,6 +157,9 @@ class Codec:
     ([[0.0, 0.0, 16.0, 8.0]], ['cola'], True)
     """
 
+    # The output format's name (``pipeline.codecs.FORMATS``); subclasses speak other formats.
+    format = "loc"
+
     def __init__(
         self,
         task: str,
@@ -189,6 +193,17 @@ class Codec:
         self.max_vertices = int(max_vertices)
         self.caption_tokens = int(caption_tokens)
         self._by_lower = {c.lower(): c for c in self.categories}
+
+    def spec(self) -> dict[str, Any]:
+        """What ``pipeline.codecs.codec_from_spec`` needs to rebuild this codec (``CODEC_FILE``)."""
+        return {"format": self.format, "task": self.task, "categories": list(self.categories),
+                "num_bins": self.num_bins, "max_objects": self.max_objects,
+                "keypoint_names": list(self.keypoint_names)}  # fmt: skip
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the processor resizes a ``width``×``height`` image to, where the format's
+        coordinates depend on it; normalised formats do not, and give the size back."""
+        return int(width), int(height)
 
     # -- vocabulary and prompt -----------------------------------------------------------
 

@@ -20,6 +20,7 @@ from pipeline.gate import BaselineModel, GateConfig
 from pipeline.stage_table import SECTION, STAGES  # noqa: F401 — STAGES re-exported for callers of the config
 from pipeline.structures import WEAK_TASKS
 
+TINY_MODEL = "dreamforge-tiny"  # the built-in model, built locally (pipeline.models.tiny)
 PRESETS = ("generic", "medical-scan", "retail-shelf", "traffic-camera")
 # The shipped JavaScript examples, by name: ``example:NAME`` resolves only to these, so a name can
 # never walk out of the examples folder (``example:../../x``).
@@ -109,8 +110,25 @@ class StageConfig(_Strict):
     )
     lr: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate (linear warm-up, cosine decay).")
     batch_size: int = Field(16, ge=1, le=4096, description="Examples per optimizer step (completions for RL).")
-    lora: bool = Field(False, description="Train LoRA adapters on the language model instead of all weights.")
+    lora: bool | Literal["auto"] = Field(
+        "auto",
+        description="Train LoRA adapters on the language model instead of all weights. auto: on above 1B "
+        "parameters, where full fine-tuning (~8 bytes a parameter with AdamW, plus activations) outgrows a "
+        "16-24 GB GPU. The adapters are saved beside the merged model (model/adapter/).",
+    )
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank when lora is on.")
+    qlora: bool = Field(
+        False,
+        description="QLoRA: load the model's language weights in 4-bit NF4 (bitsandbytes) and train LoRA adapters on "
+        "top; the vision tower, projector and lm_head stay 16-bit (export.keep_16bit). The saved model is the "
+        "16-bit base with the adapters merged in.",
+    )
+
+    @model_validator(mode="after")
+    def _qlora_is_lora(self) -> StageConfig:
+        if self.qlora and self.lora is False:
+            raise ValueError("qlora trains LoRA adapters on a 4-bit base: set lora to true or 'auto', or qlora to false")
+        return self
     compute: str | None = Field(
         None,
         description="Compute hint for the stage, a Modal GPU string such as 'T4', 'A10G', 'H100' or 'H100:2'; "
@@ -363,7 +381,17 @@ class CurriculumConfig(_Strict):
         "starts (warm start 30 %, domain SFT 50 %, RL 20 %, among the stages still to run; 10 % kept for "
         "evaluation), capped by its own max_seconds. null: only the stages' own budgets.",
     )  # fmt: skip
-    num_bins: int = Field(32, ge=4, le=4096, description="Location-token bins per axis.")
+    codec: Literal["auto", "loc", "qwen-json", "florence", "paligemma", "text"] = Field(
+        "auto",
+        description="The output format the model is trained and read in. auto: the model's own (Qwen-VL: "
+        "qwen-json; Florence-2: florence; PaliGemma: paligemma), else loc; the job logs which and why. loc: "
+        "<loc_N> tokens over num_bins; text: the same bins as plain numbers, adding no tokens. A format that "
+        "would reuse one of the model's tokens with another meaning is refused.",
+    )  # fmt: skip
+    num_bins: int = Field(
+        32, ge=4, le=4096,
+        description="Location bins per axis of the loc and text formats (the others have their model's own).",
+    )  # fmt: skip
     image_size: int = Field(64, ge=16, le=4096, description="Side of the square image the built-in model sees.")
     data: DataConfig = Field(default_factory=DataConfig)
     # A config that leaves the warm start out skips it; one that configures it, and every preset,

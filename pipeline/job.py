@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from pipeline.budget import with_stage_budget
-from pipeline.codec import CODEC_FILE, Codec
+from pipeline.card import write_model_card
+from pipeline.codec import Codec
 from pipeline.config import STAGES, ConfigError, CurriculumConfig, config_hash  # noqa: F401 — re-exported
 from pipeline.data import label_summary, load_dataset
 from pipeline.data.errors import DataError
@@ -75,13 +76,47 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, doma
 def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = None) -> Codec:
     if reporter is not None:
         log_object_sizes(cfg, ds, reporter)
-    return Codec(
-        cfg.task,
-        ds.categories,
-        num_bins=cfg.num_bins,
-        max_objects=cfg.data.max_objects or auto_max_objects(ds, reporter),
-        keypoint_names=ds.keypoint_names or None,
-    )
+    from pipeline.codecs.auto import codec_for_model
+
+    model = None if cfg.model == TINY_MODEL else cfg.model
+    try:
+        codec, why = codec_for_model(model, cfg.codec, cfg.task, ds.categories, num_bins=cfg.num_bins,
+                                     max_objects=cfg.data.max_objects or auto_max_objects(ds, reporter),
+                                     keypoint_names=ds.keypoint_names or None)  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"codec: {e}") from None
+    if reporter is not None:
+        reporter.log(f"output format {codec.format}: {why}")
+    return codec
+
+
+def check_fits(ctx: Context, base: Path, stages: set[str]) -> None:
+    """Each training stage's memory and time, said before training; a stage that cannot fit
+    its GPU (its ``compute`` hint, else this machine's card) fails the job now, with the numbers."""
+    from pipeline.estimate import GIB, stage_estimates
+
+    cuda = torch.cuda.get_device_properties(0).total_memory / GIB if ctx.device.kind == "cuda" else None
+    for e in stage_estimates(ctx.cfg, base, stages, cuda, ctx.domain_codec.max_new_tokens()):
+        ctx.reporter.log(e.line(), stage=e.stage)
+        if not e.fits():
+            raise ConfigError(f"{e.line()}: it does not fit. Turn lora on for this stage, lower its batch_size, or "
+                              f"choose a larger GPU (compute)")  # fmt: skip
+
+
+def refuse_grpo_on_encoder_decoder(cfg: CurriculumConfig, stages: set[str]) -> None:
+    """TRL's GRPO generates and scores decoder-only sequences; an encoder-decoder (Florence-2)
+    trains stage 3 by rejection sampling, whose steps are supervised (``pipeline.stages.seq2seq``)."""
+    if cfg.model == TINY_MODEL or "reward" not in stages or not cfg.rl.enabled or cfg.rl.algorithm != "grpo":
+        return
+    from pipeline.codecs.auto import read_vocab
+
+    try:
+        vocab = read_vocab(cfg.model)
+    except ValueError:
+        return  # make_codec has said what it could not read
+    if vocab.encoder_decoder:
+        raise ConfigError(f"rl.algorithm: {vocab.model_type} is an encoder-decoder model, which TRL's GRPO cannot "
+                          "train; set rl.algorithm to 'rft' (rejection sampling, supervised steps) or disable rl")  # fmt: skip
 
 
 def log_object_sizes(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter) -> None:
@@ -208,6 +243,7 @@ def run_job(
         reward=reward,
         fence=fence,
     )
+    refuse_grpo_on_encoder_decoder(cfg, wanted)
     if cfg.evaluate.enabled:  # whichever stage this process runs: fail before training, not after it
         from pipeline.stages.evaluate import held_out
 
@@ -217,6 +253,7 @@ def run_job(
         reward.prepare(boxed)
         reporter.log(f"reward {reward.name}: prepared on the {len(boxed)} fully labelled training images")
     base = prepare_base_model(ctx)
+    check_fits(ctx, base, wanted)
     checkpoints: dict[str, Path] = {"base": base}
     stage_info: dict[str, Any] = {}
     previous = base
@@ -361,87 +398,3 @@ def _evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     from pipeline.stages.evaluate import run_evaluate
 
     return run_evaluate(ctx, checkpoints)
-
-
-def _verdict_md(verdict: dict[str, Any]) -> str:
-    from pipeline.verdict import DID_NOT_LEARN, verdict_line
-
-    if verdict.get("verdict") != DID_NOT_LEARN:
-        return f"Verdict: {verdict_line(verdict)}." if verdict else ""
-    causes = "".join(f"\n- {c['cause']}. Try: {c['fix']}" for c in verdict.get("causes") or [])
-    return f"**Verdict: {verdict_line(verdict)}.**{causes}\n"
-
-
-def _usage_md(cfg: CurriculumConfig, out: Path) -> str:
-    """How to use the model: ``dreamforge serve`` speaks Moondream Station's API, so curl and
-    Moondream's client work against it."""
-    if cfg.task == "caption":
-        skill, extra, call = "caption", "", 'model.caption(image)["caption"]'
-    else:
-        codec = out / "model" / CODEC_FILE
-        names = (json.loads(codec.read_text()).get("categories") if codec.exists() else None) or ["object"]
-        skill, extra, call = "detect", f', \\"object\\": \\"{names[0]}\\"', f'model.detect(image, "{names[0]}")["objects"]'
-    return f"""## Use it
-
-Serve it over Moondream Station's API (port 2020): `dreamforge serve JOB_ID` (or this job's
-output folder), then
-
-```bash
-curl -s localhost:2020/v1/{skill} -H 'Content-Type: application/json' \\
-  -d "{{\\"image_url\\": \\"data:image/jpeg;base64,$(base64 -w0 photo.jpg)\\"{extra}}}"
-```
-
-```python
-import moondream as md
-from PIL import Image
-
-model = md.vl(endpoint="http://localhost:2020/v1")
-image = Image.open("photo.jpg")
-print({call})
-```
-"""
-
-
-def write_model_card(out: Path, cfg: CurriculumConfig, record: dict[str, Any]) -> None:
-    ev = record["evaluation"]
-    key = ev["primary_metric"]
-    rows = "\n".join(
-        f"| {name} | {m.get(key, 0):.3f} | {m.get('parse_rate', 0):.2f} |" for name, m in ev["models"].items()
-    )
-    rel = ev.get("release", {})
-    fit = ev.get("train_fit") or {}
-    fit_line = "".join(
-        f"\nOn {fit['n']} of its training images the {name} model scores {fit[name][key]:.3f} {key}"
-        f" ({fit[name]['gap']:+.3f} against held-out)."
-        for name in ("domain", "reward") if name in fit
-    )
-    card = f"""---
-library_name: transformers
-pipeline_tag: image-text-to-text
-tags: [dreamforge, {cfg.task}]
----
-# {cfg.name}
-
-Fine-tuned by DreamForge from `{cfg.model}` for **{cfg.task}** on `{cfg.data.dataset}`
-with the `{record['reward']}` reward.
-
-Held-out split `{ev['split']}` ({ev['n']} images):
-
-| model | {key} | parse rate |
-|---|---|---|
-{rows}
-{fit_line}
-
-Released: {rel.get('reason', 'the last trained stage')}.
-{_verdict_md(ev.get('verdict') or {})}
-Release artifact: `{Path(rel.get('release_dir', 'model')).name}` ({rel.get('release_format', '16-bit')}).
-4-bit size ratio: {rel.get('size_ratio', 'n/a')}, metric drop: {rel.get('metric_drop', 'n/a')}.
-
-Outputs are location tokens (`<loc_0>`…`<loc_{cfg.num_bins - 1}>`) over the original image;
-decode them with `pipeline.codec.Codec` or run `dreamforge predict`.
-
-{_usage_md(cfg, out)}"""
-    for d in ("model", "model-4bit"):
-        if (out / d).exists():
-            (out / d / "README.md").write_text(card)
-    (out / "MODEL_CARD.md").write_text(card)

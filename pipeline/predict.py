@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from pipeline.codec import Codec
-from pipeline.stages.common import user_prompt
+from pipeline.stages.common import prompt_text
 
 
 @torch.no_grad()
@@ -30,10 +30,14 @@ def generate_texts(
     model.eval()
     tok = processor.tokenizer
     tok.padding_side = "left"  # generation appends on the right; pad the prompt on the left
-    prompt = processor.apply_chat_template(user_prompt(codec), add_generation_prompt=True)
+    prompt = prompt_text(processor, codec)
     device = next(model.parameters()).device
     texts: list[str] = []
     cap = max_new_tokens or codec.max_new_tokens()
+    # Special tokens are dropped from the answers, except the format's own: Florence-2's <loc_N>
+    # are special tokens of its tokenizer, and its post-processor decodes with them kept.
+    added = tok.added_tokens_decoder
+    keep = {i for i in tok.convert_tokens_to_ids(codec.special_tokens()) if i in added and added[i].special}
     per_call = max(1, batch_size // num_samples)
     sampling = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     for i in range(0, len(images), per_call):
@@ -52,8 +56,9 @@ def generate_texts(
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
-        new = out[:, inputs["input_ids"].shape[1] :]
-        texts.extend(tok.batch_decode(new, skip_special_tokens=True))
+        # an encoder-decoder (Florence-2) returns the decoder's tokens only; a decoder, prompt + answer
+        new = out if model.config.is_encoder_decoder else out[:, inputs["input_ids"].shape[1] :]
+        texts.extend(_decode(tok, row.tolist(), keep) for row in new)
     return texts
 
 
@@ -71,6 +76,20 @@ class SampleImages(Sequence):
         if isinstance(index, slice):
             return [s.image for s in self.samples[index]]
         return self.samples[index].image
+
+
+def _decode(tok, ids: list[int], keep: set[int]) -> str:
+    """``tok.decode(ids, skip_special_tokens=True)``, but the ``keep`` tokens written out."""
+    if not keep:
+        return tok.decode(ids, skip_special_tokens=True)
+    out, run = [], []
+    for i in ids:
+        if i in keep:
+            out += [tok.decode(run, skip_special_tokens=True), tok.convert_ids_to_tokens(i)]
+            run = []
+        else:
+            run.append(i)
+    return "".join([*out, tok.decode(run, skip_special_tokens=True)])
 
 
 def predict_targets(model, processor, samples, codec: Codec, *, batch_size: int = 32):

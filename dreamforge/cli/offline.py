@@ -49,7 +49,8 @@ def predict(
 
 
 def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None) -> dict:
-    from pipeline.codec import CODEC_FILE, Codec
+    from pipeline.codec import CODEC_FILE
+    from pipeline.codecs import codec_from_spec
 
     # the user's mistakes first, before seconds of torch imports
     meta = model_dir / CODEC_FILE
@@ -72,7 +73,7 @@ def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None
     except UnidentifiedImageError:
         raise ValueError(f"{image}: not an image Pillow can read") from None
     c = json.loads(meta.read_text())
-    codec = Codec(c["task"], c["categories"], c["num_bins"], c["max_objects"], c.get("keypoint_names") or None)
+    codec = codec_from_spec(c)
     if prompt:
         codec.prompt = lambda: prompt  # type: ignore[method-assign]
     quantized = (model_dir / "config.json").exists() and "quantization_config" in (model_dir / "config.json").read_text()
@@ -83,6 +84,36 @@ def _predict(model_dir: Path, image: Path, prompt: str | None, draw: Path | None
     if draw:
         draw_target(im, target).save(draw)
     return {"text": text, "parsed": ok, "quantized": quantized, "prediction": target}
+
+
+def data_show(
+    dataset: Annotated[str, typer.Argument(help="Dataset URI: folder, .zip, s3://, gs:// or synthetic://KIND.")],
+    model: Annotated[str, typer.Option(help="A model folder, a hub id, a family (qwen2_5_vl, qwen2_vl, qwen3_vl, "
+                                       "florence2, paligemma, idefics3, llava) or dreamforge-tiny.")] = "dreamforge-tiny",
+    n: Annotated[int, typer.Option(min=1, max=1000, help="How many samples to show.")] = 3,
+    task: Annotated[str, typer.Option(help="detect, segment, keypoints or caption.")] = "detect",
+    codec: Annotated[str, typer.Option(help="Output format: auto, loc, qwen-json, florence, paligemma or text.")] = "auto",
+    num_bins: Annotated[int, typer.Option(min=4, max=4096, help="Bins of the loc and text formats.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of samples.")] = False,
+) -> None:
+    """Print, per sample, the prompt and the exact text the model would be trained to answer."""
+    from pipeline.data.errors import DataError
+    from pipeline.show import show_samples
+
+    try:
+        rows, why = show_samples(dataset, model, task=task, n=n, codec=codec, num_bins=num_bins)
+    except DataError as e:
+        raise fail(str(e), 2) from None
+    except (ValueError, OSError) as e:
+        raise fail(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    typer.echo(f"output format {why}")
+    for r in rows:
+        size = f"{r['width']}x{r['height']}" + (f" (fed as {r['input_width']}x{r['input_height']})"
+                                                if (r["input_width"], r["input_height"]) != (r["width"], r["height"]) else "")  # fmt: skip
+        typer.echo(f"\n{r['file']}  {size}\n  prompt: {r['prompt']!r}\n  target: {r['target']}")
 
 
 def reward_test(

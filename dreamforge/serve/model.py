@@ -60,8 +60,9 @@ def _release_format(out: Path) -> str | None:
 
 
 def load_codec(model_dir: Path) -> Codec:
-    c = json.loads((model_dir / CODEC_FILE).read_text())
-    return Codec(c["task"], c["categories"], c["num_bins"], c["max_objects"], c.get("keypoint_names") or None)
+    from pipeline.codecs import codec_from_spec
+
+    return codec_from_spec(json.loads((model_dir / CODEC_FILE).read_text()))
 
 
 @dataclass

@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from pipeline.config import TINY_MODEL  # noqa: F401 — re-exported for the stages
 from pipeline.device import Device
-
-TINY_MODEL = "dreamforge-tiny"
 
 
 def _register_compat(path: Path) -> None:
@@ -36,10 +35,57 @@ def load_model(path: str | Path, device: Device, *, quantization_config: Any = N
     else:
         kwargs["dtype"] = torch.float32 if device.use_cpu else device.dtype
     model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
-    processor = AutoProcessor.from_pretrained(str(path))
+    processor = prepared(AutoProcessor.from_pretrained(str(path)), encoder_decoder=model.config.is_encoder_decoder)
     if quantization_config is None and not device.use_cpu:
         model.to(device.kind)
     return model, processor
+
+
+def four_bit_config(quant_type: str, device: Device, keep_16bit: list[str]):
+    """bitsandbytes 4-bit weights for the language model; ``keep_16bit`` module prefixes (the
+    vision tower, the projector, lm_head) stay in 16-bit. Prefixes match from the start of the
+    full module name (FACTS.md): "model.vision_tower", not "vision_tower"."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_compute_dtype=torch.float32 if device.use_cpu else device.dtype,
+        llm_int8_skip_modules=list(keep_16bit),
+    )
+
+
+def load_processor(path: str | Path):
+    """The processor alone (``dreamforge data show``), prepared as :func:`load_model` prepares it."""
+    from transformers import AutoConfig
+
+    if Path(path).exists():
+        _register_compat(Path(path))
+    encoder_decoder = bool(getattr(AutoConfig.from_pretrained(str(path)), "is_encoder_decoder", False))
+    return prepared(AutoProcessor.from_pretrained(str(path)), encoder_decoder=encoder_decoder)
+
+
+def prepared(processor, *, encoder_decoder: bool):
+    """A PaliGemma processor that tokenises completions alone, and a bare chat template for a
+    decoder family that ships none (an encoder-decoder takes the task prompt as is)."""
+    if type(processor).__name__ == "PaliGemmaProcessor":
+        from pipeline.models.paligemma_compat import adapt
+
+        processor = adapt(processor)
+    if not getattr(processor, "chat_template", None) and not encoder_decoder:
+        processor.chat_template = bare_template(processor.tokenizer.eos_token)
+    return processor
+
+
+def bare_template(eos: str) -> str:
+    """A chat template for a family that has none (PaliGemma): the user's text as is, the
+    answer then end of text. TRL's trainers take chat messages; this renders them as the
+    family's own prompt (``detect cola ; soap``), and its processor adds the image and <bos>."""
+    return (
+        "{% for message in messages %}{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+        "{% endif %}{% endfor %}{% endif %}{% if message['role'] == 'assistant' %}" + eos + "{% endif %}{% endfor %}"
+    )
 
 
 def ensure_tokens(model, processor, tokens: list[str]) -> int:

@@ -17,7 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-FAMILIES = ("llava", "idefics3", "qwen2_vl")
+FAMILIES = ("llava", "idefics3", "qwen2_vl", "qwen2_5_vl", "paligemma", "florence2")
 
 # One template for every family: it only needs to place the image placeholder where the
 # processor expands it, and to be prefix-consistent (prompt + generation prompt is a
@@ -108,7 +108,11 @@ def build_tiny_vlm(
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    builder = {"llava": _build_llava, "idefics3": _build_idefics3, "qwen2_vl": _build_qwen2_vl}[family]
+    from pipeline.models import tiny_families as tf
+
+    builder = {"llava": _build_llava, "idefics3": _build_idefics3, "qwen2_vl": _build_qwen2_vl,
+               "qwen2_5_vl": tf.build_qwen2_5_vl, "paligemma": tf.build_paligemma,
+               "florence2": tf.build_florence2}[family]  # fmt: skip
     model, processor = builder(
         special_tokens=list(special_tokens or []),
         extra_words=extra_words,
@@ -122,9 +126,16 @@ def build_tiny_vlm(
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     (out_dir / "dreamforge_model.json").write_text(
-        json.dumps({"family": family, "image_size": image_size, "built_by": "dreamforge"}, indent=1)
+        json.dumps({"family": family, "image_size": image_size, "built_by": "dreamforge", **_loc_bins(special_tokens)},
+                   indent=1)
     )
     return out_dir
+
+
+def _loc_bins(tokens: list[str] | None) -> dict:
+    """The loc grammar's bins the model was built for (``codec: "auto"`` reads them back)."""
+    n = sum(1 for t in tokens or [] if t.startswith("<loc_"))
+    return {"loc_bins": n} if n else {}
 
 
 def _text_kwargs(tok, hidden: int, layers: int) -> dict:

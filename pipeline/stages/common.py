@@ -68,6 +68,15 @@ def user_prompt(codec: Codec) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": codec.prompt()}]}]
 
 
+def prompt_text(processor, codec: Codec) -> str:
+    """The prompt as the model's processor wants it: through its chat template, or, for families
+    with none (Florence-2, PaliGemma), the bare task prompt, which their processors wrap with the
+    image tokens themselves (``Florence2Processor`` also expands its ``<OD>``-style task tags)."""
+    if getattr(processor, "chat_template", None):
+        return processor.apply_chat_template(user_prompt(codec), add_generation_prompt=True)
+    return codec.prompt()
+
+
 def sft_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
     """Stage 1 and 2's rows, without their images (:func:`with_images` adds them as rows are read)."""
     prompt = user_prompt(codec)
@@ -334,8 +343,50 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def save_model(model, processor, path: Path) -> None:
-    if hasattr(model, "merge_and_unload"):  # LoRA: every checkpoint is a plain, loadable model
+def load_for_training(ctx: Context, stage: str, in_model: Path, stage_cfg: StageConfig, tokens: list[str]):
+    """``(model, processor)`` ready to train: the codec's tokens added, LoRA adapters on when
+    the stage wants them, and with ``qlora`` the language weights in 4-bit under them."""
+    from pipeline.models.loading import ensure_tokens, four_bit_config, load_model
+
+    quant = four_bit_config("nf4", ctx.device, ctx.cfg.export.keep_16bit) if stage_cfg.qlora else None
+    model, processor = load_model(in_model, ctx.device, quantization_config=quant)
+    ensure_tokens(model, processor, tokens)
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 norms and an input-grad hook, as QLoRA needs; checkpointing stays off (FACTS.md)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if lora_on(ctx, stage, stage_cfg, model):
+        model = lora_wrap(model, stage_cfg)
+    return model, processor
+
+
+def lora_on(ctx: Context, stage: str, stage_cfg: StageConfig, model) -> bool:
+    """Whether ``stage`` trains LoRA adapters (``lora: "auto"``: by the model's size), logged."""
+    from pipeline.estimate import lora_wanted
+
+    on, why = lora_wanted(stage_cfg.lora, model.num_parameters())
+    if stage_cfg.qlora:
+        on, why = True, "qlora: adapters over a 4-bit base"
+    if stage_cfg.lora == "auto" or stage_cfg.qlora:
+        ctx.reporter.log(f"stage {stage}: {'LoRA' if on else 'full fine-tuning'}, {why}", stage=stage)
+    return on
+
+
+def save_model(model, processor, path: Path, *, base: Path | None = None, device=None, tokens=()) -> None:
+    """Save a plain, loadable model: LoRA adapters merged in (and kept beside it in
+    ``adapter/`` for those who serve adapters). A QLoRA model is merged into its 16-bit
+    ``base`` reloaded on ``device`` (with the codec's ``tokens``), not into the 4-bit weights."""
+    if hasattr(model, "merge_and_unload"):
+        model.save_pretrained(path / "adapter")
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model.base_model.model, "is_loaded_in_4bit", False):
+            from peft import PeftModel
+
+            from pipeline.models.loading import ensure_tokens, load_model
+
+            full, _ = load_model(base, device)
+            ensure_tokens(full, processor, list(tokens))
+            model = PeftModel.from_pretrained(full, path / "adapter")
         model = model.merge_and_unload()
     model.save_pretrained(path)
     processor.save_pretrained(path)

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipeline.coco_eval import write_export
 from pipeline.codec import CODEC_FILE
 from pipeline.data.errors import DataError
@@ -32,7 +30,7 @@ from pipeline.fence import FenceLost
 from pipeline.gate import split_fingerprint
 from pipeline.metrics import evaluate as compute_metrics
 from pipeline.metrics import primary_metric
-from pipeline.models.loading import load_model
+from pipeline.models.loading import four_bit_config, load_model
 from pipeline.predict import predict_targets
 from pipeline.rewards.base import reward_target
 from pipeline.stage_table import BY_NAME, REWARD_SCORE, TRAINED
@@ -314,32 +312,11 @@ def quantized_release_ok(full_metric: float, quantized_metric: float, max_drop: 
 
 def write_codec(ctx: Context, model_dir: Path) -> None:
     """What ``dreamforge predict`` needs to turn the model's text back into structures."""
-    c = ctx.domain_codec
-    (model_dir / CODEC_FILE).write_text(
-        json.dumps(
-            {
-                "task": c.task,
-                "categories": list(c.categories),
-                "num_bins": c.num_bins,
-                "max_objects": c.max_objects,
-                "keypoint_names": list(c.keypoint_names or []),
-            },
-            indent=1,
-        )
-    )
+    (model_dir / CODEC_FILE).write_text(json.dumps(ctx.domain_codec.spec(), indent=1))
 
 
 def quantize_and_eval(ctx: Context, full_dir: Path, q_dir: Path, samples, examples: dict) -> dict:
-    from transformers import BitsAndBytesConfig
-
-    qcfg = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=ctx.cfg.export.quantization,
-        bnb_4bit_compute_dtype=torch.float32 if ctx.device.use_cpu else ctx.device.dtype,
-        # Prefixes match from the start of the full module name (FACTS.md): "model.vision_tower",
-        # not "vision_tower".
-        llm_int8_skip_modules=list(ctx.cfg.export.keep_16bit),
-    )
+    qcfg = four_bit_config(ctx.cfg.export.quantization, ctx.device, ctx.cfg.export.keep_16bit)
     model, processor = load_model(full_dir, ctx.device, quantization_config=qcfg)
     with ctx.publish():
         if q_dir.exists():

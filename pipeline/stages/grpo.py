@@ -19,7 +19,6 @@ from trl import GRPOConfig, GRPOTrainer
 
 from pipeline.codec import Codec
 from pipeline.config import RLConfig
-from pipeline.models.loading import ensure_tokens, load_model
 from pipeline.rewards.base import as_trl_reward
 from pipeline.stages.common import (
     Context,
@@ -31,7 +30,7 @@ from pipeline.stages.common import (
     drop_checkpoints,
     fully_labelled,
     grpo_rows,
-    lora_wrap,
+    load_for_training,
     resume_point,
     save_model,
     time_cosine,
@@ -52,10 +51,7 @@ def train_grpo(
 ) -> dict:
     if not samples:
         raise ValueError(f"stage {stage}: the training split is empty")
-    model, processor = load_model(in_model, ctx.device)
-    ensure_tokens(model, processor, codec.special_tokens())
-    if rl.lora:
-        model = lora_wrap(model, rl)
+    model, processor = load_for_training(ctx, stage, in_model, rl, codec.special_tokens())
     reward_fn = as_trl_reward(ctx.reward, codec)
     rows = grpo_rows(samples, codec)
     train = with_images(rows, samples)
@@ -116,7 +112,7 @@ def train_grpo(
         ctx.reporter.log(f"keeping the weights of step {watch.best_step}: validation {watch.key} {watch.best:.3f}, the best "
                          f"of {len(watch.curve)} watch checks", stage=stage)  # fmt: skip
     with ctx.publish():
-        save_model(trainer.model, processor, out_model)
+        save_model(trainer.model, processor, out_model, base=in_model, device=ctx.device, tokens=codec.special_tokens())
     drop_checkpoints(ctx, stage)
     return {**(watch.summary() if watch is not None else {}),
         "train_seconds": round(seconds, 2),

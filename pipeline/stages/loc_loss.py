@@ -19,10 +19,13 @@ def soft_location_loss(
     loc_ids: torch.Tensor,
     sigma: float = 1.0,
     num_items: int | None = None,
+    shift: bool = True,
 ) -> torch.Tensor:
-    """Causal LM loss where targets that are location tokens become Gaussians over the bins."""
-    logits = logits[:, :-1, :].float()
-    labels = labels[:, 1:]
+    """Causal LM loss where targets that are location tokens become Gaussians over the bins.
+    ``shift=False``: an encoder-decoder's logits already line up with its labels."""
+    if shift:
+        logits, labels = logits[:, :-1, :], labels[:, 1:]
+    logits = logits.float()
     mask = labels != -100
     logits = logits[mask]
     target = labels[mask]

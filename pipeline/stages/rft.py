@@ -263,7 +263,7 @@ def _round(
         ctx.reporter.log(f"rft round {r}/{rounds}: no budget left to train", level="warning", stage=stage)
     else:
         # A supervised stage without validation checks: the kept answers are the whole signal.
-        cfg = SupervisedConfig(epochs=rl.epochs, max_seconds=train_budget, lr=rl.lr, lora=rl.lora, lora_r=rl.lora_r,
+        cfg = SupervisedConfig(epochs=rl.epochs, max_seconds=train_budget, lr=rl.lr, lora=rl.lora, lora_r=rl.lora_r, qlora=rl.qlora,
                                batch_size=rl.batch_size, max_steps=steps, val_checks=0)  # fmt: skip
         sub = dataclasses.replace(ctx, reporter=_RoundReporter(ctx.reporter, lo + (hi - lo) / 2, hi, step0))
         trained = train_sft(sub, stage, Path(current), truth + kept, codec, cfg, rdir / "model")

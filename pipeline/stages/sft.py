@@ -18,7 +18,6 @@ from trl import SFTConfig, SFTTrainer
 
 from pipeline.codec import Codec
 from pipeline.config import StageConfig, SupervisedConfig
-from pipeline.models.loading import ensure_tokens, load_model
 from pipeline.stages.common import (
     Context,
     ReporterCallback,
@@ -28,7 +27,7 @@ from pipeline.stages.common import (
     checkpoint_schedule,
     drop_checkpoints,
     fully_labelled,
-    lora_wrap,
+    load_for_training,
     resume_point,
     save_model,
     sft_rows,
@@ -36,6 +35,7 @@ from pipeline.stages.common import (
     with_images,
 )
 from pipeline.stages.loc_loss import soft_location_loss
+from pipeline.stages.seq2seq import LocationAwareSeq2SeqTrainer, Seq2SeqCollator, seq2seq_rows
 from pipeline.stages.validation import ValidationCallback, check_interval, check_seconds
 from pipeline.structures import Sample
 
@@ -43,7 +43,7 @@ from pipeline.structures import Sample
 class LocationAwareSFTTrainer(SFTTrainer):
     def __init__(self, *args, loc_ids: list[int], loc_sigma: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self._loc_ids = torch.tensor(loc_ids)
+        self._loc_ids = torch.tensor(loc_ids, dtype=torch.long)  # empty for formats without location tokens
         self._loc_sigma = loc_sigma
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -72,11 +72,9 @@ def train_sft(
     (an epoch counts each labelled image once, so augmenting does not lengthen the stage)."""
     if not samples:
         raise ValueError(f"stage {stage}: the training split is empty")
-    model, processor = load_model(in_model, ctx.device)
-    ensure_tokens(model, processor, codec.special_tokens())
-    if stage_cfg.lora:
-        model = lora_wrap(model, stage_cfg)
-    rows = sft_rows(samples, codec)
+    model, processor = load_for_training(ctx, stage, in_model, stage_cfg, codec.special_tokens())
+    seq2seq = bool(model.config.is_encoder_decoder)
+    rows = seq2seq_rows(samples, codec) if seq2seq else sft_rows(samples, codec)
     train = with_images(rows, samples)
     bs = min(stage_cfg.batch_size, len(rows))
     steps_per_epoch = math.ceil((epoch_examples or len(rows)) / bs)
@@ -115,16 +113,13 @@ def train_sft(
     callback = ReporterCallback(ctx.reporter, stage, stage_cfg.max_seconds, clock=clock)
     planned = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
     validation = _validation(ctx, stage, codec, stage_cfg, processor, planned=planned)
-    trainer = LocationAwareSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        processing_class=processor,
-        optimizers=(optimizer, scheduler),
-        callbacks=[callback, checkpoint_schedule(None), *([validation] if validation else [])],
-        loc_ids=loc_ids,
-        loc_sigma=loc_sigma,
-    )
+    common = dict(model=model, args=args, train_dataset=train, optimizers=(optimizer, scheduler),
+                  callbacks=[callback, checkpoint_schedule(None), *([validation] if validation else [])],
+                  loc_ids=loc_ids, loc_sigma=loc_sigma)  # fmt: skip
+    if seq2seq:
+        trainer = LocationAwareSeq2SeqTrainer(**common, data_collator=Seq2SeqCollator(processor, codec))
+    else:
+        trainer = LocationAwareSFTTrainer(**common, processing_class=processor)
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter
     t0 = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume_point(ctx, stage))
@@ -145,7 +140,7 @@ def train_sft(
                              f"{validation.best:.3f}, the best of {len(validation.curve)} checks", stage=stage)  # fmt: skip
         info.update(validation.summary())
     with ctx.publish():
-        save_model(trainer.model, processor, out_model)
+        save_model(trainer.model, processor, out_model, base=in_model, device=ctx.device, tokens=codec.special_tokens())
     drop_checkpoints(ctx, stage)
     return info
 
