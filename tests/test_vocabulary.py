@@ -86,7 +86,8 @@ def test_meta_is_public_and_publishes_the_stages_and_the_status_sets(stack):
     final, active = set(m["final"]), set(m["active"])
     assert final | active == set(m["statuses"]) and not final & active
     assert set(m["requeuable"]) <= final and "succeeded" not in m["requeuable"]
-    assert set(m["held"]) == {"awaiting_approval"} and set(m["held"]) <= set(m["waiting"]) <= active
+    # held: waiting for a person (an approval, or a raised budget cap), not for a worker
+    assert set(m["held"]) == {"awaiting_approval", "paused"} and set(m["held"]) <= set(m["waiting"]) <= active
 
 
 def test_approve_queues_a_held_job_once_and_only_for_its_project(stack, db):

@@ -54,6 +54,19 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 COMMON = responses(400, 413, 422, 500, 503)
 
 
+def json_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """:func:`responses` with the ``Problem`` body declared as JSON outright, for a route whose
+    success is not JSON (an event stream): FastAPI would document a ``model`` under the route's
+    own media type. Covers :data:`COMMON` too."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({*codes, *COMMON}):
+        out[code] = {"description": _WHY[code],
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}  # fmt: skip
+        if code in (429, 503):
+            out[code]["headers"] = _RETRY_AFTER
+    return out
+
+
 # Every route but these reads an API key (or, for GitHub's webhook, a signature): 401.
 PUBLIC = ("/healthz", "/api/presets", "/api/meta")
 

@@ -59,7 +59,7 @@ async def _owned(db: Db, job_id: str, pid: Project) -> str:
 
 # FastAPI's own server-sent events (fastapi.sse, 0.165): it encodes each event, sends a keep-alive
 # comment every 15 s and stops when the client goes (this used to be written by hand).
-@router.get("/logs/stream", response_class=EventSourceResponse, responses=errors.responses(404))
+@router.get("/logs/stream", response_class=EventSourceResponse, responses=errors.json_responses(404))
 async def logs_stream(request: Request, db: Db, job_id: Annotated[str, Depends(_owned)],
                       after: int = Query(0, ge=0, le=SEQ_MAX)) -> AsyncIterator[ServerSentEvent]:  # fmt: skip
     """Server-sent events: one ``log`` event per line (its ``id`` the line's seq, so a reconnect
