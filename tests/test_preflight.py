@@ -146,7 +146,9 @@ def test_cost_per_stage_on_its_gpu_and_unknown_models_are_not_guessed():
 
 def test_a_model_that_cannot_fit_its_gpu_is_an_error_naming_the_cause():
     seven_b = "Qwen/Qwen2.5-VL-7B-Instruct"
-    cfg = build_config(tiny_job_config(model=seven_b, rl={"enabled": False}, domain={"compute": "L4", "batch_size": 8}))
+    # lora false: the default ("auto") would already train adapters on a 7B model
+    cfg = build_config(tiny_job_config(model=seven_b, rl={"enabled": False}, domain={"compute": "L4", "batch_size": 8,
+                                                                                    "lora": False}))  # fmt: skip
     report = run_preflight(cfg)
     (mem,) = [f for f in report["findings"] if f["check"] == "memory" and "stage domain" in f["message"]]
     assert mem["severity"] == "error" and not report["ok"]
