@@ -90,6 +90,31 @@ def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = N
     return codec
 
 
+def check_answer_length(ctx: Context, base: Path) -> None:
+    """The longest answer the codec allows (``data.max_objects`` objects), after the image and the
+    prompt, must fit the model's positions; else a job with many objects per image would fail
+    (or be cut) mid-stage. Said now, naming the field to change."""
+    import json
+
+    from pipeline.estimate import model_shape
+
+    try:
+        raw = json.loads((Path(base) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # a hub model not on this disk yet: the stage itself will read its limits
+    text = raw.get("text_config") or raw
+    limit = text.get("max_position_embeddings") or raw.get("max_position_embeddings")
+    found = model_shape(str(base))
+    if not limit or found is None:
+        return
+    answer = ctx.domain_codec.max_new_tokens()
+    need = found[1] + answer
+    if need > int(limit):
+        raise ConfigError(f"data.max_objects: {ctx.domain_codec.max_objects} objects make answers of up to {answer} tokens; "
+                          f"with the image and the prompt that is about {need} positions, more than the model's "
+                          f"{limit}. Lower data.max_objects, or tile the images so each holds fewer objects")  # fmt: skip
+
+
 def check_fits(ctx: Context, base: Path, stages: set[str]) -> None:
     """Each training stage's memory and time, said before training; a stage that cannot fit
     its GPU (its ``compute`` hint, else this machine's card) fails the job now, with the numbers."""
@@ -253,6 +278,7 @@ def run_job(
         reward.prepare(boxed)
         reporter.log(f"reward {reward.name}: prepared on the {len(boxed)} fully labelled training images")
     base = prepare_base_model(ctx)
+    check_answer_length(ctx, base)
     check_fits(ctx, base, wanted)
     checkpoints: dict[str, Path] = {"base": base}
     stage_info: dict[str, Any] = {}

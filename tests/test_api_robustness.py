@@ -195,3 +195,19 @@ def test_the_reward_tester_runs_the_weak_rewards_and_refuses_them_for_other_task
                                               "task": "keypoints"})  # fmt: skip
         assert r.status_code == 422, r.text
         assert [d["loc"] for d in _problem(r)] == [["reward"]] and "detect and segment" in str(_problem(r))
+
+
+def test_a_stage_that_cannot_fit_its_chosen_gpu_is_refused_at_submit_with_the_numbers(stack, db):
+    """Issue 18: not out of memory an hour into a paid run. A 7B model trained in full on an L4
+    (its ``compute`` hint) is a 422 on that field, saying how much it needs and what to change."""
+    before = db.jobs.count_documents({})
+    cfg = tiny_job_config(model="Qwen/Qwen2.5-VL-7B-Instruct", domain={"compute": "L4", "lora": False, "batch_size": 8})
+    with api(stack) as c:
+        r = c.post("/api/train", json={"config": cfg})
+    assert r.status_code == 422, r.text
+    (problem,) = _problem(r)
+    assert problem["loc"] == ["domain", "compute"]
+    assert problem["msg"].startswith("stage domain: full fine-tuning, 8290.0M trainable parameters, about 102.2 GiB of 22 GiB on L4")
+    assert "it does not fit; most of it is gradients" in problem["msg"]
+    assert "set lora: true" in problem["msg"]
+    assert db.jobs.count_documents({}) == before  # nothing queued, nothing billed

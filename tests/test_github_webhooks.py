@@ -300,7 +300,7 @@ def test_githubs_own_webhook_reads_the_config_at_the_pushed_sha(stack, db, key, 
     commit = sha()
     gh.files[(REPO, commit, "dreamforge.config.json")] = json.dumps(cfg("from-webhook"))
     push = {"ref": "refs/heads/hooked", "before": "0" * 40, "after": commit, "deleted": False,
-            "repository": {"full_name": REPO, "id": 777}, "pusher": {"name": "octo"}}  # fmt: skip
+            "repository": {"full_name": REPO, "id": 777, "default_branch": "trunk"}, "pusher": {"name": "octo"}}  # fmt: skip
     raw = json.dumps(push).encode()
 
     def deliver(raw: bytes, event: str, delivery: str, secret: str = SECRET) -> httpx.Response:
@@ -315,6 +315,7 @@ def test_githubs_own_webhook_reads_the_config_at_the_pushed_sha(stack, db, key, 
     assert r.status_code == 201, r.text
     job = db.jobs.find_one({"_id": r.json()["jobId"]})
     assert job["config"]["name"] == "from-webhook" and job["source"]["branch"] == "hooked" and job["source"]["sha"] == commit
+    assert job["source"]["default_branch"] == "trunk"  # the preview gate compares with trunk's model, not "main"
     assert ("GET", f"/repos/{REPO}/contents/dreamforge.config.json") in gh.calls()
     assert deliver(raw, "push", "d-1").json()["duplicate"] is True  # GitHub's redelivery
     # no config at that sha: nothing to train

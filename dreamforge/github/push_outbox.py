@@ -44,12 +44,14 @@ MAX_FAILURES = 20  # ~5 h of outage; then the preview shows the failure: push ag
 EVERY_S = 1.0  # how often each API process looks for due deliveries
 
 
-def pending_doc(pid: str, delivery: str, repo: str, target: tuple[str, str, int | None, bool]) -> dict[str, Any]:
+def pending_doc(pid: str, delivery: str, repo: str, target: tuple[str, str, int | None, bool],
+                default_branch: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """``default_branch``: the repository's, from the event (the preview gate's base)."""
     branch, sha, pr, fork = target
     t = queue.now()
     # Due only after CLAIM_S: the request that stores it reads GitHub first.
     return {"_id": queue.scoped(pid, delivery), "project_id": pid, "delivery": delivery, "repo": repo, "branch": branch,
-            "sha": sha, "pr": pr, "fork": fork, "received_at": t, "failures": 0,
+            "sha": sha, "pr": pr, "fork": fork, "default_branch": default_branch, "received_at": t, "failures": 0,
             "due": queue.stamp(t + timedelta(seconds=CLAIM_S))}  # fmt: skip
 
 
@@ -61,7 +63,8 @@ async def resolve(db, settings: Settings, p: dict[str, Any], *, inline: bool) ->
     text = await _read(db, settings, p, inline=inline)
     if isinstance(text, JSONResponse):
         return text
-    source = JobSource(kind="github", repo=p["repo"], branch=p["branch"], sha=p["sha"], pr=p["pr"])
+    source = JobSource(kind="github", repo=p["repo"], branch=p["branch"], sha=p["sha"], pr=p["pr"],
+                       default_branch=p.get("default_branch"))  # fmt: skip
     if text is None:
         await _done(db, p, skipped=f"no {webhooks.CONFIG_FILE} at {p['sha'][:12]}")
         return JSONResponse({"skipped": f"no {webhooks.CONFIG_FILE} at {p['sha'][:12]}"}, status_code=202)

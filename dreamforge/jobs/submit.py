@@ -154,6 +154,7 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict
     if reward:
         raw["reward"] = reward
     cfg, reward_ref = await resolve_refs(db, project_id, build_config(raw, preset=req.preset, source="request"))
+    check_fit(cfg)
     return cfg.model_dump(mode="json", by_alias=True, exclude_none=True), reward_ref
 
 
@@ -169,6 +170,16 @@ async def resolve_refs(db, project_id: str, cfg: CurriculumConfig) -> tuple[Curr
         update["reward"] = "stored.js"  # the worker writes the stored source there
     return cfg.model_copy(update=update), reward_ref
 
+
+
+def check_fit(cfg: CurriculumConfig) -> None:
+    """A stage whose ``compute`` hint names a GPU it cannot fit is refused now, with the numbers
+    (``pipeline.estimate``), not out of memory an hour into a paid run."""
+    from pipeline.estimate import fit_problems
+
+    problems = fit_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(f"{loc}: {msg}" for loc, msg in problems), [{"loc": loc, "msg": msg} for loc, msg in problems])
 
 
 async def uploaded_names(db, project_id: str, config: dict[str, Any]) -> dict[str, dict[str, str]]:

@@ -166,7 +166,9 @@ async def from_github(request: Request, db: Db, settings: AppSettings, x_github_
         raise HTTPException(400, "missing X-GitHub-Delivery")
     # Stored before GitHub is asked for the config: GitHub never redelivers on its own, so
     # a delivery it cannot be asked about now is read later from the outbox (push_outbox.py).
-    p = push_outbox.pending_doc(project["_id"], x_github_delivery, repo, target)
+    default_branch = (event.get("repository") or {}).get("default_branch")  # in every push and pull_request payload
+    p = push_outbox.pending_doc(project["_id"], x_github_delivery, repo, target,
+                                default_branch if isinstance(default_branch, str) and default_branch else None)  # fmt: skip
     try:
         await db[DELIVERIES].insert_one({"_id": p["_id"], "created_at": queue.now()})
     except DuplicateKeyError:
