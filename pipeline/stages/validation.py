@@ -60,6 +60,7 @@ class ValidationCallback(TrainerCallback):
         self.curve: list[tuple[int, float]] = []
         self.stopped_early = False
         self.seconds = 0.0
+        self.last_predictions: list = []  # of the latest check
 
     def score(self, model) -> dict[str, float]:
         t0 = time.monotonic()
@@ -71,6 +72,7 @@ class ValidationCallback(TrainerCallback):
         finally:
             model.train(was_training)
         m = evaluate(preds, [s.target for s in self.samples], parsed, self.task, self.codec.categories)
+        self.last_predictions = preds  # what subclasses read more from (the reward watch's boxes per image)
         self.seconds += time.monotonic() - t0
         return {f"val_{self.key}": float(m[self.key]), "val_parse_rate": float(m.get("parse_rate", 0.0))}
 

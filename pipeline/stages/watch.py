@@ -17,13 +17,8 @@ validated best (``ValidationCallback``'s snapshot), never the hacked ones.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import torch
-
-from pipeline.metrics import evaluate
-from pipeline.predict import predict_targets
 from pipeline.stages.validation import ValidationCallback
 
 BOX_DRIFT = 2.0  # boxes per image, as a multiple of the ground truth's, that counts as drift
@@ -48,19 +43,10 @@ class RewardWatch(ValidationCallback):
             self.reward = float(logs["reward"])
 
     def score(self, model) -> dict[str, float]:
-        t0 = time.monotonic()
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                preds, parsed, _ = predict_targets(model, self.processor, self.samples, self.codec, batch_size=self.batch_size)
-        finally:
-            model.train(was_training)
-        m = evaluate(preds, [s.target for s in self.samples], parsed, self.task, self.codec.categories)
+        scores = super().score(model)
+        preds = self.last_predictions
         self.boxes = sum(len(p.get("boxes") or []) for p in preds) / max(1, len(preds))
-        self.seconds += time.monotonic() - t0
-        return {f"val_{self.key}": float(m[self.key]), "val_parse_rate": float(m.get("parse_rate", 0.0)),
-                "val_boxes_per_image": round(self.boxes, 4)}  # fmt: skip
+        return {**scores, "val_boxes_per_image": round(self.boxes, 4)}
 
     def on_step_end(self, args, state, control, model=None, **kw):
         n = len(self.curve)
