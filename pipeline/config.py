@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.gate import BaselineModel, GateConfig
 from pipeline.stage_table import SECTION, STAGES  # noqa: F401 — STAGES re-exported for callers of the config
@@ -407,6 +417,25 @@ class CurriculumConfig(_Strict):
         "the default branch's released one. A project's own gate setting (PUT /api/gate) wins.",
     )  # fmt: skip
 
+    # The source of a stored JavaScript reward (``reward: stored:<sha256>/<name>``): it travels beside
+    # the config in the sealed document (pipeline.sealed), never inside the schema.
+    _reward_source: str | None = PrivateAttr(None)
+
+    @property
+    def reward_source(self) -> str | None:
+        return self._reward_source
+
+    @model_validator(mode="after")
+    def _count(self) -> CurriculumConfig:
+        # A test hook (tests/test_config_once.py): with DREAMFORGE_VALIDATION_LOG set, every full
+        # validation of a curriculum appends a line there, in whichever process it runs, so a test
+        # can count them along a job's whole way. Unset (always, outside that test): nothing.
+        log = os.environ.get("DREAMFORGE_VALIDATION_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {self.name}\n")
+        return self
+
     @field_validator("reward")
     @classmethod
     def _example_name(cls, v: str) -> str:
@@ -507,6 +536,11 @@ def validation_errors(err: ValidationError) -> list[dict[str, str]]:
 
 
 def load_config(path: str | Path, *, preset: str | None = None) -> CurriculumConfig:
+    return build_config(read_config(path), preset=preset, source=str(path))
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A config file's JSON object, not yet validated; errors name the file and line."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -518,7 +552,7 @@ def load_config(path: str | Path, *, preset: str | None = None) -> CurriculumCon
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a JSON object, got {type(raw).__name__}")
-    return build_config(raw, preset=preset, source=str(path))
+    return raw
 
 
 def json_schema() -> dict[str, Any]:

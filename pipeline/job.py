@@ -52,7 +52,8 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, doma
     the labels of ``domain`` when given (:func:`default_reward`)."""
     name = default_reward(cfg.task, domain, reporter) if cfg.reward == "default" else cfg.reward
     if is_js_reward(name):
-        from pipeline.rewards.js import JsLimits, check_reward, load_js_reward
+        from pipeline.rewards.js import JsLimits, JsReward, check_reward, load_js_reward
+        from pipeline.sealed import parse_reward_ref
 
         rl = cfg.rl
         limits = JsLimits(batch_timeout_s=rl.reward_timeout_s, sample_timeout_ms=rl.reward_sample_timeout_ms,
@@ -62,7 +63,15 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, doma
             if reporter is not None:
                 reporter.log(f"{e} (scored 0)", level="warning", stage="reward")
 
-        reward = load_js_reward(name, seed=cfg.seed, on_error=rl.reward_errors, limits=limits, on_sample_error=warn)
+        kw = {"seed": cfg.seed, "on_error": rl.reward_errors, "limits": limits, "on_sample_error": warn}
+        stored = parse_reward_ref(name)
+        if stored is None:
+            reward = load_js_reward(name, **kw)
+        elif cfg.reward_source is None:  # a hand-written config naming a stored reward, not a sealed one
+            raise ConfigError(f"reward: {name!r} names a reward stored with a job; its source comes only with "
+                              "the job's sealed config")  # fmt: skip
+        else:  # checked against the sha256 in its name when the sealed config was opened
+            reward = JsReward(cfg.reward_source, stored[1], **kw)
         check_reward(reward, cfg.task)
         return reward
     try:

@@ -14,8 +14,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from pipeline.config import ConfigError, build_config, load_config
+from pipeline.config import ConfigError, build_config, read_config
 from pipeline.fence import LOST_EXIT, Fence, FenceLost
+from pipeline.sealed import is_sealed, open_sealed
 from pipeline.stage_table import TRAINED_SECTIONS
 
 
@@ -49,10 +50,15 @@ def config_from_args(args: argparse.Namespace):
         for key, n in zip(TRAINED_SECTIONS, args.epochs, strict=False):
             over[key] = {"epochs": n}
     if args.config:
-        base = load_config(args.config, preset=args.preset).model_dump(by_alias=True, exclude_none=True)
+        raw = read_config(args.config)
+        if is_sealed(raw):  # validated at submit: opened with its hash check, never validated again
+            if over or args.preset:
+                raise ConfigError(f"{args.config}: a sealed config takes no --preset, --dataset, --reward, --model "
+                                  "or --epochs; it runs as it was submitted")  # fmt: skip
+            return open_sealed(raw, where=str(args.config))
         from pipeline.config import deep_merge
 
-        return build_config(deep_merge(base, over), source=str(args.config))
+        return build_config(deep_merge(raw, over), preset=args.preset, source=str(args.config))
     return build_config(over, preset=args.preset or ("retail-shelf" if not over.get("data") else None))
 
 

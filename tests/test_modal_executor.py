@@ -751,10 +751,12 @@ def test_sweep_reaps_expired_leases_counts_ready_jobs_and_deletes_old_temporarie
 
 
 def test_a_stored_reward_reaches_the_gpu_container_under_its_own_name(env, tmp_path):
-    """The worker writes a stored JavaScript reward under the name its author gave it (the held-out
-    tables title its score with it), and the Modal orchestrator still ships its source."""
+    """A stored JavaScript reward keeps the name its author gave it (the held-out tables title its
+    score with it), and the Modal orchestrator ships its source inside the sealed config. The job
+    here is one queued before configs were sealed (``reward_ref``): the worker seals it once."""
     from dreamforge.executors.modal_executor import _inputs
     from dreamforge.store import REWARDS
+    from pipeline.sealed import open_sealed, reward_ref
 
     settings, db = env
     source = "function reward(out, gt) { return 1 }"
@@ -765,8 +767,10 @@ def test_a_stored_reward_reaches_the_gpu_container_under_its_own_name(env, tmp_p
         worker._prepare(job, tmp_path)
     finally:
         worker.client.close()
-    config, shipped = _inputs(tmp_path)
-    assert shipped == source and Path(config["reward"]) == tmp_path / "reward" / "retail_facings_v2.js"
+    sealed, _ = _inputs(tmp_path)
+    assert sealed["reward_source"] == source
+    assert sealed["config"]["reward"] == reward_ref("retail_facings_v2.js", source)
+    assert open_sealed(sealed).reward_source == source
 
 
 def test_a_multi_gpu_stages_output_is_echoed_to_the_functions_own_output(tmp_path):
