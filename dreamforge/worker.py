@@ -187,6 +187,9 @@ class Worker:
         sink = MongoSink(db, job_id, attempt, stored_steps=job.get("metric_steps"))
         workdir = self.workdir(job_id)
         sink.log(f"attempt {attempt} on worker {self.id}")
+        if attempt == 1:  # old spellings the config was accepted with (submit): said once, in the job's log
+            for note in job.get("warnings") or ():
+                sink.log(note, level="warning")
         try:
             self._prepare(job, workdir)
         except _UserError as e:

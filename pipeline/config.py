@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.deprecations import upgrade_config
 from pipeline.gate import BaselineModel, GateConfig
 from pipeline.stage_table import SECTION, STAGES  # noqa: F401 — STAGES re-exported for callers of the config
 from pipeline.structures import WEAK_TASKS
@@ -421,9 +422,16 @@ class CurriculumConfig(_Strict):
     # the config in the sealed document (pipeline.sealed), never inside the schema.
     _reward_source: str | None = PrivateAttr(None)
 
+    # Old spellings build_config rewrote (pipeline.deprecations): shown to the user, never stored.
+    _deprecations: list[str] = PrivateAttr(default_factory=list)
+
     @property
     def reward_source(self) -> str | None:
         return self._reward_source
+
+    @property
+    def deprecations(self) -> list[str]:
+        return self._deprecations
 
     @model_validator(mode="after")
     def _count(self) -> CurriculumConfig:
@@ -515,15 +523,20 @@ def build_config(
     raw: dict[str, Any] | None = None, *, preset: str | None = None, source: str = "dreamforge.config.json"
 ) -> CurriculumConfig:
     """Preset (if any, or the one the config names) deep-merged under the raw config, validated."""
-    raw = dict(raw or {})
+    try:
+        raw, notes = upgrade_config(dict(raw or {}))
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}", [{"loc": "rl", "msg": str(e)}]) from None
     name = preset or raw.get("preset")
     merged = deep_merge(load_preset(name), raw) if name else raw
     if name:
         merged["preset"] = name
     try:
-        return CurriculumConfig.model_validate(merged)
+        cfg = CurriculumConfig.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source), validation_errors(err)) from None
+    cfg._deprecations = notes
+    return cfg
 
 
 def validation_errors(err: ValidationError) -> list[dict[str, str]]:

@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     tag = {"attempt": fence.token} if fence else {}
     reporter = MultiReporter(console, MetricsFileReporter(args.output / "events.jsonl", tag=tag), fence,
                              PauseRequest(args.output) if fence else None)  # fmt: skip
+    for note in cfg.deprecations:  # old spellings the config was read with (pipeline.deprecations)
+        reporter.log(note, level="warning")
     try:
         record = run_job(cfg, args.output, stages=args.stages, reporter=reporter, fence=fence)
     except (ConfigError, DataError, RewardError) as e:  # the user's to fix: exit 2, never retried

@@ -9,7 +9,7 @@ import json
 
 import pytest
 from conftest import tiny_job_config
-from service_helpers import api, wait_job
+from service_helpers import all_logs, api, wait_job
 
 from pipeline.config import build_config
 from pipeline.sealed import SealError, canonical, open_sealed, reward_ref, seal
@@ -76,24 +76,44 @@ def stack(tmp_path_factory, validation_log):
     s.stop()
 
 
-@pytest.mark.slow  # one real job through the stack: ~30 s on 2 shared cores
+@pytest.mark.slow  # one real job through the stack: ~40 s on 2 shared cores
 def test_a_job_is_validated_once_and_its_reward_reaches_the_stage_as_stored(stack, validation_log, db):
+    """Also the old spelling of the reward stage's section (``reward: {…}``, today ``rl``): accepted,
+    said in the API's answer and the job's log, and its settings are the ones the stage trains with."""
     log = validation_log
     with api(stack) as c:
         rid = c.post("/api/rewards", json={"name": "my reward.js", "source": SOURCE}).json()["id"]
-        cfg = tiny_job_config(warm_start={"enabled": False}, rl={"enabled": False})
+        cfg = tiny_job_config(warm_start={"enabled": False})
+        cfg["reward"] = {**cfg.pop("rl"), "max_steps": 1}  # the stage's section under the stage's name
         before = len(_validations(log))
-        job_id = c.post("/api/train", json={"config": cfg, "reward": rid}).json()["jobId"]
-        job = wait_job(c, job_id)
+        r = c.post("/api/train", json={"config": cfg, "reward": rid})
+        assert r.status_code == 201, r.text
+        (note,) = r.json()["warnings"]
+        assert "'reward' section is deprecated" in note and "rename the section to 'rl'" in note
+        assert r.headers["Warning"].startswith('299 - "config: a \'reward\' section is deprecated')
+        job = wait_job(c, r.json()["jobId"])
         assert job["status"] == "succeeded", job
+        assert job["warnings"] == [note]
+        assert any(x["level"] == "warning" and x["message"] == note for x in all_logs(c, job["jobId"]))
+        # The reward stage trained one GRPO step (its old section's max_steps) against the stored reward.
+        m = c.get(f"/api/jobs/{job['jobId']}/metrics", params={"stage": "reward"}).json()["points"]
+        (scored,) = [p for p in m if "reward" in p["values"]]
+        assert scored["step"] == 1 and scored["values"]["reward"] == pytest.approx(0.25), m
+        # The stage's old name in the API: the same points, and a deprecation, not an empty answer.
+        old = c.get(f"/api/jobs/{job['jobId']}/metrics", params={"stage": "rl"})
+        assert old.status_code == 200 and old.json()["points"] == m
+        assert "stage 'rl' is deprecated" in old.json()["warnings"][0] and old.headers["Warning"].startswith("299 - ")
+        bad = c.get(f"/api/jobs/{job['jobId']}/metrics", params={"stage": "grpo"})
+        assert bad.status_code == 422 and "warm_start, domain, reward, evaluate" in bad.text
     lines = _validations(log)[before:]
-    # Once, in the API process; not in the worker, nor in the domain or evaluate stage processes.
+    # Once, in the API process; not in the worker, nor in any of the three stage processes.
     assert len(lines) == 1, lines
-    stored = db.jobs.find_one({"_id": job_id})
+    stored = db.jobs.find_one({"_id": job["jobId"]})
     ref = reward_ref("my_reward.js", SOURCE)
     assert stored["config"]["reward"] == ref and stored["reward_source"] == SOURCE
+    assert stored["config"]["rl"]["max_steps"] == 1 and "reward" not in stored["config"]["rl"]
     # What the stage process ran: the same reference, and the reward scored under its file name.
-    ran = json.loads((stack.home / "artifacts" / job_id / "out" / "config.json").read_text())
+    ran = json.loads((stack.home / "artifacts" / job["jobId"] / "out" / "config.json").read_text())
     assert ran["reward"] == ref
     assert job["result"]["reward"] == "my_reward.js"
 

@@ -18,6 +18,7 @@ from dreamforge.jobs.lanes import lane
 from dreamforge.schemas import TrainRequest
 from dreamforge.store import DATASETS, JOBS, REWARDS
 from pipeline.config import ConfigError, CurriculumConfig, build_config, config_hash, deep_merge
+from pipeline.deprecations import upgrade_config
 from pipeline.sealed import STORED, reward_ref, seal
 from pipeline.stage_table import TRAINED_SECTIONS
 
@@ -150,7 +151,18 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> Curriculum
     """The request's config, validated (the one validation on a job's way: every later hop opens
     its sealed form, ``pipeline.sealed``) with its data, model and reward resolved; a stored
     reward's source rides on it (``reward_source``). Raises ConfigError / NotFound."""
-    raw = deep_merge(req.config or {}, req.overrides)
+    # Old spellings are rewritten in each part before the parts merge: a shortcut or an override in
+    # today's spelling must not replace a whole section written the old way (pipeline.deprecations).
+    notes: list[str] = []
+    parts = []
+    for part in (req.config or {}, req.overrides):
+        try:
+            upgraded, said = upgrade_config(part)
+        except ValueError as e:
+            raise ConfigError(f"request: {e}", [{"loc": "rl", "msg": str(e)}]) from None
+        parts.append(upgraded)
+        notes += [n for n in said if n not in notes]
+    raw = deep_merge(*parts)
     if req.dataset:
         raw = deep_merge(raw, {"data": {"dataset": req.dataset}})
     if req.epochs:
@@ -171,6 +183,7 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> Curriculum
         raw["reward"] = reward
     cfg = await resolve_refs(db, project_id, build_config(raw, preset=req.preset, source="request"))
     check_fit(cfg)
+    cfg._deprecations = notes + [n for n in cfg.deprecations if n not in notes]  # noqa: SLF001
     return cfg
 
 
@@ -186,6 +199,7 @@ async def resolve_refs(db, project_id: str, cfg: CurriculumConfig) -> Curriculum
         update["reward"] = stored[0]
     out = cfg.model_copy(update=update)
     out._reward_source = stored[1] if stored else None  # noqa: SLF001 — pipeline.sealed carries it on
+    out._deprecations = cfg.deprecations  # noqa: SLF001
     return out
 
 
@@ -239,6 +253,8 @@ async def submit(db, project_id: str, req: TrainRequest, *, idempotency_key: str
     doc["config_sha256"] = sealed["sha256"]
     if sealed["reward_source"] is not None:
         doc["reward_source"] = sealed["reward_source"]
+    if cfg.deprecations:  # the API's answer says them now; the worker writes them to the job's log
+        doc["warnings"] = cfg.deprecations
     if body_hash:
         doc["request_hash"] = body_hash
     if req.caps is not None:
