@@ -29,6 +29,7 @@ from pipeline.fence import Fence
 from pipeline.geometry import default_sigmas
 from pipeline.models.loading import TINY_MODEL
 from pipeline.objects import auto_max_objects, bins_for
+from pipeline.ranks import is_main, main_first, wait_for_everyone
 from pipeline.reporter import BaseReporter, Reporter
 from pipeline.rewards.builtin import default_reward, get_reward
 from pipeline.stage_table import BY_NUMBER
@@ -256,7 +257,8 @@ def run_job(
                 f"{out} holds a job with a different config; resume needs the same config "
                 "(use a new --output, or delete the folder to start over)"
             )
-    cfg_file.write_text(json.dumps({**cfg.model_dump(mode="json", by_alias=True), "_hash": chash}, indent=1))
+    if is_main():  # under accelerate launch, one process writes (pipeline.ranks)
+        cfg_file.write_text(json.dumps({**cfg.model_dump(mode="json", by_alias=True), "_hash": chash}, indent=1))
     seed_everything(cfg.seed)
     device = pick_device()
     reporter.log(f"device {device.kind}, precision {str(device.dtype).removeprefix('torch.')}")
@@ -286,7 +288,8 @@ def run_job(
         boxed = fully_labelled(domain.splits.get("train") or [])
         reward.prepare(boxed)
         reporter.log(f"reward {reward.name}: prepared on the {len(boxed)} fully labelled training images")
-    base = prepare_base_model(ctx)
+    with main_first():  # the main process builds the tiny base model; the others then find it
+        base = prepare_base_model(ctx)
     check_answer_length(ctx, base)
     check_fits(ctx, base, wanted)
     checkpoints: dict[str, Path] = {"base": base}
@@ -312,11 +315,13 @@ def run_job(
             continue
         reporter.stage_state(stage, "running")
         reporter.progress(stage, 0.0)
-        with ctx.publish():  # a stale process must not empty the new owner's folder either
-            fresh_dir(sdir)
+        if is_main():
+            with ctx.publish():  # a stale process must not empty the new owner's folder either
+                fresh_dir(sdir)
+        wait_for_everyone()  # nobody trains into the folder before it is emptied
         t0 = time.monotonic()
-        if stage == "evaluate":
-            info = {"evaluation": _evaluate(ctx, checkpoints)}
+        if stage == "evaluate":  # one process evaluates and writes the release; the others wait below
+            info = {"evaluation": _evaluate(ctx, checkpoints)} if is_main() else {}
         else:
             spent = sum(float(i.get("seconds") or 0.0) for i in stage_info.values())
             ctx.cfg, why = with_stage_budget(cfg, stage, spent)
@@ -334,6 +339,7 @@ def run_job(
             info["attempt"] = fence.token  # which attempt of the job published the stage
         with ctx.publish():
             mark_done(sdir, info)
+        wait_for_everyone()  # the next stage reads this one's model: all wait until it is saved
         stage_info[stage] = info
         reporter.stage_state(stage, "completed", seconds=info["seconds"])
         reporter.progress(stage, 1.0)
@@ -348,11 +354,13 @@ def run_job(
         "wall_seconds": round(time.monotonic() - t_start, 2),
     }
     evaluation = stage_info.get("evaluate", {}).get("evaluation")
-    with ctx.publish():
-        if evaluation:
-            record["evaluation"] = evaluation
-            write_model_card(out, cfg, record)
-        (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    if evaluation:
+        record["evaluation"] = evaluation
+    if is_main():
+        with ctx.publish():
+            if evaluation:
+                write_model_card(out, cfg, record)
+            (out / "metrics.json").write_text(json.dumps(record, indent=1))
     if hasattr(reward, "close"):
         reward.close()  # the JavaScript reward's worker process
     return record

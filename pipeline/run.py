@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from pipeline.data.errors import DataError
     from pipeline.job import run_job
+    from pipeline.ranks import is_main
     from pipeline.reporter import PAUSED_EXIT, ConsoleReporter, MetricsFileReporter, MultiReporter, PauseRequest
     from pipeline.rewards.base import RewardError
     from pipeline.stages.common import StageCancelled, StagePaused
@@ -96,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)  # noqa: T201
         return 2
     fence = Fence(Path(args.fence[0]), int(args.fence[1])) if args.fence else None
-    console = ConsoleReporter(quiet=args.quiet)
     # Events carry the attempt, so the new owner's worker skips what a stale process still appends.
     tag = {"attempt": fence.token} if fence else {}
-    reporter = MultiReporter(console, MetricsFileReporter(args.output / "events.jsonl", tag=tag), fence,
-                             PauseRequest(args.output) if fence else None)  # fmt: skip
+    # Under accelerate launch only the main process logs and writes events (pipeline.ranks); the
+    # others still stop when the fence or a pause request says so.
+    writers = [ConsoleReporter(quiet=args.quiet), MetricsFileReporter(args.output / "events.jsonl", tag=tag)] \
+        if is_main() else []
+    reporter = MultiReporter(*writers, fence, PauseRequest(args.output) if fence else None)
     for note in cfg.deprecations:  # old spellings the config was read with (pipeline.deprecations)
         reporter.log(note, level="warning")
     try:
