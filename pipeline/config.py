@@ -76,7 +76,7 @@ class RewardScope(NamedTuple):
 
 # What each built-in reward can score. Kept here, not beside the rewards, so the config refuses a
 # mismatch without importing the training code (the dashboard and the Action read this module);
-# the reward classes (pipeline.rewards.builtin) take their declarations from this table.
+# the reward classes (pipeline.rewards.labelled and .weak) take their declarations from this table.
 BOXED = RewardScope(None, ("full",))
 REWARD_SCOPES: dict[str, RewardScope] = {
     **dict.fromkeys(("iou", "f1", "mask_iou", "oks", "format", "caption"), BOXED),
