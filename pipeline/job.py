@@ -248,6 +248,35 @@ def run_job(
     out.mkdir(parents=True, exist_ok=True)
     reporter = reporter or BaseReporter()
     wanted = {BY_NUMBER[i].name for i in (stages or list(BY_NUMBER))}
+    claim_output(cfg, out)
+    ctx, base = prepare_context(cfg, out, reporter, fence, wanted, data)
+    stage_info = run_stages(ctx, wanted, base)
+    record = {
+        "name": cfg.name,
+        "task": cfg.task,
+        "model": cfg.model,
+        "dataset": cfg.data.dataset,
+        "reward": getattr(ctx.reward, "name", str(ctx.reward)),
+        "device": ctx.device.kind,
+        "stages": stage_info,
+        "wall_seconds": round(time.monotonic() - t_start, 2),
+    }
+    evaluation = stage_info.get("evaluate", {}).get("evaluation")
+    if evaluation:
+        record["evaluation"] = evaluation
+    if is_main():
+        with ctx.publish():
+            if evaluation:
+                write_model_card(out, cfg, record)
+            (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    if hasattr(ctx.reward, "close"):
+        ctx.reward.close()  # the JavaScript reward's worker process
+    return record
+
+
+def claim_output(cfg: CurriculumConfig, out: Path) -> None:
+    """Write the job's config into ``out``; refuse a folder that holds finished stages of another
+    config (resuming those would mix two jobs)."""
     chash = config_hash(cfg)
     cfg_file = out / "config.json"
     if cfg_file.exists():
@@ -259,6 +288,12 @@ def run_job(
             )
     if is_main():  # under accelerate launch, one process writes (pipeline.ranks)
         cfg_file.write_text(json.dumps({**cfg.model_dump(mode="json", by_alias=True), "_hash": chash}, indent=1))
+
+
+def prepare_context(cfg: CurriculumConfig, out: Path, reporter: Reporter, fence: Fence | None, wanted: set[str],
+                    data: tuple[Dataset, Dataset | None] | None) -> tuple[Context, Path]:  # fmt: skip
+    """Everything the stages share, checked before any of them trains: the device, the data, the
+    reward (started and tried), the codecs, the held-out set, the base model and its fit."""
     seed_everything(cfg.seed)
     device = pick_device()
     reporter.log(f"device {device.kind}, precision {str(device.dtype).removeprefix('torch.')}")
@@ -292,6 +327,13 @@ def run_job(
         base = prepare_base_model(ctx)
     check_answer_length(ctx, base)
     check_fits(ctx, base, wanted)
+    return ctx, base
+
+
+def run_stages(ctx: Context, wanted: set[str], base: Path) -> dict[str, Any]:
+    """Each stage in order: a finished one is read back (resume), one not wanted or disabled is
+    skipped, the others run; returns what each stage reported."""
+    cfg, reporter = ctx.cfg, ctx.reporter
     checkpoints: dict[str, Path] = {"base": base}
     stage_info: dict[str, Any] = {}
     previous = base
@@ -313,57 +355,45 @@ def run_job(
             stage_info[stage] = {"state": "skipped"}
             reporter.stage_state(stage, "skipped", reason="disabled in the config")
             continue
-        reporter.stage_state(stage, "running")
-        reporter.progress(stage, 0.0)
-        if is_main():
-            with ctx.publish():  # a stale process must not empty the new owner's folder either
-                fresh_dir(sdir)
-        wait_for_everyone()  # nobody trains into the folder before it is emptied
-        t0 = time.monotonic()
-        if stage == "evaluate":  # one process evaluates and writes the release; the others wait below
-            info = {"evaluation": _evaluate(ctx, checkpoints)} if is_main() else {}
-        else:
-            spent = sum(float(i.get("seconds") or 0.0) for i in stage_info.values())
-            ctx.cfg, why = with_stage_budget(cfg, stage, spent)
-            reporter.log(f"stage {stage} trains for at most {why}", stage=stage)
-            try:
-                info = _train(ctx, stage, previous)
-            finally:
-                ctx.cfg = cfg
+        stage_info[stage] = run_stage(ctx, stage, previous, checkpoints, stage_info)
+        if stage != "evaluate":
             checkpoints[stage] = previous = sdir / "model"
-            if stage == "reward" and hasattr(reward, "errors"):
-                # samples a JavaScript reward failed on and that were scored 0 (reward_errors: zero)
-                info["reward_errors"] = reward.errors
-        info.update(state="completed", seconds=round(time.monotonic() - t0, 2))
-        if fence is not None:
-            info["attempt"] = fence.token  # which attempt of the job published the stage
-        with ctx.publish():
-            mark_done(sdir, info)
-        wait_for_everyone()  # the next stage reads this one's model: all wait until it is saved
-        stage_info[stage] = info
-        reporter.stage_state(stage, "completed", seconds=info["seconds"])
-        reporter.progress(stage, 1.0)
-    record = {
-        "name": cfg.name,
-        "task": cfg.task,
-        "model": cfg.model,
-        "dataset": cfg.data.dataset,
-        "reward": getattr(reward, "name", str(reward)),
-        "device": device.kind,
-        "stages": stage_info,
-        "wall_seconds": round(time.monotonic() - t_start, 2),
-    }
-    evaluation = stage_info.get("evaluate", {}).get("evaluation")
-    if evaluation:
-        record["evaluation"] = evaluation
+    return stage_info
+
+
+def run_stage(ctx: Context, stage: str, previous: Path, checkpoints: dict[str, Path],
+              stage_info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Run one stage into its emptied folder and publish its ``DONE.json``; returns its info."""
+    cfg, reporter, sdir = ctx.cfg, ctx.reporter, ctx.stage_dir(stage)
+    reporter.stage_state(stage, "running")
+    reporter.progress(stage, 0.0)
     if is_main():
-        with ctx.publish():
-            if evaluation:
-                write_model_card(out, cfg, record)
-            (out / "metrics.json").write_text(json.dumps(record, indent=1))
-    if hasattr(reward, "close"):
-        reward.close()  # the JavaScript reward's worker process
-    return record
+        with ctx.publish():  # a stale process must not empty the new owner's folder either
+            fresh_dir(sdir)
+    wait_for_everyone()  # nobody trains into the folder before it is emptied
+    t0 = time.monotonic()
+    if stage == "evaluate":  # one process evaluates and writes the release; the others wait below
+        info = {"evaluation": _evaluate(ctx, checkpoints)} if is_main() else {}
+    else:
+        spent = sum(float(i.get("seconds") or 0.0) for i in stage_info.values())
+        ctx.cfg, why = with_stage_budget(cfg, stage, spent)
+        reporter.log(f"stage {stage} trains for at most {why}", stage=stage)
+        try:
+            info = _train(ctx, stage, previous)
+        finally:
+            ctx.cfg = cfg
+        if stage == "reward" and hasattr(ctx.reward, "errors"):
+            # samples a JavaScript reward failed on and that were scored 0 (reward_errors: zero)
+            info["reward_errors"] = ctx.reward.errors
+    info.update(state="completed", seconds=round(time.monotonic() - t0, 2))
+    if ctx.fence is not None:
+        info["attempt"] = ctx.fence.token  # which attempt of the job published the stage
+    with ctx.publish():
+        mark_done(sdir, info)
+    wait_for_everyone()  # the next stage reads this one's model: all wait until it is saved
+    reporter.stage_state(stage, "completed", seconds=info["seconds"])
+    reporter.progress(stage, 1.0)
+    return info
 
 
 def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
