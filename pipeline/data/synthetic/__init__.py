@@ -102,6 +102,53 @@ def generate(
     have none (an image without objects stays a fully labelled negative). The pixels are the
     same whatever ``points`` and ``counts`` are.
     """
+    lo, hi = _object_range(kind, n, seed=seed, task=task, shift=shift, size=size, min_objects=min_objects,
+                           max_objects=max_objects, points=points, counts=counts)  # fmt: skip
+    names = CATEGORIES[kind]
+    kind_index = KINDS.index(kind)
+    samples: list[Sample] = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, kind_index, i, 1] if shift else [seed, kind_index, i])
+        count = _rint(rng, lo, hi)
+        try:
+            if shift:
+                pixels, objects = _PAINTERS[kind](rng, size, count, lo, _Shift(SHIFT_SCALE[kind]))
+                pixels = _relight(rng, pixels, grey=kind == "medical-scan")
+            else:
+                pixels, objects = _PAINTERS[kind](rng, size, count, lo)
+        except _NoRoom:
+            raise ValueError(
+                f"cannot fit {lo} non-overlapping {kind} objects in a {size}×{size} image; "
+                "lower min_objects or raise size"
+            ) from None
+        label_kind = "points" if i >= n - points else "counts" if i >= n - points - counts else "full"
+        if not objects:
+            label_kind = "full"  # nothing to click or count: a negative, which is fully labelled
+        target = _target(kind, task, objects, size, label_kind)
+        samples.append(
+            Sample(
+                id=i + 1,
+                file_name=f"{kind}-{'shifted-' if shift else ''}{i:05d}.png",
+                width=size,
+                height=size,
+                target=target,
+                image=Image.fromarray(pixels, "RGB"),
+                label_kind=label_kind,
+            )
+        )
+    return Dataset(
+        name=kind,
+        task=task,
+        categories=list(names),
+        splits={"train": samples},
+        keypoint_names=list(KEYPOINT_NAMES[kind]) if task == "keypoints" else [],
+    )
+
+
+def _object_range(kind: str, n: int, *, seed: int, task: str, shift: bool, size: int, min_objects: int | None,
+                  max_objects: int | None, points: int, counts: int) -> tuple[int, int]:  # fmt: skip
+    """``generate``'s arguments checked (ValueError naming the one at fault); returns the fewest
+    and the most objects an image gets."""
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic kind {kind!r}; choose one of {', '.join(KINDS)}")
     if shift and kind not in SHIFT_SCALE:
@@ -132,64 +179,32 @@ def generate(
         raise ValueError(
             f"points and counts are weak labels, which only tasks {' and '.join(WEAK_TASKS)} accept, not {task}"
         )
+    return lo, hi
 
-    names = CATEGORIES[kind]
-    kind_index = KINDS.index(kind)
-    samples: list[Sample] = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, kind_index, i, 1] if shift else [seed, kind_index, i])
-        count = _rint(rng, lo, hi)
-        try:
-            if shift:
-                pixels, objects = _PAINTERS[kind](rng, size, count, lo, _Shift(SHIFT_SCALE[kind]))
-                pixels = _relight(rng, pixels, grey=kind == "medical-scan")
-            else:
-                pixels, objects = _PAINTERS[kind](rng, size, count, lo)
-        except _NoRoom:
-            raise ValueError(
-                f"cannot fit {lo} non-overlapping {kind} objects in a {size}×{size} image; "
-                "lower min_objects or raise size"
-            ) from None
-        target = empty_target(size, size)
-        target["boxes"] = [[int(v) for v in o.box] for o in objects]
-        target["labels"] = [o.label for o in objects]
-        # As a COCO load gives them (write_coco writes the same "area"): the polygon's area, else the box's.
-        target["areas"] = [float((b[2] - b[0]) * (b[3] - b[1])) for b in target["boxes"]]
-        if task == "segment":
-            target["masks"] = [[float(v) for v in o.polygon] for o in objects]
-            target["mask_parts"] = [[mask] for mask in target["masks"]]
-            target["areas"] = [float(_polygon_area(mask)) for mask in target["masks"]]
-        elif task == "keypoints":
-            target["keypoints"] = [[[float(x), float(y), 2] for x, y in o.keypoints] for o in objects]
-            target["points"] = [[float(x), float(y)] for o in objects for x, y in o.keypoints]
-        elif task == "caption":
-            target["text"] = _caption(kind, objects, size)
-        label_kind = "points" if i >= n - points else "counts" if i >= n - points - counts else "full"
-        if not objects:
-            label_kind = "full"  # nothing to click or count: a negative, which is fully labelled
-        if task in WEAK_TASKS:
-            target["counts"] = {name: c for name in names if (c := target["labels"].count(name))}
-        if label_kind == "points":
-            target["points"] = [[float(v) for v in _centre(o.box)] for o in objects]
-            target["point_labels"] = [o.label for o in objects]
-        if label_kind != "full":
-            target["boxes"], target["labels"], target["masks"] = [], [], []
-            target["areas"], target["mask_parts"] = [], []
-        samples.append(
-            Sample(
-                id=i + 1,
-                file_name=f"{kind}-{'shifted-' if shift else ''}{i:05d}.png",
-                width=size,
-                height=size,
-                target=target,
-                image=Image.fromarray(pixels, "RGB"),
-                label_kind=label_kind,
-            )
-        )
-    return Dataset(
-        name=kind,
-        task=task,
-        categories=list(names),
-        splits={"train": samples},
-        keypoint_names=list(KEYPOINT_NAMES[kind]) if task == "keypoints" else [],
-    )
+
+def _target(kind: str, task: str, objects: list, size: int, label_kind: str) -> dict[str, Any]:
+    """The target of one drawn image for ``task``, as a COCO load would give it, holding only
+    what a ``label_kind`` image keeps (clicks or counts instead of boxes for the weak ones)."""
+    target = empty_target(size, size)
+    target["boxes"] = [[int(v) for v in o.box] for o in objects]
+    target["labels"] = [o.label for o in objects]
+    # As a COCO load gives them (write_coco writes the same "area"): the polygon's area, else the box's.
+    target["areas"] = [float((b[2] - b[0]) * (b[3] - b[1])) for b in target["boxes"]]
+    if task == "segment":
+        target["masks"] = [[float(v) for v in o.polygon] for o in objects]
+        target["mask_parts"] = [[mask] for mask in target["masks"]]
+        target["areas"] = [float(_polygon_area(mask)) for mask in target["masks"]]
+    elif task == "keypoints":
+        target["keypoints"] = [[[float(x), float(y), 2] for x, y in o.keypoints] for o in objects]
+        target["points"] = [[float(x), float(y)] for o in objects for x, y in o.keypoints]
+    elif task == "caption":
+        target["text"] = _caption(kind, objects, size)
+    if task in WEAK_TASKS:
+        target["counts"] = {name: c for name in CATEGORIES[kind] if (c := target["labels"].count(name))}
+    if label_kind == "points":
+        target["points"] = [[float(v) for v in _centre(o.box)] for o in objects]
+        target["point_labels"] = [o.label for o in objects]
+    if label_kind != "full":
+        target["boxes"], target["labels"], target["masks"] = [], [], []
+        target["areas"], target["mask_parts"] = [], []
+    return target
