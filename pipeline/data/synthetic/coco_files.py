@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.structures import Dataset
+from pipeline.structures import Dataset, Sample
 
 # ----------------------------------------------------------------------------- write_coco
 
@@ -46,70 +46,11 @@ def write_coco(dataset: Dataset, folder: Path, *, per_split: bool = False) -> Pa
     for file_stem, samples in groups.items():
         images, annotations = [], []
         for sample in samples:
-            destination = folder / "images" / sample.file_name
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if sample.image is not None:
-                sample.image.save(destination, format="PNG")
-            elif sample.path is not None:
-                shutil.copyfile(sample.path, destination)
-            else:
-                raise ValueError(
-                    f"sample {sample.id} '{sample.file_name}' has neither an image nor a path to copy"
-                )
-            image_entry: dict[str, Any] = {
-                "id": sample.id,
-                "file_name": sample.file_name,
-                "width": sample.width,
-                "height": sample.height,
-            }
-            target = sample.target
-            if sample.label_kind == "none":
-                image_entry["unlabeled"] = True
-            elif sample.label_kind == "counts" or (
-                # a clicked image's counts come from its clicks when each names its category
-                sample.label_kind == "points" and target["counts"] and not all(target["point_labels"])
-            ):
-                image_entry["counts"] = dict(target["counts"])
-            images.append(image_entry)
-            if sample.label_kind == "points":
-                for point, label in zip(target["points"], target["point_labels"], strict=True):
-                    click: dict[str, Any] = {"id": next_ann, "image_id": sample.id, "point": list(point)}
-                    if label:
-                        click["category_id"] = category_ids[label]
-                    annotations.append(click)
-                    next_ann += 1
-                continue
-            for k, (box, label) in enumerate(zip(target["boxes"], target["labels"])):
-                x1, y1, x2, y2 = box
-                ann: dict[str, Any] = {
-                    "id": next_ann,
-                    "image_id": sample.id,
-                    "category_id": category_ids[label],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
-                }
-                if k < len(target["masks"]) and target["masks"]:
-                    parts = target.get("mask_parts") or []
-                    ann["segmentation"] = [list(p) for p in parts[k]] if k < len(parts) else [list(target["masks"][k])]
-                    ann["area"] = _polygon_area(target["masks"][k])
-                if k < len(target.get("areas") or []):
-                    ann["area"] = target["areas"][k]
-                if k < len(target["keypoints"]) and target["keypoints"]:
-                    kps = target["keypoints"][k]
-                    ann["keypoints"] = [v for x, y, vis in kps for v in (x, y, int(vis))]
-                    ann["num_keypoints"] = sum(1 for _, _, vis in kps if vis > 0)
-                annotations.append(ann)
-                next_ann += 1
-            for region in target.get("crowd") or []:
-                x1, y1, x2, y2 = region["box"]
-                annotations.append({"id": next_ann, "image_id": sample.id, "category_id": category_ids[region["label"]],
-                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                    "iscrowd": 1})  # fmt: skip
-                next_ann += 1
-            if target.get("text"):
-                annotations.append({"id": next_ann, "image_id": sample.id, "caption": target["text"]})
-                next_ann += 1
+            _save_image(sample, folder / "images" / sample.file_name)
+            images.append(_image_entry(sample))
+            new = _annotations(sample, category_ids, next_ann)
+            annotations += new
+            next_ann += len(new)
         document = {
             "info": {"description": f"{dataset.name} ({dataset.task}), written by DreamForge"},
             "licenses": [],
@@ -119,3 +60,64 @@ def write_coco(dataset: Dataset, folder: Path, *, per_split: bool = False) -> Pa
         }
         (folder / f"{file_stem}.json").write_text(json.dumps(document, indent=1))
     return folder
+
+
+def _save_image(sample: Sample, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if sample.image is not None:
+        sample.image.save(destination, format="PNG")
+    elif sample.path is not None:
+        shutil.copyfile(sample.path, destination)
+    else:
+        raise ValueError(f"sample {sample.id} '{sample.file_name}' has neither an image nor a path to copy")
+
+
+def _image_entry(sample: Sample) -> dict[str, Any]:
+    """The image's COCO entry, with its weak label: "unlabeled", or its "counts"."""
+    entry: dict[str, Any] = {"id": sample.id, "file_name": sample.file_name, "width": sample.width,
+                             "height": sample.height}  # fmt: skip
+    target = sample.target
+    if sample.label_kind == "none":
+        entry["unlabeled"] = True
+    elif sample.label_kind == "counts" or (
+        # a clicked image's counts come from its clicks when each names its category
+        sample.label_kind == "points" and target["counts"] and not all(target["point_labels"])
+    ):
+        entry["counts"] = dict(target["counts"])
+    return entry
+
+
+def _annotations(sample: Sample, category_ids: dict[str, int], first_id: int) -> list[dict[str, Any]]:
+    """The sample's annotations, numbered from ``first_id``: its clicks, or its boxes (with masks
+    and keypoints), crowd regions and caption."""
+    target, out = sample.target, []
+
+    def add(ann: dict[str, Any]) -> None:
+        out.append({"id": first_id + len(out), "image_id": sample.id, **ann})
+
+    if sample.label_kind == "points":
+        for point, label in zip(target["points"], target["point_labels"], strict=True):
+            add({"point": list(point), **({"category_id": category_ids[label]} if label else {})})
+        return out
+    for k, (box, label) in enumerate(zip(target["boxes"], target["labels"])):
+        x1, y1, x2, y2 = box
+        ann: dict[str, Any] = {"category_id": category_ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                               "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}  # fmt: skip
+        if k < len(target["masks"]) and target["masks"]:
+            parts = target.get("mask_parts") or []
+            ann["segmentation"] = [list(p) for p in parts[k]] if k < len(parts) else [list(target["masks"][k])]
+            ann["area"] = _polygon_area(target["masks"][k])
+        if k < len(target.get("areas") or []):
+            ann["area"] = target["areas"][k]
+        if k < len(target["keypoints"]) and target["keypoints"]:
+            kps = target["keypoints"][k]
+            ann["keypoints"] = [v for x, y, vis in kps for v in (x, y, int(vis))]
+            ann["num_keypoints"] = sum(1 for _, _, vis in kps if vis > 0)
+        add(ann)
+    for region in target.get("crowd") or []:
+        x1, y1, x2, y2 = region["box"]
+        add({"category_id": category_ids[region["label"]], "bbox": [x1, y1, x2 - x1, y2 - y1],
+             "area": (x2 - x1) * (y2 - y1), "iscrowd": 1})  # fmt: skip
+    if target.get("text"):
+        add({"caption": target["text"]})
+    return out
