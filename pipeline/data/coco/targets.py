@@ -169,27 +169,10 @@ class TargetBuilding:
                 return None
             parts = parts_or_none
         if self.task == "keypoints":
-            flat = self._numbers(ann, "keypoints", at, multiple=3)
-            if keypoint_names and len(flat) != 3 * len(keypoint_names):
-                raise DataError(
-                    f'{at}: "keypoints" has {len(flat) // 3} keypoints but its category names '
-                    f"{len(keypoint_names)} ({', '.join(keypoint_names)}); "
-                    "give x, y, v for each named keypoint"
-                )
-            for i in range(0, len(flat), 3):
-                x, y, v = flat[i : i + 3]
-                if v > 0 and not (
-                    -BOX_TOLERANCE <= x <= width + BOX_TOLERANCE
-                    and -BOX_TOLERANCE <= y <= height + BOX_TOLERANCE
-                ):
-                    self.warn(
-                        f"{at}: keypoint {i // 3} at ({x:g}, {y:g}) is outside the {width}×{height} image; "
-                        "annotation dropped — fix the keypoint"
-                    )
-                    return None
-                if v > 0:
-                    x, y = min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))
-                keypoints.append([x, y, int(v)])
+            keypoints_or_none = self._keypoints(ann, at, width, height, keypoint_names)
+            if keypoints_or_none is None:
+                return None
+            keypoints = keypoints_or_none
 
         if ann.get("bbox") is not None:
             x, y, w, h = self._numbers(ann, "bbox", at, length=4)
@@ -236,6 +219,34 @@ class TargetBuilding:
             )
             return None
         return box, parts, keypoints
+
+    def _keypoints(self, ann: dict[str, Any], at: str, width: int, height: int,
+                   keypoint_names: list[str]) -> list[list[Any]] | None:  # fmt: skip
+        """The annotation's ``[x, y, v]`` keypoints, clipped to the image, or None when one lies
+        outside it (the annotation is dropped, with a warning)."""
+        keypoints: list[list[Any]] = []
+        flat = self._numbers(ann, "keypoints", at, multiple=3)
+        if keypoint_names and len(flat) != 3 * len(keypoint_names):
+            raise DataError(
+                f'{at}: "keypoints" has {len(flat) // 3} keypoints but its category names '
+                f"{len(keypoint_names)} ({', '.join(keypoint_names)}); "
+                "give x, y, v for each named keypoint"
+            )
+        for i in range(0, len(flat), 3):
+            x, y, v = flat[i : i + 3]
+            if v > 0 and not (
+                -BOX_TOLERANCE <= x <= width + BOX_TOLERANCE
+                and -BOX_TOLERANCE <= y <= height + BOX_TOLERANCE
+            ):
+                self.warn(
+                    f"{at}: keypoint {i // 3} at ({x:g}, {y:g}) is outside the {width}×{height} image; "
+                    "annotation dropped — fix the keypoint"
+                )
+                return None
+            if v > 0:
+                x, y = min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))
+            keypoints.append([x, y, int(v)])
+        return keypoints
 
     def _mask(self, segmentation: Any, at: str, width: int, height: int) -> list[list[float]] | None:
         """Every part of the instance's mask as flat polygons, clipped to the image; None
