@@ -136,6 +136,8 @@ class JobView(BaseModel):
                                      "pull request comment to GitHub (GitHub's refusal), if it did.")
     caps: Caps | None = None
     spend: Spend = Field(default_factory=Spend)
+    warnings: list[str] = Field(default_factory=list, description="Old spellings the job's config was accepted "
+                                "with, each saying the spelling to use instead (also in the job's log).")
     paused: dict[str, Any] | None = Field(None, description="Why and where a paused job stopped: reason, stage.")
     datasets: dict[str, DatasetRef] = Field(
         default_factory=dict,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import threading
@@ -28,10 +27,13 @@ from dreamforge.github import gates
 from dreamforge.github.status import start_sync_thread
 from dreamforge.jobs import budgets, queue, streams, wakeup
 from dreamforge.jobs.sink import MongoSink
+from dreamforge.jobs.submit import stored_reward_file
 from dreamforge.schemas import FINAL_STATUSES
 from dreamforge.settings import Settings, SettingsError
 from dreamforge.store import JOBS, REWARDS, client, ensure_indexes
-from pipeline.config import STAGES
+from pipeline.config import STAGES, ConfigError, build_config
+from pipeline.gate import BaselineModel
+from pipeline.sealed import SEALED, open_sealed, reward_ref, seal
 
 log = logging.getLogger("dreamforge.worker")
 
@@ -165,23 +167,19 @@ class Worker:
         return self.settings.artifacts / job_id
 
     def _prepare(self, job: dict[str, Any], workdir: Path) -> None:
-        """Write the job's config (and its stored reward) where the stage process reads them."""
+        """Write the job's sealed config (``pipeline.sealed``; its stored reward's source inside)
+        where the stage process reads it. Opened with its hash check, not validated again."""
         workdir.mkdir(parents=True, exist_ok=True)
-        cfg = dict(job["config"])
-        if job.get("reward_ref"):
-            doc = self.db[REWARDS].find_one({"_id": job["reward_ref"], "project_id": job["project_id"]})
-            if doc is None:
-                raise _UserError(f"reward {job['reward_ref']} no longer exists")
-            # Under the name the user gave it: the pipeline reports a JavaScript reward by its file
-            # name (metrics.json's "reward", the held-out tables' "reward: NAME" column).
-            path = workdir / "reward" / stored_reward_file(doc["name"])
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(doc["source"])
-            cfg["reward"] = str(path)
+        try:
+            cfg = open_sealed(sealed_of(self.db, job), where=f"job {job['_id']}'s config")
+        except ConfigError as e:
+            raise _UserError(str(e)) from None
         baseline = gates.baseline_for(self.db, job)  # a branch's preview is scored beside main's release
         if baseline is not None:
-            cfg["evaluate"] = {**(cfg.get("evaluate") or {}), "baseline": baseline}
-        (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
+            # What the job is compared with, not what it trains (left out of config_hash): the
+            # worker's own addition, built from its own record and sealed with the rest.
+            cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"baseline": BaselineModel(**baseline)})})
+        (workdir / "config.json").write_text(json.dumps(seal(cfg, cfg.reward_source), indent=1))
 
     def _run_stages(self, job: dict[str, Any], state: dict) -> None:
         db, job_id, attempt = self.db, job["_id"], job["attempt"]
@@ -189,6 +187,9 @@ class Worker:
         sink = MongoSink(db, job_id, attempt, stored_steps=job.get("metric_steps"))
         workdir = self.workdir(job_id)
         sink.log(f"attempt {attempt} on worker {self.id}")
+        if attempt == 1:  # old spellings the config was accepted with (submit): said once, in the job's log
+            for note in job.get("warnings") or ():
+                sink.log(note, level="warning")
         try:
             self._prepare(job, workdir)
         except _UserError as e:
@@ -298,11 +299,21 @@ class _UserError(Exception):
     pass
 
 
-def stored_reward_file(name: str) -> str:
-    """``retail_facings.js`` for a stored reward named retail_facings (or retail_facings.js): a
-    plain file name, whatever the user typed."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.removesuffix(".js")).strip("._")[:64]
-    return f"{stem or 'reward'}.js"
+def sealed_of(db, job: dict[str, Any]) -> dict[str, Any]:
+    """The sealed config submit stored with the job. A job queued by a release before configs
+    were sealed has none: its config is validated here, once, as submit does now."""
+    if "config_sha256" in job:
+        return {"kind": SEALED, "config": job["config"], "reward_source": job.get("reward_source"),
+                "sha256": job["config_sha256"]}  # fmt: skip
+    raw, source = dict(job["config"]), None
+    if job.get("reward_ref"):
+        doc = db[REWARDS].find_one({"_id": job["reward_ref"], "project_id": job["project_id"]})
+        if doc is None:
+            raise _UserError(f"reward {job['reward_ref']} no longer exists")
+        source = doc["source"]
+        raw["reward"] = reward_ref(stored_reward_file(doc["name"]), source)
+    cfg = build_config(raw, source=f"job {job['_id']}'s config")
+    return seal(cfg, source)
 
 
 def job_result(out: Path) -> dict[str, Any]:

@@ -27,8 +27,15 @@ from pipeline.data.errors import DataError
 from pipeline.device import pick_device
 from pipeline.fence import Fence
 from pipeline.geometry import default_sigmas
+from pipeline.job_checks import (  # noqa: F401 — check_answer_length re-exported
+    check_answer_length,
+    check_fits,
+    log_object_sizes,
+    refuse_grpo_on_encoder_decoder,
+)
 from pipeline.models.loading import TINY_MODEL
-from pipeline.objects import auto_max_objects, bins_for
+from pipeline.objects import auto_max_objects
+from pipeline.ranks import is_main, main_first, wait_for_everyone
 from pipeline.reporter import BaseReporter, Reporter
 from pipeline.rewards.builtin import default_reward, get_reward
 from pipeline.stage_table import BY_NUMBER
@@ -52,7 +59,8 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, doma
     the labels of ``domain`` when given (:func:`default_reward`)."""
     name = default_reward(cfg.task, domain, reporter) if cfg.reward == "default" else cfg.reward
     if is_js_reward(name):
-        from pipeline.rewards.js import JsLimits, check_reward, load_js_reward
+        from pipeline.rewards.js import JsLimits, JsReward, check_reward, load_js_reward
+        from pipeline.sealed import parse_reward_ref
 
         rl = cfg.rl
         limits = JsLimits(batch_timeout_s=rl.reward_timeout_s, sample_timeout_ms=rl.reward_sample_timeout_ms,
@@ -62,7 +70,15 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, doma
             if reporter is not None:
                 reporter.log(f"{e} (scored 0)", level="warning", stage="reward")
 
-        reward = load_js_reward(name, seed=cfg.seed, on_error=rl.reward_errors, limits=limits, on_sample_error=warn)
+        kw = {"seed": cfg.seed, "on_error": rl.reward_errors, "limits": limits, "on_sample_error": warn}
+        stored = parse_reward_ref(name)
+        if stored is None:
+            reward = load_js_reward(name, **kw)
+        elif cfg.reward_source is None:  # a hand-written config naming a stored reward, not a sealed one
+            raise ConfigError(f"reward: {name!r} names a reward stored with a job; its source comes only with "
+                              "the job's sealed config")  # fmt: skip
+        else:  # checked against the sha256 in its name when the sealed config was opened
+            reward = JsReward(cfg.reward_source, stored[1], **kw)
         check_reward(reward, cfg.task)
         return reward
     try:
@@ -90,81 +106,6 @@ def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = N
     return codec
 
 
-def check_answer_length(ctx: Context, base: Path) -> None:
-    """The longest answer the codec allows (``data.max_objects`` objects), after the image and the
-    prompt, must fit the model's positions; else a job with many objects per image would fail
-    (or be cut) mid-stage. Said now, naming the field to change."""
-    import json
-
-    from pipeline.estimate import model_shape
-
-    try:
-        raw = json.loads((Path(base) / "config.json").read_text())
-    except (OSError, ValueError):
-        return  # a hub model not on this disk yet: the stage itself will read its limits
-    text = raw.get("text_config") or raw
-    limit = text.get("max_position_embeddings") or raw.get("max_position_embeddings")
-    found = model_shape(str(base))
-    if not limit or found is None:
-        return
-    answer = ctx.domain_codec.max_new_tokens()
-    need = found[1] + answer
-    if need > int(limit):
-        raise ConfigError(f"data.max_objects: {ctx.domain_codec.max_objects} objects make answers of up to {answer} tokens; "
-                          f"with the image and the prompt that is about {need} positions, more than the model's "
-                          f"{limit}. Lower data.max_objects, or tile the images so each holds fewer objects")  # fmt: skip
-
-
-def check_fits(ctx: Context, base: Path, stages: set[str]) -> None:
-    """Each training stage's memory and time, said before training; a stage that cannot fit
-    its GPU (its ``compute`` hint, else this machine's card) fails the job now, with the numbers."""
-    from pipeline.estimate import GIB, stage_estimates
-
-    cuda = torch.cuda.get_device_properties(0).total_memory / GIB if ctx.device.kind == "cuda" else None
-    for e in stage_estimates(ctx.cfg, base, stages, cuda, ctx.domain_codec.max_new_tokens()):
-        ctx.reporter.log(e.line(), stage=e.stage)
-        if not e.fits():
-            raise ConfigError(f"{e.line()}: it does not fit. Turn lora on for this stage, lower its batch_size, or "
-                              f"choose a larger GPU (compute)")  # fmt: skip
-
-
-def refuse_grpo_on_encoder_decoder(cfg: CurriculumConfig, stages: set[str]) -> None:
-    """TRL's GRPO generates and scores decoder-only sequences; an encoder-decoder (Florence-2)
-    trains stage 3 by rejection sampling, whose steps are supervised (``pipeline.stages.seq2seq``)."""
-    if cfg.model == TINY_MODEL or "reward" not in stages or not cfg.rl.enabled or cfg.rl.algorithm != "grpo":
-        return
-    from pipeline.codecs.auto import read_vocab
-
-    try:
-        vocab = read_vocab(cfg.model)
-    except ValueError:
-        return  # make_codec has said what it could not read
-    if vocab.encoder_decoder:
-        raise ConfigError(f"rl.algorithm: {vocab.model_type} is an encoder-decoder model, which TRL's GRPO cannot "
-                          "train; set rl.algorithm to 'rft' (rejection sampling, supervised steps) or disable rl")  # fmt: skip
-
-
-def log_object_sizes(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter) -> None:
-    """What the model can resolve of these objects: their sizes against one location bin and
-    the built-in model's input size, said before training rather than after a failed job."""
-    sizes = [((b[2] - b[0]) / s.width, (b[3] - b[1]) / s.height)
-             for s in (ds.splits.get("train") or []) if s.label_kind == "full" for b in s.target.get("boxes") or []]  # fmt: skip
-    if not sizes:
-        return
-    small = sorted(min(w, h) for w, h in sizes)
-    p10, p50 = small[len(small) // 10], small[len(small) // 2]
-    bin_frac = 1 / cfg.num_bins
-    line = (f"objects: the smaller side of a box is {p50:.1%} of the image at the median and {p10:.1%} at the "
-            f"10th percentile; a location bin is {bin_frac:.1%} (num_bins {cfg.num_bins})")  # fmt: skip
-    if cfg.model == TINY_MODEL:
-        line += f", and the built-in model sees {cfg.image_size} px images ({p10 * cfg.image_size:.1f} px for the small ones)"
-    under = sum(min(w, h) < bin_frac for w, h in sizes)
-    if under > 0.2 * len(sizes):
-        reporter.log(f"{line}: {under} of {len(sizes)} boxes are under one bin, and their corners cannot be told apart. "
-                     f"Raise num_bins (e.g. {bins_for(p10)}) or tile the images",
-                     level="warning")  # fmt: skip
-    else:
-        reporter.log(line)
 
 
 def _vocabulary(*datasets: Dataset | None) -> list[str]:
@@ -238,6 +179,35 @@ def run_job(
     out.mkdir(parents=True, exist_ok=True)
     reporter = reporter or BaseReporter()
     wanted = {BY_NUMBER[i].name for i in (stages or list(BY_NUMBER))}
+    claim_output(cfg, out)
+    ctx, base = prepare_context(cfg, out, reporter, fence, wanted, data)
+    stage_info = run_stages(ctx, wanted, base)
+    record = {
+        "name": cfg.name,
+        "task": cfg.task,
+        "model": cfg.model,
+        "dataset": cfg.data.dataset,
+        "reward": getattr(ctx.reward, "name", str(ctx.reward)),
+        "device": ctx.device.kind,
+        "stages": stage_info,
+        "wall_seconds": round(time.monotonic() - t_start, 2),
+    }
+    evaluation = stage_info.get("evaluate", {}).get("evaluation")
+    if evaluation:
+        record["evaluation"] = evaluation
+    if is_main():
+        with ctx.publish():
+            if evaluation:
+                write_model_card(out, cfg, record)
+            (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    if hasattr(ctx.reward, "close"):
+        ctx.reward.close()  # the JavaScript reward's worker process
+    return record
+
+
+def claim_output(cfg: CurriculumConfig, out: Path) -> None:
+    """Write the job's config into ``out``; refuse a folder that holds finished stages of another
+    config (resuming those would mix two jobs)."""
     chash = config_hash(cfg)
     cfg_file = out / "config.json"
     if cfg_file.exists():
@@ -247,7 +217,14 @@ def run_job(
                 f"{out} holds a job with a different config; resume needs the same config "
                 "(use a new --output, or delete the folder to start over)"
             )
-    cfg_file.write_text(json.dumps({**cfg.model_dump(mode="json", by_alias=True), "_hash": chash}, indent=1))
+    if is_main():  # under accelerate launch, one process writes (pipeline.ranks)
+        cfg_file.write_text(json.dumps({**cfg.model_dump(mode="json", by_alias=True), "_hash": chash}, indent=1))
+
+
+def prepare_context(cfg: CurriculumConfig, out: Path, reporter: Reporter, fence: Fence | None, wanted: set[str],
+                    data: tuple[Dataset, Dataset | None] | None) -> tuple[Context, Path]:  # fmt: skip
+    """Everything the stages share, checked before any of them trains: the device, the data, the
+    reward (started and tried), the codecs, the held-out set, the base model and its fit."""
     seed_everything(cfg.seed)
     device = pick_device()
     reporter.log(f"device {device.kind}, precision {str(device.dtype).removeprefix('torch.')}")
@@ -277,9 +254,17 @@ def run_job(
         boxed = fully_labelled(domain.splits.get("train") or [])
         reward.prepare(boxed)
         reporter.log(f"reward {reward.name}: prepared on the {len(boxed)} fully labelled training images")
-    base = prepare_base_model(ctx)
+    with main_first():  # the main process builds the tiny base model; the others then find it
+        base = prepare_base_model(ctx)
     check_answer_length(ctx, base)
     check_fits(ctx, base, wanted)
+    return ctx, base
+
+
+def run_stages(ctx: Context, wanted: set[str], base: Path) -> dict[str, Any]:
+    """Each stage in order: a finished one is read back (resume), one not wanted or disabled is
+    skipped, the others run; returns what each stage reported."""
+    cfg, reporter = ctx.cfg, ctx.reporter
     checkpoints: dict[str, Path] = {"base": base}
     stage_info: dict[str, Any] = {}
     previous = base
@@ -301,52 +286,45 @@ def run_job(
             stage_info[stage] = {"state": "skipped"}
             reporter.stage_state(stage, "skipped", reason="disabled in the config")
             continue
-        reporter.stage_state(stage, "running")
-        reporter.progress(stage, 0.0)
+        stage_info[stage] = run_stage(ctx, stage, previous, checkpoints, stage_info)
+        if stage != "evaluate":
+            checkpoints[stage] = previous = sdir / "model"
+    return stage_info
+
+
+def run_stage(ctx: Context, stage: str, previous: Path, checkpoints: dict[str, Path],
+              stage_info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Run one stage into its emptied folder and publish its ``DONE.json``; returns its info."""
+    cfg, reporter, sdir = ctx.cfg, ctx.reporter, ctx.stage_dir(stage)
+    reporter.stage_state(stage, "running")
+    reporter.progress(stage, 0.0)
+    if is_main():
         with ctx.publish():  # a stale process must not empty the new owner's folder either
             fresh_dir(sdir)
-        t0 = time.monotonic()
-        if stage == "evaluate":
-            info = {"evaluation": _evaluate(ctx, checkpoints)}
-        else:
-            spent = sum(float(i.get("seconds") or 0.0) for i in stage_info.values())
-            ctx.cfg, why = with_stage_budget(cfg, stage, spent)
-            reporter.log(f"stage {stage} trains for at most {why}", stage=stage)
-            try:
-                info = _train(ctx, stage, previous)
-            finally:
-                ctx.cfg = cfg
-            checkpoints[stage] = previous = sdir / "model"
-            if stage == "reward" and hasattr(reward, "errors"):
-                # samples a JavaScript reward failed on and that were scored 0 (reward_errors: zero)
-                info["reward_errors"] = reward.errors
-        info.update(state="completed", seconds=round(time.monotonic() - t0, 2))
-        if fence is not None:
-            info["attempt"] = fence.token  # which attempt of the job published the stage
-        with ctx.publish():
-            mark_done(sdir, info)
-        stage_info[stage] = info
-        reporter.stage_state(stage, "completed", seconds=info["seconds"])
-        reporter.progress(stage, 1.0)
-    record = {
-        "name": cfg.name,
-        "task": cfg.task,
-        "model": cfg.model,
-        "dataset": cfg.data.dataset,
-        "reward": getattr(reward, "name", str(reward)),
-        "device": device.kind,
-        "stages": stage_info,
-        "wall_seconds": round(time.monotonic() - t_start, 2),
-    }
-    evaluation = stage_info.get("evaluate", {}).get("evaluation")
+    wait_for_everyone()  # nobody trains into the folder before it is emptied
+    t0 = time.monotonic()
+    if stage == "evaluate":  # one process evaluates and writes the release; the others wait below
+        info = {"evaluation": _evaluate(ctx, checkpoints)} if is_main() else {}
+    else:
+        spent = sum(float(i.get("seconds") or 0.0) for i in stage_info.values())
+        ctx.cfg, why = with_stage_budget(cfg, stage, spent)
+        reporter.log(f"stage {stage} trains for at most {why}", stage=stage)
+        try:
+            info = _train(ctx, stage, previous)
+        finally:
+            ctx.cfg = cfg
+        if stage == "reward" and hasattr(ctx.reward, "errors"):
+            # samples a JavaScript reward failed on and that were scored 0 (reward_errors: zero)
+            info["reward_errors"] = ctx.reward.errors
+    info.update(state="completed", seconds=round(time.monotonic() - t0, 2))
+    if ctx.fence is not None:
+        info["attempt"] = ctx.fence.token  # which attempt of the job published the stage
     with ctx.publish():
-        if evaluation:
-            record["evaluation"] = evaluation
-            write_model_card(out, cfg, record)
-        (out / "metrics.json").write_text(json.dumps(record, indent=1))
-    if hasattr(reward, "close"):
-        reward.close()  # the JavaScript reward's worker process
-    return record
+        mark_done(sdir, info)
+    wait_for_everyone()  # the next stage reads this one's model: all wait until it is saved
+    reporter.stage_state(stage, "completed", seconds=info["seconds"])
+    reporter.progress(stage, 1.0)
+    return info
 
 
 def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import numpy as np
 from pipeline.config import REWARD_SCOPES, CurriculumConfig
 from pipeline.memory import memory_findings, stage_memory
 from pipeline.objects import auto_max_objects, bins_for, object_count
+from pipeline.sealed import parse_reward_ref
 from pipeline.stage_table import SECTION, STAGE_TABLE
 from pipeline.structures import KIND_WORDS, WEAK_TASKS, Dataset, Sample
 
@@ -319,7 +320,8 @@ def reward_health(cfg: CurriculumConfig, ds: Dataset, reward: Any, findings: lis
         findings.append(finding("reward", "warning", "no fully labelled image to try the reward on",
                                 "label some images with boxes"))  # fmt: skip
         return {"samples": 0}
-    name = reward_name(cfg, ds) if cfg.reward != "stored.js" else "the stored reward"
+    stored = parse_reward_ref(cfg.reward)
+    name = stored[1] if stored else reward_name(cfg, ds)
     by_case = case_scores(reward, targets, seed=cfg.seed)
     rows = case_rows(by_case)
     groups = [[by_case[c][i] for c in CASES] for i in range(len(targets))]

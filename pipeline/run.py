@@ -14,8 +14,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from pipeline.config import ConfigError, build_config, load_config
+from pipeline.config import ConfigError, build_config, read_config
 from pipeline.fence import LOST_EXIT, Fence, FenceLost
+from pipeline.sealed import is_sealed, open_sealed
 from pipeline.stage_table import TRAINED_SECTIONS
 
 
@@ -49,10 +50,15 @@ def config_from_args(args: argparse.Namespace):
         for key, n in zip(TRAINED_SECTIONS, args.epochs, strict=False):
             over[key] = {"epochs": n}
     if args.config:
-        base = load_config(args.config, preset=args.preset).model_dump(by_alias=True, exclude_none=True)
+        raw = read_config(args.config)
+        if is_sealed(raw):  # validated at submit: opened with its hash check, never validated again
+            if over or args.preset:
+                raise ConfigError(f"{args.config}: a sealed config takes no --preset, --dataset, --reward, --model "
+                                  "or --epochs; it runs as it was submitted")  # fmt: skip
+            return open_sealed(raw, where=str(args.config))
         from pipeline.config import deep_merge
 
-        return build_config(deep_merge(base, over), source=str(args.config))
+        return build_config(deep_merge(raw, over), preset=args.preset, source=str(args.config))
     return build_config(over, preset=args.preset or ("retail-shelf" if not over.get("data") else None))
 
 
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from pipeline.data.errors import DataError
     from pipeline.job import run_job
+    from pipeline.ranks import is_main
     from pipeline.reporter import PAUSED_EXIT, ConsoleReporter, MetricsFileReporter, MultiReporter, PauseRequest
     from pipeline.rewards.base import RewardError
     from pipeline.stages.common import StageCancelled, StagePaused
@@ -90,11 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)  # noqa: T201
         return 2
     fence = Fence(Path(args.fence[0]), int(args.fence[1])) if args.fence else None
-    console = ConsoleReporter(quiet=args.quiet)
     # Events carry the attempt, so the new owner's worker skips what a stale process still appends.
     tag = {"attempt": fence.token} if fence else {}
-    reporter = MultiReporter(console, MetricsFileReporter(args.output / "events.jsonl", tag=tag), fence,
-                             PauseRequest(args.output) if fence else None)  # fmt: skip
+    # Under accelerate launch only the main process logs and writes events (pipeline.ranks); the
+    # others still stop when the fence or a pause request says so.
+    writers = [ConsoleReporter(quiet=args.quiet), MetricsFileReporter(args.output / "events.jsonl", tag=tag)] \
+        if is_main() else []
+    reporter = MultiReporter(*writers, fence, PauseRequest(args.output) if fence else None)
+    for note in cfg.deprecations:  # old spellings the config was read with (pipeline.deprecations)
+        reporter.log(note, level="warning")
     try:
         record = run_job(cfg, args.output, stages=args.stages, reporter=reporter, fence=fence)
     except (ConfigError, DataError, RewardError) as e:  # the user's to fix: exit 2, never retried

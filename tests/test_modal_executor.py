@@ -110,6 +110,13 @@ def env(tmp_path_factory):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
+def sealed(config: dict) -> dict:
+    """What the orchestrator ships to a stage's function: the config as submit sealed it."""
+    from pipeline.sealed import seal
+
+    return seal(build_config(config))
+
+
 def new_job(db, config: dict) -> str:
     doc = queue.new_job("prj_modal", config, config_hash(build_config(config)), source={"kind": "test"})
     db[JOBS].insert_one(doc)
@@ -150,12 +157,12 @@ def test_a_stage_function_whose_call_was_replaced_trains_nothing(env):
     job_id = new_job(db, cfg)
     job = queue.claim(db, "test-worker", lease_s=600)
     modal_calls.record_token(db, job_id, job["attempt"], "warm_start", "the-new-token", None)
-    result = deployed.warm_start.local(job_id, "the-old-token", cfg)
+    result = deployed.warm_start.local(job_id, "the-old-token", sealed(cfg))
     assert result["kind"] == "lost"
     # On Modal the call also waits for its own id on the job: one whose spawner died before
     # recording it gives up, even holding the current token.
     modal_calls.record_call(db, job_id, job["attempt"], "warm_start", "the-new-token", "fc-recorded")
-    result = run_stage(job_id, "warm_start", "the-new-token", cfg, call_id="fc-never-recorded", own_wait_s=1.0)
+    result = run_stage(job_id, "warm_start", "the-new-token", sealed(cfg), call_id="fc-never-recorded", own_wait_s=1.0)
     assert result["kind"] == "lost"
     assert logs_of(db, job_id) == [] and not (settings.artifacts / job_id / "out").exists()
     queue.finish(db, job_id, job["attempt"], "failed")
@@ -170,7 +177,7 @@ def test_a_users_mistake_is_returned_not_raised_so_modal_never_retries_it(env):
     job = queue.claim(db, "test-worker", lease_s=600)
     token = modal_calls.new_token()
     modal_calls.record_token(db, job_id, job["attempt"], "warm_start", token, None)
-    result = deployed.warm_start.local(job_id, token, cfg)
+    result = deployed.warm_start.local(job_id, token, sealed(cfg))
     assert result["kind"] == "user_error"
     assert "/no/such/dataset" in result["message"]
     queue.finish(db, job_id, job["attempt"], "failed")
@@ -188,7 +195,7 @@ def test_job_through_modal_executor_survives_a_crashed_orchestrator_with_local_m
     job = queue.claim(db, "orchestrator-1", settings.lease_s)
     workdir = settings.artifacts / job_id
     workdir.mkdir(parents=True)
-    (workdir / "config.json").write_text(json.dumps(job["config"]))
+    (workdir / "config.json").write_text(json.dumps(sealed(job["config"])))
     queue.stage_started(db, job_id, job["attempt"], "warm_start")
     first = ModalExecutor(settings, lookup=fake.lookup, call_from_id=fake.from_id, poll_s=0.05)
     outcome = first.run_stage(job, "warm_start", workdir, MongoSink(db, job_id, job["attempt"]), lambda: "lost", 600)
@@ -248,7 +255,7 @@ def test_cancelling_a_job_cancels_its_modal_call(env):
     job = queue.claim(db, "orchestrator-c", settings.lease_s * 100)
     workdir = settings.artifacts / job_id
     workdir.mkdir(parents=True)
-    (workdir / "config.json").write_text(json.dumps(cfg))
+    (workdir / "config.json").write_text(json.dumps(sealed(cfg)))
 
     def check() -> str | None:  # the worker's heartbeat saw the user's cancel once training ran
         if db[JOBS].find_one({"_id": job_id}, {"progress": 1})["progress"] > 0:
@@ -376,7 +383,7 @@ def test_a_stage_commits_its_volume_once_after_closing_its_files_retrying_a_fail
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        result = run_stage(job_id, "warm_start", token, cfg, commit=volume.commit)
+        result = run_stage(job_id, "warm_start", token, sealed(cfg), commit=volume.commit)
     finally:
         done.set()
         watcher.join(5)
@@ -445,7 +452,7 @@ def claimed_job(settings, db, stage: str = "warm_start"):
         job = queue.claim(db, "poller", settings.lease_s * 100)
     workdir = settings.artifacts / job_id
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(job["config"]))
+    (workdir / "config.json").write_text(json.dumps(sealed(job["config"])))
     queue.stage_started(db, job_id, job["attempt"], stage)
     return job, workdir
 
@@ -552,7 +559,7 @@ def test_the_stage_function_raises_only_its_own_error_type(env):
     blocker = settings.artifacts / "not-a-dir"
     blocker.write_text("")  # the artifacts root is a file: mkdir raises an OSError
     with pytest.raises(StageInfraError, match="NotADirectoryError|FileExistsError"):
-        run_stage(job["_id"], "warm_start", token, tiny_job_config(), settings=Settings(home=blocker))
+        run_stage(job["_id"], "warm_start", token, sealed(tiny_job_config()), settings=Settings(home=blocker))
     queue.finish(db, job["_id"], job["attempt"], "failed")
 
 
@@ -751,10 +758,12 @@ def test_sweep_reaps_expired_leases_counts_ready_jobs_and_deletes_old_temporarie
 
 
 def test_a_stored_reward_reaches_the_gpu_container_under_its_own_name(env, tmp_path):
-    """The worker writes a stored JavaScript reward under the name its author gave it (the held-out
-    tables title its score with it), and the Modal orchestrator still ships its source."""
+    """A stored JavaScript reward keeps the name its author gave it (the held-out tables title its
+    score with it), and the Modal orchestrator ships its source inside the sealed config. The job
+    here is one queued before configs were sealed (``reward_ref``): the worker seals it once."""
     from dreamforge.executors.modal_executor import _inputs
     from dreamforge.store import REWARDS
+    from pipeline.sealed import open_sealed, reward_ref
 
     settings, db = env
     source = "function reward(out, gt) { return 1 }"
@@ -765,8 +774,10 @@ def test_a_stored_reward_reaches_the_gpu_container_under_its_own_name(env, tmp_p
         worker._prepare(job, tmp_path)
     finally:
         worker.client.close()
-    config, shipped = _inputs(tmp_path)
-    assert shipped == source and Path(config["reward"]) == tmp_path / "reward" / "retail_facings_v2.js"
+    shipped, _ = _inputs(tmp_path)
+    assert shipped["reward_source"] == source
+    assert shipped["config"]["reward"] == reward_ref("retail_facings_v2.js", source)
+    assert open_sealed(shipped).reward_source == source
 
 
 def test_a_multi_gpu_stages_output_is_echoed_to_the_functions_own_output(tmp_path):

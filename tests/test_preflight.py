@@ -231,7 +231,7 @@ def test_api_preflight_runs_a_stored_javascript_reward(stack):
         r = c.post("/api/preflight", json={"config": tiny_job_config(), "reward": r.json()["id"], "samples": 4})
         assert r.status_code == 200, r.text
         (flat,) = [f for f in r.json()["findings"] if f["check"] == "reward"]
-        assert flat["severity"] == "error" and "the stored reward" in flat["message"]
+        assert flat["severity"] == "error" and "flat.js" in flat["message"]
         r = c.post("/api/preflight", json={"config": tiny_job_config(), "reward": "rw_0000000000000000"})
         assert r.status_code == 404
 

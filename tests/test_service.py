@@ -18,6 +18,7 @@ from dreamforge.auth import create_project
 from dreamforge.local.stack import start_stack
 from pipeline.config import build_config, load_preset, preset_names
 from pipeline.rewards.js import EXAMPLES
+from pipeline.sealed import reward_ref
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,8 @@ def test_javascript_rewards_are_checked_stored_tried_and_private(stack, db):
         job_id = c.post("/api/train", json={**tiny(), "reward_js": source}).json()["jobId"]
         c.post(f"/api/jobs/{job_id}/cancel")
         job = db.jobs.find_one({"_id": job_id})
-        assert db.rewards.find_one({"_id": job["reward_ref"]})["project_id"] == "prj_dev"
+        assert job["reward_source"] == source and job["config"]["reward"] == reward_ref("inline.js", source)
+        assert db.rewards.find_one({"source": source, "name": "inline.js"})["project_id"] == "prj_dev"
 
 
 def test_cancel_queued_and_running(stack, db):

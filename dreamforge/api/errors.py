@@ -126,3 +126,10 @@ def install(app: FastAPI) -> None:
         log.error("unhandled error on %s %s (reference %s)", request.method, request.url.path, ref, exc_info=exc)
         return JSONResponse({"detail": f"internal error (reference {ref}); the server's log has the details"},
                             status_code=500)  # fmt: skip
+
+
+def deprecation_warnings(notes: list[str]) -> str:
+    """A ``Warning`` header saying each deprecation, as Kubernetes' API server says its own
+    (code 299, "miscellaneous persistent warning"; RFC 7234 5.5): clients that log response
+    warnings show them without knowing our body."""
+    return ", ".join('299 - "' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in notes)

@@ -6,7 +6,7 @@ from typing import Any
 
 from dreamforge.schemas import JobView
 
-JOB_FIELDS = {"config": 0, "infra_failures": 0}
+JOB_FIELDS = {"config": 0, "infra_failures": 0, "reward_source": 0}  # what a job view never shows
 
 
 def job_view(doc: dict[str, Any]) -> JobView:
@@ -18,4 +18,5 @@ def job_view(doc: dict[str, Any]) -> JobView:
         result=doc.get("result"), cancel_requested=doc.get("cancel_requested", False),
         github_error=doc.get("github_error"), datasets=doc.get("datasets") or {},
         caps=doc.get("caps"), spend=doc.get("spend") or {}, paused=doc.get("paused"),
+        warnings=doc.get("warnings") or [],
     )  # fmt: skip

@@ -141,7 +141,7 @@ class ModalExecutor:
         """The stage's new call, or the ``StageOutcome`` of failing to start one."""
         job_id, attempt = job["_id"], job["attempt"]
         config, reward_source = _inputs(workdir)
-        gpu = stage_gpu(config, stage)
+        gpu = stage_gpu(config["config"], stage)
         token = modal_calls.new_token()
         modal_calls.record_token(self.db, job_id, attempt, stage, token, gpu)  # before anything runs
         sink.log(f"stage {stage}: spawning Modal function {stage} on {gpu}", stage=stage)
@@ -232,13 +232,11 @@ def _cancel(call) -> None:
         log.warning("cancelling Modal call %s failed (%s: %s)", call.object_id, type(e).__name__, e)
 
 
-def _inputs(workdir: Path) -> tuple[dict[str, Any], str | None]:
-    """The config the worker prepared, and the source of a stored JavaScript reward: the GPU
-    container gets both as arguments instead of reading the orchestrator's files."""
+def _inputs(workdir: Path) -> tuple[dict[str, Any], None]:
+    """The sealed config the worker prepared (``pipeline.sealed``: a stored JavaScript reward's
+    source inside it): the GPU container gets it as an argument instead of reading the
+    orchestrator's files. The second value, once the reward's source, is kept for the function's
+    signature and always None."""
     import json
 
-    config = json.loads((workdir / "config.json").read_text())
-    reward = Path(config.get("reward") or "")
-    if reward.parent == workdir / "reward" and reward.exists():  # the worker's stored reward (worker._prepare)
-        return config, reward.read_text()
-    return config, None
+    return json.loads((workdir / "config.json").read_text()), None

@@ -167,12 +167,7 @@ def _run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewa
             return {"kind": "cancelled", "message": "cancelled by the user", "info": {}}
         workdir = settings.artifacts / job_id
         workdir.mkdir(parents=True, exist_ok=True)
-        cfg = dict(config)
-        if reward_source is not None:
-            path = workdir / "reward" / Path(cfg.get("reward") or "reward.js").name  # its name: worker._prepare
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(reward_source)
-            cfg["reward"] = str(path)
+        cfg = dict(config)  # sealed (pipeline.sealed), a stored reward's source inside: written as it came
         (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
         streams.reset_seq(job_id)  # a warm container may hold counters of an earlier call
         sink = FollowingSink(db, job_id, attempt, stage, token)
@@ -193,11 +188,12 @@ def _run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewa
 def _in_process(cfg_dict: dict[str, Any], stage: str, out: Path, sink: FollowingSink) -> StageOutcome:
     """One GPU: the stage runs in this process (the container is the isolation), its events
     pumped from ``events.jsonl`` into MongoDB every second."""
-    from pipeline.config import ConfigError, build_config
+    from pipeline.config import ConfigError
     from pipeline.data.errors import DataError
     from pipeline.job import run_job
     from pipeline.rewards.base import RewardError
     from pipeline.run import quiet_libraries
+    from pipeline.sealed import open_sealed
     from pipeline.stages.common import StageCancelled
 
     quiet_libraries()
@@ -219,7 +215,7 @@ def _in_process(cfg_dict: dict[str, Any], stage: str, out: Path, sink: Following
     pumping = threading.Thread(target=pump, daemon=True)
     pumping.start()
     try:
-        run_job(build_config(cfg_dict), out, stages=[BY_NAME[stage].number], reporter=reporter)
+        run_job(open_sealed(cfg_dict), out, stages=[BY_NAME[stage].number], reporter=reporter)
         outcome = StageOutcome("done", info=stage_info(out, stage))
     except (ConfigError, DataError, RewardError) as e:
         reporter.log(f"error: {e}", level="error", stage=stage)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import math
 from typing import Any
@@ -38,7 +39,7 @@ from dreamforge.jobs.submit import NotFound, submit
 from dreamforge.schemas import JobSource, TrainRequest
 from dreamforge.settings import Settings
 from dreamforge.store import COMMENTS, DELIVERIES, GITHUB_PUSHES, JOBS, PREVIEWS
-from pipeline.config import ConfigError, build_config, config_hash
+from pipeline.config import ConfigError
 
 log = logging.getLogger("dreamforge.webhooks")
 
@@ -192,7 +193,9 @@ async def create_job(db, settings: Settings, pid: str, *, config: dict[str, Any]
     """Create (or find) the job of a recorded delivery and supersede the branch's older jobs;
     ``received_at``: when the delivery arrived (later than now for one read from the outbox)."""
     try:
-        chash = config_hash(build_config(config, source=config_path))
+        # The commit's config file as written: submit validates it, once; the push and the pull
+        # request event of one commit carry the same file, so they dedupe to one job.
+        chash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         key = f"github|{source.repo}|{source.branch}|{source.sha}|{chash}"
         doc, created = await submit(db, pid, TrainRequest(config=config, source=source), dedupe_key=key,
                                     status="awaiting_approval" if fork else "queued")  # fmt: skip

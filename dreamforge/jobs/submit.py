@@ -18,6 +18,8 @@ from dreamforge.jobs.lanes import lane
 from dreamforge.schemas import TrainRequest
 from dreamforge.store import DATASETS, JOBS, REWARDS
 from pipeline.config import ConfigError, CurriculumConfig, build_config, config_hash, deep_merge
+from pipeline.deprecations import upgrade_config
+from pipeline.sealed import STORED, reward_ref, seal
 from pipeline.stage_table import TRAINED_SECTIONS
 
 # The config fields that name data; each goes through resolve_dataset.
@@ -93,13 +95,19 @@ def check_model(model: str, *, loc: str = "model") -> None:
                        "'HuggingFaceTB/SmolVLM-256M-Instruct') or 'dreamforge-tiny'")  # fmt: skip
 
 
-async def check_reward(db, project_id: str, reward: str) -> str | None:
-    """A stored reward id (``rw_…``, this project's: returned), an example or a built-in name."""
+async def check_reward(db, project_id: str, reward: str) -> tuple[str, str] | None:
+    """A stored reward id (``rw_…``, this project's), an example or a built-in name. For a stored
+    one, returns ``(reference, source)``: the config names it ``stored:<sha256>/<file name>`` and
+    its source travels in the sealed config (``pipeline.sealed``), the one form it keeps from
+    here to the stage, whatever later happens to the ``rw_…`` document."""
     if reward.startswith("rw_"):
-        if not await db[REWARDS].find_one({"_id": reward, "project_id": project_id}, {"_id": 1}):
+        doc = await db[REWARDS].find_one({"_id": reward, "project_id": project_id}, {"name": 1, "source": 1})
+        if not doc:
             raise NotFound(f"reward {reward} not found")
-        return reward
-    if reward.endswith(".js"):
+        # Under the name the user gave it: the pipeline reports a JavaScript reward by its file
+        # name (metrics.json's "reward", the held-out tables' "reward: NAME" column).
+        return reward_ref(stored_reward_file(doc["name"]), doc["source"]), doc["source"]
+    if reward.endswith(".js") or reward.startswith(STORED):
         raise _refuse("reward", "a .js path is not readable by the service; upload it with POST /api/rewards "
                                 "and pass the returned id (rw_…)")  # fmt: skip
     if reward.startswith("example:"):
@@ -120,6 +128,13 @@ async def check_reward(db, project_id: str, reward: str) -> str | None:
     return None
 
 
+def stored_reward_file(name: str) -> str:
+    """``retail_facings.js`` for a stored reward named retail_facings (or retail_facings.js): a
+    plain file name, whatever the user typed."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.removesuffix(".js")).strip("._")[:64]
+    return f"{stem or 'reward'}.js"
+
+
 async def store_reward(db, project_id: str, name: str, source: str) -> str:
     """Check JavaScript (compiles, defines reward, returns a finite number on a sample) and
     store it for this project; returns its id. Raises ``RewardError`` naming the line."""
@@ -132,9 +147,22 @@ async def store_reward(db, project_id: str, name: str, source: str) -> str:
     return doc["_id"]
 
 
-async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict[str, Any], str | None]:
-    """Returns ``(config as a JSON dict, stored reward id or None)``; raises ConfigError / NotFound."""
-    raw = deep_merge(req.config or {}, req.overrides)
+async def build_job_config(db, project_id: str, req: TrainRequest) -> CurriculumConfig:
+    """The request's config, validated (the one validation on a job's way: every later hop opens
+    its sealed form, ``pipeline.sealed``) with its data, model and reward resolved; a stored
+    reward's source rides on it (``reward_source``). Raises ConfigError / NotFound."""
+    # Old spellings are rewritten in each part before the parts merge: a shortcut or an override in
+    # today's spelling must not replace a whole section written the old way (pipeline.deprecations).
+    notes: list[str] = []
+    parts = []
+    for part in (req.config or {}, req.overrides):
+        try:
+            upgraded, said = upgrade_config(part)
+        except ValueError as e:
+            raise ConfigError(f"request: {e}", [{"loc": "rl", "msg": str(e)}]) from None
+        parts.append(upgraded)
+        notes += [n for n in said if n not in notes]
+    raw = deep_merge(*parts)
     if req.dataset:
         raw = deep_merge(raw, {"data": {"dataset": req.dataset}})
     if req.epochs:
@@ -153,23 +181,26 @@ async def build_job_config(db, project_id: str, req: TrainRequest) -> tuple[dict
             raise ConfigError(f"reward_js: {e}", [{"loc": "reward_js", "msg": str(e)}]) from None
     if reward:
         raw["reward"] = reward
-    cfg, reward_ref = await resolve_refs(db, project_id, build_config(raw, preset=req.preset, source="request"))
+    cfg = await resolve_refs(db, project_id, build_config(raw, preset=req.preset, source="request"))
     check_fit(cfg)
-    return cfg.model_dump(mode="json", by_alias=True, exclude_none=True), reward_ref
+    cfg._deprecations = notes + [n for n in cfg.deprecations if n not in notes]  # noqa: SLF001
+    return cfg
 
 
-async def resolve_refs(db, project_id: str, cfg: CurriculumConfig) -> tuple[CurriculumConfig, str | None]:
+async def resolve_refs(db, project_id: str, cfg: CurriculumConfig) -> CurriculumConfig:
     """Every field that names data, a model or a reward, through one gate with the tenant and the
     server's policy (a config is checked once, here, and travels checked). Returns the config
-    the worker runs (stored ids turned into what it reads) and the stored reward id, if any."""
+    the worker runs: stored ids turned into what it reads, a stored reward's source on it."""
     data = {f: await resolve_dataset(db, project_id, getattr(cfg.data, f), loc=f"data.{f}") for f in DATA_FIELDS}
     check_model(cfg.model)
-    reward_ref = await check_reward(db, project_id, cfg.reward)
+    stored = await check_reward(db, project_id, cfg.reward)
     update: dict[str, Any] = {"data": cfg.data.model_copy(update=data)}
-    if reward_ref:
-        update["reward"] = "stored.js"  # the worker writes the stored source there
-    return cfg.model_copy(update=update), reward_ref
-
+    if stored:
+        update["reward"] = stored[0]
+    out = cfg.model_copy(update=update)
+    out._reward_source = stored[1] if stored else None  # noqa: SLF001 — pipeline.sealed carries it on
+    out._deprecations = cfg.deprecations  # noqa: SLF001
+    return out
 
 
 def check_fit(cfg: CurriculumConfig) -> None:
@@ -214,11 +245,16 @@ async def submit(db, project_id: str, req: TrainRequest, *, idempotency_key: str
         existing = await db[JOBS].find_one(key)
         if existing:
             return _same_request(existing, body_hash), False
-    config, reward_ref = await build_job_config(db, project_id, req)
-    chash = config_hash(CurriculumConfig.model_validate(config))
-    doc = queue.new_job(project_id, config, chash, source=req.source.model_dump(exclude_none=True),
-                        idempotency_key=idempotency_key, dedupe_key=dedupe_key, reward_ref=reward_ref,
-                        status=status)  # fmt: skip
+    cfg = await build_job_config(db, project_id, req)
+    sealed = seal(cfg, cfg.reward_source)
+    config = sealed["config"]
+    doc = queue.new_job(project_id, config, config_hash(cfg), source=req.source.model_dump(exclude_none=True),
+                        idempotency_key=idempotency_key, dedupe_key=dedupe_key, status=status)  # fmt: skip
+    doc["config_sha256"] = sealed["sha256"]
+    if sealed["reward_source"] is not None:
+        doc["reward_source"] = sealed["reward_source"]
+    if cfg.deprecations:  # the API's answer says them now; the worker writes them to the job's log
+        doc["warnings"] = cfg.deprecations
     if body_hash:
         doc["request_hash"] = body_hash
     if req.caps is not None:

@@ -147,7 +147,7 @@ def _text_kwargs(tok, hidden: int, layers: int) -> dict:
         num_attention_heads=4,
         num_key_value_heads=4,
         # RoPE: no weights depend on it. Room for the longest answer a config allows (100 objects
-        # of ~10 tokens) after the image and the prompt; job.check_answer_length says when not.
+        # of ~10 tokens) after the image and the prompt; job_checks.check_answer_length says when not.
         max_position_embeddings=2048,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,

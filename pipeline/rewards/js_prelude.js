@@ -1,6 +1,6 @@
 // DreamForge reward sandbox prelude: evaluated in every fresh V8 context before the user's
 // reward. It defines the helper library users call and the batch harness the Python side
-// calls. Everything here mirrors pipeline/geometry.py and pipeline/rewards/builtin.py
+// calls. Everything here mirrors pipeline/geometry.py and pipeline/rewards/scores.py
 // (same conventions, same numbers; tests/test_js_rewards.py checks them against Python).
 //
 // Conventions: boxes are [x1, y1, x2, y2] in original-image pixels, half-open (x2 is the

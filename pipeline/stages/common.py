@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from pipeline.codec import Codec
 from pipeline.config import CurriculumConfig, StageConfig
 from pipeline.device import Device
+from pipeline.ranks import is_main
 from pipeline.reporter import Reporter
 from pipeline.rewards.base import reward_target
 from pipeline.structures import Dataset, Sample
@@ -159,7 +160,7 @@ class StageClock:
         return bool(self.max_seconds) and self.spent() >= self.max_seconds  # type: ignore[operator]
 
     def save(self, checkpoint: Path) -> None:
-        if checkpoint.is_dir():
+        if checkpoint.is_dir() and is_main():  # every rank's on_save calls it; one writes (pipeline.ranks)
             (checkpoint / self.CLOCK_FILE).write_text(json.dumps({"spent_seconds": round(self.spent(), 3)}))
 
     @classmethod
@@ -320,10 +321,14 @@ def resume_point(ctx: Context, stage: str) -> str | None:
 
 def drop_checkpoints(ctx: Context, stage: str) -> None:
     """A finished stage's final model is saved: its optimizer-state checkpoints are dead weight."""
+    if not is_main():
+        return
     shutil.rmtree(ctx.resume_dir(stage), ignore_errors=True)
 
 
 def mark_done(stage_dir: Path, info: dict[str, Any]) -> None:
+    if not is_main():
+        return
     (stage_dir / "DONE.json").write_text(json.dumps(info, indent=1))
 
 
@@ -376,7 +381,10 @@ def lora_on(ctx: Context, stage: str, stage_cfg: StageConfig, model) -> bool:
 def save_model(model, processor, path: Path, *, base: Path | None = None, device=None, tokens=()) -> None:
     """Save a plain, loadable model: LoRA adapters merged in (and kept beside it in
     ``adapter/`` for those who serve adapters). A QLoRA model is merged into its 16-bit
-    ``base`` reloaded on ``device`` (with the codec's ``tokens``), not into the 4-bit weights."""
+    ``base`` reloaded on ``device`` (with the codec's ``tokens``), not into the 4-bit weights.
+    Under ``accelerate launch``, only the main process saves (``pipeline.ranks``)."""
+    if not is_main():
+        return
     if hasattr(model, "merge_and_unload"):
         model.save_pretrained(path / "adapter")
         if getattr(model, "is_loaded_in_4bit", False) or getattr(model.base_model.model, "is_loaded_in_4bit", False):

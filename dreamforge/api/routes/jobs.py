@@ -34,8 +34,12 @@ async def train(db: Db, body: TrainRequest, pid: Project,
         raise HTTPException(404, str(e)) from None
     except IdempotencyConflict as e:
         raise HTTPException(409, str(e)) from None
-    return JSONResponse({"jobId": doc["_id"], "status": doc["status"], "created": created},
-                        status_code=201 if created else 200)  # fmt: skip
+    body_out: dict[str, Any] = {"jobId": doc["_id"], "status": doc["status"], "created": created}
+    headers = {}
+    if doc.get("warnings"):  # old spellings accepted (pipeline.deprecations): said here and in the job's log
+        body_out["warnings"] = doc["warnings"]
+        headers["Warning"] = errors.deprecation_warnings(doc["warnings"])
+    return JSONResponse(body_out, status_code=201 if created else 200, headers=headers)
 
 
 @router.get("/api/train/status", response_model=JobView, responses=errors.responses(404))

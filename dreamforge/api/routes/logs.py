@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from dreamforge.api import errors
@@ -14,6 +15,7 @@ from dreamforge.api.deps import Db, Project, own_job
 from dreamforge.jobs import streams
 from dreamforge.schemas import FINAL_STATUSES, LogLine, MetricPoint
 from dreamforge.store import JOBS, LOGS, METRICS
+from pipeline.deprecations import resolve_stage
 
 router = APIRouter(prefix="/api/jobs/{job_id}", tags=["jobs"])
 
@@ -90,6 +92,15 @@ async def metrics(db: Db, job_id: str, pid: Project, after: int = Query(0, ge=0,
                   limit: int = Query(5000, ge=1, le=20000)):  # fmt: skip
     """Metric points (loss, reward, lr … per step) with ``seq > after``; the job's latest
     metrics and final per-stage evaluation are on the job itself."""
+    note = None
+    if stage is not None:
+        try:
+            stage, note = resolve_stage(stage)
+        except KeyError as e:
+            raise HTTPException(422, [{"loc": ["query", "stage"], "msg": str(e).strip("'\"")}]) from None
     await own_job(db, job_id, pid, {"_id": 1})
     rows = await tail(db, METRICS, job_id, after, limit, stage)
-    return {"points": [MetricPoint(**r).model_dump() for r in rows], "next": rows[-1]["seq"] if rows else after}
+    body = {"points": [MetricPoint(**r).model_dump() for r in rows], "next": rows[-1]["seq"] if rows else after}
+    if note is None:
+        return body
+    return JSONResponse({**body, "warnings": [note]}, headers={"Warning": errors.deprecation_warnings([note])})

@@ -11,7 +11,6 @@ from dreamforge.api.deps import Db, Project
 from dreamforge.jobs.lanes import lane
 from dreamforge.jobs.submit import NotFound, build_job_config, uploaded_names
 from dreamforge.schemas import PreflightIn, PreflightReport, TrainRequest
-from dreamforge.store import REWARDS
 from pipeline.config import ConfigError, CurriculumConfig
 from pipeline.rewards.base import RewardError
 
@@ -28,19 +27,15 @@ async def preflight(db: Db, body: PreflightIn, pid: Project):
     req = TrainRequest(config=body.config, preset=body.preset, overrides=body.overrides, dataset=body.dataset,
                        reward=body.reward)  # fmt: skip
     try:
-        config, reward_ref = await build_job_config(db, pid, req)
+        cfg = await build_job_config(db, pid, req)
     except ConfigError as e:
         raise HTTPException(422, [{"loc": x["loc"].split(".") if x["loc"] else [], "msg": x["msg"]} for x in e.errors]) from None
     except NotFound as e:
         raise HTTPException(404, str(e)) from None
-    cfg = CurriculumConfig.model_validate(config)
-    source = None
-    if reward_ref:
-        source = (await db[REWARDS].find_one({"_id": reward_ref, "project_id": pid}, {"source": 1}))["source"]
-    uploaded = (await uploaded_names(db, pid, config)).get("dataset")  # its name, never the gridfs:// id
+    uploaded = (await uploaded_names(db, pid, cfg.model_dump(mode="json"))).get("dataset")  # its name, never the gridfs:// id
     label = f"{uploaded['name']} ({uploaded['id']})" if uploaded else cfg.data.dataset
     try:
-        return await lane("probes").run(pid, _run, cfg, source, label, body.samples)
+        return await lane("probes").run(pid, _run, cfg, label, body.samples)
     except RewardError as e:
         raise HTTPException(422, [{"loc": ["reward"], "msg": str(e)}]) from None
     except DataError as e:
@@ -49,14 +44,16 @@ async def preflight(db: Db, body: PreflightIn, pid: Project):
         raise HTTPException(422, [{"loc": ["reward"], "msg": str(e).strip("'")}]) from None
 
 
-def _run(cfg: CurriculumConfig, source: str | None, label: str, samples: int) -> dict[str, Any]:
+def _run(cfg: CurriculumConfig, label: str, samples: int) -> dict[str, Any]:
     from dreamforge.executors.modal_limits import DEFAULT_GPU
     from pipeline.preflight import run_preflight
     from pipeline.rewards.js import JsReward, check_reward
+    from pipeline.sealed import parse_reward_ref
 
     reward = None
-    if source is not None and cfg.rl.enabled:
-        reward = JsReward(source, "stored.js")
+    stored = parse_reward_ref(cfg.reward)
+    if stored and cfg.reward_source is not None and cfg.rl.enabled:
+        reward = JsReward(cfg.reward_source, stored[1])
         check_reward(reward, cfg.task)
     try:
         return run_preflight(cfg, label=label, reward=reward, samples=samples, default_gpu=DEFAULT_GPU)

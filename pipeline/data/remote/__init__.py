@@ -35,13 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
-import ipaddress
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 import urllib.parse
@@ -49,287 +46,32 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
 from pipeline.data.errors import DataError
-from pipeline.data.sources import REMOTE_SCHEMES, Source, cache_dir, extract_zip, mark_used
+from pipeline.data.remote.filesystems import _filesystem, _safe_parts, parse_remote_uri
+from pipeline.data.remote.guard import UnsafeAddressError, address_problem, check_host, check_url
+from pipeline.data.remote.limits import (
+    _CHUNK,
+    _COMPLETE,
+    ALLOW_PRIVATE_ENV,
+    CONNECT_TIMEOUT_S,
+    DOWNLOAD_TIMEOUT_S,
+    GRIDFS_BUCKET,
+    MAX_REDIRECTS,
+    MAX_REMOTE_BYTES,
+    MAX_REMOTE_OBJECTS,
+    READ_TIMEOUT_S,
+    SCHEMES,
+    _human,
+    allow_private_from_env,
+    redact,
+)
+from pipeline.data.sources import Source, cache_dir, extract_zip, mark_used
 
-# Limits. Module constants (not arguments) so a deployment tunes them in one place and tests
-# shrink them with monkeypatch.
-MAX_REMOTE_BYTES = 2 * 1000**3  # total bytes downloaded for one dataset
-MAX_REMOTE_OBJECTS = 100_000  # objects under one folder prefix (same as MAX_ZIP_MEMBERS)
-CONNECT_TIMEOUT_S = 10.0  # per connection
-READ_TIMEOUT_S = 60.0  # per read: a stalled server fails within this
-DOWNLOAD_TIMEOUT_S = 30 * 60.0  # the whole download
-MAX_REDIRECTS = 5
-
-SCHEMES = REMOTE_SCHEMES  # http only with allow_private
-GRIDFS_BUCKET = "datasets"
-ALLOW_PRIVATE_ENV = "DREAMFORGE_ALLOW_PRIVATE_URLS"
-
-_CHUNK = 1 << 20
-_COMPLETE = ".dreamforge-complete"
-# Metadata services that are not link-local (AWS over IPv6, Alibaba): refused even when private
-# addresses are allowed.
-_METADATA = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
-_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_GRIDFS_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def allow_private_from_env() -> bool:
-    """True when ``DREAMFORGE_ALLOW_PRIVATE_URLS`` is ``1``/``true``/``yes`` (local stack, tests)."""
-    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def redact(uri: str) -> str:
-    """``uri`` without its query string (presigned URLs carry credentials there)."""
-    parts = urllib.parse.urlsplit(uri)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "…" if parts.query else "", ""))
-
-
-def _human(size: float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError  # unreachable
-
-
-# ------------------------------------------------------------------------------ SSRF guard
-
-
-class UnsafeAddressError(DataError):
-    """A connection was refused by the SSRF guard (raised inside the HTTP client too)."""
-
-    def __init__(self, host: str, address: str, problem: str):
-        self.host, self.address, self.problem = host, address, problem
-        where = host if host == address else f"{host} ({address})"
-        super().__init__(f"refused to connect to {where}: {problem}")
-
-
-def address_problem(address: str, *, allow_private: bool = False) -> str | None:
-    """Why connecting to IP ``address`` is refused, or None when it is allowed.
-
-    >>> address_problem("169.254.169.254", allow_private=True)
-    'it is a link-local address (169.254.0.0/16, fe80::/10: where cloud metadata services live)'
-    >>> address_problem("10.0.0.1") is not None, address_problem("10.0.0.1", allow_private=True)
-    (True, None)
-    """
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return f"{address!r} is not an IP address"
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address):  # an IPv4 address hiding inside an IPv6 one, judged first
-        candidates[:0] = [a for a in (ip.ipv4_mapped, ip.sixtofour, ip.teredo and ip.teredo[1]) if a]
-    for ip in candidates:
-        if ip.is_link_local:
-            return "it is a link-local address (169.254.0.0/16, fe80::/10: where cloud metadata services live)"
-        if ip in _METADATA:
-            return "it is a cloud metadata service address"
-        if ip.is_multicast:
-            return "it is a multicast address"
-        if ip.is_unspecified:
-            return "it is the unspecified address"
-        if allow_private:
-            continue
-        if ip.is_loopback:
-            return f"it is a loopback address (set {ALLOW_PRIVATE_ENV}=1 only for a local stack or tests)"
-        if ip.is_private:
-            return f"it is a private address (set {ALLOW_PRIVATE_ENV}=1 only for a local stack or tests)"
-        if not ip.is_global:
-            return "it is a reserved, non-public address"
-    return None
-
-
-def check_host(host: str, port: int | None, *, allow_private: bool = False) -> list[str]:
-    """Resolve ``host`` and return its addresses; :class:`UnsafeAddressError` if any is refused.
-
-    All or nothing: a name with one public and one private address is refused.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise DataError(f"cannot resolve host {host!r} ({exc})") from exc
-    addresses = sorted({info[4][0] for info in infos})
-    for address in addresses:
-        problem = address_problem(address, allow_private=allow_private)
-        if problem:
-            raise UnsafeAddressError(host, address, problem)
-    return addresses
-
-
-def check_url(url: str, *, allow_private: bool = False, what: str = "URL") -> urllib.parse.SplitResult:
-    """Check an http(s) URL's scheme, user info and host (resolved); return it split."""
-    parts = urllib.parse.urlsplit(url)
-    allowed = ("https", "http") if allow_private else ("https",)
-    if parts.scheme not in allowed:
-        hint = "" if allow_private else f" (http:// only with {ALLOW_PRIVATE_ENV}=1)"
-        raise DataError(f"{what} must use {' or '.join(s + '://' for s in allowed)}{hint}")
-    if parts.username or parts.password:
-        raise DataError(f"{what} must not carry credentials (user:password@); they come from the environment")
-    if not parts.hostname:
-        raise DataError(f"{what} has no host")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise DataError(f"{what} has a bad port ({exc})") from exc
-    check_host(parts.hostname, port, allow_private=allow_private)
-    return parts
-
-
-class _GuardedConnector(aiohttp.TCPConnector):
-    """A connector that checks each address it is about to connect to.
-
-    ``_resolve_host`` is where aiohttp turns the host of every connection (first request,
-    every redirect, IP literals and names alike) into the addresses it then connects to;
-    checking its result closes the DNS-rebinding window between check and connect.
-    """
-
-    def __init__(self, *, allow_private: bool, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._allow_private = allow_private
-
-    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[Any]:
-        results = await super()._resolve_host(host, port, traces=traces)
-        for result in results:
-            problem = address_problem(result["host"], allow_private=self._allow_private)
-            if problem:
-                raise UnsafeAddressError(host, result["host"], problem)
-        return results
-
-
-# aiohttp's hook is private API: fail loudly (and the tests fail) if a release renames it.
-if not callable(getattr(aiohttp.TCPConnector, "_resolve_host", None)):  # pragma: no cover
-    raise ImportError("aiohttp.TCPConnector._resolve_host is gone: the SSRF guard in pipeline.data.remote needs updating")
-
-
-async def _guarded_client(*, allow_private: bool, redirects: list[str], **_: Any) -> aiohttp.ClientSession:
-    async def on_redirect(session: Any, ctx: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
-        location = params.response.headers.get("Location", "")
-        target = params.url.join(URL(location))
-        redirects.append(str(target))
-        allowed = ("https", "http") if allow_private else ("https",)
-        if target.scheme not in allowed:
-            raise DataError(f"redirected to {redact(str(target))}: only {' and '.join(allowed)} are followed")
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_redirect.append(on_redirect)
-    return aiohttp.ClientSession(
-        connector=_GuardedConnector(allow_private=allow_private),
-        trace_configs=[trace],
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S),
-        trust_env=False,  # no proxies from the environment: the guard must see the real target
-    )
-
-
-# ----------------------------------------------------------------------------- filesystems
-
-
-def _endpoint(names: tuple[str, ...], *, allow_private: bool) -> str | None:
-    for name in names:
-        value = os.environ.get(name, "").strip()
-        if value:
-            if "://" not in value:  # STORAGE_EMULATOR_HOST is often host:port
-                value = "http://" + value
-            check_url(value, allow_private=allow_private, what=f"{name}={value}")
-            return value
-    return None
-
-
-S3_ENDPOINT_ENV = ("DREAMFORGE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-GCS_ENDPOINT_ENV = ("DREAMFORGE_GCS_ENDPOINT", "STORAGE_EMULATOR_HOST")
-
-
-def _filesystem(scheme: str, *, allow_private: bool, redirects: list[str]) -> Any:
-    """An fsspec filesystem built only from our settings and the environment."""
-    if scheme == "s3":
-        import s3fs
-
-        # The endpoint is an operator setting, checked once here; aiobotocore's own HTTP
-        # client is not guarded per connection (operators control its DNS, users do not).
-        endpoint = _endpoint(S3_ENDPOINT_ENV, allow_private=allow_private)
-        return s3fs.S3FileSystem(
-            endpoint_url=endpoint,
-            skip_instance_cache=True,
-            use_listings_cache=False,
-            config_kwargs={
-                "connect_timeout": CONNECT_TIMEOUT_S,
-                "read_timeout": READ_TIMEOUT_S,
-                "retries": {"max_attempts": 3},
-            },
-        )
-    if scheme == "gs":
-        # The core JSON-API client: gcsfs's default "extended" class also probes the bucket
-        # type over gRPC (60 s against an emulator), which plain dataset buckets do not need.
-        from gcsfs.core import GCSFileSystem
-
-        endpoint = _endpoint(GCS_ENDPOINT_ENV, allow_private=allow_private)
-        return GCSFileSystem(
-            endpoint_url=endpoint,
-            token="anon" if endpoint else None,  # emulators take no credentials
-            skip_instance_cache=True,
-            use_listings_cache=False,
-            timeout=READ_TIMEOUT_S,
-        )
-    from fsspec.implementations.http import HTTPFileSystem
-
-    return HTTPFileSystem(
-        get_client=functools.partial(_guarded_client, allow_private=allow_private, redirects=redirects),
-        skip_instance_cache=True,
-        max_redirects=MAX_REDIRECTS,
-    )
-
-
-def _safe_parts(relative: str) -> tuple[str, ...] | None:
-    """The path segments of an object key, or None when it could escape its folder."""
-    if "\x00" in relative or "\\" in relative or relative.startswith("/"):
-        return None
-    parts = tuple(relative.split("/"))
-    if any(part in ("", ".", "..") for part in parts):
-        return None
-    return parts
-
-
-def parse_remote_uri(uri: str, *, allow_private: bool = False) -> tuple[str, str]:
-    """Check ``uri`` and return ``(scheme, path)`` where ``path`` is what fsspec is given.
-
-    Raises :class:`DataError` for an unsupported scheme, user info, ports or queries on
-    bucket URIs, malformed bucket names and ``.``/``..`` path segments.
-    """
-    label = redact(uri)
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
-    allowed = ("s3", "gs", "https", "http", "gridfs") if allow_private else ("s3", "gs", "https", "gridfs")
-    if scheme not in allowed:
-        hint = f" (http:// only with {ALLOW_PRIVATE_ENV}=1, for a local stack)" if scheme == "http" else ""
-        raise DataError(
-            f"{label}: unsupported scheme {scheme or 'none'!r}{hint}; remote datasets come from "
-            "s3://BUCKET/KEY, gs://BUCKET/KEY, https://HOST/PATH.zip or gridfs://ID"
-        )
-    parts = urllib.parse.urlsplit(uri)
-    if scheme in ("https", "http"):
-        try:
-            check_url(uri, allow_private=allow_private, what=label)
-        except UnsafeAddressError as exc:
-            raise DataError(f"{label}: {exc}") from None
-        return scheme, urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
-    if scheme == "gridfs":
-        if parts.path.strip("/") or parts.query or parts.fragment or not _GRIDFS_ID.match(parts.netloc):
-            raise DataError(f"{label}: expected gridfs://ID with the id of an uploaded dataset")
-        return scheme, parts.netloc
-    bucket_re = _S3_BUCKET if scheme == "s3" else _GCS_BUCKET
-    if parts.query or parts.fragment or "@" in parts.netloc or ":" in parts.netloc:
-        raise DataError(f"{label}: {scheme}:// URIs take only a bucket and a key (no user, port, query or fragment)")
-    if not bucket_re.match(parts.netloc):
-        raise DataError(f"{label}: {parts.netloc!r} is not a valid bucket name")
-    key = parts.path[1:]  # one leading slash separates bucket and key; more would be empty segments
-    if key and _safe_parts(key.rstrip("/")) is None:
-        raise DataError(f"{label}: the key has empty, '.' or '..' segments; give the plain object key")
-    return scheme, f"{parts.netloc}/{key}".rstrip("/")
-
-
+__all__ = ["ALLOW_PRIVATE_ENV", "CONNECT_TIMEOUT_S", "DOWNLOAD_TIMEOUT_S", "GRIDFS_BUCKET", "MAX_REDIRECTS",
+           "MAX_REMOTE_BYTES", "MAX_REMOTE_OBJECTS", "READ_TIMEOUT_S", "SCHEMES", "UnsafeAddressError",
+           "address_problem", "allow_private_from_env", "check_host", "check_url", "fetch_gridfs", "fetch_remote",
+           "parse_remote_uri", "redact", "resolve_remote", "upload_name"]  # fmt: skip
+# _filesystem and _chain too, for the tests that exercise them.
 # ------------------------------------------------------------------------------ downloads
 
 
