@@ -36,8 +36,13 @@ from pipeline.stages.common import (
     time_cosine,
     with_images,
 )
+from pipeline.stages.resume import ExactResume
 from pipeline.stages.watch import RewardWatch
 from pipeline.structures import Sample
+
+
+class ResumableGRPOTrainer(ExactResume, GRPOTrainer):
+    pass
 
 
 def train_grpo(
@@ -91,7 +96,7 @@ def train_grpo(
     scheduler = time_cosine(optimizer, max_seconds=rl.max_seconds, clock=clock, total_steps=max_steps, warmup_steps=2)
     callback = ReporterCallback(ctx.reporter, stage, rl.max_seconds, clock=clock)
     watch = _watch(ctx, stage, codec, rl, processor)
-    trainer = GRPOTrainer(
+    trainer = ResumableGRPOTrainer(
         model=model,
         reward_funcs=[reward_fn],
         args=args,
