@@ -805,6 +805,8 @@ def test_a_cap_reached_on_modal_checkpoints_mid_stage_and_the_next_call_resumes_
     fake = LocalFunctions()
     cfg = tiny_job_config(warm_start={"enabled": False}, rl={"enabled": False}, domain={"max_steps": 60, "val_checks": 0},
                           export={"quantization": "none"})  # fmt: skip
+    # jobs earlier tests left in the queue would be claimed before this one
+    db[JOBS].update_many({"status": "queued"}, {"$set": {"status": "cancelled"}, "$unset": {"queue_key": ""}})
     job_id = new_job(db, cfg)
     worker = Worker(settings, executor=ModalExecutor(settings, lookup=fake.lookup, call_from_id=fake.from_id, poll_s=0.05),
                     worker_id="orchestrator-capped")  # fmt: skip
