@@ -183,11 +183,14 @@ def train_rft(
         if not history[-1]["steps"]:
             continue
         current = rdir / "model"
+        if watch is None:
+            continue
         # a restarted stage checks its finished rounds again: the watch's trail is in memory only
-        if watch is not None and _watch_round(ctx, watch, current, codec, history):
+        stop = _watch_round(ctx, watch, current, codec, history)
+        best = current if watch.best_step == watch.curve[-1][0] else best  # as GRPO's snapshot, before the verdict
+        if stop:
             ctx.reporter.log(f"rft: stopping after round {r} of {rounds}", level="warning", stage=stage)
             break
-        best = current if watch is None or watch.best_step == watch.curve[-1][0] else best
     current = best or current
     info = {**_summary(history, reward_fn), **(watch.summary() if watch is not None and watch.curve else {})}
     truth = sum(x.label_kind == "full" for x in samples)
