@@ -226,7 +226,7 @@ class RLConfig(StageConfig):
     watch_every: int = Field(
         25, ge=0, le=MAX_STEPS,
         description="grpo: every this many steps, score watch_samples validation images beside the training reward "
-        "and warn of reward hacking (pipeline/stages/watch.py); 0: no watch.",
+        "and warn of reward hacking (pipeline/stages/watch.py); rft: after every round; 0: no watch.",
     )  # fmt: skip
     watch_samples: int = Field(16, ge=1, le=10_000, description="Validation images the reward-hacking watch decodes.")
     watch_checks: int = Field(

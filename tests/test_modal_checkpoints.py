@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT, tiny_job_config
 
 from pipeline.config import build_config
@@ -109,3 +110,19 @@ def test_a_resumed_stage_keeps_the_time_budget_it_had_left(tmp_path, monkeypatch
     assert "stage warm_start resumes with 2 s of its 40 s budget left" in logs
     done = json.loads((out / "stages" / "warm_start" / "DONE.json").read_text())
     assert done["train_seconds"] < budget / 4  # a fresh budget would have trained ~40 s more
+
+
+def test_a_checkpoint_that_does_not_hold_the_models_weights_fails_the_resume_instead_of_warning():
+    """transformers 5 resumed a Llava from a checkpoint none of whose keys matched, with only a
+    warning (issue #43701): the stage then trained on from its input weights. Now that raises."""
+    from types import SimpleNamespace
+
+    from pipeline.stages.resume import ExactResume
+
+    trainer = SimpleNamespace(model=SimpleNamespace(_tied_weights_keys={"lm_head.weight": "embed.weight"}))
+    ok = SimpleNamespace(missing_keys=["lm_head.weight"], unexpected_keys=[])  # a tied copy, not saved
+    ExactResume._issue_warnings_after_load(trainer, ok)
+    legacy = SimpleNamespace(missing_keys=["model.language_model.embed_tokens.weight"],
+                             unexpected_keys=["language_model.model.embed_tokens.weight"])  # fmt: skip
+    with pytest.raises(RuntimeError, match="does not hold this model's weights"):
+        ExactResume._issue_warnings_after_load(trainer, legacy)

@@ -800,3 +800,56 @@ def test_a_multi_gpu_stages_output_is_echoed_to_the_functions_own_output(tmp_pat
     echo.copy()
     assert seen.getvalue() == "".join(f"rank0 step {i}\n" for i in range(30))
     assert log_file.read_text() == seen.getvalue()  # the file on the Volume keeps it all too
+
+
+@pytest.mark.slow
+def test_a_cap_reached_on_modal_checkpoints_mid_stage_and_the_next_call_resumes_from_it(env):
+    """The stage function reads the caps as the orchestrator's heartbeat bills them: at the cap it
+    checkpoints at its next step, commits, and ends "paused" (not only before the next stage).
+    Raising the cap spawns the stage again, and the new call resumes from that checkpoint."""
+    import asyncio
+
+    from dreamforge.jobs import budgets
+    from dreamforge.store import async_client
+
+    settings, db = env
+    fake = LocalFunctions()
+    cfg = tiny_job_config(warm_start={"enabled": False}, rl={"enabled": False}, domain={"max_steps": 60, "val_checks": 0},
+                          export={"quantization": "none"})  # fmt: skip
+    # jobs earlier tests left in the queue would be claimed before this one
+    db[JOBS].update_many({"status": "queued"}, {"$set": {"status": "cancelled"}, "$unset": {"queue_key": ""}})
+    job_id = new_job(db, cfg)
+    worker = Worker(settings, executor=ModalExecutor(settings, lookup=fake.lookup, call_from_id=fake.from_id, poll_s=0.05),
+                    worker_id="orchestrator-capped")  # fmt: skip
+    running = threading.Thread(target=worker.run_once)
+    running.start()
+    # Once the domain stage trains, the cap drops below what the job has spent (PUT /api/jobs/{id}/caps).
+    wait_for(lambda: (j := db[JOBS].find_one({"_id": job_id}))["stage"] == "domain" and j["progress"] > 45,
+             every=0.05, what="domain training")  # fmt: skip
+    db[JOBS].update_one({"_id": job_id}, {"$set": {"caps": {"wall_minutes": 0.001}}})
+    running.join(120)
+    doc = db[JOBS].find_one({"_id": job_id})
+    assert doc["status"] == "paused" and doc["paused"]["stage"] == "domain", (doc.get("error"), messages(db, job_id)[-5:])
+    call = fake.calls[[c for c in fake.calls][-1]]
+    assert call.get(timeout=0)["kind"] == "paused" and not call.cancelled  # it ended by itself, checkpointed
+    out = settings.artifacts / job_id / "out"
+    ckpts = sorted((out / "stages" / "domain.checkpoints").glob("checkpoint-*"))
+    assert ckpts and 0 < int(ckpts[-1].name.split("-")[1]) < 60 and not (out / "stages" / "domain" / "DONE.json").exists()
+    assert "modal_calls" not in doc or "domain" not in doc["modal_calls"]  # the resumed job spawns a new call
+
+    async def raise_cap() -> list[str]:
+        c = async_client(os.environ["MONGODB_URI"])
+        try:
+            adb = c[settings.db_name]
+            await adb[JOBS].update_one({"_id": job_id}, {"$set": {"caps": {"wall_minutes": 30}}})  # PUT /api/jobs/{id}/caps
+            return await budgets.resume_paused(adb, {"_id": job_id})
+        finally:
+            await c.close()
+
+    assert asyncio.run(raise_cap()) == [job_id]
+    assert worker.run_once()
+    doc = db[JOBS].find_one({"_id": job_id})
+    assert doc["status"] == "succeeded", (doc.get("error"), messages(db, job_id)[-5:])
+    assert [name for name, _ in fake.spawns].count("domain") == 2 and fake.spawns[-1][0] == "evaluate"
+    assert f"resuming stage domain from {ckpts[-1].name}" in messages(db, job_id)
+    assert json.loads((out / "stages" / "domain" / "DONE.json").read_text())["steps"] == 60

@@ -204,3 +204,34 @@ def test_a_restarted_stage_keeps_finished_rounds_and_the_kept_answers(rft_job, t
     assert not any(m.startswith("rft round") and "sampled" in m for m in logs)  # nothing sampled twice
     assert info["sampled"] == 2 * clicked and info["steps"] == 4 and info["round_stats"][1]["kept"] == kept2
     assert (tmp_path / "model" / "config.json").exists() and not rounds.exists()
+
+
+class _Points(_Lines):
+    def __init__(self):
+        super().__init__()
+        self.points: list[tuple[int, dict]] = []
+
+    def metric(self, stage, step, values):
+        self.points.append((step, values))
+
+
+def test_the_reward_watch_scores_each_round_and_the_stage_keeps_the_round_that_validated_best(rft_job, tmp_path):
+    from pipeline.models.loading import load_model
+    from pipeline.stages.rft import train_rft
+    from pipeline.stages.watch import reward_watch
+
+    rep = _Points()
+    rl = {"max_steps": 4, "lr": 1e-3, "rft_threshold": -1.0, "watch_every": 1, "watch_samples": 4}
+    ctx = _context(tmp_path, rft_job, rl, rep)
+    info = train_rft(ctx, "reward", rft_job / "stages" / "domain" / "model", ctx.domain.splits["train"], ctx.domain_codec,
+                     ctx.cfg.rl, tmp_path / "model")  # fmt: skip
+    key = f"val_{info['val_metric']}"
+    checks = [(step, v) for step, v in rep.points if key in v]
+    assert [step for step, _ in checks] == [2, 4] and all("val_boxes_per_image" in v for _, v in checks)
+    assert info["val_checks"] == 2 and info["watch_warnings"] == [] and not info["stopped_early"]
+    best = max(v[key] for _, v in checks)
+    assert info["val_best"] == pytest.approx(best, abs=1e-4) and info["val_best_step"] in (2, 4)
+    # the published model is the round that validated best: scored again, it gets the best score
+    model, processor = load_model(tmp_path / "model", ctx.device)
+    watch = reward_watch(ctx, "reward", ctx.domain_codec, ctx.cfg.rl, processor)
+    assert watch.score(model)[key] == pytest.approx(info["val_best"], abs=1e-4)

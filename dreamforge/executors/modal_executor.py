@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamforge.executors import modal_calls
-from dreamforge.executors.local import StageOutcome, stage_info
+from dreamforge.executors.local import PAUSE_GRACE_S, StageOutcome, stage_info
 from dreamforge.executors.modal_limits import DEFAULT_GPU, stage_budget_s, stage_resources
 from dreamforge.jobs import queue, streams
 from dreamforge.settings import Settings
@@ -167,6 +167,7 @@ class ModalExecutor:
     def _poll(self, call, job: dict[str, Any], stage: str, check: Callable[[], str | None],
               deadline: float) -> StageOutcome:  # fmt: skip
         unreachable = 0  # polls in a row that could not reach Modal
+        pause_by: float | None = None  # when a call asked to pause must have ended
         while True:
             try:
                 result = call.get(timeout=0)
@@ -195,6 +196,14 @@ class ModalExecutor:
                 return StageOutcome("cancelled", "cancelled by the user")
             if reason == "lost":
                 return StageOutcome("lost", "lease lost")  # the call runs on; the next owner adopts it
+            if reason == "paused":
+                # The function reads the caps itself (modal_stage.FollowingSink.check), checkpoints
+                # at its next step and ends "paused". One with no trainer loop (evaluate) is stopped
+                # after the grace, as LocalExecutor stops its process, and runs again on resume.
+                pause_by = pause_by or time.monotonic() + PAUSE_GRACE_S
+                if time.monotonic() > pause_by:
+                    _cancel(call)
+                    return StageOutcome("paused", f"stage {stage} stopped without a new checkpoint")
             if time.monotonic() > deadline:
                 _cancel(call)
                 return StageOutcome("timeout", f"stage {stage} ran past its {self.budget_s(stage):.0f} s budget on Modal "

@@ -25,7 +25,7 @@ from pymongo.errors import PyMongoError
 from dreamforge.executors.local import EventTail, LocalExecutor, StageOutcome, stage_info
 from dreamforge.executors.modal_calls import owner
 from dreamforge.executors.modal_limits import STAGE_TIMEOUT_S, gpu_count
-from dreamforge.jobs import queue, streams
+from dreamforge.jobs import budgets, queue, streams
 from dreamforge.jobs.sink import MongoSink
 from dreamforge.settings import Settings
 from dreamforge.store import JOBS, client
@@ -77,25 +77,34 @@ class FollowingSink(MongoSink):
             return False
 
     def check(self) -> str | None:
-        """``LocalExecutor``'s check: "cancelled", "lost" (superseded) or None; reads the job
-        at most every ``check_every_s`` seconds."""
+        """``LocalExecutor``'s check: "cancelled", "lost" (superseded), "paused" (the job or its
+        project at a spending cap, as the worker's heartbeat bills it: ``jobs/budgets.py``) or
+        None; reads the job at most every ``check_every_s`` seconds."""
         t, reason = self._checked
         if time.monotonic() - t >= self.check_every_s:
             try:
                 state = self._follow()
+                reason = {"cancelled": "cancelled", "superseded": "lost"}.get(state)
+                if reason is None and budgets.cap_reason_of(self.db, self.job_id):
+                    reason = "paused"
             except PyMongoError:  # a database outage must not stop a paid GPU run: ask again later
-                state = "run"
-            reason = {"cancelled": "cancelled", "superseded": "lost"}.get(state)
+                reason = None
             self._checked = (time.monotonic(), reason)
         return reason
 
 
 class _StopWhenAsked(BaseReporter):
+    """The worker's check, as a stage reads it: stop (cancelled, superseded), or checkpoint and
+    stop at a cap (``pipeline.reporter.PauseRequest`` on a local worker)."""
+
     def __init__(self, sink: FollowingSink) -> None:
         self.sink = sink
 
     def should_stop(self) -> bool:
-        return self.sink.check() is not None
+        return self.sink.check() in ("cancelled", "lost")
+
+    def should_pause(self) -> bool:
+        return self.sink.check() == "paused"
 
 
 def _wait_for_ownership(db, job_id: str, stage: str, token: str, call_id: str | None,
@@ -141,7 +150,8 @@ def run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewar
               gpu: str | None = None, *, call_id: str | None = None, settings: Settings | None = None,
               own_wait_s: float = 120.0, commit: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``stage`` of job ``job_id`` into ``<artifacts>/<job_id>/out``; returns
-    ``{"kind": "done" | "user_error" | "cancelled" | "lost", "message", "info"}``. ``commit``
+    ``{"kind": "done" | "user_error" | "cancelled" | "lost" | "paused", "message", "info"}`` ("paused":
+    at a spending cap, the stage saved a checkpoint on the Volume, and the next call resumes from it). ``commit``
     (on Modal) commits the artifacts Volume once the stage has ended. Raises only
     ``StageInfraError``: the orchestrator tells the function's own failure from a failure to reach
     Modal by its type (``modal_executor.poll_answer``), and an OSError here must not read as one."""
@@ -177,9 +187,11 @@ def _run_stage(job_id: str, stage: str, token: str, config: dict[str, Any], rewa
                                                                STAGE_TIMEOUT_S[stage])  # fmt: skip
         else:
             outcome = _in_process(cfg, stage, workdir / "out", sink)
-    if commit is not None and not commit_volume(commit, f"job {job_id} stage {stage}") and outcome.kind == "done":
-        # The orchestrator would look for a model the Volume does not have: let Modal retry.
-        raise StageInfraError(f"stage {stage}: its model could not be committed to the Volume")
+    if commit is not None and not commit_volume(commit, f"job {job_id} stage {stage}") and outcome.kind in ("done", "paused"):
+        # The orchestrator would look for a model (a checkpoint to resume from) the Volume does not
+        # have: let Modal retry (a retried paused stage pauses again at its first step).
+        raise StageInfraError(f"stage {stage}: its {'model' if outcome.kind == 'done' else 'checkpoint'} could not be "
+                              "committed to the Volume")  # fmt: skip
     if outcome.kind == "infra_error":
         raise StageInfraError(outcome.message)
     return {"kind": outcome.kind, "message": outcome.message, "info": outcome.info}
@@ -194,7 +206,7 @@ def _in_process(cfg_dict: dict[str, Any], stage: str, out: Path, sink: Following
     from pipeline.rewards.base import RewardError
     from pipeline.run import quiet_libraries
     from pipeline.sealed import open_sealed
-    from pipeline.stages.common import StageCancelled
+    from pipeline.stages.common import StageCancelled, StagePaused
 
     quiet_libraries()
     out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +234,8 @@ def _in_process(cfg_dict: dict[str, Any], stage: str, out: Path, sink: Following
         outcome = StageOutcome("user_error", str(e))
     except StageCancelled:
         outcome = StageOutcome("lost" if sink.superseded else "cancelled", "cancelled by the user")
+    except StagePaused as e:  # at a cap: its checkpoint is in the stage's folder, on the Volume
+        outcome = StageOutcome("paused", str(e))
     except Exception as e:  # noqa: BLE001 — anything else is the infrastructure's: Modal retries it
         log.exception("stage %s failed", stage)
         outcome = StageOutcome("infra_error", f"{type(e).__name__}: {e}"[:2000])

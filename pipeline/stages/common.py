@@ -189,7 +189,7 @@ def time_cosine(optimizer, *, max_seconds: float | None, total_steps: int, warmu
     clock = clock or StageClock(max_seconds)
 
     def factor(step: int) -> float:
-        if step < warmup_steps and not clock.spent_before:
+        if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
         frac = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
         if clock.max_seconds:
@@ -226,7 +226,7 @@ class ReporterCallback(TrainerCallback):
             control.should_training_stop = True
         if self.clock.out_of_time():
             control.should_training_stop = True
-        elif self.reporter.should_pause() and _epoch_ends(state):  # a checkpoint to resume from, then stop
+        elif self.reporter.should_pause():  # a checkpoint to resume from exactly (stages/resume.py), then stop
             self.paused = True
             control.should_save = control.should_training_stop = True
         return control
@@ -241,21 +241,6 @@ class ReporterCallback(TrainerCallback):
         values = {("lr" if k == "learning_rate" else k): v for k, v in values.items()}
         if values:
             self.reporter.metric(self.stage, state.global_step + self.step_offset, values)
-
-
-PAUSE_WITHIN_STEPS = 20  # a pause waits this long at most for the end of the epoch
-
-
-def _epoch_ends(state) -> bool:
-    """Whether a pause now resumes exactly: at an epoch's end (or when that is far off). The trainer
-    draws each epoch's order from the RNG state it saves with the checkpoint; paused mid-epoch, the
-    resumed epoch's remaining batches come from a new draw (measured: a tiny job resumed from step 1
-    ended at held-out IoU 0.0 against 0.056 uncapped; from an epoch's end, the same numbers)."""
-    if not state.epoch or not state.global_step:
-        return True
-    per_epoch = state.global_step / state.epoch
-    left = (math.ceil(state.epoch - 1e-6) - state.epoch) * per_epoch
-    return left < 0.5 or left > PAUSE_WITHIN_STEPS
 
 
 class CheckpointTimer(TrainerCallback):

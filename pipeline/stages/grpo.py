@@ -28,7 +28,6 @@ from pipeline.stages.common import (
     StagePaused,
     checkpoint_schedule,
     drop_checkpoints,
-    fully_labelled,
     grpo_rows,
     load_for_training,
     resume_point,
@@ -36,8 +35,13 @@ from pipeline.stages.common import (
     time_cosine,
     with_images,
 )
-from pipeline.stages.watch import RewardWatch
+from pipeline.stages.resume import ExactResume
+from pipeline.stages.watch import reward_watch
 from pipeline.structures import Sample
+
+
+class ResumableGRPOTrainer(ExactResume, GRPOTrainer):
+    pass
 
 
 def train_grpo(
@@ -90,8 +94,8 @@ def train_grpo(
     clock = StageClock.resumed(ctx, stage, rl.max_seconds)
     scheduler = time_cosine(optimizer, max_seconds=rl.max_seconds, clock=clock, total_steps=max_steps, warmup_steps=2)
     callback = ReporterCallback(ctx.reporter, stage, rl.max_seconds, clock=clock)
-    watch = _watch(ctx, stage, codec, rl, processor)
-    trainer = GRPOTrainer(
+    watch = reward_watch(ctx, stage, codec, rl, processor)
+    trainer = ResumableGRPOTrainer(
         model=model,
         reward_funcs=[reward_fn],
         args=args,
@@ -122,12 +126,3 @@ def train_grpo(
         "reward_seconds": round(reward_fn.seconds, 3),
     }
 
-
-def _watch(ctx: Context, stage: str, codec: Codec, rl: RLConfig, processor) -> RewardWatch | None:
-    """The reward-hacking watch on the domain's validation split, when configured and there is one."""
-    val = fully_labelled(ctx.domain.splits.get("val") or [])[: rl.watch_samples]
-    if not rl.watch_every or not val:
-        return None
-    return RewardWatch(every=rl.watch_every, checks=rl.watch_checks, stop=rl.watch_stop, reporter=ctx.reporter, stage=stage,
-                       samples=val, codec=codec, task=ctx.cfg.task, processor=processor,
-                       batch_size=ctx.cfg.evaluate.batch_size)  # fmt: skip

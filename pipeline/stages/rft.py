@@ -16,6 +16,10 @@ ones) and training gets the rest, so a round that samples fast trains longer. ``
 split over the rounds; otherwise each round trains ``epochs`` over its kept answers, or until
 its time is up, whichever ends first (a round that ends early leaves its time to the next).
 
+Reward-hacking watch (``pipeline/stages/watch.py``, as GRPO's): after each round that trained, its
+model is scored on the validation slice beside the round's mean best reward; the stage publishes
+the round's model that validated best, and with ``rl.watch_stop`` stops at hacking.
+
 Resume: a round is the unit. Its kept answers are written before it trains, its model and
 record after; a restarted stage skips finished rounds, retrains the interrupted round on the
 same answers from its newest trainer checkpoint, and keeps only the budget the earlier
@@ -43,6 +47,7 @@ from pipeline.predict import generate_texts
 from pipeline.rewards.base import as_trl_reward
 from pipeline.stages.common import Context, StageCancelled, grpo_rows, save_model
 from pipeline.stages.sft import train_sft
+from pipeline.stages.watch import RewardWatch, reward_watch
 from pipeline.structures import Sample
 
 MIN_TRAIN_SECONDS = 1.0  # a round left with less than this skips its training
@@ -166,17 +171,28 @@ def train_rft(
     rounds = rl.rft_rounds
     history: list[dict[str, Any]] = []
     current: Path | str = in_model
+    watch = reward_watch(ctx, stage, codec, rl, processor=None)  # the processor comes with the first round's model
+    best: Path | None = None  # the round's model that validated best
     for r in range(1, rounds + 1):
         rdir = rounds_dir / f"round-{r}"
         if (rdir / "DONE.json").exists():
             history.append(json.loads((rdir / "DONE.json").read_text()))
-            current = rdir / "model" if history[-1]["steps"] else current
             ctx.reporter.log(f"rft round {r}/{rounds}: finished before the restart", stage=stage)
+        else:
+            history.append(_round(ctx, stage, current, samples, codec, rl, reward_fn, r, history, rdir))
+        if not history[-1]["steps"]:
             continue
-        history.append(_round(ctx, stage, current, samples, codec, rl, reward_fn, r, history, rdir))
-        if history[-1]["steps"]:
-            current = rdir / "model"
-    info = _summary(history, reward_fn)
+        current = rdir / "model"
+        if watch is None:
+            continue
+        # a restarted stage checks its finished rounds again: the watch's trail is in memory only
+        stop = _watch_round(ctx, watch, current, codec, history)
+        best = current if watch.best_step == watch.curve[-1][0] else best  # as GRPO's snapshot, before the verdict
+        if stop:
+            ctx.reporter.log(f"rft: stopping after round {r} of {rounds}", level="warning", stage=stage)
+            break
+    current = best or current
+    info = {**_summary(history, reward_fn), **(watch.summary() if watch is not None and watch.curve else {})}
     truth = sum(x.label_kind == "full" for x in samples)
     if info["steps"] and not info["kept"] and info["sampled"]:
         info["note"] = (f"kept no answer of {info['sampled']} sampled images (rl.rft_threshold {rl.rft_threshold}); "
@@ -200,6 +216,17 @@ def train_rft(
             save_model(model, processor, out_model)
         shutil.rmtree(rounds_dir, ignore_errors=True)
     return info
+
+
+def _watch_round(ctx: Context, watch: RewardWatch, model_dir: Path, codec: Codec, history: list[dict[str, Any]]) -> bool:
+    """The reward watch on the model a round trained, beside the round's mean best reward (that of
+    the answers it trained on); True when the stage should stop."""
+    model, processor = load_model(model_dir, ctx.device)
+    ensure_tokens(model, processor, codec.special_tokens())
+    watch.processor = watch.processor or processor
+    last = history[-1]
+    reward = last["best_sum"] / last["sampled"] if last["sampled"] else None
+    return watch.check(model, sum(h["steps"] for h in history), keep=False, reward=reward)
 
 
 def _round(

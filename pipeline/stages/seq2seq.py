@@ -16,6 +16,7 @@ from transformers import Trainer
 
 from pipeline.codec import Codec
 from pipeline.stages.loc_loss import soft_location_loss
+from pipeline.stages.resume import ExactResume
 from pipeline.structures import Sample
 
 
@@ -38,7 +39,7 @@ class Seq2SeqCollator:
         return {**enc, "labels": lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)}
 
 
-class LocationAwareSeq2SeqTrainer(Trainer):
+class LocationAwareSeq2SeqTrainer(ExactResume, Trainer):
     def __init__(self, *args, loc_ids: list[int], loc_sigma: float, **kwargs):
         super().__init__(*args, **kwargs)
         self._loc_ids = torch.tensor(loc_ids, dtype=torch.long)

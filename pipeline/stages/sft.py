@@ -35,12 +35,13 @@ from pipeline.stages.common import (
     with_images,
 )
 from pipeline.stages.loc_loss import soft_location_loss
+from pipeline.stages.resume import ExactResume
 from pipeline.stages.seq2seq import LocationAwareSeq2SeqTrainer, Seq2SeqCollator, seq2seq_rows
 from pipeline.stages.validation import ValidationCallback, check_interval, check_seconds
 from pipeline.structures import Sample
 
 
-class LocationAwareSFTTrainer(SFTTrainer):
+class LocationAwareSFTTrainer(ExactResume, SFTTrainer):
     def __init__(self, *args, loc_ids: list[int], loc_sigma: float, **kwargs):
         super().__init__(*args, **kwargs)
         self._loc_ids = torch.tensor(loc_ids, dtype=torch.long)  # empty for formats without location tokens

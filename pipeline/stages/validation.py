@@ -88,28 +88,33 @@ class ValidationCallback(TrainerCallback):
         return by_steps or by_time
 
     def on_step_end(self, args, state, control, model=None, **kw):
-        step = state.global_step
-        if model is None or not self._due(step):
-            return control
+        if model is not None and self._due(state.global_step) and self.check(model, state.global_step, state.max_steps):
+            control.should_training_stop = True
+        return control
+
+    def check(self, model, step: int, max_steps: int | None = None, *, keep: bool = True) -> bool:
+        """Score ``model`` as of ``step``, report it, snapshot it when it is the best so far
+        (``keep``; a caller that keeps its own checkpoints, as RFT's rounds, passes False);
+        True when the stage should stop."""
         values = self.score(model)
         self.last_step, self.last_t = step, time.monotonic()
         value = values[f"val_{self.key}"]
         self.curve.append((step, value))
         self.reporter.metric(self.stage, step, values)
-        if value > self.best + MIN_DELTA or self.snapshot is None:
+        if value > self.best + MIN_DELTA or len(self.curve) == 1:
             self.best, self.best_step, self.bad = max(value, self.best), step, 0
-            # Only trainable tensors change (LoRA: the adapters); copies live on the CPU.
-            self.snapshot = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-        else:
-            self.bad += 1
-            if self.bad >= self.patience and step < state.max_steps:
-                self.stopped_early = True
-                control.should_training_stop = True
-                self.reporter.log(
-                    f"validation {self.key} has not improved for {self.bad} checks (best {self.best:.3f} at step "
-                    f"{self.best_step}); stopping at step {step} with the best weights", stage=self.stage,
-                )  # fmt: skip
-        return control
+            if keep:  # only trainable tensors change (LoRA: the adapters); copies live on the CPU
+                self.snapshot = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            return False
+        self.bad += 1
+        if self.bad >= self.patience and (max_steps is None or step < max_steps):
+            self.stopped_early = True
+            self.reporter.log(
+                f"validation {self.key} has not improved for {self.bad} checks (best {self.best:.3f} at step "
+                f"{self.best_step}); stopping at step {step} with the best weights", stage=self.stage,
+            )  # fmt: skip
+            return True
+        return False
 
     def finish(self, model, step: int) -> bool:
         """Score the final weights too (unless the last check just did), then put the best

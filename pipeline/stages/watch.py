@@ -13,12 +13,19 @@ beside the training reward (the dashboard draws them on the reward chart). It wa
 
 and with ``rl.watch_stop`` it stops the stage there. Either way the stage keeps the weights that
 validated best (``ValidationCallback``'s snapshot), never the hacked ones.
+
+GRPO runs it as a trainer callback every ``rl.watch_every`` steps; RFT calls :meth:`RewardWatch.check`
+after each round that trained, beside the round's mean best reward, and keeps the round's model
+that validated best (``pipeline/stages/rft.py``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pipeline.codec import Codec
+from pipeline.config import RLConfig
+from pipeline.stages.common import Context, fully_labelled
 from pipeline.stages.validation import ValidationCallback
 
 BOX_DRIFT = 2.0  # boxes per image, as a multiple of the ground truth's, that counts as drift
@@ -48,13 +55,13 @@ class RewardWatch(ValidationCallback):
         self.boxes = sum(len(p.get("boxes") or []) for p in preds) / max(1, len(preds))
         return {**scores, "val_boxes_per_image": round(self.boxes, 4)}
 
-    def on_step_end(self, args, state, control, model=None, **kw):
-        n = len(self.curve)
-        control = super().on_step_end(args, state, control, model=model, **kw)
-        if len(self.curve) == n:  # no check this step
-            return control
-        step, value = self.curve[-1]
-        self.trail.append((self.reward if self.reward is not None else float("nan"), value))
+    def check(self, model, step: int, max_steps: int | None = None, *, keep: bool = True,
+              reward: float | None = None) -> bool:  # fmt: skip
+        """:meth:`ValidationCallback.check` beside the training ``reward`` (GRPO: the latest TRL
+        logged; RFT: the round's), warning of hacking; True when the stage should stop."""
+        stop = super().check(model, step, max_steps, keep=keep)
+        reward = reward if reward is not None else self.reward
+        self.trail.append((reward if reward is not None else float("nan"), self.curve[-1][1]))
         why = self.hacking(self.boxes)
         if why:
             self.warnings.append(f"step {step}: {why}")
@@ -62,9 +69,8 @@ class RewardWatch(ValidationCallback):
             action = "stopping with the weights that validated best" if self.stop else "set rl.watch_stop to stop here"
             self.reporter.log(f"REWARD HACKING? at step {step}: {why}; {action}", level="warning", stage=self.stage)
             if self.stop:
-                self.stopped_early = True
-                control.should_training_stop = True
-        return control
+                self.stopped_early = stop = True
+        return stop
 
     def hacking(self, boxes: float) -> str | None:
         """Why the last checks look like reward hacking, else None."""
@@ -80,3 +86,13 @@ class RewardWatch(ValidationCallback):
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "watch_warnings": self.warnings[:20]}
+
+
+def reward_watch(ctx: Context, stage: str, codec: Codec, rl: RLConfig, processor) -> RewardWatch | None:
+    """The reward-hacking watch on the domain's validation split, when configured and there is one."""
+    val = fully_labelled(ctx.domain.splits.get("val") or [])[: rl.watch_samples]
+    if not rl.watch_every or not val:
+        return None
+    return RewardWatch(every=rl.watch_every, checks=rl.watch_checks, stop=rl.watch_stop, reporter=ctx.reporter, stage=stage,
+                       samples=val, codec=codec, task=ctx.cfg.task, processor=processor,
+                       batch_size=ctx.cfg.evaluate.batch_size)  # fmt: skip
