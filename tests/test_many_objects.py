@@ -74,7 +74,8 @@ def test_a_job_trains_and_evaluates_sixty_objects_per_image(crowded, tmp_path):
 
     cfg = build_config(tiny_job_config(data={"dataset": str(crowded), "max_objects": 64, "split": [0.5, 0.25, 0.25]},
                                        rl={"enabled": False}, evaluate={"max_samples": 2, "batch_size": 2},
-                                       domain={"max_steps": 2, "batch_size": 2}))  # fmt: skip
+                                       export={"quantization": "none"},  # 390-token answers: each decode costs
+                                       domain={"max_steps": 2, "batch_size": 2, "val_checks": 0}))  # fmt: skip
     record = run_job(cfg, tmp_path / "out", stages=[2, 4])
     assert record["stages"]["domain"]["state"] == "completed"
     ev = record["evaluation"]
