@@ -109,11 +109,14 @@ def _load(folder, task="detect", **kw):
 @pytest.mark.parametrize("names_file", ["data.yaml", "classes.txt"])
 def test_yolo_folder_loads_to_the_same_targets_as_its_coco_equivalent(tmp_path, names_file):
     coco = _load(_coco(tmp_path / "coco"))
-    yolo = _load(_yolo(tmp_path / "yolo", names_file=names_file))
+    yolo = _load(_yolo(tmp_path / "yolo", names_file=names_file), label="yolo")
     assert yolo.categories == coco.categories == NAMES
     assert _targets(yolo) == _targets(coco)
     assert _targets(yolo)["a"]["boxes"] == [[2.0, 4.0, 18.0, 12.0], [32.0, 0.0, 40.0, 16.0]]
-    assert yolo.warnings == []
+    assert yolo.warnings == [  # "c" has no label file: a negative, counted
+        "yolo: 1 of 4 images have no label file, so they are used as negatives (no objects), as Ultralytics "
+        "reads them: images/c.png. If they hold objects, add their label files"
+    ]
 
 
 def test_yolo_seg_polygons_load_like_coco_polygons(tmp_path):
@@ -241,6 +244,28 @@ def test_yolo_box_outside_the_image_is_dropped_with_a_warning_naming_file_and_li
     ds = _load(folder)
     assert len(_targets(ds)["d"]["boxes"]) == 1
     assert any("labels/d.txt line 2 has a box" in w and "outside the 64×32 image" in w for w in ds.warnings)
+
+
+def test_yolo_label_files_without_an_image_are_named_and_unlabelled_images_counted(tmp_path, caplog):
+    folder = _yolo(tmp_path / "yolo", split_of=lambda stem: "val" if stem == "d" else "train")
+    (folder / "labels" / "train" / "b.txt").rename(folder / "labels" / "train" / "bb.txt")  # a mistyped name
+    for k in range(6):
+        (folder / "labels" / "val" / f"gone{k}.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (folder / "labels" / "classes.txt").write_text("cola\nwater\n")  # a names file, not a label file
+    ds = _load(folder, label="yolo")
+    orphans, negatives = ds.warnings
+    assert orphans.startswith(
+        "yolo: 7 label files have no image, so their labels are not used: labels/train/bb.txt, "
+        "labels/val/gone0.txt, labels/val/gone1.txt, labels/val/gone2.txt, labels/val/gone3.txt and 2 more."
+    ) and "images/train/a.jpg -> labels/train/a.txt" in orphans
+    assert negatives.startswith("yolo: 2 of 4 images have no label file, so they are used as negatives")
+    assert "images/train/b.png, images/train/c.png." in negatives
+    assert _targets(ds)["b"]["boxes"] == [] and len(_targets(ds)["a"]["boxes"]) == 2
+    assert orphans in caplog.text  # in the job's log as it happens, not only in the summary
+    (folder / "labels" / "train" / "bb.txt").rename(folder / "labels" / "train" / "b.txt")
+    for k in range(6):
+        (folder / "labels" / "val" / f"gone{k}.txt").unlink()
+    assert _load(folder, label="yolo").warnings == [negatives.replace("2 of 4", "1 of 4").replace("images/train/b.png, ", "")]
 
 
 def test_yolo_names_file_errors_say_what_to_fix(tmp_path):

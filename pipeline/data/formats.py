@@ -47,6 +47,7 @@ class Converted:
     where: str  # the prefix of messages about the split as a whole
     data: dict[str, Any]  # {"images": [...], "annotations": [...], "categories": [...]}
     origins: dict[Any, str] = field(default_factory=dict)  # annotation id -> "labels/a.txt line 3"
+    warnings: list[str] = field(default_factory=list)  # what the conversion found, for the job log
 
 
 def detect_format(root: Path) -> str:
