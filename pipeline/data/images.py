@@ -207,7 +207,8 @@ class RowImages:
     that is known (:func:`model_input_size`): a lazy image decodes straight to it, a decoded
     one is resized with the processor's own filter (so the processor gets the very pixels it
     would have made). Why resize here: the processor first turns every image of a batch into
-    a full-size array, 290 MB for eight 12-megapixel photos, before shrinking each.
+    a full-size array before shrinking each: +640 MB at the peak for a batch of eight
+    12-megapixel photos (``benchmarks/data_scale.py``, eager).
     """
 
     def __init__(self, samples: list[Any], processor: Any = None, index: str = "image_index") -> None:
@@ -231,7 +232,8 @@ class RowImages:
     def __reduce__(self) -> tuple[Any, tuple[int]]:
         # ``Dataset.with_transform`` fingerprints its transform by pickling it
         # (``datasets.fingerprint.update_fingerprint``); pickled whole, decoded samples cost
-        # two copies of every photo at once (3.3 GB for 48 of 12 MP, data_scale.py eager).
+        # two copies of every photo at once (+2.7 GB at the peak for 48 of 12 MP: the "70 MB
+        # more per photo" eager SFT used to take, data_scale.py).
         # Pickled as a token for this live object instead: rows are read in this process.
         return (_live, (self.token,))
 
