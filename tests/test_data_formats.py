@@ -7,6 +7,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -109,11 +110,14 @@ def _load(folder, task="detect", **kw):
 @pytest.mark.parametrize("names_file", ["data.yaml", "classes.txt"])
 def test_yolo_folder_loads_to_the_same_targets_as_its_coco_equivalent(tmp_path, names_file):
     coco = _load(_coco(tmp_path / "coco"))
-    yolo = _load(_yolo(tmp_path / "yolo", names_file=names_file))
+    yolo = _load(_yolo(tmp_path / "yolo", names_file=names_file), label="yolo")
     assert yolo.categories == coco.categories == NAMES
     assert _targets(yolo) == _targets(coco)
     assert _targets(yolo)["a"]["boxes"] == [[2.0, 4.0, 18.0, 12.0], [32.0, 0.0, 40.0, 16.0]]
-    assert yolo.warnings == []
+    assert yolo.warnings == [  # "c" has no label file: a negative, counted
+        "yolo: 1 of 4 images have no label file, so they are used as negatives (no objects), as Ultralytics "
+        "reads them: images/c.png. If they hold objects, add their label files"
+    ]
 
 
 def test_yolo_seg_polygons_load_like_coco_polygons(tmp_path):
@@ -243,6 +247,28 @@ def test_yolo_box_outside_the_image_is_dropped_with_a_warning_naming_file_and_li
     assert any("labels/d.txt line 2 has a box" in w and "outside the 64×32 image" in w for w in ds.warnings)
 
 
+def test_yolo_label_files_without_an_image_are_named_and_unlabelled_images_counted(tmp_path, caplog):
+    folder = _yolo(tmp_path / "yolo", split_of=lambda stem: "val" if stem == "d" else "train")
+    (folder / "labels" / "train" / "b.txt").rename(folder / "labels" / "train" / "bb.txt")  # a mistyped name
+    for k in range(6):
+        (folder / "labels" / "val" / f"gone{k}.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (folder / "labels" / "classes.txt").write_text("cola\nwater\n")  # a names file, not a label file
+    ds = _load(folder, label="yolo")
+    orphans, negatives = ds.warnings
+    assert orphans.startswith(
+        "yolo: 7 label files have no image, so their labels are not used: labels/train/bb.txt, "
+        "labels/val/gone0.txt, labels/val/gone1.txt, labels/val/gone2.txt, labels/val/gone3.txt and 2 more."
+    ) and "images/train/a.jpg -> labels/train/a.txt" in orphans
+    assert negatives.startswith("yolo: 2 of 4 images have no label file, so they are used as negatives")
+    assert "images/train/b.png, images/train/c.png." in negatives
+    assert _targets(ds)["b"]["boxes"] == [] and len(_targets(ds)["a"]["boxes"]) == 2
+    assert orphans in caplog.text  # in the job's log as it happens, not only in the summary
+    (folder / "labels" / "train" / "bb.txt").rename(folder / "labels" / "train" / "b.txt")
+    for k in range(6):
+        (folder / "labels" / "val" / f"gone{k}.txt").unlink()
+    assert _load(folder, label="yolo").warnings == [negatives.replace("2 of 4", "1 of 4").replace("images/train/b.png, ", "")]
+
+
 def test_yolo_names_file_errors_say_what_to_fix(tmp_path):
     folder = _yolo(tmp_path / "yolo")
     (folder / "data.yaml").unlink()
@@ -262,6 +288,61 @@ def test_voc_box_outside_the_image_names_the_xml_and_the_object(tmp_path):
     assert _targets(ds)["a"]["boxes"] == [[2.0, 4.0, 18.0, 12.0]]
     assert any("Annotations/a.xml object 2 ('water') has a box" in w and "outside the 64×32 image" in w
                for w in ds.warnings), ds.warnings
+
+
+def _voc_xml(stem: str, size: tuple[int, int], box: list[int], filename: str | None = None) -> str:
+    x1, y1, x2, y2 = box
+    return (f"<annotation><filename>{filename or stem + '.jpg'}</filename><size><width>{size[0]}</width>"
+            f"<height>{size[1]}</height><depth>3</depth></size><object><name>cola</name><bndbox><xmin>{x1 + 1}"
+            f"</xmin><ymin>{y1 + 1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object></annotation>")
+
+
+def test_voc_size_that_is_not_the_images_is_an_error_naming_the_file_and_both_sizes(tmp_path):
+    folder = _voc(tmp_path / "voc")
+    (folder / "Annotations" / "a.xml").write_text(_voc_xml("a", (640, 480), [2, 4, 18, 12], "a.png"))
+    with pytest.raises(DataError, match=r"^voc: Annotations/a\.xml: <size> says 640×480 but JPEGImages/a\.png is "
+                       r"64×32, so its boxes were drawn on another image"):
+        _load(folder, label="voc")
+    # width and height swapped, with no EXIF orientation to explain it: another image too
+    (folder / "Annotations" / "a.xml").write_text(_voc_xml("a", (32, 64), [2, 4, 18, 12], "a.png"))
+    with pytest.raises(DataError, match=r"a\.xml: <size> says 32×64 but JPEGImages/a\.png is 64×32, so"):
+        _load(folder, label="voc")
+    (folder / "Annotations" / "a.xml").write_text(_voc_xml("a", (64, 32), [2, 4, 18, 12], "a.png").replace(
+        "<height>32</height>", "<height>3.5</height>"))
+    with pytest.raises(DataError, match=r"a\.xml: <size> <height> must be a whole number of pixels, got '3\.5'"):
+        _load(folder, label="voc")
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_voc_boxes_on_a_sideways_photo_as_stored_are_turned_upright_with_it(tmp_path, orientation):
+    # A phone photo stored 48×32 whose EXIF orientation turns it upright to 32×48; a tool that
+    # labelled the stored pixels writes <size> 48×32 and boxes on them.
+    stored, box = (48, 32), [4, 6, 20, 14]
+    photo = Image.new("RGB", stored, (128, 128, 128))
+    photo.paste((230, 20, 20), tuple(box))
+    folder = tmp_path / "voc"
+    (folder / "JPEGImages").mkdir(parents=True)
+    (folder / "Annotations").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    photo.save(folder / "JPEGImages" / "p.jpg", quality=98, subsampling=0, exif=exif)  # 4:4:4: crisp edges
+    (folder / "Annotations" / "p.xml").write_text(_voc_xml("p", stored, box))
+    ds = _load(folder, label="voc")
+    (sample,) = [s for split in ds.splits.values() for s in split]
+    assert sample.image.size == (32, 48)
+    (x1, y1, x2, y2) = [int(v) for v in sample.target["boxes"][0]]
+    assert (x2 - x1, y2 - y1) == (8, 16)  # turned: the 16×8 box stands up
+    pixels = np.asarray(sample.image).astype(int)
+    inside, outside = pixels[y1:y2, x1:x2], pixels.copy()
+    outside[y1:y2, x1:x2] = (128, 128, 128)
+    assert np.abs(inside - (230, 20, 20)).max() < 40  # the box lies on the red patch, upright
+    assert np.abs(outside - 128).max() < 40  # and nothing red is left outside it
+    assert ds.warnings == ["voc: 1 annotation file(s) give the size of their image as stored, before its EXIF "
+                           "orientation turns it upright (Annotations/p.xml); their boxes are turned upright with the image"]
+    # labelled upright (what most tools show): <size> is the upright size and boxes are kept as they are
+    (folder / "Annotations" / "p.xml").write_text(_voc_xml("p", (32, 48), [4, 6, 12, 22]))
+    ds = _load(folder, label="voc")
+    assert _targets(ds)["p"]["boxes"] == [[4.0, 6.0, 12.0, 22.0]] and ds.warnings == []
 
 
 @pytest.mark.parametrize(("xml", "says"), [

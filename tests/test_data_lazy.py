@@ -125,3 +125,92 @@ def test_prediction_reads_a_lazy_set_one_batch_at_a_time(tmp_path):
     assert len(images) == len(samples) and CACHE.misses == misses  # nothing decoded up front
     batch = images[0:2]
     assert CACHE.misses == misses + 2 and np.array_equal(np.asarray(batch[1]), np.asarray(samples[1].image))
+
+
+def _photo(path: Path, size=(800, 600), orientation: int = 1) -> Path:
+    """A JPEG with a red patch in its top-left corner (as stored) and an optional EXIF orientation."""
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(60, 200, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[: size[1] // 4, : size[0] // 4] = (230, 20, 20)
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+    return path
+
+
+def _processors():
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    from pipeline.models.qwen_compat import qwen_image_processor
+
+    class Holder:  # what a model's processor offers: its image processor
+        def __init__(self, ip):
+            self.image_processor = ip
+
+    qwen = qwen_image_processor(64, 8)  # Qwen2.5-VL's resize: sides multiples of 16, pixels within bounds
+    qwen.min_pixels, qwen.size = 16 * 16, {"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    return {"siglip": Holder(SiglipImageProcessorPil(size={"height": 64, "width": 64}, do_resize=True)),
+            "qwen": Holder(qwen), "qwen-tiny": Holder(qwen_image_processor(64, 8))}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["siglip", "qwen"])
+def test_a_big_jpeg_decodes_at_reduced_scale_to_what_the_processor_would_make(tmp_path, family):
+    from pipeline.data.images import model_input_size
+
+    processor = _processors()[family]
+    path = _photo(tmp_path / "p.jpg")
+    size, resample = model_input_size(processor)
+    fit = size(800, 600)
+    assert fit == ((64, 64) if family == "siglip" else (64, 48))  # qwen: 4:3 kept, sides multiples of 16
+    # our tiny Qwen (min_pixels == max_pixels) would scale a 64×48 image up again: handed over whole
+    tiny_size, _ = model_input_size(_processors()["qwen-tiny"])
+    assert tiny_size(800, 600) is None
+    cache = ImageCache(max_bytes=1 << 30)
+    small = LazyImage(path, (800, 600), cache=cache).decode(fit=fit, resample=resample)
+    assert small.size == fit and cache.bytes == fit[0] * fit[1] * 3  # the cache holds the small image only
+    whole = LazyImage(path, (800, 600), cache=ImageCache(0)).decode()
+    ip = processor.image_processor
+    mine, theirs = (np.asarray(ip(images=[im], return_tensors="np")["pixel_values"]) for im in (small, whole))
+    assert mine.shape == theirs.shape  # the processor's resize had nothing left to do: same geometry
+    assert np.abs(mine - theirs).mean() < 0.02  # and the pixels agree (1/8-scale DCT against a full decode)
+    # drafted: decoding skipped most of the pixels (PIL reports the scaled size it decoded at)
+    with Image.open(path) as raw:
+        raw.draft("RGB", fit)
+        assert raw.size == (100, 75)
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_a_sideways_jpeg_decoded_at_reduced_scale_is_upright(tmp_path, orientation):
+    path = _photo(tmp_path / "p.jpg", orientation=orientation)
+    image = LazyImage(path, (600, 800), cache=ImageCache(0)).decode(fit=(48, 64))
+    whole = LazyImage(path, (600, 800), cache=ImageCache(0)).decode().resize((48, 64), Image.Resampling.BICUBIC)
+    assert image.size == (48, 64)
+    assert np.abs(np.asarray(image).astype(int) - np.asarray(whole)).mean() < 6
+    red = np.asarray(image)[..., 0] > 200
+    corner = (slice(0, 16), slice(36, 48)) if orientation == 6 else (slice(48, 64), slice(0, 12))
+    assert red[corner].mean() > 0.9 and red.mean() < 0.1  # the stored top-left patch, where upright puts it
+
+
+def test_training_rows_come_at_the_models_input_size_lazy_or_decoded(tmp_path):
+    from pipeline.codec import Codec
+
+    folder = _coco(tmp_path / "set", n=2)
+    for i in range(2):
+        _photo(folder / "images" / f"{i}.png", size=(W, H))  # JPEG bytes; the name does not matter
+    lazy = _samples(load_dataset(folder, "detect", images="lazy"))
+    eager = _samples(load_dataset(folder, "detect", images="eager"))
+    processor = _processors()["siglip"]
+    codec = Codec("detect", ["cola"])
+    rows = {"lazy": with_images(sft_rows(lazy, codec), lazy, processor),
+            "eager": with_images(sft_rows(eager, codec), eager, processor)}  # fmt: skip
+    assert [r["image"].size for mode in rows for r in rows[mode]] == [(64, 64)] * 4
+    # a decoded image is handed over as the processor would have made it from the whole one
+    ip = processor.image_processor
+    mine, theirs = (ip(images=[im], return_tensors="np")["pixel_values"] for im in (rows["eager"][0]["image"], eager[0].image))
+    assert np.array_equal(mine, theirs)
+    # datasets fingerprints the transform by pickling it: a token, not the decoded photos
+    from pipeline.data.images import RowImages
+
+    transform = RowImages(eager, processor)
+    assert len(pickle.dumps(transform)) < 200 and pickle.loads(pickle.dumps(transform)) is transform

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.data.images import upright_size
+from pipeline.data.images import orientation, upright_size
 from pipeline.data.sources import Source
 
 # Folders that are part of a dataset's layout: a ZIP holding only one of them is not
@@ -47,6 +47,7 @@ class Converted:
     where: str  # the prefix of messages about the split as a whole
     data: dict[str, Any]  # {"images": [...], "annotations": [...], "categories": [...]}
     origins: dict[Any, str] = field(default_factory=dict)  # annotation id -> "labels/a.txt line 3"
+    warnings: list[str] = field(default_factory=list)  # what the conversion found, for the job log
 
 
 def detect_format(root: Path) -> str:
@@ -97,6 +98,17 @@ def image_size(path: Path) -> tuple[int, int] | None:
             with Image.open(path) as probe:
                 return upright_size(probe)
     except Exception:  # noqa: BLE001 — any unreadable header is reported by the reader's full check
+        return None
+
+
+def stored_size(path: Path) -> tuple[tuple[int, int], int] | None:
+    """``((width, height) as stored, EXIF orientation)`` from the header, or None (as :func:`image_size`)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as probe:
+                return probe.size, orientation(probe)
+    except Exception:  # noqa: BLE001 — as image_size: the reader reports it
         return None
 
 

@@ -6,6 +6,13 @@ torchvision's VOC references convert). Objects marked ``difficult`` are left out
 evaluation; here they become ignore regions (``crowd``): never trained on, and a detection on
 one is neither a true nor a false positive.
 
+``<size>`` says which image the boxes were drawn on, and is checked against the image file:
+a different size is an error naming both (the boxes belong to another image). A photo with an
+EXIF orientation that turns it sideways is read upright (``pipeline.data.images``); a tool that
+labelled it as stored writes the stored size, width and height swapped, and its boxes are
+turned upright with the pixels. ``<depth>`` only says how many colour channels the file has;
+images are read as RGB whatever it says, and boxes do not depend on it.
+
 The XML is the uploader's: a document with a DOCTYPE (where entity bombs and external
 entities live) is refused before it is parsed.
 """
@@ -19,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.errors import DataError, os_reason
-from pipeline.data.formats import IMAGE_SUFFIXES, Converted, categories, rel
+from pipeline.data.formats import IMAGE_SUFFIXES, Converted, categories, rel, stored_size
+from pipeline.data.images import TURNED
 
 MAX_XML_BYTES = 4 << 20  # one image's annotation; thousands of objects fit in far less
 _SPLIT_LISTS = {"train": "train.txt", "val": "val.txt", "test": "test.txt"}
@@ -42,6 +50,7 @@ def convert(root: Path, label: str, task: str) -> list[Converted]:
     assign = _split_lists(root, label)
     parts: dict[str, Converted] = {}
     next_id = 1
+    turned: list[str] = []
     for image_id, doc in enumerate(documents, start=1):
         split = assign.get(doc["stem"], "train") if assign else "all"
         part = parts.setdefault(
@@ -51,15 +60,59 @@ def convert(root: Path, label: str, task: str) -> list[Converted]:
         )  # fmt: skip
         entry: dict[str, Any] = {"id": image_id, "file_name": _image_name(root, doc)}
         part.data["images"].append(entry)
+        turn = _check_size(root, doc, entry["file_name"], label)
+        if turn:
+            turned.append(doc["where"])
         for k, obj in enumerate(doc["objects"], start=1):
             x1, y1, x2, y2 = obj["box"]
+            box = upright_box([x1 - 1, y1 - 1, x2, y2], doc["size"], turn) if turn else [x1 - 1, y1 - 1, x2, y2]
             part.data["annotations"].append({
                 "id": next_id, "image_id": image_id, "category_id": ids[obj["name"]],
-                "bbox": [x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1], "iscrowd": int(obj["difficult"]),
+                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "iscrowd": int(obj["difficult"]),
             })  # fmt: skip
             part.origins[next_id] = f"{label}: {doc['where']} object {k} ({obj['name']!r})"
             next_id += 1
-    return list(parts.values())
+    out = list(parts.values())
+    if turned:
+        out[0].warnings.append(
+            f"{label}: {len(turned)} annotation file(s) give the size of their image as stored, before its EXIF "
+            f"orientation turns it upright ({', '.join(turned[:5])}{' ...' if len(turned) > 5 else ''}); "
+            "their boxes are turned upright with the image"
+        )
+    return out
+
+
+def _check_size(root: Path, doc: dict[str, Any], file_name: str, label: str) -> int:
+    """The EXIF orientation to turn the boxes by (0: none), after checking ``<size>`` against
+    the image. A size that matches neither the upright nor the stored image is an error."""
+    stored = stored_size(root / file_name)
+    if doc["size"] is None or stored is None:
+        return 0  # nothing said, or no readable image (the reader names it)
+    (w, h), orientation = stored
+    upright = (h, w) if orientation in TURNED else (w, h)
+    said = doc["size"]
+    if said == upright:
+        return 0
+    if said == (w, h) and orientation in TURNED:
+        return orientation  # labelled as stored, sideways: turn the boxes as the pixels turn
+    turn = f", {w}×{h} as stored, turned upright by its EXIF orientation" if orientation in TURNED else ""
+    raise DataError(
+        f"{label}: {doc['where']}: <size> says {said[0]}×{said[1]} but {file_name} is {upright[0]}×{upright[1]}"
+        f"{turn}, so its boxes were drawn on another image; fix <size> and the boxes, or the image's name"
+    )
+
+
+def upright_box(box: list[float], size: tuple[int, int], orientation: int) -> list[float]:
+    """A half-open ``[x1, y1, x2, y2]`` box on the stored ``size`` (width, height) image, on the
+    upright one that ``ImageOps.exif_transpose`` makes for ``orientation`` 5 to 8 (transpose,
+    rotate 270, transverse, rotate 90, in PIL's counter-clockwise degrees)."""
+    (x1, y1, x2, y2), (w, h) = box, size
+    return {
+        5: [y1, x1, y2, x2],  # mirrored along the main diagonal
+        6: [h - y2, x1, h - y1, x2],  # turned 90° clockwise: (x, y) -> (h - y, x)
+        7: [h - y2, w - x2, h - y1, w - x1],  # mirrored along the other diagonal
+        8: [y1, w - x2, y2, w - x1],  # turned 90° counter-clockwise: (x, y) -> (y, w - x)
+    }[orientation]
 
 
 def _read(path: Path, root: Path, label: str) -> dict[str, Any]:
@@ -101,7 +154,29 @@ def _read(path: Path, root: Path, label: str) -> dict[str, Any]:
             values.append(value)
         difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true")
         objects.append({"name": cname, "box": values, "difficult": difficult})
-    return {"stem": path.stem, "where": name, "filename": (tree.findtext("filename") or "").strip(), "objects": objects}
+    return {"stem": path.stem, "where": name, "filename": (tree.findtext("filename") or "").strip(),
+            "objects": objects, "size": _size(tree, at)}  # fmt: skip
+
+
+def _size(tree: ET.Element, at: str) -> tuple[int, int] | None:
+    """``<size>``'s ``(width, height)``; None where it is missing or zero (some converters
+    write 0 for "unknown"), so there is nothing to check."""
+    size = tree.find("size")
+    if size is None:
+        return None
+    values = []
+    for tag in ("width", "height", "depth"):
+        text = (size.findtext(tag) or "").strip()
+        if tag == "depth" and not text:
+            break
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0 and value == int(value)):
+            raise DataError(f"{at}: <size> <{tag}> must be a whole number of pixels, got {text[:30]!r}")
+        values.append(int(value))
+    return None if not values[0] or not values[1] else (values[0], values[1])
 
 
 def _image_name(root: Path, doc: dict[str, Any]) -> str:

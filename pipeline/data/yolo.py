@@ -10,7 +10,9 @@ by ``.txt`` (``images/train/a.jpg`` -> ``labels/train/a.txt``; Roboflow's
 
 Each line is ``class cx cy w h`` (a box, centre and size as fractions of the upright image)
 or ``class x1 y1 x2 y2 x3 y3 ...`` (a YOLO-seg polygon, fractions too). An image without a
-label file is a negative (no objects), as in Ultralytics.
+label file is a negative (no objects), as in Ultralytics; how many there are is stated. A
+label file with no image (a mistyped or missing image name) would lose its labels silently:
+each is named in a warning.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from typing import Any
 import yaml
 
 from pipeline.data.errors import DataError, os_reason
-from pipeline.data.formats import Converted, categories, image_files, image_size, rel, split_of
+from pipeline.data.formats import Converted, categories, image_files, image_size, is_hidden, rel, split_of
 
 YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
 CLASS_FILES = ("classes.txt", "labels/classes.txt", "obj.names")
 MAX_LABEL_BYTES = 16 << 20  # one image's label file; a dense crowd of polygons is well below
+NAMED = 5  # files named in a warning before "and N more"
 
 
 def matches(root: Path) -> bool:
@@ -57,6 +60,7 @@ def convert(root: Path, label: str, task: str) -> list[Converted]:
             "move it into one"
         )
     next_id = 1
+    unlabelled: list[Path] = []
     for image_id, path in enumerate(images, start=1):
         split = splits[path] or "all"
         part = by_split.setdefault(
@@ -66,8 +70,11 @@ def convert(root: Path, label: str, task: str) -> list[Converted]:
         entry: dict[str, Any] = {"id": image_id, "file_name": rel(path, root)}
         part.data["images"].append(entry)
         label_file = _label_path(path, root)
-        if size is None or not label_file.is_file():
-            continue  # unreadable: the reader warns; no labels: a negative
+        if not label_file.is_file():
+            unlabelled.append(path)  # a negative
+            continue
+        if size is None:
+            continue  # unreadable: the reader warns
         entry["width"], entry["height"] = size
         for line_no, cid, bbox, polygon in _read_labels(label_file, root, label, len(names), names_file):
             ann: dict[str, Any] = {"id": next_id, "image_id": image_id, "category_id": cid, "bbox": _scale_box(bbox, size)}
@@ -76,7 +83,44 @@ def convert(root: Path, label: str, task: str) -> list[Converted]:
             part.data["annotations"].append(ann)
             part.origins[next_id] = f"{label}: {rel(label_file, root)} line {line_no}"
             next_id += 1
-    return list(by_split.values())
+    parts = list(by_split.values())
+    parts[0].warnings += _unmatched(root, label, images, unlabelled)
+    return parts
+
+
+def _unmatched(root: Path, label: str, images: list[Path], unlabelled: list[Path]) -> list[str]:
+    """Warnings for label files no image has (their labels would be lost silently) and the
+    count of images without a label file (negatives: legitimate, but a forgotten label too)."""
+    used = {_label_path(p, root) for p in images}
+    class_files = {root / name for name in CLASS_FILES}
+    label_dirs = [d for d in [root / "labels", *root.glob("*/labels")] if d.is_dir()]
+    orphans = sorted(
+        p for d in label_dirs for p in d.rglob("*.txt")
+        if p not in used and p not in class_files and p.is_file() and not is_hidden(p, root)
+    )  # fmt: skip
+    out = []
+    if orphans:
+        out.append(
+            f"{label}: {_count(orphans, 'label file')} no image, so their labels are not used: "
+            f"{_some(orphans, root)}. An image's label file is its path with images/ turned into labels/ "
+            "and the suffix into .txt (images/train/a.jpg -> labels/train/a.txt); check the image names"
+        )
+    if unlabelled:
+        out.append(
+            f"{label}: {len(unlabelled)} of {len(images)} images have no label file, so they are used as "
+            f"negatives (no objects), as Ultralytics reads them: {_some(unlabelled, root)}. If they hold "
+            "objects, add their label files"
+        )
+    return out
+
+
+def _count(paths: list[Path], noun: str) -> str:
+    return f"1 {noun} has" if len(paths) == 1 else f"{len(paths)} {noun}s have"
+
+
+def _some(paths: list[Path], root: Path) -> str:
+    named = ", ".join(rel(p, root) for p in paths[:NAMED])
+    return named + (f" and {len(paths) - NAMED} more" if len(paths) > NAMED else "")
 
 
 def _label_path(image: Path, root: Path) -> Path:

@@ -93,23 +93,23 @@ def sft_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
 IMAGE_INDEX = "image_index"  # the column that says which sample's image a row shows
 
 
-def with_images(rows: list[dict[str, Any]], samples: list[Sample]) -> Any:
+def with_images(rows: list[dict[str, Any]], samples: list[Sample], processor: Any = None) -> Any:
     """A ``datasets.Dataset`` of ``rows`` whose ``image`` column is each sample's image, read
     when the trainer reads the row (``Dataset.with_transform``), not stored in the table.
 
     Why: ``Dataset.from_list`` with PIL images re-encodes every image as PNG bytes in memory,
     which a set of big photos cannot afford; here a lazily loaded sample decodes through the
     bounded cache (``pipeline.data.images``) and an eager one hands over its decoded image.
+    Given the model's ``processor``, each image comes at the size the processor resizes it to
+    (``pipeline.data.images.model_input_size``): a lazy one decodes straight to it (a big JPEG
+    at reduced scale, ``LazyImage.decode``), a decoded one is resized.
     """
     import datasets  # local: the stages import this module, and only training needs datasets
 
+    from pipeline.data.images import RowImages
+
     table = datasets.Dataset.from_list([{**row, IMAGE_INDEX: i} for i, row in enumerate(rows)])
-
-    def attach(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        batch["image"] = [samples[i].image for i in batch[IMAGE_INDEX]]
-        return batch
-
-    return table.with_transform(attach)
+    return table.with_transform(RowImages(samples, processor, IMAGE_INDEX))
 
 
 def fully_labelled(samples: list[Sample]) -> list[Sample]:

@@ -58,7 +58,7 @@ def train_grpo(
     model, processor = load_for_training(ctx, stage, in_model, rl, codec.special_tokens())
     reward_fn = as_trl_reward(ctx.reward, codec)
     rows = grpo_rows(samples, codec)
-    train = with_images(rows, samples)
+    train = with_images(rows, samples, processor)
     prompts_per_step = max(1, rl.batch_size // rl.num_generations)
     steps_per_epoch = math.ceil(len(rows) / prompts_per_step)
     # As in the supervised stages, epochs stay a ceiling under a time budget: whichever ends first

@@ -76,7 +76,7 @@ def train_sft(
     model, processor = load_for_training(ctx, stage, in_model, stage_cfg, codec.special_tokens())
     seq2seq = bool(model.config.is_encoder_decoder)
     rows = seq2seq_rows(samples, codec) if seq2seq else sft_rows(samples, codec)
-    train = with_images(rows, samples)
+    train = with_images(rows, samples, processor)
     bs = min(stage_cfg.batch_size, len(rows))
     steps_per_epoch = math.ceil((epoch_examples or len(rows)) / bs)
     max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)

@@ -105,9 +105,12 @@ def _load_coco(
         files = find_annotation_files(resolved, task)
         parsed = {split: reader.parse_file(path, split) for split, path in files.items()}
     else:  # YOLO, Pascal VOC, Hugging Face imagefolder: converted to COCO's shape, then read alike
+        converted = convert(kind, resolved, task)
+        for message in (m for part in converted for m in part.warnings):
+            reader.warn(message)
         parsed = {
             part.split: reader.parse_data(part.data, part.path, part.split, part.where, part.origins)
-            for part in convert(kind, resolved, task)
+            for part in converted
         }
     categories, keypoint_names = reader.merge_categories(parsed)
     all_samples = {split: reader.build_samples(part) for split, part in parsed.items()}
