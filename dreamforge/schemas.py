@@ -152,8 +152,8 @@ class JobPage(BaseModel):
 
 
 class ArtifactView(BaseModel):
-    name: str = Field(description="model, model-4bit, metrics.json or MODEL_CARD.md.")
-    kind: Literal["model", "file"]
+    name: str = Field(description="model, model-4bit, adapter (a LoRA job's adapters), metrics.json or MODEL_CARD.md.")
+    kind: Literal["model", "adapter", "file"]
     format: str | None = Field(None, description="A model's weight format: 16-bit, nf4 or fp4.")
     released: bool = Field(False, description="The model the evaluation chose to release.")
     bytes: int | None = Field(None, description="Its size; null where the API cannot see the artifacts' disk (Modal).")

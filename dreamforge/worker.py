@@ -316,6 +316,12 @@ def sealed_of(db, job: dict[str, Any]) -> dict[str, Any]:
     return seal(cfg, source)
 
 
+# What a finished job offers for download, by name: its models, the LoRA adapters a LoRA job keeps
+# beside its merged model (pipeline.stages.common.save_trained), and its reports.
+ARTIFACTS = {"model": "model", "model-4bit": "model-4bit", "adapter": "model/adapter",
+             "metrics.json": "metrics.json", "MODEL_CARD.md": "MODEL_CARD.md"}  # fmt: skip
+
+
 def job_result(out: Path) -> dict[str, Any]:
     """The model's metadata for the job document: metrics per stage, sizes, artifact paths."""
     path = out / "metrics.json"
@@ -335,8 +341,7 @@ def job_result(out: Path) -> dict[str, Any]:
         "selection": ev.get("selection") or {},
         "split_fingerprint": ev.get("split_fingerprint"),  # what a later branch's gate compares against
         "baseline": ev.get("baseline"),  # the default branch's model on the same images (github/gates.py)
-        "artifacts": {name: str(out / name) for name in ("model", "model-4bit", "metrics.json", "MODEL_CARD.md")
-                      if (out / name).exists()},  # fmt: skip
+        "artifacts": {name: str(out / rel) for name, rel in ARTIFACTS.items() if (out / rel).exists()},
         "wall_seconds": record.get("wall_seconds"),
     }
 

@@ -88,8 +88,10 @@ class Server:
 
 @pytest.fixture(scope="module")
 def full(home, job):
-    """The job's full model, by job id, with a wide batching window and a 1 MB body limit."""
-    s = Server(home, job, "--format", "full", "--batch-window-ms", "300", "--max-body-mb", "1")
+    """The job's full model, by job id, with a 120 s batching window and a 1 MB body limit. The
+    window is paid only while other requests are on their way, never by a lone one: every test
+    on this server would time out otherwise."""
+    s = Server(home, job, "--format", "full", "--batch-window-ms", "120000", "--max-body-mb", "1")
     s.job = job
     yield s
     s.stop()
@@ -278,6 +280,14 @@ def test_concurrent_requests_share_forward_passes(full):
     after = httpx.get(full.url + "/health").json()["batching"]
     assert after["images"] - before["images"] == 8
     assert after["batches"] - before["batches"] < 8
+
+
+def test_a_lone_request_does_not_wait_out_the_batching_window(full):
+    before = httpx.get(full.url + "/health").json()["batching"]
+    for _ in range(2):  # one after the other: nothing else is on its way, so nothing to wait for
+        assert full.post("detect", {"image_url": IMG}).status_code == 200  # in under 60 s
+    after = httpx.get(full.url + "/health").json()["batching"]
+    assert (after["batches"] - before["batches"], after["images"] - before["images"]) == (2, 2)
 
 
 def test_a_job_id_serves_its_released_model(home, job):
@@ -471,9 +481,44 @@ def test_pull_downloads_the_model_and_resumes_an_interrupted_pull(stack, job, tm
         assert (got / f.name).read_bytes() == f.read_bytes()
     assert not list((tmp_path / "b").glob("*.part"))
     res = pull("--format", "adapter")
-    assert res.returncode == 1 and "use release, full or 4bit" in res.stderr
+    assert res.returncode == 1 and "trained no LoRA adapters" in res.stderr and "pull --format full" in res.stderr
     res = subprocess.run([PY, "-m", "dreamforge.cli", "pull", "job_nope"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "job job_nope not found" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_pull_adapter_brings_the_lora_adapters_that_made_the_released_model(stack, tmp_path):
+    """A LoRA job's adapters, alone: over the model they name, merged, they are its released weights."""
+    import torch
+    from peft import PeftModel
+
+    from dreamforge.serve.model import load_codec
+    from pipeline.device import pick_device
+    from pipeline.models.loading import ensure_tokens, load_model
+
+    job = run_job(stack, tiny_job_config(warm_start={"enabled": False}, rl={"enabled": False},
+                                         domain={"lora": True, "lora_r": 4, "lr": 0.01},
+                                         export={"quantization": "none"}))  # fmt: skip
+    env = {**env_for(stack.home), "DREAMFORGE_URL": stack.api_url, "DREAMFORGE_API_KEY": stack.dev_key}
+    with api(stack) as c:
+        kinds = {a["name"]: a["kind"] for a in c.get(f"/api/jobs/{job}/artifacts").json()["artifacts"]}
+    assert kinds["adapter"] == "adapter" and kinds["model"] == "model"
+    res = subprocess.run([PY, "-m", "dreamforge.cli", "pull", job, "--format", "adapter", "-o", str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    folder = Path(res.stdout.strip())
+    assert folder == tmp_path / f"{job}-adapter"
+    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert f"PeftModel.from_pretrained(base, {str(folder)!r})" in res.stderr and base in res.stderr
+    released = stack.home / "artifacts" / job / "out" / "model"
+    model, processor = load_model(Path(base), pick_device())
+    ensure_tokens(model, processor, load_codec(released).special_tokens())
+    untouched = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = PeftModel.from_pretrained(model, folder).merge_and_unload().state_dict()
+    want = load_model(released, pick_device())[0].state_dict()
+    adapted = [k for k in want if k.endswith("q_proj.weight") and "language_model" in k]
+    assert adapted and all(not torch.equal(untouched[k], want[k]) for k in adapted)  # LoRA changed them
+    for k in adapted:
+        assert torch.allclose(merged[k], want[k], atol=1e-5), k
 
 
 # -- the answer shapes, on targets the real codec decodes --------------------------------------

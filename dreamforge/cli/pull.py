@@ -3,6 +3,7 @@ bar; an interrupted pull resumes where it stopped (``Range`` on ``GET …/artifa
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 from typing import Annotated
@@ -14,22 +15,26 @@ from dreamforge.cli.client import ApiError, Client
 from dreamforge.cli.console import fail
 from dreamforge.settings import SettingsError
 
-NAMES = {"full": "model", "4bit": "model-4bit"}
+NAMES = {"full": "model", "4bit": "model-4bit", "adapter": "adapter"}
 
 
 def pull(
     job_id: str,
-    format: Annotated[str, typer.Option("--format", help="release (the one the evaluation chose), full or 4bit.")] = "release",
+    format: Annotated[str, typer.Option("--format", help="release (the one the evaluation chose), full, 4bit, "
+                                        "or adapter (a LoRA job's adapters alone, for PEFT).")] = "release",
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder to put the model in.")] = Path("."),
 ) -> None:
     """Download a finished job's model; `dreamforge serve` the folder it prints."""
     if format not in ("release", *NAMES):
-        raise fail(f"--format {format!r}: use release, full or 4bit (DreamForge exports no separate adapter)")
+        raise fail(f"--format {format!r}: use release, full, 4bit or adapter")
     try:
         with Client(timeout=60) as c:
             listing = c.request("GET", f"/api/jobs/{job_id}/artifacts")
-            models = [a["name"] for a in listing["artifacts"] if a["kind"] == "model"]
+            models = [a["name"] for a in listing["artifacts"] if a["kind"] in ("model", "adapter")]
             name = next((a["name"] for a in listing["artifacts"] if a["released"]), "model") if format == "release" else NAMES[format]
+            if name == "adapter" and name not in models:
+                raise fail(f"job {job_id} trained no LoRA adapters (it trained the whole model; lora: true in the config "
+                           "trains adapters); pull --format full")  # fmt: skip
             if name not in models:
                 raise fail(f"job {job_id} has no {name}/ (it has: {', '.join(models) or 'no model'}); try --format full")
             output.mkdir(parents=True, exist_ok=True)
@@ -42,7 +47,20 @@ def pull(
     part.unlink()
     folder = output / f"{job_id}-{name}"
     typer.echo(str(folder))
-    typer.echo(f"serve it: dreamforge serve {folder}", err=True)
+    if name == "adapter":
+        typer.echo(f"LoRA adapters over {_adapter_base(folder)}: load that model as base, then "
+                   f"PeftModel.from_pretrained(base, {str(folder)!r})", err=True)  # fmt: skip
+    else:
+        typer.echo(f"serve it: dreamforge serve {folder}", err=True)
+
+
+def _adapter_base(folder: Path) -> str:
+    """The model the adapters were trained over, as PEFT recorded it: a hub id when the stage
+    trained the hub model, else the job's own path to the model that stage started from."""
+    try:
+        return str(json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"])
+    except (OSError, ValueError, KeyError):
+        return "the model their stage started from"
 
 
 def _download(c: Client, path: str, part: Path) -> None:

@@ -115,10 +115,11 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body: int
 
     async def located(request: Request, skill: str, key: str, shape: Callable[..., list]) -> dict[str, Any]:
         answers.check_skill(task, skill)
-        body = await read_json(request, max_body)
-        category = answers.pick_category(served.codec.categories, body.get("object"))
-        limit = _max_objects(body)
-        ims, several = await images_of(body)
+        with served.arriving_request():
+            body = await read_json(request, max_body)
+            category = answers.pick_category(served.codec.categories, body.get("object"))
+            limit = _max_objects(body)
+            ims, several = await images_of(body)
         targets = await served.predict(ims)
         results = [{key: shape(t, category, limit)} for t in targets]
         return {"results": results} if several else results[0]
@@ -148,16 +149,20 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_body: int
     @app.post("/v1/segment")
     async def segment(request: Request) -> dict[str, Any]:
         answers.check_skill(task, "segment")
-        body = await read_json(request, max_body)
-        category = answers.pick_category(served.codec.categories, body.get("object"))
-        (target,) = await served.predict(await one_image(body))
+        with served.arriving_request():
+            body = await read_json(request, max_body)
+            category = answers.pick_category(served.codec.categories, body.get("object"))
+            image = await one_image(body)
+        (target,) = await served.predict(image)
         return answers.segment(target, category)
 
     @app.post("/v1/caption")
     async def caption(request: Request) -> Response:
         answers.check_skill(task, "caption")
-        body = await read_json(request, max_body)
-        (target,) = await served.predict(await one_image(body))
+        with served.arriving_request():
+            body = await read_json(request, max_body)
+            image = await one_image(body)
+        (target,) = await served.predict(image)
         text = target.get("text", "")
         if body.get("stream") is True:
             return StreamingResponse(sse([text]), media_type="text/event-stream")

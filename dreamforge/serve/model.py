@@ -4,16 +4,21 @@ A job's output folder (``ARTIFACTS/JOB_ID/out``, as the worker writes it) holds 
 full model) and, when the 4-bit export was made, ``model-4bit/``; its ``metrics.json`` says which
 one is the release (the 4-bit one only when it passed the export gate).
 
-Batching: requests that arrive within ``window_s`` of each other share one ``generate`` call
-(one forward pass per generated token for the whole batch instead of one per request), up to
-``max_batch`` images. ``batches`` counts those calls (each one batched forward pass per generated token); ``/health`` shows it.
+Batching: the requests waiting when the model frees up share one ``generate`` call (one forward
+pass per generated token for the whole batch instead of one per request), up to ``max_batch``
+images. A batch also waits up to ``window_s`` for requests still on their way (received, their
+body or image still being read), but never for requests that may or may not come: a lone client
+pays no window, and under load the batch fills while the model runs the one before it (as
+continuous-batching servers do). ``batches`` counts the calls; ``/health`` shows it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +86,7 @@ class ServedModel:
     codec: Codec = field(init=False)
     batches: int = 0
     images: int = 0
+    arriving: int = 0
 
     def __post_init__(self) -> None:
         from pipeline.device import pick_device
@@ -107,6 +113,15 @@ class ServedModel:
             self.images += len(images)
         return [self.codec.decode(t, im.width, im.height)[0] for t, im in zip(texts, images, strict=True)]
 
+    @contextlib.contextmanager
+    def arriving_request(self) -> Iterator[None]:
+        """Marks a request whose images are still being read: a batch about to run waits for it."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
     async def predict(self, images: list[Any]) -> list[dict[str, Any]]:
         """Targets for ``images``, batched with whatever other requests arrive meanwhile."""
         if self._queue is None:
@@ -122,13 +137,18 @@ class ServedModel:
         assert self._queue is not None
         while True:
             batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.window_s
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.window_s
             while len(batch) < self.max_batch:
-                left = deadline - asyncio.get_running_loop().time()
-                try:
-                    batch.append(self._queue.get_nowait() if left <= 0 else await asyncio.wait_for(self._queue.get(), left))
-                except (asyncio.QueueEmpty, TimeoutError):
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                left = deadline - loop.time()
+                if left <= 0 or not self.arriving:
                     break
+                # a request is being read: give it until the window closes, checking as it lands
+                with contextlib.suppress(TimeoutError):
+                    batch.append(await asyncio.wait_for(self._queue.get(), min(left, 0.002)))
             try:
                 results = await asyncio.to_thread(self.run_batch, [p.image for p in batch])
             except Exception as e:  # noqa: BLE001 — every waiting request hears of it; the loop goes on

@@ -41,7 +41,8 @@ async def list_artifacts(request: Request, db: Db, settings: AppSettings, job_id
         size, files = (sum(e.size for e in entries), len(entries)) if entries else (None, None)
         is_model = name in MODELS
         fmt = (MODELS[name] or release.get("quantization")) if is_model else None
-        views.append(ArtifactView(name=name, kind="model" if is_model else "file", format=fmt,
+        kind = "model" if is_model else "adapter" if name == "adapter" else "file"
+        views.append(ArtifactView(name=name, kind=kind, format=fmt,
                                   released=is_model and name == released, bytes=size, files=files))  # fmt: skip
     return ArtifactList(jobId=job_id, artifacts=views, serve=f"dreamforge serve {job_id}")
 
