@@ -145,6 +145,8 @@ class LocalExecutor:
             return subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self.env, preexec_fn=die_with_parent_group)
 
     def run_stage(self, job, stage, workdir, sink, check, timeout_s):
+        # One subprocess's life, in order (own the folder, start, follow, stop, classify the
+        # outcome); ~80 lines since each exit path needs its own outcome and message.
         out = workdir / "out"
         out.mkdir(parents=True, exist_ok=True)
         attempt = job["attempt"]

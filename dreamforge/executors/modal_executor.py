@@ -39,7 +39,7 @@ def stage_rate(executor: str, job: dict[str, Any], stage: str) -> tuple[int, flo
     if executor != "modal":
         return 0, 0.0
     from dreamforge.executors.modal_limits import gpu_count
-    from pipeline.preflight import CPU_MEMORY_USD_PER_HOUR, GPU_USD_PER_HOUR
+    from pipeline.cost import CPU_MEMORY_USD_PER_HOUR, GPU_USD_PER_HOUR
 
     gpu = stage_gpu(job.get("config") or {}, stage)
     n = gpu_count(gpu)

@@ -16,9 +16,10 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dreamforge.serve import answers
@@ -69,116 +70,154 @@ def _max_objects(body: dict[str, Any]) -> int | None:
     return n
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What every route reads from ``app.state.serving``: the model and this server's limits."""
+
+    served: ServedModel
+    api_key: str | None
+    max_body: int
+    max_pixels: int
+    name: str  # "job id/model folder", as /health and /v1/models show it
+
+    @property
+    def task(self) -> str:
+        return self.served.codec.task
+
+
+def serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
+Ctx = Annotated[Serving, Depends(serving)]
+router = APIRouter()
+
+
 def create_app(served: ServedModel, *, api_key: str | None = None, max_body: int = DEFAULT_MAX_BODY,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:  # fmt: skip
     app = FastAPI(title="DreamForge model server (Moondream Station API)", docs_url=None, redoc_url=None)
-    task = served.codec.task
     owner = served.model_dir.parent
     name = (owner.parent.name if owner.name == "out" else owner.name) + "/" + served.model_dir.name  # job id/model
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # /health stays open, as Station's does, for load balancers and `curl` checks.
-        if api_key and request.url.path != "/health":
-            given = request.headers.get(AUTH_HEADER, "")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return error(f"missing or wrong API key: send it in the {AUTH_HEADER} header", 401)
-        try:
-            return await call_next(request)
-        except Exception:  # noqa: BLE001 — the client gets a sentence, the log the traceback
-            log.exception("serving %s %s failed", request.method, request.url.path)
-            return error("the model failed on this request; the server log has the details", 500)
-
-    @app.exception_handler(BadInput)
-    async def bad_input(request: Request, e: BadInput) -> JSONResponse:
-        return error(str(e), e.status)
-
-    async def images_of(body: dict[str, Any]) -> tuple[list[Any], bool]:
-        """The request's images and whether it sent a list (``images``) rather than ``image_url``."""
-        if "images" in body:
-            urls = body["images"]
-            if not isinstance(urls, list) or not urls:
-                raise BadInput("images must be a non-empty list of data URLs")
-            if len(urls) > MAX_IMAGES:
-                raise BadInput(f"images holds {len(urls)}; send at most {MAX_IMAGES} per request")
-            fields = [f"images[{i}]" for i in range(len(urls))]
-        elif "image_url" in body:
-            urls, fields = [body["image_url"]], ["image_url"]
-        else:
-            raise BadInput("the body has no image_url (a data URL: data:image/jpeg;base64,…)")
-        ims = [await asyncio.to_thread(read_image, f, u, max_pixels) for f, u in zip(fields, urls, strict=True)]
-        return ims, "images" in body
-
-    async def one_image(body: dict[str, Any]) -> list[Any]:
-        """Station's single ``image_url`` (segment and caption take no ``images`` list)."""
-        return (await images_of({k: body[k] for k in ("image_url",) if k in body}))[0]
-
-    async def located(request: Request, skill: str, key: str, shape: Callable[..., list]) -> dict[str, Any]:
-        answers.check_skill(task, skill)
-        with served.arriving_request():
-            body = await read_json(request, max_body)
-            category = answers.pick_category(served.codec.categories, body.get("object"))
-            limit = _max_objects(body)
-            ims, several = await images_of(body)
-        targets = await served.predict(ims)
-        results = [{key: shape(t, category, limit)} for t in targets]
-        return {"results": results} if several else results[0]
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "server": "dreamforge", "model": name, "task": task,
-                "quantized": served.quantized, "batching": served.stats()}  # fmt: skip
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"models": [{
-            "id": name,
-            "name": name,
-            "description": f"DreamForge {task} model; categories: {', '.join(served.codec.categories) or '-'}",
-            "version": "4bit" if served.quantized else "full",
-        }]}  # fmt: skip
-
-    @app.post("/v1/detect")
-    async def detect(request: Request) -> dict[str, Any]:
-        return await located(request, "detect", "objects", answers.detections)
-
-    @app.post("/v1/point")
-    async def point(request: Request) -> dict[str, Any]:
-        return await located(request, "point", "points", answers.points)
-
-    @app.post("/v1/segment")
-    async def segment(request: Request) -> dict[str, Any]:
-        answers.check_skill(task, "segment")
-        with served.arriving_request():
-            body = await read_json(request, max_body)
-            category = answers.pick_category(served.codec.categories, body.get("object"))
-            image = await one_image(body)
-        (target,) = await served.predict(image)
-        return answers.segment(target, category)
-
-    @app.post("/v1/caption")
-    async def caption(request: Request) -> Response:
-        answers.check_skill(task, "caption")
-        with served.arriving_request():
-            body = await read_json(request, max_body)
-            image = await one_image(body)
-        (target,) = await served.predict(image)
-        text = target.get("text", "")
-        if body.get("stream") is True:
-            return StreamingResponse(sse([text]), media_type="text/event-stream")
-        return JSONResponse({"caption": text})
-
-    @app.post("/v1/query")
-    async def query(request: Request) -> dict[str, Any]:
-        answers.check_skill(task, "query")  # no DreamForge task answers free questions (yet)
-        return {}
-
-    @app.api_route("/v1/{skill}", methods=["GET", "POST"])
-    async def unknown(skill: str) -> Response:
-        return error(f"no skill /v1/{skill}; this {task} model answers "
-                     f"{', '.join('/v1/' + s for s in answers.SKILLS.get(task, ()))}", 404)  # fmt: skip
-
+    app.state.serving = Serving(served, api_key, max_body, max_pixels, name)
+    app.middleware("http")(guard)
+    app.add_exception_handler(BadInput, bad_input)
+    app.include_router(router)
     return app
+
+
+async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    api_key = request.app.state.serving.api_key
+    # /health stays open, as Station's does, for load balancers and `curl` checks.
+    if api_key and request.url.path != "/health":
+        given = request.headers.get(AUTH_HEADER, "")
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            return error(f"missing or wrong API key: send it in the {AUTH_HEADER} header", 401)
+    try:
+        return await call_next(request)
+    except Exception:  # noqa: BLE001 — the client gets a sentence, the log the traceback
+        log.exception("serving %s %s failed", request.method, request.url.path)
+        return error("the model failed on this request; the server log has the details", 500)
+
+
+async def bad_input(request: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, BadInput)
+    return error(str(e), e.status)
+
+
+async def images_of(ctx: Serving, body: dict[str, Any]) -> tuple[list[Any], bool]:
+    """The request's images and whether it sent a list (``images``) rather than ``image_url``."""
+    if "images" in body:
+        urls = body["images"]
+        if not isinstance(urls, list) or not urls:
+            raise BadInput("images must be a non-empty list of data URLs")
+        if len(urls) > MAX_IMAGES:
+            raise BadInput(f"images holds {len(urls)}; send at most {MAX_IMAGES} per request")
+        fields = [f"images[{i}]" for i in range(len(urls))]
+    elif "image_url" in body:
+        urls, fields = [body["image_url"]], ["image_url"]
+    else:
+        raise BadInput("the body has no image_url (a data URL: data:image/jpeg;base64,…)")
+    ims = [await asyncio.to_thread(read_image, f, u, ctx.max_pixels) for f, u in zip(fields, urls, strict=True)]
+    return ims, "images" in body
+
+
+async def one_image(ctx: Serving, body: dict[str, Any]) -> list[Any]:
+    """Station's single ``image_url`` (segment and caption take no ``images`` list)."""
+    return (await images_of(ctx, {k: body[k] for k in ("image_url",) if k in body}))[0]
+
+
+async def located(ctx: Serving, request: Request, skill: str, key: str, shape: Callable[..., list]) -> dict[str, Any]:
+    answers.check_skill(ctx.task, skill)
+    with ctx.served.arriving_request():
+        body = await read_json(request, ctx.max_body)
+        category = answers.pick_category(ctx.served.codec.categories, body.get("object"))
+        limit = _max_objects(body)
+        ims, several = await images_of(ctx, body)
+    targets = await ctx.served.predict(ims)
+    results = [{key: shape(t, category, limit)} for t in targets]
+    return {"results": results} if several else results[0]
+
+
+@router.get("/health")
+async def health(ctx: Ctx) -> dict[str, Any]:
+    return {"status": "ok", "server": "dreamforge", "model": ctx.name, "task": ctx.task,
+            "quantized": ctx.served.quantized, "batching": ctx.served.stats()}  # fmt: skip
+
+
+@router.get("/v1/models")
+async def models(ctx: Ctx) -> dict[str, Any]:
+    return {"models": [{
+        "id": ctx.name,
+        "name": ctx.name,
+        "description": f"DreamForge {ctx.task} model; categories: {', '.join(ctx.served.codec.categories) or '-'}",
+        "version": "4bit" if ctx.served.quantized else "full",
+    }]}  # fmt: skip
+
+
+@router.post("/v1/detect")
+async def detect(ctx: Ctx, request: Request) -> dict[str, Any]:
+    return await located(ctx, request, "detect", "objects", answers.detections)
+
+
+@router.post("/v1/point")
+async def point(ctx: Ctx, request: Request) -> dict[str, Any]:
+    return await located(ctx, request, "point", "points", answers.points)
+
+
+@router.post("/v1/segment")
+async def segment(ctx: Ctx, request: Request) -> dict[str, Any]:
+    answers.check_skill(ctx.task, "segment")
+    with ctx.served.arriving_request():
+        body = await read_json(request, ctx.max_body)
+        category = answers.pick_category(ctx.served.codec.categories, body.get("object"))
+        image = await one_image(ctx, body)
+    (target,) = await ctx.served.predict(image)
+    return answers.segment(target, category)
+
+
+@router.post("/v1/caption")
+async def caption(ctx: Ctx, request: Request) -> Response:
+    answers.check_skill(ctx.task, "caption")
+    with ctx.served.arriving_request():
+        body = await read_json(request, ctx.max_body)
+        image = await one_image(ctx, body)
+    (target,) = await ctx.served.predict(image)
+    text = target.get("text", "")
+    if body.get("stream") is True:
+        return StreamingResponse(sse([text]), media_type="text/event-stream")
+    return JSONResponse({"caption": text})
+
+
+@router.post("/v1/query")
+async def query(ctx: Ctx) -> dict[str, Any]:
+    answers.check_skill(ctx.task, "query")  # no DreamForge task answers free questions (yet)
+    return {}
+
+
+@router.api_route("/v1/{skill}", methods=["GET", "POST"])
+async def unknown(ctx: Ctx, skill: str) -> Response:
+    return error(f"no skill /v1/{skill}; this {ctx.task} model answers "
+                 f"{', '.join('/v1/' + s for s in answers.SKILLS.get(ctx.task, ()))}", 404)  # fmt: skip
 
 
 def sse(chunks: list[str]):

@@ -53,6 +53,8 @@ def train_grpo(
     rl: RLConfig,
     out_model: Path,
 ) -> dict:
+    # One recipe read top to bottom (model, reward, rows, GRPOConfig, callbacks, train, save),
+    # as TRL's GRPO example is; ~80 lines because GRPOConfig's arguments are spelled out.
     if not samples:
         raise ValueError(f"stage {stage}: the training split is empty")
     model, processor = load_for_training(ctx, stage, in_model, rl, codec.special_tokens())

@@ -38,6 +38,8 @@ from pipeline.data.synthetic.shapes import (
 def _generic(
     rng: np.random.Generator, size: int, count: int, min_count: int, shift: _Shift | None = None
 ) -> tuple[np.ndarray, list[_Obj]]:
+    # A painter draws one scene in order (road, lanes, vehicles, occluders, lighting); its
+    # ~80 lines are drawing calls, and splitting them would scatter one picture over functions.
     scale = size / _BASE
     # Varied backgrounds (dark, mid, light, with or without straight edges) so the warm-start
     # learns "coloured object on anything", which is what transfers to the domain presets.
