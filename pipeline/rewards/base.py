@@ -114,6 +114,14 @@ class RewardError(Exception):
         super().__init__(f"reward {reward!r} failed {where}: {message}")
 
 
+def parsed_flags(name: str, outs: list, gts: list, parsed: list[bool] | None) -> list[bool]:
+    """The ``parsed`` flags a format-aware reward is given (all True when it is given none),
+    after checking ``outs``, ``gts`` and ``parsed`` are one batch."""
+    if len(outs) != len(gts) or (parsed is not None and len(parsed) != len(outs)):
+        raise RewardError(name, None, "outs, gts and parsed differ in length")
+    return parsed if parsed is not None else [True] * len(outs)
+
+
 def completion_text(completion: Any) -> str:
     """The assistant text of a TRL completion: a string, or conversational messages
     ``[{"role": "assistant", "content": str | [{"type": "text", "text": ...}, ...]}]``."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.config import BOXED
-from pipeline.rewards.base import RewardError
+from pipeline.rewards.base import RewardError, parsed_flags
 from pipeline.rewards.scores import Target, caption_f1, f1_at, soft_iou, soft_mask_iou, soft_oks, target_is_well_formed
 
 
@@ -118,9 +118,7 @@ class FormatReward(_PairReward):
     def score(
         self, outs: list[Target], gts: list[Target], parsed: list[bool] | None = None
     ) -> list[float]:
-        if len(outs) != len(gts) or (parsed is not None and len(parsed) != len(outs)):
-            raise RewardError(self.name, None, "outs, gts and parsed differ in length")
-        flags = parsed if parsed is not None else [True] * len(outs)
+        flags = parsed_flags(self.name, outs, gts, parsed)
         return [
             float(bool(ok) and target_is_well_formed(o, g))
             for o, g, ok in zip(outs, gts, flags, strict=True)

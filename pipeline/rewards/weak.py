@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import REWARD_SCOPES
-from pipeline.rewards.base import RewardError
+from pipeline.rewards.base import parsed_flags
 from pipeline.rewards.labelled import _PairReward
 from pipeline.rewards.scores import Target, _labels, _soft_match, target_is_well_formed
 
@@ -174,9 +174,7 @@ class _WeakReward(_PairReward):
     def score(
         self, outs: list[Target], gts: list[Target], parsed: list[bool] | None = None
     ) -> list[float]:
-        if len(outs) != len(gts) or (parsed is not None and len(parsed) != len(outs)):
-            raise RewardError(self.name, None, "outs, gts and parsed differ in length")
-        flags = parsed if parsed is not None else [True] * len(outs)
+        flags = parsed_flags(self.name, outs, gts, parsed)
         return [
             with_format(self.pair(o, g), True, target_is_well_formed(o, g)) if ok else 0.0
             for o, g, ok in zip(outs, gts, flags, strict=True)
