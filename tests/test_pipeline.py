@@ -81,6 +81,9 @@ def test_four_stage_job_writes_metrics_checkpoints_and_both_exports(detect_job):
     assert verdict["verdict"] == "did_not_learn" and verdict["split"] == "val" and verdict["n"] == sel["n"]
     causes = " ".join(c["cause"] for c in verdict["causes"])
     assert "the domain stage ran 4 optimizer steps" in causes and f"the val split has {sel['n']} images" in causes
+    # how alike the released model's answers for different images are, next to their labels
+    same = ev["answer_sameness"]
+    assert 0.0 <= same["answers"] <= 1.0 and 0.0 <= same["labels"] <= 1.0 and same["pairs"] == min(400, ev["n"] * (ev["n"] - 1) // 2)
     assert summary["verdict"] == "did_not_learn" and "**Verdict: did not learn: " in (out / "MODEL_CARD.md").read_text()
     # the job's own reward (iou, the default) scores every model too
     assert all(0.0 <= ev["models"][n]["reward_score"] <= 1.0 for n in ("base", "warm_start", "domain", "reward"))

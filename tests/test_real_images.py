@@ -8,7 +8,7 @@ import realsets
 from pipeline.codec import Codec
 from pipeline.data.coco import load_dataset
 from pipeline.metrics import evaluate
-from pipeline.verdict import label_limits
+from pipeline.verdict import answer_sameness, evidence_causes, label_limits, learning_verdict
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +43,52 @@ def test_crowded_real_tiles_name_the_object_count_the_answer_cannot_hold():
     causes = label_limits(ds.splits["train"], max_objects=4, num_bins=32)
     assert most > 4 and any(f"raise data.max_objects to {most}" in c["fix"] for c in causes)
     assert not [c for c in label_limits(ds.splits["train"], max_objects=most, num_bins=32) if "max_objects" in c["fix"]]
+
+
+def _held(ds):
+    return [s.target for s in ds.splits["test"]]
+
+
+def test_one_answer_given_to_every_image_is_named_as_the_cause_and_a_looking_model_is_not():
+    # what an unlearned model did on the Hubble tiles: the same few boxes down the left edge
+    gts = _held(realsets.build("galaxies", n=60, tile=96))
+    same = [{"boxes": [[0, 3, 12, 18], [0, 21, 15, 42], [39, 54, 57, 69]], "labels": ["galaxy"] * 3} for _ in gts]
+    blind = answer_sameness(same, gts, "detect")
+    assert blind["answers"] == 1.0 and blind["labels"] < 0.15 and blind["pairs"] == len(gts) * (len(gts) - 1) // 2
+    held = {"domain": 0.03}
+    causes = evidence_causes(key="mean_iou", sameness=blind, fit=None, held=held, object_px=None, gap_warning=0.3)
+    assert len(causes) == 1 and "nearly the same answer for every image" in causes[0]["cause"]
+    # a model that found each image's own objects (its answers differ as the labels do) is not blind
+    looking = answer_sameness(gts, gts, "detect")
+    assert looking["answers"] == looking["labels"]
+    assert not evidence_causes(key="mean_iou", sameness=looking, fit=None, held=held, object_px=None, gap_warning=0.3)
+
+
+def test_fit_on_training_images_tells_memorising_from_not_fitting_and_small_objects_are_named():
+    args = dict(key="mean_iou", sameness=None, gap_warning=0.3)
+    unfit = {"split": "train", "n": 64, "domain": {"mean_iou": 0.04}}
+    [c] = evidence_causes(fit=unfit, held={"domain": 0.03}, object_px=None, **args)
+    assert "not fit even the images it trained on" in c["cause"] and "0.04" in c["cause"]
+    memorised = {"split": "train", "n": 64, "domain": {"mean_iou": 0.94}, "reward": {"mean_iou": 0.88}}
+    [c] = evidence_causes(fit=memorised, held={"domain": 0.43, "reward": 0.44}, object_px=None, **args)
+    assert "reward model scores 0.88" in c["cause"] and "memorised" in c["cause"] and "add labelled images" in c["fix"]
+    assert not evidence_causes(fit=memorised | {"reward": {"mean_iou": 0.6}}, held={"domain": 0.43, "reward": 0.44},
+                               object_px=20.0, **args)  # fmt: skip
+    [c] = evidence_causes(fit=None, held={}, object_px=6.0, **args)
+    assert "6.0 px" in c["cause"] and "tiles" in c["fix"]
+
+
+def test_the_verdict_lists_evidence_first_and_suggests_the_warm_start_only_for_the_format():
+    common = dict(key="mean_iou", split="val", n=30, released="domain", min_gain=0.05, min_parse_rate=0.9,
+                  domain_steps=800, warm_started=False, label_causes=[])  # fmt: skip
+    blind = [{"cause": "the model gives nearly the same answer for every image", "fix": "train longer"}]
+    parsed = learning_verdict(scores={"base": {"mean_iou": 0.0}, "domain": {"mean_iou": 0.03, "parse_rate": 1.0}},
+                              evidence=blind, **common)  # fmt: skip
+    assert parsed["verdict"] == "did_not_learn" and parsed["causes"] == blind
+    unparsed = learning_verdict(scores={"base": {"mean_iou": 0.0}, "domain": {"mean_iou": 0.03, "parse_rate": 0.5}},
+                                evidence=blind, **common)  # fmt: skip
+    assert [c["cause"] for c in unparsed["causes"]][0] == blind[0]["cause"]
+    assert any("warm-start stage did not run" in c["cause"] for c in unparsed["causes"])
+    learned = learning_verdict(scores={"base": {"mean_iou": 0.0}, "domain": {"mean_iou": 0.4, "parse_rate": 1.0}},
+                               evidence=blind, **common)  # fmt: skip
+    assert learned["verdict"] == "learned" and learned["causes"] == []

@@ -30,12 +30,21 @@ from pipeline.fence import FenceLost
 from pipeline.gate import split_fingerprint
 from pipeline.metrics import evaluate as compute_metrics
 from pipeline.metrics import primary_metric
-from pipeline.models.loading import four_bit_config, load_model
+from pipeline.models.loading import TINY_MODEL, four_bit_config, load_model
 from pipeline.predict import predict_targets
 from pipeline.rewards.base import reward_target
 from pipeline.stage_table import BY_NAME, REWARD_SCORE, TRAINED
 from pipeline.stages.common import Context, fully_labelled, is_done, read_done
-from pipeline.verdict import DID_NOT_LEARN, NOISY_SPLIT, label_limits, learning_verdict, small_split, verdict_line
+from pipeline.verdict import (
+    DID_NOT_LEARN,
+    NOISY_SPLIT,
+    answer_sameness,
+    evidence_causes,
+    label_limits,
+    learning_verdict,
+    small_split,
+    verdict_line,
+)
 
 TITLES = {s: BY_NAME[s].title for s in TRAINED}
 
@@ -132,7 +141,8 @@ def run_evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:
     release = export(ctx, selection["released"], checkpoints[selection["released"]], record, samples, examples)
     release.update(stage=selection["released"], reason=selection["reason"])
     record["release"] = release
-    record["verdict"] = judge(ctx, checkpoints, record, selection)
+    released_preds = preds[selection["released"]]
+    record["verdict"] = judge(ctx, checkpoints, record, selection, released_preds, samples)
     record["final_stage"] = names[-1]
     with ctx.publish():
         (ctx.out / "predictions.json").write_text(json.dumps(examples))
@@ -171,18 +181,31 @@ def choose_release(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]
     return {"released": best, "split": "val", "n": len(val), "models": scores, "reason": reason}
 
 
-def judge(ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], selection: dict[str, Any]) -> dict[str, Any]:
-    """The learning verdict on validation (on the held-out split when there is no validation)."""
+def judge(ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], selection: dict[str, Any],
+          preds: list[dict], samples) -> dict[str, Any]:  # fmt: skip
+    """The learning verdict on validation (on the held-out split when there is no validation).
+    ``preds``: the released model's answers on the held-out ``samples``, for the causes read off
+    what it did."""
     on_val = bool(selection["models"])
+    key = record["primary_metric"]
+    sameness = answer_sameness(preds, [s.target for s in samples], ctx.cfg.task, seed=ctx.cfg.seed)
+    if sameness:
+        record["answer_sameness"] = sameness
+    train = fully_labelled(ctx.domain.splits.get("train") or [])
+    evidence = evidence_causes(
+        key=key, sameness=sameness, fit=record.get("train_fit"),
+        held={n: m[key] for n, m in record["models"].items() if key in m},
+        object_px=_object_px(ctx, train), gap_warning=FIT_GAP_WARNING,
+    )  # fmt: skip
     scores, split, n = (selection["models"], "val", selection["n"]) if on_val else (record["models"], record["split"], record["n"])
     domain_dir = ctx.stage_dir("domain")
     verdict = learning_verdict(
-        key=record["primary_metric"], scores=scores, split=split, n=n, released=selection["released"],
+        key=key, scores=scores, split=split, n=n, released=selection["released"],
         min_gain=ctx.cfg.evaluate.min_gain, min_parse_rate=ctx.cfg.evaluate.min_parse_rate,
         domain_steps=read_done(domain_dir).get("steps") if is_done(domain_dir) else None,
         warm_started="warm_start" in checkpoints,
-        label_causes=label_limits(fully_labelled(ctx.domain.splits.get("train") or []), ctx.domain_codec.max_objects,
-                                  ctx.cfg.num_bins),
+        label_causes=label_limits(train, ctx.domain_codec.max_objects, ctx.cfg.num_bins),
+        evidence=evidence,
     )  # fmt: skip
     for name, count in {"val": selection["n"], record["split"]: record["n"]}.items():
         if 0 < count < NOISY_SPLIT:
@@ -193,6 +216,16 @@ def judge(ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], se
         for c in verdict["causes"]:
             ctx.reporter.log(f"likely cause: {c['cause']}. Try: {c['fix']}", level="warning", stage="evaluate")
     return verdict
+
+
+def _object_px(ctx: Context, train) -> float | None:
+    """The median box's smaller side in pixels as the built-in model sees its images (other
+    models resize as their processor says, which the evaluation does not load here)."""
+    if ctx.cfg.model != TINY_MODEL:
+        return None
+    sides = sorted(min((b[2] - b[0]) / s.width, (b[3] - b[1]) / s.height)
+                   for s in train for b in s.target.get("boxes") or [])  # fmt: skip
+    return sides[len(sides) // 2] * ctx.cfg.image_size if sides else None
 
 
 def pick_release(scores: dict[str, dict[str, float]], key: str, n: int) -> tuple[str, str]:
