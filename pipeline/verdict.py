@@ -83,12 +83,13 @@ def evidence_causes(
     held: dict[str, float],
     object_px: float | None,
     gap_warning: float,
+    released: str = "reward",
 ) -> list[dict[str, str]]:
     """Causes read off what the trained model did, strongest evidence first: the same answer
     for every image, no fit even on its training images, memorised training images, objects
     too small for the model's input. ``fit``: the ``train_fit`` record; ``held``: the held-out
     score of each trained stage; ``object_px``: the median object's smaller side as the
-    model sees it."""
+    model sees it; ``released``: the stage whose fit is read when it was scored."""
     causes = []
     if sameness and sameness["answers"] >= SAME_ANSWER and sameness["answers"] - sameness["labels"] >= SAME_ANSWER_MARGIN:
         causes.append(_cause(
@@ -99,7 +100,7 @@ def evidence_causes(
             "pretrained model (model: a Hugging Face model id); DreamForge's built-in model starts from random "
             "weights",
         ))  # fmt: skip
-    stages = [n for n in ("reward", "domain") if fit and n in fit and n in held]
+    stages = [n for n in (released, "reward", "domain") if fit and n in fit and n in held]
     if stages:
         name = stages[0]
         train_score, held_score = fit[name][key], held[name]

@@ -195,7 +195,7 @@ def judge(ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], se
     evidence = evidence_causes(
         key=key, sameness=sameness, fit=record.get("train_fit"),
         held={n: m[key] for n, m in record["models"].items() if key in m},
-        object_px=_object_px(ctx, train), gap_warning=FIT_GAP_WARNING,
+        object_px=_object_px(ctx, train), gap_warning=FIT_GAP_WARNING, released=selection["released"],
     )  # fmt: skip
     scores, split, n = (selection["models"], "val", selection["n"]) if on_val else (record["models"], record["split"], record["n"])
     domain_dir = ctx.stage_dir("domain")
