@@ -96,6 +96,15 @@ class CurriculumConfig(_Strict):
         description="Location bins per axis of the loc and text formats (the others have their model's own).",
     )  # fmt: skip
     image_size: int = Field(64, ge=16, le=4096, description="Side of the square image the built-in model sees.")
+    vision_layout: Literal["auto", "one_token", "patch_tokens"] = Field(
+        "auto",
+        description="How the built-in model hands its image to the language model. one_token: Idefics3's pixel "
+        "shuffle folds 8x8 patches into one token, so where an object is reads straight off the token (small "
+        "objects: one blob per image 0.16 held-out IoU against 0.02; coins 0.49-0.52 against 0.34-0.44). "
+        "patch_tokens: LLaVA's 16 patch tokens, better at telling categories apart (4 retail products: label "
+        "accuracy 0.88 against 0.53). auto: one_token for a dataset of one category whose image_size is a "
+        "multiple of 8, else patch_tokens; the job logs which and why. Ignored for other models.",
+    )  # fmt: skip
     data: DataConfig = Field(default_factory=DataConfig)
     # A config that leaves the warm start out skips it; one that configures it, and every preset,
     # runs it. On real photographs the generic (flat shapes) warm start cost held-out IoU: coins
@@ -135,6 +144,15 @@ class CurriculumConfig(_Strict):
             with open(log, "a") as f:
                 f.write(f"{os.getpid()} {self.name}\n")
         return self
+
+    @field_validator("vision_layout")
+    @classmethod
+    def _one_token_size(cls, v: str, info: ValidationInfo) -> str:
+        size = info.data.get("image_size", 64)
+        if v == "one_token" and size % 8:
+            raise ValueError(f"one_token cuts the image into 8x8 patches: image_size {size} is not a multiple of 8; "
+                             f"use {size // 8 * 8 or 8} or {size // 8 * 8 + 8}, or patch_tokens")  # fmt: skip
+        return v
 
     @field_validator("reward")
     @classmethod

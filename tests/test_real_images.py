@@ -92,3 +92,44 @@ def test_the_verdict_lists_evidence_first_and_suggests_the_warm_start_only_for_t
     learned = learning_verdict(scores={"base": {"mean_iou": 0.0}, "domain": {"mean_iou": 0.4, "parse_rate": 1.0}},
                                evidence=blind, **common)  # fmt: skip
     assert learned["verdict"] == "learned" and learned["causes"] == []
+
+
+def _first_stage(tmp_path, name: str, cfg: dict) -> tuple[dict, list[str]]:
+    """Run stage 2 for two steps; the built base model's config and the job's log lines."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    out = tmp_path / name
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "pipeline.run", "--config", str(tmp_path / f"{name}.json"), "--output",
+                          str(out), "--stages", "2", "--quiet"], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [json.loads(x).get("message", "") for x in (out / "events.jsonl").read_text().splitlines()]
+    return json.loads((out / "base-model" / "config.json").read_text()), lines
+
+
+def test_the_built_in_model_reads_a_one_category_set_through_one_image_token_and_says_why(coins, tmp_path):
+    quick = {"domain": {"max_steps": 2, "val_checks": 0}}
+    config, lines = _first_stage(tmp_path, "coins", {"data": {"dataset": str(coins)}, **quick})
+    # Idefics3: 8x8 patches of 8 px, all folded into one token by the pixel shuffle
+    assert config["model_type"] == "idefics3" and config["scale_factor"] == 8
+    assert config["vision_config"]["patch_size"] == 8 and config["vision_config"]["image_size"] == 64
+    assert "vision_layout: one_token (one category: where each object is matters more than telling categories apart)" in lines
+    # three categories keep LLaVA's patch tokens; the config's own choice wins over auto
+    many = {"data": {"dataset": "synthetic://generic?n=24&seed=1"}, **quick}
+    config, lines = _first_stage(tmp_path, "generic", many)
+    assert config["model_type"] == "llava" and config["image_seq_length"] == 16
+    assert "vision_layout: patch_tokens (3 categories: patch tokens tell them apart better)" in lines
+    config, lines = _first_stage(tmp_path, "coins-patches", {"data": {"dataset": str(coins)}, "vision_layout": "patch_tokens", **quick})
+    assert config["model_type"] == "llava" and "vision_layout: patch_tokens (set in the config)" in lines
+
+
+def test_one_token_needs_an_image_size_it_can_cut_into_8x8_patches():
+    from pipeline.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=r"vision_layout: one_token .* image_size 60 is not a multiple of 8; use 56 or 64"):
+        build_config({"image_size": 60, "vision_layout": "one_token"})
+    assert build_config({"image_size": 60}).vision_layout == "auto"  # auto then keeps patch tokens

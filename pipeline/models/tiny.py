@@ -101,8 +101,10 @@ def build_tiny_vlm(
     vision_layers: int = 2,
     patch: int = 8,
     seed: int = 0,
+    merge: int = 2,
 ) -> Path:
-    """Build a tiny random VLM of ``family`` and save model + processor to ``out_dir``."""
+    """Build a tiny random VLM of ``family`` and save model + processor to ``out_dir``.
+    ``merge`` (idefics3): its pixel shuffle's factor, ``merge``×``merge`` patches to a token."""
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     torch.manual_seed(seed)
@@ -113,7 +115,9 @@ def build_tiny_vlm(
     builder = {"llava": _build_llava, "idefics3": _build_idefics3, "qwen2_vl": _build_qwen2_vl,
                "qwen2_5_vl": tf.build_qwen2_5_vl, "paligemma": tf.build_paligemma,
                "florence2": tf.build_florence2}[family]  # fmt: skip
+    extra = {"merge": merge} if family == "idefics3" else {}
     model, processor = builder(
+        **extra,
         special_tokens=list(special_tokens or []),
         extra_words=extra_words,
         image_size=image_size,
@@ -197,11 +201,13 @@ def _build_llava(*, special_tokens, extra_words, image_size, hidden, layers, vis
     return model, processor
 
 
-def _build_idefics3(*, special_tokens, extra_words, image_size, hidden, layers, vision_hidden, vision_layers, patch):
+def _build_idefics3(*, special_tokens, extra_words, image_size, hidden, layers, vision_hidden, vision_layers, patch, merge=2):
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-    scale = 2
+    scale = merge
+    if (image_size // patch) % scale:
+        raise ValueError(f"idefics3: {image_size // patch} patches a side do not merge {scale} by {scale}")
     extra = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
     extra += [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
     tok = train_tokenizer(extra_words, extra, added_tokens=special_tokens)
