@@ -100,9 +100,9 @@ class CurriculumConfig(_Strict):
         "auto",
         description="How the built-in model hands its image to the language model. one_token: Idefics3's pixel "
         "shuffle folds 8x8 patches into one token, so where an object is reads straight off the token (small "
-        "objects: one blob per image 0.16 held-out IoU against 0.02; coins 0.49-0.52 against 0.34-0.44). "
-        "patch_tokens: LLaVA's 16 patch tokens, better at telling categories apart (4 retail products: label "
-        "accuracy 0.88 against 0.53). auto: one_token for a dataset of one category whose image_size is a "
+        "objects: one blob per image 0.16 held-out IoU against 0.02; coins 0.48-0.52 against 0.34-0.44). "
+        "patch_tokens: LLaVA's 16 patch tokens, better where categories must be told apart (4 retail products: "
+        "0.34 against 0.23-0.26). auto: one_token for a dataset of one category whose image_size is a "
         "multiple of 8, else patch_tokens; the job logs which and why. Ignored for other models.",
     )  # fmt: skip
     data: DataConfig = Field(default_factory=DataConfig)
