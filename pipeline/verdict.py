@@ -106,8 +106,8 @@ def evidence_causes(
         train_score, held_score = fit[name][key], held[name]
         if train_score < UNFIT:
             causes.append(_cause(
-                f"the {name} model scores {train_score:.2f} {key} on {fit['n']} of its own training images, "
-                f"{held_score:.2f} held-out: it has not fit even the images it trained on",
+                f"the {name} model scores {train_score:.3f} {key} on {fit['n']} of its own training images, "
+                f"{held_score:.3f} held-out: it has not fit even the images it trained on",
                 "give it more steps (domain.max_seconds, domain.patience) or objects it can see better (crop "
                 "large images into tiles); a pretrained model learns from far fewer steps",
             ))  # fmt: skip

@@ -297,7 +297,8 @@ def test_domain_stage_validates_keeps_its_best_weights_and_stops_when_validation
     """A check every 20 steps; at lr 1e-9 nothing improves, so patience 1 stops the stage at the
     second check and the stage keeps the weights of the first, which validated best."""
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps(tiny_job_config(domain={"max_steps": 100, "lr": 1e-9, "val_checks": 5, "patience": 1})))
+    cfg.write_text(json.dumps(tiny_job_config(domain={"max_steps": 100, "lr": 1e-9, "val_checks": 5, "patience": 1,
+                                                      "stop_from": 0})))  # fmt: skip
     res = run(["--config", str(cfg), "--stages", "1", "2", "--output", str(tmp_path / "out"), "--quiet"])
     assert res.returncode == 0, res.stderr[-3000:]
     dom = json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"]["domain"]
@@ -308,3 +309,18 @@ def test_domain_stage_validates_keeps_its_best_weights_and_stops_when_validation
     logs = [e["message"] for e in events if e.get("type") == "log"]
     assert any("has not improved for 1 checks" in m for m in logs)
     assert any("keeping the weights of step 20" in m for m in logs)
+
+
+def test_a_domain_stage_that_has_not_started_learning_is_not_stopped_for_stalling(tmp_path):
+    """The same stall, but validation never reached stop_from: patience does not end the stage,
+    which trains to its max_steps and says why."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_job_config(domain={"max_steps": 60, "lr": 1e-9, "val_checks": 3, "patience": 1,
+                                                      "stop_from": 1.0})))  # fmt: skip
+    res = run(["--config", str(cfg), "--stages", "1", "2", "--output", str(tmp_path / "out"), "--quiet"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    dom = json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"]["domain"]
+    assert dom["steps"] == 60 and not dom["stopped_early"] and dom["val_checks"] == 3
+    logs = [json.loads(x).get("message", "") for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    said = [m for m in logs if "has not reached 1.0 yet" in m]
+    assert len(said) == 1 and "trains on to its budget instead of stopping early" in said[0]

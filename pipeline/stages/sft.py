@@ -165,4 +165,4 @@ def _validation(
         return None
     return ValidationCallback(reporter=ctx.reporter, stage=stage, samples=val, codec=codec, task=ctx.cfg.task,
                               processor=processor, every=every, every_s=every_s, patience=stage_cfg.patience,
-                              batch_size=ctx.cfg.evaluate.batch_size)  # fmt: skip
+                              stop_from=stage_cfg.stop_from, batch_size=ctx.cfg.evaluate.batch_size)  # fmt: skip

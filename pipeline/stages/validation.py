@@ -47,10 +47,10 @@ class ValidationCallback(TrainerCallback):
 
     def __init__(self, *, reporter: Reporter, stage: str, samples: list[Sample], codec: Codec, task: str,
                  processor: Any, every: int | None, every_s: float | None, patience: int,
-                 batch_size: int = 32) -> None:  # fmt: skip
+                 stop_from: float = 0.0, batch_size: int = 32) -> None:  # fmt: skip
         self.reporter, self.stage, self.samples, self.codec, self.task = reporter, stage, samples, codec, task
         self.processor, self.every, self.every_s, self.patience = processor, every, every_s, patience
-        self.batch_size = batch_size
+        self.batch_size, self.stop_from, self.waiting_said = batch_size, stop_from, False
         self.last_step, self.last_t = 0, time.monotonic()
         self.key = primary_metric(task)
         self.best: float = -math.inf
@@ -107,6 +107,14 @@ class ValidationCallback(TrainerCallback):
                 self.snapshot = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             return False
         self.bad += 1
+        if self.bad >= self.patience and self.best < self.stop_from:
+            if not self.waiting_said:
+                self.waiting_said = True
+                self.reporter.log(
+                    f"validation {self.key} has not reached {self.stop_from} yet (best {self.best:.3f}): the stage has "
+                    "not started learning, so it trains on to its budget instead of stopping early", stage=self.stage,
+                )  # fmt: skip
+            return False
         if self.bad >= self.patience and (max_steps is None or step < max_steps):
             self.stopped_early = True
             self.reporter.log(
