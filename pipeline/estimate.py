@@ -161,6 +161,21 @@ def shape_from_config(cfg: dict[str, Any], params: int) -> ModelShape:
     return ModelShape(params, h, layers, inter)
 
 
+def _shuffled_tokens(raw: dict[str, Any], folder) -> int | None:
+    """Image tokens of an Idefics3-style model that does not split its image (the built-in
+    one-token model): patches a side squared over the pixel shuffle's factor squared."""
+    import json
+
+    vision, scale = raw.get("vision_config") or {}, raw.get("scale_factor")
+    proc = folder / "processor_config.json"
+    if not (scale and vision.get("image_size") and vision.get("patch_size") and proc.exists()):
+        return None
+    image_processor = json.loads(proc.read_text()).get("image_processor") or {}
+    if image_processor.get("do_image_splitting", True):
+        return None  # crops and a global image: more than one image's worth, left to the default
+    return max(1, (vision["image_size"] // vision["patch_size"]) ** 2 // scale**2)
+
+
 def model_shape(model: str) -> tuple[ModelShape, int] | None:
     """The language model's shape and the tokens of one example: from the model's own folder
     (its config and safetensors headers; no weights read), else from :data:`HUB_SHAPES` for a hub
@@ -173,7 +188,8 @@ def model_shape(model: str) -> tuple[ModelShape, int] | None:
     folder = Path(model)
     if model != TINY_MODEL and (folder / "config.json").exists() and (params := count_params(folder)):
         raw = json.loads((folder / "config.json").read_text())
-        image_tokens = int(raw.get("image_seq_length") or (raw.get("vision_config") or {}).get("image_seq_length") or 256)
+        image_tokens = int(raw.get("image_seq_length") or (raw.get("vision_config") or {}).get("image_seq_length")
+                           or _shuffled_tokens(raw, folder) or 256)  # fmt: skip
         return shape_from_config(raw, params), image_tokens + 64
     if model in HUB_SHAPES:
         p, h, layers, inter = HUB_SHAPES[model]

@@ -65,3 +65,13 @@ def test_evaluation_holds_the_weights_and_grpo_with_a_reference_holds_two_copies
     assert abs(with_ref.memory_gib - rl.memory_gib - weights * 1.1) < 0.05  # one more 16-bit copy, plus its slack
     assert abs(sum(rl.terms.values()) - rl.memory_gib) < 0.05
     assert rl.largest()[0] == "activations (32 examples × 520 tokens)"  # 4 prompts × 8 answers each
+
+
+def test_the_one_token_built_in_model_is_estimated_at_its_one_image_token(tmp_path):
+    from pipeline.estimate import model_shape
+    from pipeline.models.tiny import build_tiny_vlm
+
+    one = build_tiny_vlm(tmp_path / "one", family="idefics3", image_size=64, patch=8, merge=8, layers=1)
+    patches = build_tiny_vlm(tmp_path / "patches", family="llava", image_size=64, patch=16, layers=1)
+    # one image token (8x8 patches shuffled into one) and 16 patch tokens, each plus 64 of text
+    assert model_shape(str(one))[1] == 1 + 64 and model_shape(str(patches))[1] == 16 + 64
