@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.config import CurriculumConfig
+from pipeline.config import BUILTIN_PATCHES, CurriculumConfig
 from pipeline.models.loading import TINY_MODEL
 from pipeline.stages.common import Context, fresh_dir
 from pipeline.structures import Dataset
@@ -23,9 +23,6 @@ def _vocabulary(*datasets: Dataset | None) -> list[str]:
             for s in split[:2000]:
                 words.update(re.findall(r"[a-z]+", s.target.get("text", "").lower()))
     return sorted(words)
-
-
-BUILTIN_PATCHES = 8  # one_token: the built-in model cuts its image into 8x8 patches
 
 
 def vision_layout(cfg: CurriculumConfig, ds: Dataset) -> tuple[str, str]:

@@ -53,6 +53,8 @@ from pipeline.deprecations import upgrade_config
 from pipeline.gate import GateConfig
 from pipeline.stage_table import SECTION, STAGES  # noqa: F401 — STAGES re-exported for callers of the config
 
+BUILTIN_PATCHES = 8  # vision_layout one_token: the built-in model cuts its image into 8x8 patches
+
 
 class CurriculumConfig(_Strict):
     """A DreamForge curriculum: what to train, on what, against which reward."""
@@ -149,9 +151,10 @@ class CurriculumConfig(_Strict):
     @classmethod
     def _one_token_size(cls, v: str, info: ValidationInfo) -> str:
         size = info.data.get("image_size", 64)
-        if v == "one_token" and size % 8:
-            raise ValueError(f"one_token cuts the image into 8x8 patches: image_size {size} is not a multiple of 8; "
-                             f"use {size // 8 * 8 or 8} or {size // 8 * 8 + 8}, or patch_tokens")  # fmt: skip
+        n = BUILTIN_PATCHES
+        if v == "one_token" and size % n:
+            raise ValueError(f"one_token cuts the image into {n}x{n} patches: image_size {size} is not a multiple of "
+                             f"{n}; use {size // n * n or n} or {size // n * n + n}, or patch_tokens")  # fmt: skip
         return v
 
     @field_validator("reward")

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.config import ConfigError, CurriculumConfig
 from pipeline.models.loading import TINY_MODEL
-from pipeline.objects import bins_for
+from pipeline.objects import bins_for, smaller_sides
 from pipeline.reporter import Reporter
 from pipeline.stages.common import Context
 from pipeline.structures import Dataset
@@ -74,20 +74,18 @@ def refuse_grpo_on_encoder_decoder(cfg: CurriculumConfig, stages: set[str]) -> N
 def log_object_sizes(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter) -> None:
     """What the model can resolve of these objects: their sizes against one location bin and
     the built-in model's input size, said before training rather than after a failed job."""
-    sizes = [((b[2] - b[0]) / s.width, (b[3] - b[1]) / s.height)
-             for s in (ds.splits.get("train") or []) if s.label_kind == "full" for b in s.target.get("boxes") or []]  # fmt: skip
-    if not sizes:
+    small = smaller_sides(ds.splits.get("train") or [])
+    if not small:
         return
-    small = sorted(min(w, h) for w, h in sizes)
     p10, p50 = small[len(small) // 10], small[len(small) // 2]
     bin_frac = 1 / cfg.num_bins
     line = (f"objects: the smaller side of a box is {p50:.1%} of the image at the median and {p10:.1%} at the "
             f"10th percentile; a location bin is {bin_frac:.1%} (num_bins {cfg.num_bins})")  # fmt: skip
     if cfg.model == TINY_MODEL:
         line += f", and the built-in model sees {cfg.image_size} px images ({p10 * cfg.image_size:.1f} px for the small ones)"
-    under = sum(min(w, h) < bin_frac for w, h in sizes)
-    if under > 0.2 * len(sizes):
-        reporter.log(f"{line}: {under} of {len(sizes)} boxes are under one bin, and their corners cannot be told apart. "
+    under = sum(side < bin_frac for side in small)
+    if under > 0.2 * len(small):
+        reporter.log(f"{line}: {under} of {len(small)} boxes are under one bin, and their corners cannot be told apart. "
                      f"Raise num_bins (e.g. {bins_for(p10)}) or tile the images",
                      level="warning")  # fmt: skip
     else:

@@ -23,6 +23,13 @@ def object_count(sample: Sample) -> int:
     return len(t.get("boxes") or t.get("keypoints") or [])
 
 
+def smaller_sides(samples: list[Sample]) -> list[float]:
+    """Each box's smaller side as a fraction of its image's (width for width, height for
+    height), sorted: what the size log and the learning verdict read medians and tails from."""
+    return sorted(min((b[2] - b[0]) / s.width, (b[3] - b[1]) / s.height)
+                  for s in samples if s.label_kind == "full" for b in s.target.get("boxes") or [])  # fmt: skip
+
+
 def auto_max_objects(ds: Dataset, reporter: Reporter | None = None) -> int:
     """The decoding cap from the data: the most objects in one training image, within bounds."""
     from pipeline.config import AUTO_MAX_OBJECTS

@@ -293,17 +293,22 @@ def test_domain_stage_trains_at_least_min_steps_on_a_few_images(tmp_path):
     assert m["stages"]["domain"]["examples"] == 12 and m["stages"]["domain"]["steps"] == 5
 
 
-def test_domain_stage_validates_keeps_its_best_weights_and_stops_when_validation_stalls(tmp_path):
-    """A check every 20 steps; at lr 1e-9 nothing improves, so patience 1 stops the stage at the
-    second check and the stage keeps the weights of the first, which validated best."""
+def _stalled_domain(tmp_path, **domain) -> tuple[dict, list[dict]]:
+    """Stages 1 and 2 with a domain stage that cannot improve (lr 1e-9, patience 1): its
+    metrics and the job's events."""
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps(tiny_job_config(domain={"max_steps": 100, "lr": 1e-9, "val_checks": 5, "patience": 1,
-                                                      "stop_from": 0})))  # fmt: skip
+    cfg.write_text(json.dumps(tiny_job_config(domain={"lr": 1e-9, "patience": 1, **domain})))
     res = run(["--config", str(cfg), "--stages", "1", "2", "--output", str(tmp_path / "out"), "--quiet"])
     assert res.returncode == 0, res.stderr[-3000:]
     dom = json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"]["domain"]
+    return dom, [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+
+
+def test_domain_stage_validates_keeps_its_best_weights_and_stops_when_validation_stalls(tmp_path):
+    """A check every 20 steps; at lr 1e-9 nothing improves, so patience 1 stops the stage at the
+    second check and the stage keeps the weights of the first, which validated best."""
+    dom, events = _stalled_domain(tmp_path, max_steps=100, val_checks=5, stop_from=0)
     assert dom["steps"] == 40 and dom["stopped_early"] and dom["val_checks"] == 2 and dom["val_best_step"] == 20
-    events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
     curve = [(e["step"], e) for e in events if e.get("type") == "metric" and "val_mean_iou" in e]
     assert [s for s, _ in curve] == [20, 40] and all(0 <= v["val_parse_rate"] <= 1 for _, v in curve)
     logs = [e["message"] for e in events if e.get("type") == "log"]
@@ -314,13 +319,8 @@ def test_domain_stage_validates_keeps_its_best_weights_and_stops_when_validation
 def test_a_domain_stage_that_has_not_started_learning_is_not_stopped_for_stalling(tmp_path):
     """The same stall, but validation never reached stop_from: patience does not end the stage,
     which trains to its max_steps and says why."""
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps(tiny_job_config(domain={"max_steps": 60, "lr": 1e-9, "val_checks": 3, "patience": 1,
-                                                      "stop_from": 1.0})))  # fmt: skip
-    res = run(["--config", str(cfg), "--stages", "1", "2", "--output", str(tmp_path / "out"), "--quiet"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    dom = json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"]["domain"]
+    dom, events = _stalled_domain(tmp_path, max_steps=60, val_checks=3, stop_from=1.0)
     assert dom["steps"] == 60 and not dom["stopped_early"] and dom["val_checks"] == 3
-    logs = [json.loads(x).get("message", "") for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    logs = [e.get("message", "") for e in events]
     said = [m for m in logs if "has not reached 1.0 yet" in m]
     assert len(said) == 1 and "trains on to its budget instead of stopping early" in said[0]

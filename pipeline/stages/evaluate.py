@@ -31,6 +31,7 @@ from pipeline.gate import split_fingerprint
 from pipeline.metrics import evaluate as compute_metrics
 from pipeline.metrics import primary_metric
 from pipeline.models.loading import TINY_MODEL, four_bit_config, load_model
+from pipeline.objects import smaller_sides
 from pipeline.predict import predict_targets
 from pipeline.rewards.base import reward_target
 from pipeline.stage_table import BY_NAME, REWARD_SCORE, TRAINED
@@ -223,8 +224,7 @@ def _object_px(ctx: Context, train) -> float | None:
     models resize as their processor says, which the evaluation does not load here)."""
     if ctx.cfg.model != TINY_MODEL:
         return None
-    sides = sorted(min((b[2] - b[0]) / s.width, (b[3] - b[1]) / s.height)
-                   for s in train for b in s.target.get("boxes") or [])  # fmt: skip
+    sides = smaller_sides(train)
     return sides[len(sides) // 2] * ctx.cfg.image_size if sides else None
 
 
