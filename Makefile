@@ -28,8 +28,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/dreamforge demo
 
+# Two workers, one test file each (module-scoped stacks stay whole): stages train with one
+# thread (OMP_NUM_THREADS=1), so one worker leaves a core idle; 795 tests took 1112 s alone
+# and 649 s as two. TEST_WORKERS=0 runs in one process (pdb, -s).
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(BIN)/python benchmarks/curriculum.py
