@@ -13,7 +13,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     ConfigDict,
@@ -93,11 +93,17 @@ class CurriculumConfig(_Strict):
         "<loc_N> tokens over num_bins; text: the same bins as plain numbers, adding no tokens. A format that "
         "would reuse one of the model's tokens with another meaning is refused.",
     )  # fmt: skip
-    num_bins: int = Field(
-        32, ge=4, le=4096,
-        description="Location bins per axis of the loc and text formats (the others have their model's own).",
+    num_bins: Annotated[int, Field(ge=4, le=4096)] | Literal["auto"] = Field(
+        "auto",
+        description="Location bins per axis of the loc and text formats (the others have their model's own), 4-4096. "
+        "auto: 32, or the power of two that gives the smallest tenth of the training boxes two bins each, at most "
+        "128 and at most the built-in model's image_size; the job logs the choice and why.",
     )  # fmt: skip
-    image_size: int = Field(64, ge=16, le=4096, description="Side of the square image the built-in model sees.")
+    image_size: Annotated[int, Field(ge=16, le=4096)] | Literal["auto"] = Field(
+        "auto",
+        description="Side of the square image the built-in model sees, 16-4096 px. auto: the training images' "
+        "median side rounded to a multiple of 8, within 32-128 px; the job logs the choice and why.",
+    )  # fmt: skip
     vision_layout: Literal["auto", "one_token", "patch_tokens"] = Field(
         "auto",
         description="How the built-in model hands its image to the language model. one_token: Idefics3's pixel "
@@ -150,9 +156,9 @@ class CurriculumConfig(_Strict):
     @field_validator("vision_layout")
     @classmethod
     def _one_token_size(cls, v: str, info: ValidationInfo) -> str:
-        size = info.data.get("image_size", 64)
+        size = info.data.get("image_size", "auto")
         n = BUILTIN_PATCHES
-        if v == "one_token" and size % n:
+        if v == "one_token" and isinstance(size, int) and size % n:
             raise ValueError(f"one_token cuts the image into {n}x{n} patches: image_size {size} is not a multiple of "
                              f"{n}; use {size // n * n or n} or {size // n * n + n}, or patch_tokens")  # fmt: skip
         return v

@@ -38,6 +38,7 @@ from pipeline.objects import auto_max_objects
 from pipeline.ranks import is_main, main_first, wait_for_everyone
 from pipeline.reporter import BaseReporter, Reporter
 from pipeline.rewards.builtin import default_reward, get_reward
+from pipeline.sizing import sized
 from pipeline.stage_table import BY_NUMBER
 from pipeline.stages.common import Context, fresh_dir, fully_labelled, is_done, mark_done, read_done
 from pipeline.structures import KIND_WORDS, Dataset, Sample
@@ -155,7 +156,7 @@ def run_job(
     if is_main():
         with ctx.publish():
             if evaluation:
-                write_model_card(out, cfg, record)
+                write_model_card(out, ctx.cfg, record)
             (out / "metrics.json").write_text(json.dumps(record, indent=1))
     if hasattr(ctx.reward, "close"):
         ctx.reward.close()  # the JavaScript reward's worker process
@@ -186,6 +187,7 @@ def prepare_context(cfg: CurriculumConfig, out: Path, reporter: Reporter, fence:
     device = pick_device()
     reporter.log(f"device {device.kind}, precision {str(device.dtype).removeprefix('torch.')}")
     domain, warm = data if data is not None else load_data(cfg, wanted, reporter)
+    cfg = sized(cfg, domain, reporter)  # image_size, num_bins: auto
     reward = resolve_reward(cfg, reporter, domain)
     reporter.log(
         f"dataset {domain.name}: " + "; ".join(f"{k} {label_summary(v)}" for k, v in domain.splits.items())

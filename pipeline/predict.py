@@ -22,9 +22,11 @@ def generate_texts(
     max_new_tokens: int | None = None,
     num_samples: int = 1,
     temperature: float | None = None,
+    grammar: bool = True,
 ) -> list[str]:
     """Answers for ``images`` (PIL), in order: greedy, or with a ``temperature`` ``num_samples``
     sampled answers per image, consecutive (image 0's first, …). ``batch_size`` counts answers.
+    ``grammar``: only well-formed answers of the ``loc`` format (``pipeline.grammar``).
     ``images`` is read a batch at a time (slices), so a :class:`SampleImages` keeps at most one
     batch of a lazily loaded set decoded."""
     model.eval()
@@ -39,6 +41,11 @@ def generate_texts(
     added = tok.added_tokens_decoder
     keep = {i for i in tok.convert_tokens_to_ids(codec.special_tokens()) if i in added and added[i].special}
     per_call = max(1, batch_size // num_samples)
+    rules = None
+    if grammar and not model.config.is_encoder_decoder:
+        from pipeline.grammar import for_codec
+
+        rules = for_codec(codec, tok, prompt)
     sampling = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     for i in range(0, len(images), per_call):
         chunk = images[i : i + per_call]
@@ -48,8 +55,11 @@ def generate_texts(
         inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype if model.dtype.is_floating_point else torch.float32)
+        start = inputs["input_ids"].shape[1]
+        constrain = {} if rules is None else {"prefix_allowed_tokens_fn": lambda _, ids: rules.allowed(ids[start:].tolist())}
         out = model.generate(
             **inputs,
+            **constrain,
             max_new_tokens=cap,
             num_return_sequences=num_samples,
             **sampling,

@@ -41,8 +41,9 @@ from pipeline.cost import (  # noqa: F401 — the cost half of the report, impor
     step_time,
 )
 from pipeline.findings import SEVERITIES, finding
-from pipeline.objects import auto_max_objects, bins_for, object_count
+from pipeline.objects import auto_max_objects, bins_for, object_count, smaller_sides
 from pipeline.sealed import parse_reward_ref
+from pipeline.sizing import sized
 from pipeline.structures import KIND_WORDS, WEAK_TASKS, Dataset, Sample
 
 UNDER_BIN_SHARE = 0.2  # above this share of boxes under one bin, corners blur together (pipeline.verdict)
@@ -58,6 +59,7 @@ def preflight(cfg: CurriculumConfig, ds: Dataset, reward: Any = None, *, samples
     loaded reward (None: not tried); ``default_gpu`` names each stage's GPU where the config
     gives no ``compute`` hint (the deployment's defaults)."""
     findings: list[dict[str, str]] = []
+    cfg = sized(cfg, ds)  # image_size and num_bins as the job will choose them from this data
     report: dict[str, Any] = {"dataset": dataset_health(cfg, ds, findings)}
     report["reward"] = reward_health(cfg, ds, reward, findings, samples=samples) if reward is not None else None
     report["cost"] = cost_estimate(cfg, ds, findings, default_gpu or {})
@@ -160,8 +162,7 @@ def _class_balance(ds: Dataset, train: list[Sample], findings: list) -> dict[str
 
 
 def _box_sizes(cfg: CurriculumConfig, train: list[Sample], findings: list) -> dict[str, Any]:
-    sides = sorted(min((b[2] - b[0]) / s.width, (b[3] - b[1]) / s.height)
-                   for s in train if s.label_kind == "full" for b in s.target.get("boxes") or [])  # fmt: skip
+    sides = smaller_sides(train)
     in_bins = [x * cfg.num_bins for x in sides]
     hist = [{"bins": f"{lo}–{hi}" if hi != math.inf else f"{lo}+", "boxes": sum(lo <= b < hi for b in in_bins)}
             for lo, hi in SIZE_BUCKETS]  # fmt: skip

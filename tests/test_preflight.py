@@ -78,7 +78,7 @@ def leaky(tmp_path_factory) -> Path:
 
 
 def test_leakage_small_boxes_and_crowded_images_are_each_reported_with_their_fix(leaky):
-    report = run_preflight(build_config(_config(str(leaky))))
+    report = run_preflight(build_config(_config(str(leaky), num_bins=32)))
     found = _by_check(report)
     leak = {f["severity"]: f for f in found["leakage"]}
     assert "t0.png (test) = a0.png (train)" in leak["error"]["message"] and "remove" in leak["error"]["fix"]
@@ -96,6 +96,9 @@ def test_leakage_small_boxes_and_crowded_images_are_each_reported_with_their_fix
     assert "outside" in outside["message"] and outside["fix"]
     assert report["ok"] is False and report["errors"] == 1
     assert report["findings"][0]["severity"] == "error"  # errors first
+    # num_bins auto: preflight reads the boxes with the bins the job will choose for them
+    auto = run_preflight(build_config(_config(str(leaky))))
+    assert auto["dataset"]["box_sizes"]["num_bins"] == 64 and "box_sizes" not in _by_check(auto)
 
 
 def test_a_clean_dataset_has_no_leakage_and_no_error():

@@ -2,6 +2,8 @@
 user's COCO set: they load, round-trip through the codec at their own size, and the checks the
 learning verdict makes on labels find what a real set really holds."""
 
+import json
+
 import pytest
 import realsets
 
@@ -114,17 +116,54 @@ def _first_stage(tmp_path, name: str, cfg: dict) -> tuple[dict, list[str]]:
 def test_the_built_in_model_reads_a_one_category_set_through_one_image_token_and_says_why(coins, tmp_path):
     quick = {"domain": {"max_steps": 2, "val_checks": 0}}
     config, lines = _first_stage(tmp_path, "coins", {"data": {"dataset": str(coins)}, **quick})
-    # Idefics3: 8x8 patches of 8 px, all folded into one token by the pixel shuffle
+    # Idefics3 at the tiles' own 96 px: 8x8 patches of 12 px, all folded into one token by the pixel shuffle
     assert config["model_type"] == "idefics3" and config["scale_factor"] == 8
-    assert config["vision_config"]["patch_size"] == 8 and config["vision_config"]["image_size"] == 64
+    assert config["vision_config"]["patch_size"] == 12 and config["vision_config"]["image_size"] == 96
     assert "vision_layout: one_token (one category: where each object is matters more than telling categories apart)" in lines
+    assert "image_size: 96 (the training images' median side is 96 px)" in lines
+    assert any(x.startswith("num_bins: 32 (the smallest tenth of the boxes (") for x in lines)
     # three categories keep LLaVA's patch tokens; the config's own choice wins over auto
     many = {"data": {"dataset": "synthetic://generic?n=24&seed=1"}, **quick}
     config, lines = _first_stage(tmp_path, "generic", many)
     assert config["model_type"] == "llava" and config["image_seq_length"] == 16
     assert "vision_layout: patch_tokens (3 categories: patch tokens tell them apart better)" in lines
-    config, lines = _first_stage(tmp_path, "coins-patches", {"data": {"dataset": str(coins)}, "vision_layout": "patch_tokens", **quick})
+    mine = {"vision_layout": "patch_tokens", "image_size": 64, "num_bins": 48}
+    config, lines = _first_stage(tmp_path, "coins-patches", {"data": {"dataset": str(coins)}, **mine, **quick})
     assert config["model_type"] == "llava" and "vision_layout: patch_tokens (set in the config)" in lines
+    assert config["vision_config"]["image_size"] == 64 and not any(x.startswith(("image_size:", "num_bins:")) for x in lines)
+    codec = json.loads((tmp_path / "coins-patches" / "stages" / "domain" / "model" / "dreamforge_codec.json").read_text())
+    assert codec["num_bins"] == 48
+
+
+class _Lines:
+    def __init__(self):
+        self.lines = []
+
+    def log(self, message, **kw):
+        self.lines.append(message)
+
+
+def test_image_size_and_bins_follow_the_images_and_their_smallest_boxes(coins, tmp_path):
+    from pipeline.config import build_config
+    from pipeline.data import load_dataset as load_any
+    from pipeline.sizing import sized
+
+    galaxies = realsets.write("galaxies", tmp_path / "galaxies", n=20, tile=96)
+    cfg = build_config({})
+    sets = {"coins": coins, "galaxies": galaxies, "big": "synthetic://generic?n=12&seed=1&size=200",
+            "small": realsets.write("coins", tmp_path / "small", n=20, tile=24)}
+    chosen = {}
+    for name, folder in sets.items():
+        rep = _Lines()
+        c = sized(cfg, load_any(str(folder), "detect"), rep)
+        chosen[name] = (c.image_size, c.num_bins, rep.lines)
+    assert chosen["coins"][:2] == (96, 32)
+    # galaxies of 6 px and more on 96-pixel tiles: 3-px bins already give them two (64 bins parsed worse)
+    assert chosen["galaxies"][:2] == (96, 32) and chosen["galaxies"][2][1].startswith("num_bins: 32 (the smallest tenth")
+    assert chosen["big"][:2] == (128, 32) and "128 px is the most the built-in model reads" in chosen["big"][2][0]
+    assert chosen["small"][0] == 32 and "32 px is the least" in chosen["small"][2][0]
+    # a number in the config is kept as it is
+    assert sized(build_config({"image_size": 64, "num_bins": 32}), load_any(str(galaxies), "detect")).image_size == 64
 
 
 def test_one_token_needs_an_image_size_it_can_cut_into_8x8_patches():
