@@ -63,6 +63,10 @@ class LocGrammar:
             self.first.add(none, empty=True)
         self._all_locs = sorted(self.loc_ids, key=self.bin_of.get)  # in bin order: slices are bin ranges
 
+    def after(self, prompt_len: int):
+        """``generate``'s ``prefix_allowed_tokens_fn`` for prompts of ``prompt_len`` tokens."""
+        return lambda _batch, ids: self.allowed(ids[prompt_len:].tolist())
+
     def allowed(self, generated: list[int]) -> list[int]:
         node, body, objects = self.first, None, 0
         for t in generated:

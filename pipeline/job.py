@@ -91,6 +91,7 @@ def resolve_reward(cfg: CurriculumConfig, reporter: Reporter | None = None, doma
 
 
 def make_codec(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = None) -> Codec:
+    cfg = sized(cfg, ds)  # a no-op for the job's own (already sized) config
     if reporter is not None:
         log_object_sizes(cfg, ds, reporter)
     from pipeline.codecs.auto import codec_for_model

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipeline.config_sections import TINY_MODEL
 from pipeline.objects import bins_for, smaller_sides
 from pipeline.structures import Dataset
 
@@ -68,8 +69,6 @@ def auto_num_bins(ds: Dataset, image_size: int | None) -> tuple[int, str]:
 def sized(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = None) -> CurriculumConfig:
     """``cfg`` with ``image_size`` and ``num_bins`` chosen from ``ds`` where they are ``auto``
     (the same object when neither is)."""
-    from pipeline.models.loading import TINY_MODEL
-
     update: dict[str, int] = {}
     if cfg.image_size == "auto":
         update["image_size"], why = auto_image_size(ds)

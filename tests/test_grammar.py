@@ -4,6 +4,7 @@ an untrained model's answers all parse under it (and mostly do not without it)."
 from __future__ import annotations
 
 import pytest
+
 from pipeline.codec import Codec
 from pipeline.data import load_dataset
 from pipeline.grammar import for_codec
