@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+from transformers import LogitsProcessor
+
 from pipeline.codec import ABSENT, EMPTY, SEPARATOR, Codec, loc
 
 _STUB = "".join(loc(0) for _ in range(4))  # any box: only the labels' tokenization is read
@@ -62,47 +65,78 @@ class LocGrammar:
         if none:
             self.first.add(none, empty=True)
         self._all_locs = sorted(self.loc_ids, key=self.bin_of.get)  # in bin order: slices are bin ranges
+        self._states: dict[tuple[int, ...], tuple] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
 
-    def after(self, prompt_len: int):
-        """``generate``'s ``prefix_allowed_tokens_fn`` for prompts of ``prompt_len`` tokens."""
-        return lambda _batch, ids: self.allowed(ids[prompt_len:].tolist())
+    def after(self, prompt_len: int) -> GrammarLogits:
+        """A logits processor for ``generate`` on prompts of ``prompt_len`` tokens."""
+        return GrammarLogits(self, prompt_len)
 
-    def allowed(self, generated: list[int]) -> list[int]:
-        node, body, objects = self.first, None, 0
-        for t in generated:
-            if body is None:  # inside a label (or "none")
-                if node.empty and t == self.eos:
-                    return [self.pad]
-                if node.label and t in self.loc_ids:
-                    body = [t]
-                elif t in node.children:
-                    node = node.children[t]
-                else:  # a token this grammar would not have allowed (e.g. the cap cut it): let it end
-                    return [self.eos]
-                continue
-            if self._complete(body) and t == self.eos:
-                return [self.pad]
-            if self._complete(body) and t in self.between.children:
-                objects, node, body = objects + 1, self.between.children[t], None
-                continue
-            body.append(t)
+    def allowed(self, generated: list[int] | tuple[int, ...]) -> tuple[int, ...]:
+        """The tokens that may follow ``generated`` (the answer so far, without the prompt)."""
+        return self._allowed_in(self._state(tuple(generated)))
+
+    def mask(self, generated: tuple[int, ...], vocab: int) -> torch.Tensor:
+        """:meth:`allowed` as a boolean row over the vocabulary, cached per distinct set."""
+        allowed = self._allowed_in(self._state(generated))
+        row = self._masks.get((allowed, vocab))
+        if row is None:
+            row = torch.zeros(vocab, dtype=torch.bool)
+            row[[i for i in allowed if i < vocab]] = True
+            self._masks[(allowed, vocab)] = row
+        return row
+
+    # -- the walk: one state per answer prefix, each from its parent's (generation grows answers
+    # a token at a time, so a step costs one transition per answer, not a walk from the start)
+
+    def _state(self, generated: tuple[int, ...]) -> tuple:
+        state = self._states.get(generated)
+        if state is None:
+            state = self._step(self._state(generated[:-1]), generated[-1]) if generated else (self.first, None, 0, False)
+            if len(self._states) > 200_000:  # a long sampling stage: start over rather than grow
+                self._states.clear()
+            self._states[generated] = state
+        return state
+
+    def _step(self, state: tuple, t: int) -> tuple:
+        node, body, objects, ended = state
+        if ended:
+            return state
+        if body is None:  # inside a label (or "none")
+            if node.empty and t == self.eos:
+                return (node, body, objects, True)
+            if node.label and t in self.loc_ids:
+                return (node, (t,), objects, False)
+            if t in node.children:
+                return (node.children[t], None, objects, False)
+            return (node, body, objects, True)  # a token the grammar did not allow (e.g. the cap cut it): end
+        if self._complete(body) and t == self.eos:
+            return (node, body, objects, True)
+        if self._complete(body) and t in self.between.children:
+            return (self.between.children[t], None, objects + 1, False)
+        return (node, (*body, t), objects, False)
+
+    def _allowed_in(self, state: tuple) -> tuple[int, ...]:
+        node, body, objects, ended = state
+        if ended:
+            return (self.pad,)
         if body is None:
             out = list(node.children)
             if node.label:
                 out += self._all_locs
             if node.empty:
                 out.append(self.eos)
-            return out or [self.eos]
+            return tuple(out) or (self.eos,)
         out = self._continue(body)
         if self._complete(body):
             out.append(self.eos)
             if objects + 1 < self.codec.max_objects:
                 out += list(self.between.children)
-        return out or [self.eos]
+        return tuple(out) or (self.eos,)
 
     # -- object bodies: the location tokens after a label -----------------------------------
 
-    def _continue(self, body: list[int]) -> list[int]:
+    def _continue(self, body: tuple[int, ...]) -> list[int]:
         task, n = self.codec.task, len(body)
         if n in (2, 3):  # a box's far corner is never before its near one (x2 >= x1, y2 >= y1)
             return self._all_locs[self.bin_of[body[n - 2]]:]
@@ -116,7 +150,7 @@ class LocGrammar:
                 return [*self._all_locs, self.absent]
         return []
 
-    def _complete(self, body: list[int]) -> bool:
+    def _complete(self, body: tuple[int, ...]) -> bool:
         task, n = self.codec.task, len(body)
         if n < 4:
             return False
@@ -128,7 +162,7 @@ class LocGrammar:
             return not half and done == len(self.codec.keypoint_names)
         return n == 4
 
-    def _keypoints(self, body: list[int]) -> tuple[int, bool]:
+    def _keypoints(self, body: tuple[int, ...]) -> tuple[int, bool]:
         done, half = 0, False
         for t in body[4:]:
             if t == self.absent:
@@ -138,6 +172,18 @@ class LocGrammar:
             else:
                 half = True
         return done, half
+
+
+class GrammarLogits(LogitsProcessor):
+    """Every token the grammar does not allow after an answer's prefix gets -inf."""
+
+    def __init__(self, rules: LocGrammar, prompt_len: int) -> None:
+        self.rules, self.prompt_len = rules, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab = scores.shape[-1]
+        rows = [self.rules.mask(tuple(r), vocab) for r in input_ids[:, self.prompt_len :].tolist()]
+        return scores.masked_fill(~torch.stack(rows).to(scores.device), float("-inf"))
 
 
 def _segments(tokenizer, prompt: str, answer: str, loc_ids: set[int]) -> list[list[int]]:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from pipeline.codec import Codec
 from pipeline.stages.common import prompt_text
@@ -55,7 +56,7 @@ def generate_texts(
         inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype if model.dtype.is_floating_point else torch.float32)
-        constrain = {} if rules is None else {"prefix_allowed_tokens_fn": rules.after(inputs["input_ids"].shape[1])}
+        constrain = {} if rules is None else {"logits_processor": LogitsProcessorList([rules.after(inputs["input_ids"].shape[1])])}
         out = model.generate(
             **inputs,
             **constrain,
