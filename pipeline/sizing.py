@@ -77,6 +77,6 @@ def sized(cfg: CurriculumConfig, ds: Dataset, reporter: Reporter | None = None) 
     size = update.get("image_size", cfg.image_size)
     if cfg.num_bins == "auto":
         update["num_bins"], why = auto_num_bins(ds, size if cfg.model == TINY_MODEL else None)
-        if reporter is not None:
+        if reporter is not None and cfg.task != "caption":  # captions have no coordinates
             reporter.log(f"num_bins: {update['num_bins']} ({why})")
     return cfg.model_copy(update=update) if update else cfg
