@@ -158,9 +158,10 @@ class SupervisedConfig(StageConfig):
     )
     val_samples: int = Field(32, ge=1, le=10_000, description="Validation images decoded per check.")
     patience: int = Field(
-        3, ge=1, le=1000,
+        6, ge=1, le=1000,
         description="Stop early after this many checks in a row without a better validation score; the best "
-        "weights seen are the stage's result.",
+        "weights seen are the stage's result. A 30-image validation split plateaus while held-out scores still "
+        "rise (real coins: 0.485 / 0.473 with 6 against 0.490 / 0.448 / 0.440 with 3, same tiles).",
     )  # fmt: skip
     stop_from: float = Field(
         0.05, ge=0, le=1,
