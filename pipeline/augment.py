@@ -25,7 +25,9 @@ from PIL import Image
 
 from pipeline.structures import ImageRef, Sample
 
-AUGMENTATIONS: tuple[str, ...] = ("hflip",)
+STATIC: tuple[str, ...] = ("hflip",)  # copies added once, before training
+ONLINE: tuple[str, ...] = ("mosaic", "rot90")  # drawn at each read (pipeline.online_augment)
+AUGMENTATIONS: tuple[str, ...] = STATIC + ONLINE
 # Ids of mirrored copies: far above any COCO image id, so split hashing and logs never collide.
 _MIRROR_ID = 1 << 40
 
@@ -82,5 +84,5 @@ def augment(samples: list[Sample], names: list[str], keypoint_names: list[str] |
             perm = mirror_permutation(keypoint_names or [])
             out += [hflip(s, perm) for s in samples]
         else:  # the config only lets the names above through
-            raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
+            raise ValueError(f"unknown augmentation {name!r}; known here: {', '.join(STATIC)}")
     return out

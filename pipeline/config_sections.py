@@ -186,7 +186,7 @@ class DomainConfig(SupervisedConfig):
     dozen images get hundreds of steps and thousands of images stop at the budget."""
 
     lr: float = Field(5e-4, gt=0, lt=1, description="Peak learning rate (linear warm-up, cosine decay).")
-    epochs: float = Field(100.0, gt=0, le=10_000, description="Passes over the training split, at most.")
+    epochs: float = Field(400.0, gt=0, le=10_000, description="Passes over the training split, at most.")
     max_seconds: float | None = Field(
         300.0, gt=0, le=MAX_STAGE_SECONDS,
         description="Wall-clock budget for the stage's training loop (default: 5 minutes on a 2-core CPU); "
@@ -341,12 +341,15 @@ class DataConfig(_Strict):
         description="Most objects per answer (the decoding cap). Unset: the most objects in one training image "
         f"of the dataset, at most {AUTO_MAX_OBJECTS} (the job logs the choice and warns about images holding more).",
     )  # fmt: skip
-    augment: list[Literal["hflip"]] = Field(
-        default_factory=list,
-        description="Augmentations of the domain training images in stages 2 and 3. 'hflip' adds a mirrored "
-        "copy of each labelled image (boxes, masks, points and left/right keypoint names follow); an epoch still "
-        "counts each labelled image once. Skipped for captions, which name left and right. Leave it off where "
-        "mirroring changes the meaning (reading text or signs, left/right anatomy).",
+    augment: list[Literal["hflip", "mosaic", "rot90"]] = Field(
+        default_factory=lambda: ["mosaic"],
+        description="Augmentations of the domain training images. 'mosaic': each time stage 2 reads "
+        "an image, it becomes a random window of a 2x2 mosaic of it and three other training images, so objects "
+        "move and meet new neighbours; the model cannot memorise ~100 images. 'rot90': one of the image's 8 "
+        "orientations at each read, for images without an up (overhead, microscopy, astronomy). 'hflip' adds a "
+        "mirrored copy of each labelled image in stages 2 and 3 (boxes, masks, points and left/right keypoint "
+        "names follow); an epoch still counts each labelled image once. Leave mirroring off where it changes "
+        "the meaning (reading text or signs, left/right anatomy). Captions skip all three; [] turns them off.",
     )
 
     @field_validator("split")

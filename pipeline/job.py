@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.augment import ONLINE, STATIC
 from pipeline.base_model import prepare_base_model, vision_layout  # noqa: F401 — re-exported
 from pipeline.budget import with_stage_budget
 from pipeline.card import write_model_card
@@ -305,7 +306,7 @@ def _train(ctx: Context, stage: str, previous: Path) -> dict[str, Any]:
                             f"none ({kind_counts(ctx.domain.splits['train'])}); box every object of some images, "
                             "or disable the domain stage")  # fmt: skip
         return train_sft(ctx, stage, previous, augmented_train(ctx, stage), ctx.domain_codec, cfg.domain, out_model,
-                         epoch_examples=len(labelled))  # fmt: skip
+                         epoch_examples=len(labelled), online=online_augments(ctx, stage))  # fmt: skip
     from pipeline.stages.grpo import train_grpo
     from pipeline.stages.rft import train_rft
 
@@ -344,7 +345,7 @@ def augmented_train(ctx: Context, stage: str) -> list:
     """The fully labelled images of the domain training split, with the config's augmentations
     (``pipeline.augment``)."""
     labelled = fully_labelled(ctx.domain.splits["train"])
-    names = list(ctx.cfg.data.augment)
+    names = [n for n in ctx.cfg.data.augment if n in STATIC]
     if ctx.cfg.task == "caption" and "hflip" in names:
         names.remove("hflip")
         ctx.reporter.log("data.augment: hflip skipped, captions name left and right", stage=stage, level="warning")
@@ -356,6 +357,21 @@ def augmented_train(ctx: Context, stage: str) -> list:
     ctx.reporter.log(f"data.augment: {', '.join(names)}: {len(labelled)} labelled images + "
                      f"{len(samples) - len(labelled)} augmented copies", stage=stage)  # fmt: skip
     return samples
+
+
+def online_augments(ctx: Context, stage: str) -> list[str]:
+    """The config's augmentations drawn at each read (``pipeline.online_augment``); none for
+    captions, which name left, right, top and bottom."""
+    names = [n for n in ctx.cfg.data.augment if n in ONLINE]
+    if names and ctx.cfg.task == "caption":
+        if "augment" in ctx.cfg.data.model_fields_set:  # the default's mosaic skips silently
+            ctx.reporter.log(f"data.augment: {', '.join(names)} skipped, captions name left, right, top and bottom",
+                             stage=stage, level="warning")  # fmt: skip
+        return []
+    if names:
+        ctx.reporter.log(f"data.augment: {', '.join(names)} drawn afresh each time a training image is read",
+                         stage=stage)  # fmt: skip
+    return names
 
 
 def _evaluate(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]:

@@ -211,8 +211,8 @@ class RowImages:
     12-megapixel photos (``benchmarks/data_scale.py``, eager).
     """
 
-    def __init__(self, samples: list[Any], processor: Any = None, index: str = "image_index") -> None:
-        self.samples, self.index = samples, index
+    def __init__(self, samples: list[Any], processor: Any = None, index: str = "image_index", augment: Any = None) -> None:
+        self.samples, self.index, self.augment = samples, index, augment
         self.to_size = model_input_size(processor) if processor is not None else None
         self.token = next(_TOKENS)
         _LIVE[self.token] = self
@@ -226,7 +226,15 @@ class RowImages:
         return sample.image.resize(fit, self.to_size[1])
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        batch["image"] = [self.image(self.samples[i]) for i in batch[self.index]]
+        if self.augment is None:
+            batch["image"] = [self.image(self.samples[i]) for i in batch[self.index]]
+            return batch
+        # ``augment(i, image_of)``: ``(image, columns)``, the row's image and the answer columns
+        # that follow it (``stages.sft``), drawn anew at each read
+        drawn = [self.augment(i, self.image) for i in batch[self.index]]
+        batch["image"] = [image for image, _ in drawn]
+        for key in drawn[0][1] if drawn else ():
+            batch[key] = [columns[key] for _, columns in drawn]
         return batch
 
     def __reduce__(self) -> tuple[Any, tuple[int]]:

@@ -93,7 +93,7 @@ def sft_rows(samples: list[Sample], codec: Codec) -> list[dict[str, Any]]:
 IMAGE_INDEX = "image_index"  # the column that says which sample's image a row shows
 
 
-def with_images(rows: list[dict[str, Any]], samples: list[Sample], processor: Any = None) -> Any:
+def with_images(rows: list[dict[str, Any]], samples: list[Sample], processor: Any = None, augment: Any = None) -> Any:
     """A ``datasets.Dataset`` of ``rows`` whose ``image`` column is each sample's image, read
     when the trainer reads the row (``Dataset.with_transform``), not stored in the table.
 
@@ -102,14 +102,15 @@ def with_images(rows: list[dict[str, Any]], samples: list[Sample], processor: An
     bounded cache (``pipeline.data.images``) and an eager one hands over its decoded image.
     Given the model's ``processor``, each image comes at the size the processor resizes it to
     (``pipeline.data.images.model_input_size``): a lazy one decodes straight to it (a big JPEG
-    at reduced scale, ``LazyImage.decode``), a decoded one is resized.
+    at reduced scale, ``LazyImage.decode``), a decoded one is resized. ``augment``: see
+    :class:`~pipeline.data.images.RowImages`.
     """
     import datasets  # local: the stages import this module, and only training needs datasets
 
     from pipeline.data.images import RowImages
 
     table = datasets.Dataset.from_list([{**row, IMAGE_INDEX: i} for i, row in enumerate(rows)])
-    return table.with_transform(RowImages(samples, processor, IMAGE_INDEX))
+    return table.with_transform(RowImages(samples, processor, IMAGE_INDEX, augment))
 
 
 def fully_labelled(samples: list[Sample]) -> list[Sample]:

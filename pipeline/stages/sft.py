@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PrinterCallback
@@ -66,11 +67,13 @@ def train_sft(
     *,
     loc_sigma: float = 1.0,
     epoch_examples: int | None = None,
+    online: list[str] | None = None,
 ) -> dict:
     """Fine-tune ``in_model`` on ``samples``; save the merged model to ``out_model``.
 
     ``epoch_examples``: how many of ``samples`` make an epoch when some are augmented copies
     (an epoch counts each labelled image once, so augmenting does not lengthen the stage).
+    ``online``: augmentations drawn at each read (``pipeline.online_augment``).
 
     Long (~90 lines) on purpose: it reads top to bottom as one recipe (model, rows, schedule,
     TrainingArguments, callbacks, train, save), as TRL's own example scripts do; each step
@@ -80,7 +83,8 @@ def train_sft(
     model, processor = load_for_training(ctx, stage, in_model, stage_cfg, codec.special_tokens())
     seq2seq = bool(model.config.is_encoder_decoder)
     rows = seq2seq_rows(samples, codec) if seq2seq else sft_rows(samples, codec)
-    train = with_images(rows, samples, processor)
+    augment, tracker = _online(ctx, samples, codec, online, seq2seq)
+    train = with_images(rows, samples, processor, augment)
     bs = min(stage_cfg.batch_size, len(rows))
     steps_per_epoch = math.ceil((epoch_examples or len(rows)) / bs)
     max_steps = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
@@ -119,7 +123,8 @@ def train_sft(
     planned = stage_cfg.max_steps or max(1, math.ceil(stage_cfg.epochs * steps_per_epoch), stage_cfg.min_steps or 0)
     validation = _validation(ctx, stage, codec, stage_cfg, processor, planned=planned)
     common = dict(model=model, args=args, train_dataset=train, optimizers=(optimizer, scheduler),
-                  callbacks=[callback, checkpoint_schedule(None), *([validation] if validation else [])],
+                  callbacks=[callback, checkpoint_schedule(None), *([validation] if validation else []),
+                             *([tracker] if tracker else [])],
                   loc_ids=loc_ids, loc_sigma=loc_sigma)  # fmt: skip
     if seq2seq:
         trainer = LocationAwareSeq2SeqTrainer(**common, data_collator=Seq2SeqCollator(processor, codec))
@@ -148,6 +153,22 @@ def train_sft(
         save_model(trainer.model, processor, out_model, base=in_model, device=ctx.device, tokens=codec.special_tokens())
     drop_checkpoints(ctx, stage)
     return info
+
+
+def _online(ctx: Context, samples: list[Sample], codec: Codec, names: list[str] | None, seq2seq: bool):
+    """``(augment, epoch tracker)`` for :func:`~pipeline.stages.common.with_images`, or ``(None, None)``."""
+    if not names:
+        return None, None
+    from pipeline.online_augment import EpochTracker, OnlineAugment
+
+    augmenter = OnlineAugment(samples, names, ctx.cfg.seed, ctx.domain.keypoint_names)
+
+    def augment(i: int, image_of) -> tuple[Any, dict[str, Any]]:
+        image, target = augmenter(i, image_of)
+        text = codec.encode(target)
+        return image, ({"target": text} if seq2seq else {"completion": [{"role": "assistant", "content": text}]})
+
+    return augment, EpochTracker(augmenter)
 
 
 def _validation(
