@@ -102,6 +102,7 @@ def test_the_default_augments_detection_with_mosaic_and_presets_keep_theirs():
     assert build_config({}).data.augment == ["mosaic"]
     assert build_config({"preset": "retail-shelf"}).data.augment == ["hflip"]
     assert build_config({"preset": "medical-scan"}).data.augment == []
+    assert build_config({"preset": "generic"}).data.augment == []
     assert build_config({"data": {"augment": []}}).data.augment == []
 
 
@@ -143,3 +144,34 @@ def test_clip_polygon_keeps_the_part_inside():
     assert clip_polygon([20.0, 20.0, 30.0, 20.0, 30.0, 30.0], 10, 10) == []
     inside = [1.0, 1.0, 4.0, 1.0, 4.0, 4.0]
     assert clip_polygon(inside, 10, 10) == inside
+
+
+def test_training_rows_show_the_drawn_image_with_its_own_answer_and_change_by_epoch():
+    from transformers import TrainerControl, TrainerState
+
+    from pipeline.job import make_codec
+    from pipeline.online_augment import EpochTracker
+    from pipeline.stages.common import sft_rows, with_images
+
+    cfg = build_config({"data": {"dataset": "synthetic://retail-shelf?n=12&seed=2"}})
+    ds = generate("retail-shelf", 12, seed=2)
+    train, codec = ds.splits["train"], make_codec(cfg, ds)
+    aug = OnlineAugment(train, ["mosaic"], seed=0)
+
+    def augment(i, image_of):
+        image, target = aug(i, image_of)
+        return image, {"completion": [{"role": "assistant", "content": codec.encode(target)}]}
+
+    rows = with_images(sft_rows(train, codec), train, None, augment)
+    tracker = EpochTracker(aug)
+    answers = {}
+    for epoch in (0, 0, 1):
+        tracker.on_epoch_begin(None, TrainerState(epoch=float(epoch)), TrainerControl())
+        answers.setdefault(epoch, []).append([r["completion"][0]["content"] for r in rows])
+        for i, r in enumerate(rows):
+            assert r["image"].size == train[i].image.size
+            assert r["completion"][0]["content"] == codec.encode(aug(i, lambda s: s.image)[1])
+    assert answers[0][0] == answers[0][1]  # the same epoch reads the same draws
+    assert answers[0][0] != answers[1][0]  # the next epoch, new ones
+    plain = [codec.encode(s.target) for s in train]
+    assert sum(a != p for a, p in zip(answers[1][0], plain, strict=True)) >= len(train) // 2

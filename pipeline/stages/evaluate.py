@@ -246,10 +246,16 @@ def pick_release(scores: dict[str, dict[str, float]], key: str, n: int) -> tuple
 
 
 def _augment_hint(ctx: Context) -> str:
-    if "hflip" in ctx.cfg.data.augment or ctx.cfg.task == "caption":
+    if ctx.cfg.task == "caption":
         return ""
-    return (' If mirroring keeps the meaning of your images, data.augment: ["hflip"] adds a mirrored copy of '
-            "each labelled one (+0.03 to +0.09 held-out IoU at 42 labels, measured).")  # fmt: skip
+    hint = ""
+    if "mosaic" not in ctx.cfg.data.augment:
+        hint += (' data.augment: ["mosaic"] shows each labelled image as a new window of a mosaic at every read '
+                 "(coins tiles: 0.63 held-out IoU against 0.47, measured).")  # fmt: skip
+    if "hflip" not in ctx.cfg.data.augment:
+        hint += (' If mirroring keeps the meaning of your images, data.augment: ["hflip"] adds a mirrored copy of '
+                 "each labelled one (+0.03 to +0.09 held-out IoU at 42 labels, measured).")  # fmt: skip
+    return hint
 
 
 FIT_SAMPLES = 64  # training images scored per model: enough to see memorisation, about a second
