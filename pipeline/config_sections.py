@@ -300,6 +300,12 @@ class EvalConfig(_Strict):
         0.5, ge=0, le=1,
         description="Below this share of answers in the output format, the job ends with a 'did not learn' verdict.",
     )  # fmt: skip
+    min_f1: float = Field(
+        0.1, ge=0, le=1,
+        description="Tasks with boxes: below this F1@0.5 of the released model on validation (it finds almost none "
+        "of the objects with a box overlapping them by half), the job ends with a 'did not learn' verdict, however "
+        "much its mean IoU rose over the base model's.",
+    )  # fmt: skip
 
 
 class ExportConfig(_Strict):

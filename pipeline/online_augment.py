@@ -63,20 +63,20 @@ class OnlineAugment:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         s = self.samples[i]
         image = image_of(s).convert("RGB")
-        target = scaled(s.target, image.size)
+        target = scaled(s.target, (s.width, s.height), image.size)
         if "mosaic" in self.names and len(self.samples) > 1 and rng.random() < MOSAIC_P:
             others = [self.samples[int(j)] for j in rng.integers(0, len(self.samples), 3)]
-            image, target = mosaic(image, target, [(image_of(o).convert("RGB"), o.target) for o in others], rng)
+            tiles = [(image_of(o).convert("RGB"), scaled(o.target, (o.width, o.height), image.size)) for o in others]
+            image, target = mosaic(image, target, tiles, rng)
         if "rot90" in self.names:
             image, target = orient(image, target, int(rng.integers(0, 4)), bool(rng.integers(0, 2)), self.perm)
         return image, target
 
 
-def scaled(target: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
-    """``target`` in the pixels of the image resized to ``size`` (a copy)."""
+def scaled(target: dict[str, Any], from_size: tuple[int, int], size: tuple[int, int]) -> dict[str, Any]:
+    """``target`` of a ``from_size`` image, in the pixels of that image resized to ``size`` (a copy)."""
     t = copy.deepcopy(target)
-    w0, h0 = float(t["image"]["width"]), float(t["image"]["height"])
-    sx, sy = size[0] / w0, size[1] / h0
+    sx, sy = size[0] / from_size[0], size[1] / from_size[1]
     if (sx, sy) != (1.0, 1.0):
         _map_points(t, lambda x, y: (x * sx, y * sy))
     t["image"] = {"width": int(size[0]), "height": int(size[1])}
@@ -85,9 +85,10 @@ def scaled(target: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
 
 def mosaic(image: Image.Image, target: dict[str, Any], others: list[tuple[Image.Image, dict[str, Any]]],
            rng: np.random.Generator) -> tuple[Image.Image, dict[str, Any]]:  # fmt: skip
-    """A random ``image``-sized window of a 2×2 mosaic of ``image`` and three ``others``."""
+    """A random ``image``-sized window of a 2×2 mosaic of ``image`` and three ``others``, each
+    ``(image, target)`` with its target already in ``image``'s pixels (:func:`scaled`)."""
     w, h = image.size
-    tiles = [(image, target)] + [(o.resize((w, h)), scaled(t, (w, h))) for o, t in others]
+    tiles = [(image, target)] + [(o.resize((w, h)), t) for o, t in others]
     canvas = Image.new("RGB", (2 * w, 2 * h))
     x0, y0 = int(rng.integers(0, w + 1)), int(rng.integers(0, h + 1))
     out = empty_target(w, h)

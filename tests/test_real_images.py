@@ -94,6 +94,15 @@ def test_the_verdict_lists_evidence_first_and_suggests_the_warm_start_only_for_t
     learned = learning_verdict(scores={"base": {"mean_iou": 0.0}, "domain": {"mean_iou": 0.4, "parse_rate": 1.0}},
                                evidence=blind, **common)  # fmt: skip
     assert learned["verdict"] == "learned" and learned["causes"] == []
+    # boxes near the objects but on none of them: the IoU rose, the F1 did not (the nuclei tiles)
+    near = {"base": {"mean_iou": 0.001, "f1_50": 0.0}, "domain": {"mean_iou": 0.086, "f1_50": 0.02, "parse_rate": 1.0}}
+    vague = learning_verdict(scores=near, evidence=[], **common, min_f1=0.1)
+    assert vague["verdict"] == "did_not_learn" and vague["gain"] == pytest.approx(0.085)
+    assert vague["problems"] == ["F1@0.5 0.02 on val: it finds almost none of the objects with a box overlapping them "
+                                 "by half (below evaluate.min_f1 0.1)"]  # fmt: skip
+    assert learning_verdict(scores=near, evidence=[], **common)["verdict"] == "learned"  # min_f1 0 turns it off
+    found = {**near, "domain": {**near["domain"], "f1_50": 0.3}}
+    assert learning_verdict(scores=found, evidence=[], **common, min_f1=0.1)["verdict"] == "learned"
 
 
 def _first_stage(tmp_path, name: str, cfg: dict) -> tuple[dict, list[str]]:

@@ -174,7 +174,7 @@ def choose_release(ctx: Context, checkpoints: dict[str, Path]) -> dict[str, Any]
     scores: dict[str, dict[str, float]] = {}
     for name in (n for n in ("base", *trained) if n in checkpoints):
         metrics, _, _ = evaluate_model(ctx, checkpoints[name], val)
-        scores[name] = {k: metrics[k] for k in (key, REWARD_SCORE, "parse_rate") if k in metrics}
+        scores[name] = {k: metrics[k] for k in (key, REWARD_SCORE, "parse_rate", "f1_50") if k in metrics}
     if len(trained) == 1:
         best, reason = last, f"{TITLES[last]} (the only trained stage)"
     else:
@@ -203,6 +203,7 @@ def judge(ctx: Context, checkpoints: dict[str, Path], record: dict[str, Any], se
     verdict = learning_verdict(
         key=key, scores=scores, split=split, n=n, released=selection["released"],
         min_gain=ctx.cfg.evaluate.min_gain, min_parse_rate=ctx.cfg.evaluate.min_parse_rate,
+        min_f1=ctx.cfg.evaluate.min_f1,
         domain_steps=read_done(domain_dir).get("steps") if is_done(domain_dir) else None,
         warm_started="warm_start" in checkpoints,
         label_causes=label_limits(train, ctx.domain_codec.max_objects, ctx.cfg.num_bins),
