@@ -175,3 +175,14 @@ def test_training_rows_show_the_drawn_image_with_its_own_answer_and_change_by_ep
     assert answers[0][0] != answers[1][0]  # the next epoch, new ones
     plain = [codec.encode(s.target) for s in train]
     assert sum(a != p for a, p in zip(answers[1][0], plain, strict=True)) >= len(train) // 2
+
+
+def test_a_big_photo_is_mosaicked_at_the_models_size_with_its_labels_scaled():
+    image, t = _marked(3000, 2000, [[300, 200, 900, 800], [1500, 1000, 2700, 1900]], seed=5)
+    big = generate("retail-shelf", 2, seed=0).splits["train"][0]
+    import dataclasses
+
+    big = dataclasses.replace(big, width=3000, height=2000, target=t, image=image)
+    out, o = OnlineAugment([big], ["mosaic"], seed=0, max_side=120)(0, lambda s: s.image)  # one image: no mosaic
+    assert out.size == (120, 80) and o["image"] == {"width": 120, "height": 80}
+    assert o["boxes"] == [[12.0, 8.0, 36.0, 32.0], [60.0, 40.0, 108.0, 76.0]]

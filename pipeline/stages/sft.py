@@ -159,9 +159,12 @@ def _online(ctx: Context, samples: list[Sample], codec: Codec, names: list[str] 
     """``(augment, epoch tracker)`` for :func:`~pipeline.stages.common.with_images`, or ``(None, None)``."""
     if not names:
         return None, None
-    from pipeline.online_augment import EpochTracker, OnlineAugment
+    from pipeline.models.loading import TINY_MODEL
+    from pipeline.online_augment import MAX_SIDE, EpochTracker, OnlineAugment
 
-    augmenter = OnlineAugment(samples, names, ctx.cfg.seed, ctx.domain.keypoint_names)
+    # the built-in model's processor shrinks every image to image_size: mosaic no bigger
+    side = ctx.cfg.image_size if ctx.cfg.model == TINY_MODEL and isinstance(ctx.cfg.image_size, int) else MAX_SIDE
+    augmenter = OnlineAugment(samples, names, ctx.cfg.seed, ctx.domain.keypoint_names, max_side=side)
 
     def augment(i: int, image_of) -> tuple[Any, dict[str, Any]]:
         image, target = augmenter(i, image_of)
