@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
@@ -50,24 +51,38 @@ def mirror_permutation(names: list[str]) -> list[int]:
     return perm
 
 
+def map_points(t: dict[str, Any], f: Callable[[float, float], tuple[float, float]]) -> None:
+    """Move every coordinate of target ``t`` through ``f``, in place: boxes and crowd boxes (kept
+    corner-ordered), points, mask polygons and parts, visible keypoints."""
+
+    def box(b: list[float]) -> list[float]:
+        (ax, ay), (bx, by) = f(b[0], b[1]), f(b[2], b[3])
+        return [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
+
+    def poly(p: list[float]) -> list[float]:
+        return [c for k in range(0, len(p) - 1, 2) for c in f(p[k], p[k + 1])]
+
+    t["boxes"] = [box(b) for b in t.get("boxes") or []]
+    t["points"] = [list(f(p[0], p[1])) for p in t.get("points") or []]
+    t["masks"] = [poly(p) for p in t.get("masks") or []]
+    t["mask_parts"] = [[poly(p) for p in parts] for parts in t.get("mask_parts") or []]
+    t["crowd"] = [{**c, "box": box(c["box"])} for c in t.get("crowd") or []]
+    t["keypoints"] = [[[*f(x, y), v] if v else [x, y, v] for x, y, v in inst] for inst in t.get("keypoints") or []]
+
+
+def mirror_target(t: dict[str, Any], width: float, keypoint_perm: list[int] | None = None) -> None:
+    """Target ``t`` of a ``width``-wide image mirrored left to right, in place; keypoints take
+    their mirrored names (:func:`mirror_permutation`)."""
+    map_points(t, lambda x, y: (width - x, y))
+    if keypoint_perm:
+        t["keypoints"] = [[inst[keypoint_perm[k]] for k in range(len(inst))] if len(inst) == len(keypoint_perm)
+                          else inst for inst in t["keypoints"]]  # fmt: skip
+
+
 def hflip(sample: Sample, keypoint_perm: list[int] | None = None) -> Sample:
     """``sample`` mirrored left to right, as a new sample (the original is not touched)."""
     t: dict[str, Any] = copy.deepcopy(sample.target)
-    w = float(t["image"]["width"])
-    t["boxes"] = [[w - b[2], b[1], w - b[0], b[3]] for b in t["boxes"]]
-    t["points"] = [[w - p[0], p[1]] for p in t["points"]]
-    t["masks"] = [[w - v if k % 2 == 0 else v for k, v in enumerate(poly)] for poly in t["masks"]]
-    t["mask_parts"] = [[[w - v if k % 2 == 0 else v for k, v in enumerate(poly)] for poly in parts]
-                       for parts in t.get("mask_parts") or []]  # fmt: skip
-    t["crowd"] = [{**c, "box": [w - c["box"][2], c["box"][1], w - c["box"][0], c["box"][3]]}
-                  for c in t.get("crowd") or []]  # fmt: skip
-    kps = []
-    for inst in t["keypoints"]:
-        moved = [[w - x, y, v] if v else [x, y, v] for x, y, v in inst]
-        if keypoint_perm and len(keypoint_perm) == len(moved):
-            moved = [moved[keypoint_perm[k]] for k in range(len(moved))]
-        kps.append(moved)
-    t["keypoints"] = kps
+    mirror_target(t, float(t["image"]["width"]), keypoint_perm)
     if isinstance(sample.pixels, ImageRef):  # a lazy image stays lazy: mirrored when decoded
         image = sample.pixels.mirrored()
     else:

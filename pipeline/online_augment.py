@@ -32,12 +32,12 @@ import numpy as np
 from PIL import Image
 from transformers import TrainerCallback
 
-from pipeline.augment import ONLINE, mirror_permutation
+from pipeline.augment import ONLINE, map_points, mirror_permutation, mirror_target
 from pipeline.structures import Sample, empty_target
 
 MOSAIC_P = 0.75
 MAX_SIDE = 2048  # a photo is mosaicked at most this big: no model here reads more without tiling
-KEEP_CUT = 0.5  # the share of a box's area that must lie inside the window for it to stay labelled
+KEEP_CUT = 0.5  # the share of an object's area (its polygon's, else its box's) inside the window for it to stay labelled
 
 
 class EpochTracker(TrainerCallback):
@@ -84,7 +84,7 @@ def scaled(target: dict[str, Any], from_size: tuple[int, int], size: tuple[int, 
     t = copy.deepcopy(target)
     sx, sy = size[0] / from_size[0], size[1] / from_size[1]
     if (sx, sy) != (1.0, 1.0):
-        _map_points(t, lambda x, y: (x * sx, y * sy))
+        map_points(t, lambda x, y: (x * sx, y * sy))
     t["image"] = {"width": int(size[0]), "height": int(size[1])}
     return t
 
@@ -103,7 +103,7 @@ def mosaic(image: Image.Image, target: dict[str, Any], others: list[tuple[Image.
         dx, dy = (slot % 2) * w - x0, (slot // 2) * h - y0
         canvas.paste(tile, (dx + x0, dy + y0))
         t = copy.deepcopy(t)
-        _map_points(t, lambda x, y, dx=dx, dy=dy: (x + dx, y + dy))
+        map_points(t, lambda x, y, dx=dx, dy=dy: (x + dx, y + dy))
         _keep_inside(t, out, w, h)
     return canvas.crop((x0, y0, x0 + w, y0 + h)), _tidy(out)
 
@@ -177,31 +177,10 @@ def orient(image: Image.Image, target: dict[str, Any], turns: int, mirror: bool,
     for _ in range(turns):
         w = float(image.width)
         image = image.transpose(Image.Transpose.ROTATE_90)
-        _map_points(t, lambda x, y, w=w: (y, w - x))
+        map_points(t, lambda x, y, w=w: (y, w - x))
     if mirror:
         w = float(image.width)
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        _map_points(t, lambda x, y: (w - x, y))
-        if perm and t.get("keypoints"):
-            t["keypoints"] = [[inst[perm[k]] for k in range(len(inst))] if len(inst) == len(perm) else inst
-                              for inst in t["keypoints"]]  # fmt: skip
+        mirror_target(t, w, perm)
     t["image"] = {"width": image.width, "height": image.height}
     return image, t
-
-
-def _map_points(t: dict[str, Any], f: Callable[[float, float], tuple[float, float]]) -> None:
-    """Move every coordinate of ``t`` through ``f`` (boxes and crowd boxes stay corner-ordered)."""
-
-    def box(b: list[float]) -> list[float]:
-        (ax, ay), (bx, by) = f(b[0], b[1]), f(b[2], b[3])
-        return [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
-
-    def poly(p: list[float]) -> list[float]:
-        return [c for k in range(0, len(p) - 1, 2) for c in f(p[k], p[k + 1])]
-
-    t["boxes"] = [box(b) for b in t.get("boxes") or []]
-    t["points"] = [list(f(p[0], p[1])) for p in t.get("points") or []]
-    t["masks"] = [poly(p) for p in t.get("masks") or []]
-    t["mask_parts"] = [[poly(p) for p in parts] for parts in t.get("mask_parts") or []]
-    t["crowd"] = [{**c, "box": box(c["box"])} for c in t.get("crowd") or []]
-    t["keypoints"] = [[[*f(x, y), v] if v else [x, y, v] for x, y, v in inst] for inst in t.get("keypoints") or []]
